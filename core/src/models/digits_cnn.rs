@@ -1,0 +1,53 @@
+//! A small CNN sized for the 8x8 digits (DESIGN.md section 10): three 3x3 conv + batch-norm
+//! stages with one 2x2 max-pool, global average pooling and a linear head. The teacher is the
+//! same network at twice the width. Parameter names: `conv1..3`, `bn1..3`, `linear`.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use super::{batch_norm, conv3x3};
+
+#[derive(Debug)]
+pub struct DigitsCnn {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    conv3: nn::Conv2D,
+    bn3: nn::BatchNorm,
+    linear: nn::Linear,
+}
+
+impl DigitsCnn {
+    /// `width_multiplier` 1 gives the student (32-64-128 channels), 2 the teacher.
+    pub fn new(root: &nn::Path, in_channels: i64, num_classes: i64, width_multiplier: i64) -> Self {
+        let [c1, c2, c3] = [32, 64, 128].map(|c| c * width_multiplier);
+        DigitsCnn {
+            conv1: conv3x3(root / "conv1", in_channels, c1, 1),
+            bn1: batch_norm(root / "bn1", c1),
+            conv2: conv3x3(root / "conv2", c1, c2, 1),
+            bn2: batch_norm(root / "bn2", c2),
+            conv3: conv3x3(root / "conv3", c2, c3, 1),
+            bn3: batch_norm(root / "bn3", c3),
+            linear: nn::linear(root / "linear", c3, num_classes, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for DigitsCnn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train)
+            .relu()
+            .max_pool2d_default(2)
+            .apply(&self.conv3)
+            .apply_t(&self.bn3, train)
+            .relu()
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.linear)
+    }
+}

@@ -1,0 +1,271 @@
+//! Model architectures, built by name from a registry.
+//!
+//! Every network takes images in [0, 1]; a per-channel normalisation, when a checkpoint asks
+//! for one, is applied inside the model so that attacks always work in pixel space
+//! (DESIGN.md section 6). Parameter names follow the common PyTorch CIFAR definitions
+//! (DESIGN.md section 9) so that reference `state_dict`s load without renaming.
+
+mod digits_cnn;
+mod mobilenet_v2;
+mod preact_resnet18;
+mod resnet18;
+mod wide_resnet;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+pub use digits_cnn::DigitsCnn;
+pub use mobilenet_v2::MobileNetV2;
+pub use preact_resnet18::PreActResNet18;
+pub use resnet18::ResNet18;
+pub use wide_resnet::WideResNet;
+
+/// Errors raised when a model cannot be built as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown architecture '{name}'; known: {known}")]
+    UnknownArchitecture { name: String, known: String },
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Which network, with its shape parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    ResNet18,
+    PreActResNet18,
+    MobileNetV2,
+    /// The TRADES WideResNet definition; `depth` = 6n + 4.
+    WideResNet { depth: i64, width: i64 },
+    /// Small CNN student for the 8x8 digits.
+    DigitsCnn,
+    /// The same CNN at twice the width: the digits teacher.
+    DigitsCnnWide,
+}
+
+/// Names the registry accepts, for help texts and error messages.
+pub const ARCHITECTURE_NAMES: &[&str] = &[
+    "resnet18",
+    "preact-resnet18",
+    "mobilenet-v2",
+    "wrn-34-10",
+    "wrn-70-16",
+    "wide-resnet-<depth>-<width>",
+    "digits-cnn",
+    "digits-cnn-wide",
+];
+
+impl FromStr for Architecture {
+    type Err = ModelError;
+    fn from_str(name: &str) -> Result<Self, ModelError> {
+        let lower = name.trim().to_ascii_lowercase();
+        let unknown = || ModelError::UnknownArchitecture {
+            name: name.to_string(),
+            known: ARCHITECTURE_NAMES.join(", "),
+        };
+        Ok(match lower.as_str() {
+            "resnet18" | "resnet-18" => Architecture::ResNet18,
+            "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => {
+                Architecture::PreActResNet18
+            }
+            "mobilenet-v2" | "mobilenetv2" => Architecture::MobileNetV2,
+            "digits-cnn" => Architecture::DigitsCnn,
+            "digits-cnn-wide" => Architecture::DigitsCnnWide,
+            other => {
+                let rest = other
+                    .strip_prefix("wrn-")
+                    .or_else(|| other.strip_prefix("wide-resnet-"))
+                    .ok_or_else(unknown)?;
+                let (depth, width) = rest.split_once('-').ok_or_else(unknown)?;
+                let depth: i64 = depth.parse().map_err(|_| unknown())?;
+                let width: i64 = width.parse().map_err(|_| unknown())?;
+                if depth < 10 || (depth - 4) % 6 != 0 || width < 1 {
+                    return Err(ModelError::InvalidConfig(format!(
+                        "wide-resnet depth must be 6n+4 with n >= 1 and width >= 1, got depth {depth}, width {width}"
+                    )));
+                }
+                Architecture::WideResNet { depth, width }
+            }
+        })
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Architecture::ResNet18 => write!(f, "resnet18"),
+            Architecture::PreActResNet18 => write!(f, "preact-resnet18"),
+            Architecture::MobileNetV2 => write!(f, "mobilenet-v2"),
+            Architecture::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
+            Architecture::DigitsCnn => write!(f, "digits-cnn"),
+            Architecture::DigitsCnnWide => write!(f, "digits-cnn-wide"),
+        }
+    }
+}
+
+/// Per-channel normalisation applied inside the model: (x - mean) / std.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// Everything needed to build a network: it is what a checkpoint manifest records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Registry name, e.g. `resnet18` or `wrn-34-10`.
+    pub architecture: String,
+    pub num_classes: i64,
+    /// [channels, height, width] of the input images.
+    pub input_shape: [i64; 3],
+    /// `None`: the network sees pixels in [0, 1] as they are.
+    #[serde(default)]
+    pub normalization: Option<Normalization>,
+}
+
+impl ModelSpec {
+    pub fn new(architecture: &str, num_classes: i64, input_shape: [i64; 3]) -> Self {
+        ModelSpec {
+            architecture: architecture.to_string(),
+            num_classes,
+            input_shape,
+            normalization: None,
+        }
+    }
+}
+
+/// A built network with its weights.
+pub struct Network {
+    pub var_store: nn::VarStore,
+    pub spec: ModelSpec,
+    pub architecture: Architecture,
+    body: Box<dyn ModuleT + Send>,
+    /// Mean and 1/std as [1, C, 1, 1] tensors on the model's device.
+    normalization: Option<(Tensor, Tensor)>,
+}
+
+impl fmt::Debug for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Network")
+            .field("spec", &self.spec)
+            .field("device", &self.var_store.device())
+            .finish()
+    }
+}
+
+impl Network {
+    /// Logits for a batch of images in [0, 1]; `train` selects batch-norm statistics mode.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        match &self.normalization {
+            Some((mean, inv_std)) => self.body.forward_t(&((images - mean) * inv_std), train),
+            None => self.body.forward_t(images, train),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.var_store.device()
+    }
+
+    /// Number of trainable parameters (what `sum(p.numel() for p in model.parameters())` gives).
+    pub fn parameter_count(&self) -> i64 {
+        self.var_store.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+    }
+
+    /// Turns gradient tracking of every parameter on or off (attacks switch it off).
+    pub fn set_trainable(&mut self, trainable: bool) {
+        if trainable {
+            self.var_store.unfreeze();
+        } else {
+            self.var_store.freeze();
+        }
+    }
+}
+
+/// Builds the network `spec` names on `device`, with freshly initialised weights.
+pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
+    let architecture: Architecture = spec.architecture.parse()?;
+    if spec.num_classes < 2 {
+        return Err(ModelError::InvalidConfig(format!(
+            "num_classes must be at least 2, got {}",
+            spec.num_classes
+        )));
+    }
+    let [channels, height, width] = spec.input_shape;
+    if channels < 1 || height < 1 || width < 1 {
+        return Err(ModelError::InvalidConfig(format!(
+            "input shape must be positive, got {:?}",
+            spec.input_shape
+        )));
+    }
+    let var_store = nn::VarStore::new(device);
+    let root = var_store.root();
+    let classes = spec.num_classes;
+    let body: Box<dyn ModuleT + Send> = match architecture {
+        Architecture::ResNet18 => Box::new(ResNet18::new(&root, channels, classes)),
+        Architecture::PreActResNet18 => Box::new(PreActResNet18::new(&root, channels, classes)),
+        Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
+        Architecture::WideResNet { depth, width } => {
+            Box::new(WideResNet::new(&root, channels, classes, depth, width))
+        }
+        Architecture::DigitsCnn => Box::new(DigitsCnn::new(&root, channels, classes, 1)),
+        Architecture::DigitsCnnWide => Box::new(DigitsCnn::new(&root, channels, classes, 2)),
+    };
+    let normalization = match &spec.normalization {
+        None => None,
+        Some(norm) => {
+            if norm.mean.len() != channels as usize || norm.std.len() != channels as usize {
+                return Err(ModelError::InvalidConfig(format!(
+                    "normalisation has {} means and {} stds for {channels} channels",
+                    norm.mean.len(),
+                    norm.std.len()
+                )));
+            }
+            if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
+                return Err(ModelError::InvalidConfig(
+                    "normalisation std must be positive and finite".into(),
+                ));
+            }
+            let mean = Tensor::from_slice(&norm.mean)
+                .to_kind(Kind::Float)
+                .view([1, channels, 1, 1])
+                .to_device(device);
+            let inv_std = Tensor::from_slice(&norm.std)
+                .to_kind(Kind::Float)
+                .reciprocal()
+                .view([1, channels, 1, 1])
+                .to_device(device);
+            Some((mean, inv_std))
+        }
+    };
+    Ok(Network { var_store, spec: spec.clone(), architecture, body, normalization })
+}
+
+/// 3x3 convolution without bias, padding 1: the building brick of every CIFAR network here.
+pub(crate) fn conv3x3(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn::Conv2D {
+    conv(path, c_in, c_out, 3, stride, 1, 1)
+}
+
+/// Bias-free convolution with PyTorch's default initialisation.
+pub(crate) fn conv(
+    path: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+) -> nn::Conv2D {
+    let config = nn::ConvConfig { stride, padding, groups, bias: false, ..Default::default() };
+    nn::conv2d(path, c_in, c_out, kernel, config)
+}
+
+/// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1).
+pub(crate) fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(path, channels, Default::default())
+}
