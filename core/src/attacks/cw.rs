@@ -1,0 +1,46 @@
+//! CW-inf: PGD on the Carlini-Wagner margin loss (Carlini and Wagner 2017) in the L-inf ball,
+//! as the robust-fairness papers evaluate it: uniform random start, 30 steps of 2/255, kappa
+//! (confidence) 50 by default as in the reference evaluation code.
+
+use tch::Tensor;
+
+use super::pgd::{Pgd, PgdLoss};
+use super::{Attack, AttackError, Classifier};
+
+#[derive(Debug, Clone)]
+pub struct CarliniWagnerLinf {
+    pgd: Pgd,
+}
+
+impl CarliniWagnerLinf {
+    pub fn new(eps: f64, step_size: f64, steps: i64, kappa: f64, seed: u64) -> Result<Self, AttackError> {
+        if !(kappa.is_finite() && kappa >= 0.0) {
+            return Err(AttackError::InvalidParameter(format!("kappa must be non-negative, got {kappa}")));
+        }
+        let pgd = Pgd { eps, step_size, steps, restarts: 1, random_start: true, loss: PgdLoss::CwMargin { kappa }, seed };
+        pgd.validate()?;
+        Ok(CarliniWagnerLinf { pgd })
+    }
+
+    /// The preset of the paper's evaluation: 30 steps of 2/255, kappa 50.
+    pub fn cw30(eps: f64, seed: u64) -> Self {
+        CarliniWagnerLinf {
+            pgd: Pgd { eps, step_size: 2.0 / 255.0, steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CwMargin { kappa: 50.0 }, seed },
+        }
+    }
+}
+
+impl Attack for CarliniWagnerLinf {
+    fn name(&self) -> String {
+        self.pgd.name()
+    }
+    fn eps(&self) -> f64 {
+        self.pgd.eps
+    }
+    fn seed(&self) -> u64 {
+        self.pgd.seed
+    }
+    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+        self.pgd.perturb(model, images, labels)
+    }
+}
