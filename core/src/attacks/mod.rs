@@ -10,16 +10,20 @@
 //! - attacks may return whatever they found; [`verify_adversarial`] checks the eps-ball and
 //!   [0, 1], and a point counts as broken only if the model misclassifies the returned input.
 
+mod apgd;
 mod cw;
+mod fab; pub use fab::Fab;
 mod fgsm;
 pub mod losses;
 mod pgd;
+mod square; pub use square::Square;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::models::Network;
 
+pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss};
 pub use cw::CarliniWagnerLinf;
 pub use fgsm::Fgsm;
 pub use pgd::{maximize, Pgd, PgdLoss, Start};

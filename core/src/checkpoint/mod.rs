@@ -9,7 +9,7 @@
 
 mod torch_pickle;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -204,12 +204,16 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
     })
 }
 
-/// Serialises every variable of the network (sorted by name, so the bytes and their sha256
-/// depend only on the values).
-fn weights_bytes(network: &Network, metadata: HashMap<String, String>) -> Result<Vec<u8>, CheckpointError> {
-    let variables: BTreeMap<String, Tensor> = network.var_store.variables().into_iter().collect();
-    let mut views = Vec::with_capacity(variables.len());
-    for (name, tensor) in &variables {
+/// Serialises named tensors as safetensors bytes, sorted by name so that the bytes (and their
+/// sha256) depend only on the values.
+pub fn tensors_to_safetensors(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut views = Vec::with_capacity(sorted.len());
+    for (name, tensor) in sorted {
         let cpu = tensor.detach().to_device(Device::Cpu).contiguous();
         let dtype = safetensors_dtype(cpu.kind()).ok_or_else(|| CheckpointError::BadWeights {
             path: PathBuf::from(name),
@@ -228,8 +232,38 @@ fn weights_bytes(network: &Network, metadata: HashMap<String, String>) -> Result
                 .map_err(|e| CheckpointError::BadWeights { path: PathBuf::from(name), message: e.to_string() })
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize(tensors, &Some(metadata))
+    safetensors::serialize(tensors, &metadata)
         .map_err(|e| CheckpointError::BadWeights { path: PathBuf::new(), message: e.to_string() })
+}
+
+/// Parses safetensors bytes (read from `path`, named in errors) into CPU tensors.
+pub fn tensors_from_safetensors(bytes: &[u8], path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let tensors = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| CheckpointError::BadWeights { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut named = HashMap::new();
+    for (name, view) in tensors.tensors() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| CheckpointError::BadWeights {
+            path: path.to_path_buf(),
+            message: format!("tensor {name} has unsupported dtype {:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        named.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+    }
+    Ok(named)
+}
+
+/// Writes named tensors to a safetensors file atomically (used for optimiser state too).
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
+    write_atomic(path, &tensors_to_safetensors(tensors, None)?)
+}
+
+/// Reads a safetensors file written by [`save_tensors`].
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    if !path.is_file() {
+        return Err(CheckpointError::MissingFile { path: path.to_path_buf(), what: "a safetensors file" });
+    }
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    tensors_from_safetensors(&bytes, path)
 }
 
 /// Saves `network` as a checkpoint directory `dir` (created if needed) and returns its manifest.
@@ -239,7 +273,8 @@ pub fn save(dir: &Path, network: &Network, info: CheckpointInfo) -> Result<Manif
         ("architecture".to_string(), network.spec.architecture.clone()),
         ("num_classes".to_string(), network.spec.num_classes.to_string()),
     ]);
-    let bytes = weights_bytes(network, metadata)?;
+    let variables: Vec<(String, Tensor)> = network.var_store.variables().into_iter().collect();
+    let bytes = tensors_to_safetensors(&variables, Some(metadata))?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model: network.spec.clone(),
@@ -340,17 +375,7 @@ pub fn load(dir: &Path, device: Device, expect: &Expectation) -> Result<(Network
             found,
         });
     }
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| CheckpointError::BadWeights { path: weights_path.clone(), message: e.to_string() })?;
-    let mut named = HashMap::new();
-    for (name, view) in tensors.tensors() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| CheckpointError::BadWeights {
-            path: weights_path.clone(),
-            message: format!("tensor {name} has unsupported dtype {:?}", view.dtype()),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        named.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
-    }
+    let named = tensors_from_safetensors(&bytes, &weights_path)?;
     let mut network = models::build(&manifest.model, device)?;
     assign_weights(&mut network, named, &weights_path, &[])?;
     Ok((network, manifest))

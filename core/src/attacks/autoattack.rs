@@ -1,0 +1,231 @@
+//! AutoAttack (Croce and Hein, ICML 2020): a fixed, parameter-free ensemble whose robust
+//! accuracy is the fraction of points that survive every component (DESIGN.md section 6).
+//!
+//! The components run in sequence, each only on the points still robust after the previous
+//! ones (points misclassified clean are never attacked), so the cost is dominated by the first,
+//! cheapest attack and later ones only see the hard points. The returned batch carries, per
+//! point, the first adversarial example that fooled the model, else the clean input. Each
+//! component's output is checked with [`verify_adversarial`] and its success decided by a fresh
+//! forward pass, as the reference `run_standard_evaluation` does, so a component cannot claim a
+//! point it did not actually break.
+//!
+//! [`sanity_flags`] reproduces the reference's checks (`checks.py`) for evaluations that
+//! AutoAttack cannot be trusted on: randomised models, models that output probabilities, and
+//! zero input gradients (gradient masking).
+
+use tch::{Kind, Tensor};
+
+use super::{
+    check_eps, input_gradient, losses, verify_adversarial, Apgd, Attack, AttackError, Classifier, Fab, Square,
+    BOUND_TOLERANCE,
+};
+
+/// An ordered ensemble of attacks, each run on the points the previous ones left robust.
+pub struct AutoAttack {
+    pub eps: f64,
+    pub seed: u64,
+    /// `standard`, `rand` or `custom`: only used in the name.
+    pub version: String,
+    pub attacks: Vec<Box<dyn Attack>>,
+}
+
+impl std::fmt::Debug for AutoAttack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoAttack")
+            .field("eps", &self.eps)
+            .field("seed", &self.seed)
+            .field("version", &self.version)
+            .field("attacks", &self.attacks.iter().map(|a| a.name()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What one AutoAttack run found, for reports and debugging.
+#[derive(Debug)]
+pub struct AutoAttackOutcome {
+    /// The first adversarial example found per point, else the clean input.
+    pub adversarial: Tensor,
+    /// Bool [N]: correctly classified clean and not broken by any component.
+    pub robust: Tensor,
+    /// Points correctly classified clean.
+    pub clean_correct: i64,
+    /// (component name, points still robust after it), in order; stops early when none are
+    /// left.
+    pub robust_after: Vec<(String, i64)>,
+}
+
+impl AutoAttack {
+    /// The standard version: APGD-CE (100 iterations, 1 restart), APGD-T (9 targets, 100
+    /// iterations), FAB-T (9 targets), Square (5000 queries, p_init 0.8).
+    pub fn standard(eps: f64, seed: u64) -> Self {
+        AutoAttack {
+            eps,
+            seed,
+            version: "standard".into(),
+            attacks: vec![
+                Box::new(Apgd::ce(eps, seed)),
+                Box::new(Apgd::targeted(eps, 9, seed)),
+                Box::new(Fab::targeted(eps, 9, seed)),
+                Box::new(Square::new(eps, 5000, 0.8, seed)),
+            ],
+        }
+    }
+
+    /// The version for randomised models: APGD-CE and APGD-DLR, each with the gradient averaged
+    /// over 20 forward passes (expectation over transformation).
+    pub fn rand(eps: f64, seed: u64) -> Self {
+        AutoAttack {
+            eps,
+            seed,
+            version: "rand".into(),
+            attacks: vec![Box::new(Apgd::ce(eps, seed).with_eot(20)), Box::new(Apgd::dlr(eps, seed).with_eot(20))],
+        }
+    }
+
+    /// Any sequence of attacks, each searching within `eps`.
+    pub fn custom(eps: f64, seed: u64, attacks: Vec<Box<dyn Attack>>) -> Self {
+        AutoAttack { eps, seed, version: "custom".into(), attacks }
+    }
+
+    fn validate(&self) -> Result<(), AttackError> {
+        check_eps(self.eps)?;
+        for attack in &self.attacks {
+            if !(attack.eps() <= self.eps + BOUND_TOLERANCE) {
+                return Err(AttackError::InvalidParameter(format!(
+                    "{} searches eps = {}, beyond AutoAttack's eps = {}",
+                    attack.name(),
+                    attack.eps(),
+                    self.eps
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the components in order on `images` (pixel space) with true classes `labels`.
+    pub fn run(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<AutoAttackOutcome, AttackError> {
+        self.validate()?;
+        let device = model.device();
+        let images = images.detach().to_device(device);
+        let labels = labels.to_device(device).to_kind(Kind::Int64);
+        let predict = |x: &Tensor| tch::no_grad(|| model.logits(x).argmax(-1, false));
+        let mut robust = predict(&images).eq_tensor(&labels);
+        let count = |mask: &Tensor| i64::try_from(mask.sum(Kind::Int64)).unwrap_or(0);
+        let clean_correct = count(&robust);
+        let mut adversarial = images.copy();
+        let mut robust_after = Vec::with_capacity(self.attacks.len());
+        for attack in &self.attacks {
+            let index = robust.nonzero().view([-1]);
+            if index.numel() == 0 {
+                break;
+            }
+            let x = images.index_select(0, &index);
+            let y = labels.index_select(0, &index);
+            let candidate = attack.perturb(model, &x, &y)?.detach().to_device(device);
+            verify_adversarial(&attack.name(), &x, &candidate, self.eps)?;
+            let still_correct = predict(&candidate).eq_tensor(&y);
+            let mut shape = vec![1i64; x.dim().max(1)];
+            shape[0] = -1;
+            let merged = x.where_self(&still_correct.view(shape.as_slice()), &candidate);
+            adversarial = adversarial.index_copy(0, &index, &merged);
+            robust = robust.index_copy(0, &index, &still_correct);
+            robust_after.push((attack.name(), count(&robust)));
+        }
+        Ok(AutoAttackOutcome { adversarial, robust, clean_correct, robust_after })
+    }
+}
+
+impl Attack for AutoAttack {
+    fn name(&self) -> String {
+        match self.version.as_str() {
+            "standard" => "AutoAttack".into(),
+            "rand" => "AutoAttack-rand".into(),
+            _ => format!("AutoAttack({})", self.attacks.iter().map(|a| a.name()).collect::<Vec<_>>().join("+")),
+        }
+    }
+
+    fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+        Ok(self.run(model, images, labels)?.adversarial)
+    }
+}
+
+/// Warnings the reference AutoAttack prints before evaluating (`checks.py`), as data.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SanityFlags {
+    /// Outputs (or the number of correct predictions) differ across repeated forward passes of
+    /// the same input: the standard version underestimates such a model's robustness; use
+    /// [`AutoAttack::rand`].
+    pub randomised: bool,
+    /// Every output row lies in [0, 1] and sums to 1: the model returns probabilities, on which
+    /// CE and DLR gradients are badly scaled.
+    pub probabilities_not_logits: bool,
+    /// Fraction of points whose cross-entropy input gradient is exactly zero.
+    pub zero_gradient_fraction: f64,
+    /// Set when any point has a zero gradient, as in the reference, since gradient-based
+    /// attacks cannot move such a point and their robust accuracy is then unreliable.
+    pub possible_gradient_masking: bool,
+}
+
+/// Forward passes compared by the randomness check (the reference uses 5).
+const RANDOMNESS_PASSES: usize = 5;
+/// Largest L2 distance between L2-normalised output rows still taken as equal (reference 1e-4).
+const RANDOMNESS_TOLERANCE: f64 = 1e-4;
+/// Slack on [0, 1] and on the row sums in the probability check (reference 1e-5).
+const PROBABILITY_TOLERANCE: f64 = 1e-5;
+
+/// Runs the reference's checks on a batch: repeated forward passes, the range of the outputs,
+/// and the CE input gradient per point.
+pub fn sanity_flags(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> SanityFlags {
+    let device = model.device();
+    let images = images.detach().to_device(device);
+    let labels = labels.to_device(device).to_kind(Kind::Int64);
+    let scalar = |t: Tensor| f64::try_from(t).unwrap_or(f64::NAN);
+
+    let outputs: Vec<Tensor> = tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect());
+    let correct: Vec<f64> = outputs
+        .iter()
+        .map(|o| scalar(o.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float)))
+        .collect();
+    let normalised: Vec<Tensor> = outputs
+        .iter()
+        .map(|o| o / (o.square().sum_dim_intlist(-1, true, Kind::Float).sqrt() + 1e-10))
+        .collect();
+    let mut max_difference: f64 = 0.0;
+    for (i, a) in normalised.iter().enumerate() {
+        for b in &normalised[i + 1..] {
+            let d = scalar((a - b).square().sum_dim_intlist(-1, false, Kind::Float).sqrt().max());
+            // NaN outputs cannot be compared: count them as differing.
+            max_difference = if d.is_nan() { f64::INFINITY } else { max_difference.max(d) };
+        }
+    }
+    let randomised = correct.iter().any(|&c| c != correct[0]) || max_difference > RANDOMNESS_TOLERANCE;
+
+    let first = &outputs[0];
+    let probabilities_not_logits = first.numel() > 0
+        && scalar(first.max()) < 1.0 + PROBABILITY_TOLERANCE
+        && scalar(first.min()) > -PROBABILITY_TOLERANCE
+        && scalar((first.sum_dim_intlist(-1, false, Kind::Float) - 1.0).abs().max()) < PROBABILITY_TOLERANCE;
+
+    let n = images.size().first().copied().unwrap_or(0);
+    let zero_gradient_fraction = if n == 0 {
+        0.0
+    } else {
+        let (gradient, _) = input_gradient(model, &images, |logits| losses::cross_entropy(logits, &labels));
+        let per_point = gradient.abs().view([n, -1]).sum_dim_intlist(1, false, Kind::Float);
+        scalar(per_point.eq(0.0).to_kind(Kind::Float).mean(Kind::Float))
+    };
+    SanityFlags {
+        randomised,
+        probabilities_not_logits,
+        zero_gradient_fraction,
+        possible_gradient_masking: zero_gradient_fraction > 0.0,
+    }
+}

@@ -1,0 +1,190 @@
+//! Square Attack (Andriushchenko, Croce, Flammarion and Hein, ECCV 2020) under L-inf: a random
+//! search that only reads logits, so it still works where gradients are masked. It is the last
+//! attack of AutoAttack standard (5000 queries, p_init 0.8, one restart), set up as in the
+//! reference `autoattack/square.py` of fra31/auto-attack:
+//! - start at vertical stripes: every column of every channel moved by +eps or -eps;
+//! - each iteration changes one square window per image (position drawn per image; the
+//!   reference draws one for the whole batch), setting each channel of the window to x +- eps
+//!   with a random sign, so the point stays a vertex of the ball, clipped to [0, 1];
+//! - the window covers a fraction p of the pixels, p halving on the reference's schedule
+//!   ([`Square::p_schedule`]), side from [`Square::square_side`];
+//! - a candidate is kept only if it lowers the margin z_y - max_{j != y} z_j;
+//! - points whose margin is already <= 0 (misclassified) are not queried again.
+//!
+//! Queries per image and restart: one for the start plus at most one per iteration, so at most
+//! `queries + 1`. All model calls run under `no_grad` on detached inputs; nothing is
+//! differentiated. Randomness comes from libtorch's global generator (seeded per batch by
+//! [`super::robust_accuracy`]), so a CPU run is deterministic for a seed.
+
+use tch::{Kind, Tensor};
+
+use super::{check_eps, losses, Attack, AttackError, Classifier};
+
+/// Iteration counts, on a budget of 10 000 queries, after which the reference halves p.
+const SCHEDULE_BREAKS: [i64; 9] = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000];
+
+/// Budget the schedule's breaks refer to; other budgets are rescaled to it.
+const SCHEDULE_BUDGET: f64 = 10_000.0;
+
+/// Score-based L-inf Square Attack, untargeted, on the margin loss.
+#[derive(Debug, Clone)]
+pub struct Square {
+    pub eps: f64,
+    /// Iterations per restart (each costs at most one query per image).
+    pub queries: i64,
+    /// Fraction of pixels the first windows change.
+    pub p_init: f64,
+    pub restarts: i64,
+    pub seed: u64,
+}
+
+impl Square {
+    /// One restart, as in AutoAttack standard (`Square::new(eps, 5000, 0.8, seed)`).
+    pub fn new(eps: f64, queries: i64, p_init: f64, seed: u64) -> Square {
+        Square { eps, queries, p_init, restarts: 1, seed }
+    }
+
+    pub fn validate(&self) -> Result<(), AttackError> {
+        check_eps(self.eps)?;
+        if !(1..=1_000_000).contains(&self.queries) {
+            return Err(AttackError::InvalidParameter(format!("queries must be in 1..=1000000, got {}", self.queries)));
+        }
+        if !(self.p_init > 0.0 && self.p_init <= 1.0) {
+            return Err(AttackError::InvalidParameter(format!("p_init must be in (0, 1], got {}", self.p_init)));
+        }
+        if !(1..=100).contains(&self.restarts) {
+            return Err(AttackError::InvalidParameter(format!("restarts must be in 1..=100, got {}", self.restarts)));
+        }
+        Ok(())
+    }
+
+    /// Fraction of pixels changed at `iteration` (0-based): p_init, halved once for every
+    /// break of [`SCHEDULE_BREAKS`] that the iteration, rescaled to a 10 000-query budget and
+    /// truncated as the reference does, lies strictly beyond.
+    pub fn p_schedule(&self, iteration: i64) -> f64 {
+        let rescaled = (iteration as f64 / self.queries as f64 * SCHEDULE_BUDGET) as i64;
+        let halvings = SCHEDULE_BREAKS.iter().filter(|&&b| rescaled > b).count();
+        self.p_init / f64::powi(2.0, halvings as i32)
+    }
+
+    /// Side of the square window for fraction `p` on images of `shape` = [c, h, w]:
+    /// round(sqrt(p * c*h*w / c)) with Python's round-half-to-even, at least 1 (the L-inf
+    /// reference has no floor of 3; that is its L2 version) and at most min(h, w).
+    pub fn square_side(p: f64, shape: [i64; 3]) -> i64 {
+        let [c, h, w] = shape;
+        let features = (c * h * w) as f64;
+        let side = (p * features / c as f64).sqrt().round_ties_even() as i64;
+        side.max(1).min(h.min(w))
+    }
+
+    /// One run from the stripes start. Returns the best points and their margins (<= 0 where
+    /// the point is misclassified).
+    fn single_run(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+        let size = images.size();
+        let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+        let mut best = (images + random_signs(images, [n, c, 1, w]) * self.eps).clamp(0.0, 1.0);
+        let mut margin = margin_loss(model, &best, labels);
+        for iteration in 0..self.queries {
+            let active = margin.gt(0.0).nonzero().squeeze_dim(1);
+            let count = active.size()[0];
+            if count == 0 {
+                break;
+            }
+            let clean = images.index_select(0, &active);
+            let current = best.index_select(0, &active);
+            let current_margin = margin.index_select(0, &active);
+            let current_labels = labels.index_select(0, &active);
+            let side = Self::square_side(self.p_schedule(iteration), [c, h, w]);
+            let window = random_windows(count, side, h, w, images.device());
+            // Setting the window to x +- eps is what the reference's "+ 2 eps sign, then
+            // project" amounts to, since the current point is already in the ball.
+            let vertex = (&clean + random_signs(images, [count, c, 1, 1]) * self.eps).clamp(0.0, 1.0);
+            let candidate = vertex.where_self(&window, &current);
+            let candidate_margin = margin_loss(model, &candidate, &current_labels);
+            // Active points have margin > 0, so "improves" already covers "misclassified".
+            let improved = candidate_margin.lt_tensor(&current_margin);
+            let kept = candidate.where_self(&improved.view([-1, 1, 1, 1]), &current);
+            let kept_margin = candidate_margin.where_self(&improved, &current_margin);
+            best = best.index_copy(0, &active, &kept);
+            margin = margin.index_copy(0, &active, &kept_margin);
+        }
+        (best, margin)
+    }
+}
+
+/// Margin z_y - max_{j != y} z_j per example (the reference's untargeted margin loss).
+fn margin_loss(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
+    -losses::cw_margin(&model.logits(images), labels, f64::INFINITY)
+}
+
+/// Independent +1 / -1 entries of the images' kind and device.
+fn random_signs(like: &Tensor, shape: [i64; 4]) -> Tensor {
+    Tensor::randint(2, shape, (like.kind(), like.device())) * 2.0 - 1.0
+}
+
+/// Boolean masks [count, 1, h, w], each a `side` x `side` square at an independent position.
+/// Corners are drawn from 0..h-side (the reference's `random_int(0, h - s)` never picks the
+/// last position h - side itself, except when side == h).
+fn random_windows(count: i64, side: i64, h: i64, w: i64, device: tch::Device) -> Tensor {
+    let inside = |extent: i64| {
+        let start = Tensor::randint((extent - side).max(1), [count, 1], (Kind::Int64, device));
+        let positions = Tensor::arange(extent, (Kind::Int64, device)).view([1, extent]);
+        positions.ge_tensor(&start).logical_and(&positions.lt_tensor(&(start + side)))
+    };
+    let rows = inside(h).view([count, 1, h, 1]);
+    let cols = inside(w).view([count, 1, 1, w]);
+    rows.logical_and(&cols)
+}
+
+impl Attack for Square {
+    fn name(&self) -> String {
+        "Square".to_string()
+    }
+
+    fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Returns, per point, the first restart's point that fools the model, else the point with
+    /// the lowest margin found. There is no separate query on the clean images (the reference
+    /// makes one): callers pass points they still count as correct, and it keeps the budget at
+    /// `queries + 1` per image and restart.
+    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+        self.validate()?;
+        if images.dim() != 4 {
+            return Err(AttackError::InvalidParameter(format!(
+                "Square needs images of shape [N, C, H, W], got {:?}",
+                images.size()
+            )));
+        }
+        if images.size()[0] == 0 {
+            return Ok(images.detach().copy());
+        }
+        Ok(tch::no_grad(|| {
+            let images = images.detach();
+            let labels = labels.detach().to_device(images.device()).to_kind(Kind::Int64);
+            let (mut best, mut margin) = self.single_run(model, &images, &labels);
+            for _ in 1..self.restarts {
+                let unbroken = margin.gt(0.0).nonzero().squeeze_dim(1);
+                if unbroken.size()[0] == 0 {
+                    break;
+                }
+                let (points, margins) = self.single_run(
+                    model,
+                    &images.index_select(0, &unbroken),
+                    &labels.index_select(0, &unbroken),
+                );
+                let previous = margin.index_select(0, &unbroken);
+                let better = margins.lt_tensor(&previous);
+                let kept = points.where_self(&better.view([-1, 1, 1, 1]), &best.index_select(0, &unbroken));
+                best = best.index_copy(0, &unbroken, &kept);
+                margin = margin.index_copy(0, &unbroken, &margins.where_self(&better, &previous));
+            }
+            best
+        }))
+    }
+}

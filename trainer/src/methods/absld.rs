@@ -1,0 +1,100 @@
+//! ABSLD (Zhao et al., NeurIPS 2024): anti-bias soft label distillation. Two vectors of
+//! class-wise teacher temperatures, for clean (tau) and adversarial (tau~) soft labels,
+//! initialised to 1 and updated after every epoch from the student's class-wise error risks
+//! (Eq. 10): harder classes get sharper soft labels. The temperature learning rate beta is
+//! divided by 10 whenever the learning rate is.
+//!
+//! We implement the paper's equations: the clean soft labels use tau and the adversarial ones
+//! tau~. (The authors' public script divides one logits tensor in place twice, so both of its
+//! soft labels end up at tau~ * tau; see docs/absld.md.)
+
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::distillation::distillation_step;
+use crate::method::{EpochRisks, StepContext, StepOutput, Temperatures, TrainingMethod};
+use crate::temperature::{update_temperatures, TemperatureSchedule};
+
+pub struct Absld {
+    alpha: f64,
+    schedule: TemperatureSchedule,
+    /// beta before any decay, for the record.
+    initial_beta: f64,
+    clean: Vec<f64>,
+    adversarial: Vec<f64>,
+    /// Tensors of the vectors above, rebuilt only when they change (once per epoch).
+    tensors: Option<(Tensor, Tensor)>,
+}
+
+impl Absld {
+    pub fn new(num_classes: usize, alpha: f64, schedule: TemperatureSchedule) -> Self {
+        Absld { alpha, schedule, initial_beta: schedule.beta, clean: vec![1.0; num_classes], adversarial: vec![1.0; num_classes], tensors: None }
+    }
+}
+
+impl TrainingMethod for Absld {
+    fn name(&self) -> &'static str {
+        "absld"
+    }
+
+    fn needs_teacher(&self) -> bool {
+        true
+    }
+
+    fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
+        let device = images.device();
+        let (clean, adversarial) = self.tensors.get_or_insert_with(|| {
+            let as_tensor = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
+            (as_tensor(&self.clean), as_tensor(&self.adversarial))
+        });
+        distillation_step(context, images, labels, clean, adversarial, self.alpha)
+    }
+
+    fn end_epoch(&mut self, risks: &EpochRisks, lr_decayed: bool) {
+        update_temperatures(&mut self.clean, &risks.clean, &self.schedule);
+        if let Some(adversarial_risks) = &risks.adversarial {
+            update_temperatures(&mut self.adversarial, adversarial_risks, &self.schedule);
+        }
+        self.tensors = None;
+        if lr_decayed {
+            self.schedule.beta /= 10.0;
+        }
+    }
+
+    fn temperatures(&self) -> Option<Temperatures> {
+        Some(Temperatures { clean: self.clean.clone(), adversarial: self.adversarial.clone() })
+    }
+
+    fn temperature_schedule(&self) -> Option<TemperatureSchedule> {
+        Some(self.schedule)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        json!({"clean": self.clean, "adversarial": self.adversarial, "beta": self.schedule.beta})
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let vector = |key: &str| -> Result<Vec<f64>, String> {
+            serde_json::from_value(state[key].clone()).map_err(|e| format!("ABSLD state '{key}': {e}"))
+        };
+        let clean = vector("clean")?;
+        let adversarial = vector("adversarial")?;
+        if clean.len() != self.clean.len() || adversarial.len() != self.adversarial.len() {
+            return Err("ABSLD state has the wrong number of classes".into());
+        }
+        self.clean = clean;
+        self.adversarial = adversarial;
+        self.schedule.beta = state["beta"].as_f64().ok_or("ABSLD state lacks beta")?;
+        self.tensors = None;
+        Ok(())
+    }
+
+    fn hyperparameters(&self) -> serde_json::Value {
+        json!({
+            "alpha": self.alpha,
+            "temperature_beta": self.initial_beta,
+            "temperature_min": self.schedule.min,
+            "temperature_max": self.schedule.max,
+        })
+    }
+}

@@ -1,0 +1,438 @@
+//! The training loop: epochs of a method over shuffled (and augmented) batches, the
+//! class-wise error risks of Eq. 10, evaluation and checkpoint selection (paper A.3), logs,
+//! checkpoints and resumable state.
+//!
+//! Output directory layout:
+//! - `run.json`: the configuration, seed and versions of the run;
+//! - `log.jsonl`: one JSON object per finished epoch;
+//! - `last/`, `best/` (the selected checkpoint), `epoch-NNNN/` (periodic): checkpoints;
+//! - `resume.json` pointing at `resume-NNNN/`: everything `--resume` needs.
+//!
+//! Randomness is derived from the seed, the epoch and the batch index (shuffling,
+//! augmentation, libtorch's generator for attack starts), so a resumed run draws exactly what
+//! an uninterrupted one would have.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rfb_core::attacks::{self, ClassCounts, Pgd};
+use rfb_core::checkpoint::{self, CheckpointInfo, Expectation, Selection};
+use rfb_core::data::{self, Dataset, DatasetKind, Split};
+use rfb_core::models::{self, ModelSpec, Network};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::method::{EpochRisks, StepContext, TrainingMethod};
+use crate::methods::{self, MethodOptions};
+use crate::presets::Preset;
+use crate::sgd::Sgd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error(transparent)]
+    Attack(#[from] attacks::AttackError),
+    #[error("the loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint is kept in {out}")]
+    NonFiniteLoss { epoch: i64, batch: usize, value: f64, out: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where the teacher comes from: one of our checkpoint directories, or a PyTorch state dict
+/// of a reference architecture.
+#[derive(Debug, Clone)]
+pub struct TeacherSource {
+    pub path: PathBuf,
+    /// Architecture of a PyTorch state dict (ignored for our checkpoints).
+    pub architecture: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub method: String,
+    pub dataset: DatasetKind,
+    pub data_dir: Option<PathBuf>,
+    pub teacher: Option<TeacherSource>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub preset: Preset,
+    /// Split on which checkpoints are selected: validation (default) or test (the paper's).
+    pub select_on: Split,
+    pub device: Device,
+    pub resume: bool,
+    pub progress: bool,
+    /// Stop (as if killed) after this many epochs of this invocation; for tests of resume.
+    pub stop_after: Option<i64>,
+}
+
+/// What `run` reports at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub best_epoch: Option<i64>,
+    pub best_score: Option<f64>,
+    pub epochs_done: i64,
+    /// Class-wise clean and PGD accuracy of the selected checkpoint on the test split.
+    pub test_clean: Option<ClassCounts>,
+    pub test_pgd: Option<ClassCounts>,
+    pub class_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeState {
+    epochs_done: i64,
+    best_score: Option<f64>,
+    best_epoch: Option<i64>,
+    method_state: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumePointer {
+    dir: String,
+}
+
+/// Seeds for the parts of a run, derived so that none depends on what ran before it.
+fn derived_seed(seed: u64, epoch: i64, batch: usize, stream: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (epoch as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ (batch as u64).wrapping_mul(0x1656_67B1_9E37_79F9)
+        ^ stream.wrapping_mul(0x27D4_EB2F_1656_67C5)
+}
+
+fn load_teacher(source: &TeacherSource, spec: &ModelSpec, device: Device) -> Result<Network, TrainError> {
+    let mut teacher = if source.path.is_dir() {
+        let expect = Expectation { architecture: None, num_classes: Some(spec.num_classes) };
+        checkpoint::load(&source.path, device, &expect)?.0
+    } else {
+        let teacher_spec = ModelSpec { architecture: source.architecture.clone(), ..spec.clone() };
+        checkpoint::import_pytorch(&source.path, &teacher_spec, device)?
+    };
+    teacher.set_trainable(false);
+    Ok(teacher)
+}
+
+/// Per-class sums of per-sample cross-entropy, kept on the device during an epoch.
+struct RiskAccumulator {
+    clean: Tensor,
+    adversarial: Tensor,
+    counts: Tensor,
+    has_adversarial: bool,
+}
+
+impl RiskAccumulator {
+    fn new(classes: i64, device: Device) -> Self {
+        let zeros = || Tensor::zeros([classes], (Kind::Double, device));
+        RiskAccumulator { clean: zeros(), adversarial: zeros(), counts: zeros(), has_adversarial: false }
+    }
+
+    fn add(&mut self, labels: &Tensor, clean_logits: &Tensor, adversarial_logits: Option<&Tensor>) {
+        let per_sample = |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
+        let _ = self.clean.index_add_(0, labels, &per_sample(clean_logits));
+        let _ = self.counts.index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
+        if let Some(logits) = adversarial_logits {
+            self.has_adversarial = true;
+            let _ = self.adversarial.index_add_(0, labels, &per_sample(logits));
+        }
+    }
+
+    fn risks(&self) -> EpochRisks {
+        let mean = |sums: &Tensor| -> Vec<f64> {
+            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu)).unwrap_or_default()
+        };
+        EpochRisks {
+            clean: mean(&self.clean),
+            adversarial: self.has_adversarial.then(|| mean(&self.adversarial)),
+        }
+    }
+}
+
+/// Clean and PGD class-wise accuracy of `network` on `dataset`, and the selection score of
+/// A.3: average + worst-class PGD accuracy.
+fn evaluate(network: &Network, dataset: &Dataset, preset: &Preset, seed: u64) -> Result<(ClassCounts, ClassCounts, f64), TrainError> {
+    let clean = attacks::clean_accuracy(network, dataset, 256);
+    let pgd = Pgd {
+        steps: preset.selection_pgd_steps,
+        ..Pgd::pgd20(preset.attack.eps, seed)
+    };
+    let robust = attacks::robust_accuracy(&pgd, network, dataset, 256, |_, _| true)?;
+    let accuracy = robust.class_accuracy();
+    let average = accuracy.iter().sum::<f64>() / accuracy.len().max(1) as f64;
+    let worst = accuracy.iter().cloned().fold(f64::INFINITY, f64::min);
+    Ok((clean, robust, average + worst))
+}
+
+fn append_log(path: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
+    writeln!(file, "{line}").and_then(|_| file.sync_data()).map_err(io_error(path))
+}
+
+/// Keeps only the log lines of epochs before `epochs_done` (a killed run may have logged an
+/// epoch whose state it never saved).
+fn truncate_log(path: &Path, epochs_done: i64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["epoch"].as_i64())
+                .is_some_and(|epoch| epoch < epochs_done)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    checkpoint::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
+fn info_for(config: &RunConfig, method: &dyn TrainingMethod, class_names: &[String], epoch: i64, selection: Option<Selection>) -> CheckpointInfo {
+    CheckpointInfo {
+        class_names: class_names.to_vec(),
+        dataset: config.dataset.name().to_string(),
+        method: method.name().to_string(),
+        hyperparameters: json!({
+            "method": method.hyperparameters(),
+            "preset": config.preset,
+            "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
+            "select_on": config.select_on.as_str(),
+        }),
+        seed: Some(config.seed),
+        epoch: Some(epoch),
+        selection,
+    }
+}
+
+/// Trains as `config` says and returns the summary; see the module docs for what it writes.
+pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
+    let preset = &config.preset;
+    if preset.epochs < 1 || preset.batch_size < 1 {
+        return Err(TrainError::Config("epochs and batch size must be positive".into()));
+    }
+    let out = &config.out;
+    let resume_pointer = out.join("resume.json");
+    if resume_pointer.exists() && !config.resume {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
+
+    let train = data::load(config.dataset, Split::Train, config.data_dir.as_deref())?;
+    let selection_split = data::load(config.dataset, config.select_on, config.data_dir.as_deref())?;
+    let class_names = train.class_names.clone();
+    let classes = train.num_classes();
+
+    let options = MethodOptions {
+        num_classes: classes as usize,
+        trades_beta: preset.trades_beta,
+        temperature: preset.temperature,
+        alpha: preset.alpha,
+    };
+    let mut method = methods::build(&config.method, &options).map_err(TrainError::Config)?;
+
+    let spec = ModelSpec::new(&preset.architecture, classes, train.input_shape());
+    tch::manual_seed(derived_seed(config.seed, -1, 0, 0) as i64);
+    let mut student = models::build(&spec, config.device)?;
+    let teacher = match (&config.teacher, method.needs_teacher()) {
+        (Some(source), true) => Some(load_teacher(source, &spec, config.device)?),
+        (None, true) => {
+            return Err(TrainError::Config(format!("method {} needs --teacher", method.name())))
+        }
+        (_, false) => None,
+    };
+    let mut optimizer = Sgd::new(&student, preset.momentum, preset.weight_decay);
+
+    let log_path = out.join("log.jsonl");
+    let mut state = ResumeState { epochs_done: 0, best_score: None, best_epoch: None, method_state: json!(null) };
+    if config.resume && resume_pointer.exists() {
+        let pointer: ResumePointer = serde_json::from_slice(&std::fs::read(&resume_pointer).map_err(io_error(&resume_pointer))?)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", resume_pointer.display())))?;
+        let dir = out.join(&pointer.dir);
+        let state_path = dir.join("state.json");
+        state = serde_json::from_slice(&std::fs::read(&state_path).map_err(io_error(&state_path))?)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
+        let expect = Expectation { architecture: Some(spec.architecture.clone()), num_classes: Some(classes) };
+        let (saved, _) = checkpoint::load(&dir.join("model"), config.device, &expect)?;
+        tch::no_grad(|| -> Result<(), TrainError> {
+            let saved_variables = saved.var_store.variables();
+            for (name, mut variable) in student.var_store.variables() {
+                variable.f_copy_(&saved_variables[&name])?;
+            }
+            Ok(())
+        })?;
+        let momentum = checkpoint::load_tensors(&dir.join("momentum.safetensors"))?;
+        optimizer.restore(momentum).map_err(TrainError::Config)?;
+        method.restore(&state.method_state).map_err(TrainError::Config)?;
+        truncate_log(&log_path, state.epochs_done)?;
+    } else {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let run_record = json!({
+        "method": config.method,
+        "dataset": config.dataset.name(),
+        "seed": config.seed,
+        "preset": preset,
+        "select_on": config.select_on.as_str(),
+        "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
+        "device": format!("{:?}", config.device),
+        "code_version": checkpoint::code_version(),
+        "libtorch_version": checkpoint::libtorch_version(),
+    });
+    checkpoint::write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes())?;
+
+    let batches_per_epoch = (train.len() + preset.batch_size - 1) / preset.batch_size;
+    let remaining = (preset.epochs - state.epochs_done).max(0);
+    let bar = if config.progress {
+        indicatif::ProgressBar::new((remaining * batches_per_epoch) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {percent:>3}% epoch {msg} elapsed {elapsed} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} seed {}", method.name(), config.seed));
+
+    let mut epochs_this_run = 0;
+    for epoch in state.epochs_done..preset.epochs {
+        let started = Instant::now();
+        let lr = preset.learning_rate_at(epoch);
+        let mut risks = RiskAccumulator::new(classes, config.device);
+        let mut loss_sum = 0.0;
+        let mut batches = 0usize;
+        for (batch, (images, labels)) in train.shuffled_batches(preset.batch_size, derived_seed(config.seed, epoch, 0, 1)).enumerate() {
+            let images = if preset.crop_padding > 0 {
+                data::augment_crop_flip(&images, preset.crop_padding, derived_seed(config.seed, epoch, batch, 2))
+            } else {
+                images
+            };
+            let images = images.to_device(config.device);
+            let labels = labels.to_device(config.device);
+            tch::manual_seed((derived_seed(config.seed, epoch, batch, 3) >> 1) as i64);
+            let context = StepContext { student: &student, teacher: teacher.as_ref(), attack: preset.attack };
+            let output = method.step(&context, &images, &labels);
+            let loss_value = f64::try_from(&output.loss).unwrap_or(f64::NAN);
+            if !loss_value.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFiniteLoss { epoch, batch, value: loss_value, out: out.clone() });
+            }
+            optimizer.step(&output.loss, lr);
+            risks.add(&labels, &output.clean_logits, output.adversarial_logits.as_ref());
+            loss_sum += loss_value;
+            batches += 1;
+            bar.set_message(format!("{}/{} loss {:.4}", epoch + 1, preset.epochs, loss_value));
+            bar.inc(1);
+        }
+        let epoch_risks = risks.risks();
+        method.end_epoch(&epoch_risks, preset.lr_drops_after(epoch));
+
+        let is_last = epoch + 1 == preset.epochs;
+        let mut evaluation = serde_json::Value::Null;
+        if is_last || (epoch + 1) % preset.eval_every.max(1) == 0 {
+            student.set_trainable(false);
+            let (clean, robust, score) = evaluate(&student, &selection_split, preset, config.seed)?;
+            student.set_trainable(true);
+            evaluation = json!({
+                "split": config.select_on.as_str(),
+                "clean_class_accuracy": clean.class_accuracy(),
+                "pgd_class_accuracy": robust.class_accuracy(),
+                "clean_accuracy": clean.overall_accuracy(),
+                "pgd_accuracy": robust.overall_accuracy(),
+                "score": score,
+            });
+            if state.best_score.is_none_or(|best| score > best) {
+                state.best_score = Some(score);
+                state.best_epoch = Some(epoch);
+                let rule = format!("max avg+worst PGD-{} accuracy on {}", preset.selection_pgd_steps, config.select_on.as_str());
+                checkpoint::save(&out.join("best"), &student, info_for(config, method.as_ref(), &class_names, epoch, Some(Selection { rule, value: Some(score) })))?;
+            }
+            bar.println(format!(
+                "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  avg+worst {:.2}",
+                epoch + 1,
+                loss_sum / batches.max(1) as f64,
+                config.select_on.as_str(),
+                clean.overall_accuracy(),
+                robust.overall_accuracy(),
+                score
+            ));
+        }
+        let last_info = info_for(config, method.as_ref(), &class_names, epoch, Some(Selection { rule: "last".into(), value: None }));
+        checkpoint::save(&out.join("last"), &student, last_info.clone())?;
+        if preset.checkpoint_every > 0 && (epoch + 1) % preset.checkpoint_every == 0 {
+            checkpoint::save(&out.join(format!("epoch-{:04}", epoch + 1)), &student, last_info.clone())?;
+        }
+
+        state.epochs_done = epoch + 1;
+        state.method_state = method.state();
+        let resume_dir_name = format!("resume-{:04}", epoch + 1);
+        let resume_dir = out.join(&resume_dir_name);
+        checkpoint::save(&resume_dir.join("model"), &student, last_info)?;
+        checkpoint::save_tensors(&resume_dir.join("momentum.safetensors"), &optimizer.state())?;
+        checkpoint::write_atomic(&resume_dir.join("state.json"), serde_json::to_string(&state).unwrap_or_default().as_bytes())?;
+
+        append_log(&log_path, &json!({
+            "epoch": epoch,
+            "learning_rate": lr,
+            "loss": loss_sum / batches.max(1) as f64,
+            "seconds": started.elapsed().as_secs_f64(),
+            "risk_clean": epoch_risks.clean,
+            "risk_adversarial": epoch_risks.adversarial,
+            "temperatures": method.temperatures(),
+            "evaluation": evaluation,
+        }))?;
+        // The pointer moves last: a crash before this line resumes from the previous epoch.
+        checkpoint::write_atomic(&resume_pointer, serde_json::to_string(&ResumePointer { dir: resume_dir_name.clone() }).unwrap_or_default().as_bytes())?;
+        remove_old_resume_dirs(out, &resume_dir_name);
+
+        epochs_this_run += 1;
+        if config.stop_after.is_some_and(|n| epochs_this_run >= n) && !is_last {
+            bar.abandon_with_message("stopped early as asked");
+            return Ok(RunSummary { best_epoch: state.best_epoch, best_score: state.best_score, epochs_done: state.epochs_done, test_clean: None, test_pgd: None, class_names });
+        }
+    }
+    bar.finish_and_clear();
+
+    // The selected checkpoint, measured on the test split.
+    let (mut selected, _) = checkpoint::load(&out.join("best"), config.device, &Expectation::default())?;
+    selected.set_trainable(false);
+    let test = data::load(config.dataset, Split::Test, config.data_dir.as_deref())?;
+    let (clean, robust, _) = evaluate(&selected, &test, preset, config.seed)?;
+    let summary = RunSummary {
+        best_epoch: state.best_epoch,
+        best_score: state.best_score,
+        epochs_done: state.epochs_done,
+        test_clean: Some(clean),
+        test_pgd: Some(robust),
+        class_names,
+    };
+    checkpoint::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    Ok(summary)
+}
+
+fn remove_old_resume_dirs(out: &Path, keep: &str) {
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("resume-") && name != keep {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
