@@ -5,6 +5,7 @@
 mod common;
 
 use std::cell::RefCell;
+use std::sync::{Mutex, MutexGuard};
 
 use rfb_core::attacks::{self, Attack, Classifier, Square};
 use rfb_core::data::{self, DatasetKind, Split};
@@ -12,6 +13,14 @@ use rfb_core::models::Network;
 use tch::{Device, Kind, Tensor};
 
 const EPS: f64 = 0.1;
+
+/// libtorch's generator is global to the process: the tests take turns so that another test's
+/// draws cannot land between a seed and the attack that relies on it.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
+fn exclusive_generator() -> MutexGuard<'static, ()> {
+    GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A network behind [`Classifier`] that panics if the attack could differentiate through it
 /// (input requiring grad, or grad mode on: with frozen parameters, these are the only ways the
@@ -82,8 +91,9 @@ fn count(mask: &Tensor) -> i64 {
 
 #[test]
 fn square_breaks_a_non_robust_digits_model_without_gradients_within_budget() {
-    let started = std::time::Instant::now();
+    let _generator = exclusive_generator();
     let network = common::train_digits_model("digits-cnn", 5, 11);
+    let started = std::time::Instant::now();
     let (images, labels) = separated_test_images();
     let n = images.size()[0];
     assert!(n >= 150, "only {n} test images are 2 eps apart");
@@ -106,7 +116,7 @@ fn square_breaks_a_non_robust_digits_model_without_gradients_within_budget() {
     let mean_broken = broken_queries.iter().sum::<i64>() as f64 / broken_queries.len().max(1) as f64;
     println!(
         "{n} images, eps {EPS}, {budget} queries: clean {clean:.1}% -> Square {robust:.1}%; \
-         {calls} forward calls; mean queries per broken image {mean_broken:.1}; {:.1} s",
+         {calls} forward calls; mean queries per broken image {mean_broken:.1}; attack {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(clean > 90.0, "the model did not learn: {clean}");
@@ -187,6 +197,7 @@ fn p_schedule_and_square_side_match_hand_computed_values() {
 
 #[test]
 fn square_is_deterministic_for_a_seed_on_cpu_and_rejects_bad_parameters() {
+    let _generator = exclusive_generator();
     let network = common::train_digits_model("digits-cnn", 2, 3);
     let test = data::load(DatasetKind::Digits, Split::Test, None).unwrap().class_balanced_subset(6).unwrap();
     let square = Square::new(EPS, 60, 0.8, 9);
@@ -200,6 +211,11 @@ fn square_is_deterministic_for_a_seed_on_cpu_and_rejects_bad_parameters() {
     attacks::verify_adversarial("Square", &test.images, &first, EPS).unwrap();
     assert!(first.equal(&again), "two runs with the same seed differ");
     assert!(!first.equal(&other), "the seed has no effect");
+
+    // A second restart only revisits unbroken points and keeps the bounds.
+    tch::manual_seed(7);
+    let twice = Square { restarts: 2, ..square.clone() }.perturb(&network, &test.images, &test.labels).unwrap();
+    attacks::verify_adversarial("Square", &test.images, &twice, EPS).unwrap();
 
     for bad in [
         Square::new(EPS, 0, 0.8, 0),

@@ -11,6 +11,7 @@
 //!   [0, 1], and a point counts as broken only if the model misclassifies the returned input.
 
 mod apgd;
+mod autoattack;
 mod cw;
 mod fab; pub use fab::Fab;
 mod fgsm;
@@ -24,6 +25,7 @@ use crate::data::Dataset;
 use crate::models::Network;
 
 pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss};
+pub use autoattack::{sanity_flags, AutoAttack, AutoAttackOutcome, SanityFlags};
 pub use cw::CarliniWagnerLinf;
 pub use fgsm::Fgsm;
 pub use pgd::{maximize, Pgd, PgdLoss, Start};
