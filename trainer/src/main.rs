@@ -70,6 +70,9 @@ enum Command {
         /// L-inf radius of the training attack (digits preset: 0.1; CIFAR: 8/255).
         #[arg(long)]
         eps: Option<f64>,
+        /// Steps of the training attack (the inner maximisation; 10 in the paper).
+        #[arg(long)]
+        attack_steps: Option<i64>,
         /// ABSLD temperature learning rate beta (0.1).
         #[arg(long)]
         temperature_beta: Option<f64>,
@@ -112,7 +115,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Train {
-            method, dataset, data_dir, arch, teacher, teacher_arch, seed, out, epochs, batch_size, lr, eps,
+            method, dataset, data_dir, arch, teacher, teacher_arch, seed, out, epochs, batch_size, lr, eps, attack_steps,
             temperature_beta, temperature_min, temperature_max, select_on, eval_every, device, resume, quiet, stop_after,
         } => {
             let kind: DatasetKind = dataset.parse().with_context(|| format!("data set '{dataset}'"))?;
@@ -144,6 +147,12 @@ fn main() -> Result<()> {
                 }
                 preset.attack.step_size *= eps / preset.attack.eps.max(f64::MIN_POSITIVE);
                 preset.attack.eps = eps;
+            }
+            if let Some(steps) = attack_steps {
+                if !(1..=1000).contains(&steps) {
+                    bail!("--attack-steps must be in 1..=1000, got {steps}");
+                }
+                preset.attack.steps = steps;
             }
             if let Some(beta) = temperature_beta {
                 preset.temperature.beta = beta;

@@ -1,0 +1,201 @@
+//! Short real runs on digits for every method, the direction of ABSLD's temperature update,
+//! and resume equivalence after a real kill.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rfb_core::checkpoint::{self, Expectation};
+use rfb_core::data::{DatasetKind, Split};
+use rfb_trainer::presets::Preset;
+use rfb_trainer::run::{self, RunConfig, TeacherSource};
+use tch::Device;
+
+fn quick_preset(epochs: i64) -> Preset {
+    let mut preset = Preset::for_dataset(DatasetKind::Digits);
+    preset.epochs = epochs;
+    preset.lr_milestones = vec![epochs - 1];
+    preset.eval_every = epochs;
+    preset.selection_pgd_steps = 5;
+    preset.attack.steps = 3;
+    preset
+}
+
+fn config(method: &str, out: &Path, preset: Preset, teacher: Option<&Path>, seed: u64) -> RunConfig {
+    RunConfig {
+        method: method.into(),
+        dataset: DatasetKind::Digits,
+        data_dir: None,
+        teacher: teacher.map(|path| TeacherSource { path: path.to_path_buf(), architecture: "digits-cnn-wide".into() }),
+        seed,
+        out: out.to_path_buf(),
+        preset,
+        select_on: Split::Validation,
+        device: Device::Cpu,
+        resume: false,
+        progress: false,
+        stop_after: None,
+    }
+}
+
+/// A TRADES teacher trained once for all tests of this file.
+fn teacher() -> &'static Path {
+    static TEACHER: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &TEACHER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut preset = quick_preset(3);
+            preset.architecture = "digits-cnn-wide".into();
+            run::run(&config("trades", dir.path(), preset, None, 7)).unwrap();
+            let best = dir.path().join("best");
+            (dir, best)
+        })
+        .1
+}
+
+fn log_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
+    for method in ["natural", "sat", "trades", "rslad", "absld"] {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = matches!(method, "rslad" | "absld").then(teacher);
+        let summary = run::run(&config(method, dir.path(), quick_preset(2), teacher, 1)).unwrap();
+        assert_eq!(summary.epochs_done, 2, "{method}");
+        for checkpoint_dir in ["best", "last"] {
+            let (_, manifest) = checkpoint::load(&dir.path().join(checkpoint_dir), Device::Cpu, &Expectation::default())
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(manifest.method, method);
+            assert_eq!(manifest.dataset, "digits");
+            assert_eq!(manifest.seed, Some(1));
+        }
+        let lines = log_lines(dir.path());
+        assert_eq!(lines.len(), 2, "{method}");
+        let last = &lines[1];
+        assert_eq!(last["risk_clean"].as_array().unwrap().len(), 10);
+        assert_eq!(last["evaluation"]["pgd_class_accuracy"].as_array().unwrap().len(), 10);
+        let adversarial = !last["risk_adversarial"].is_null();
+        assert_eq!(adversarial, method != "natural", "{method}");
+        assert_eq!(!last["temperatures"].is_null(), method == "absld", "{method}");
+        let clean = summary.test_clean.unwrap().overall_accuracy();
+        assert!(clean > 30.0, "{method} learned nothing in 2 epochs: {clean}");
+    }
+}
+
+#[test]
+fn absld_temperatures_move_as_eq_10_says() {
+    let dir = tempfile::tempdir().unwrap();
+    run::run(&config("absld", dir.path(), quick_preset(2), Some(teacher()), 3)).unwrap();
+    let lines = log_lines(dir.path());
+    let first = &lines[0];
+    let risks: Vec<f64> = serde_json::from_value(first["risk_adversarial"].clone()).unwrap();
+    let tau: Vec<f64> = serde_json::from_value(first["temperatures"]["adversarial"].clone()).unwrap();
+    let argmax = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    let argmin = |v: &[f64]| (0..v.len()).min_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    // After one update from 1: the hardest class drops by exactly beta, the easiest rises.
+    let hardest = argmax(&risks);
+    assert!((tau[hardest] - 0.9).abs() < 1e-9, "hardest class {hardest}: {tau:?} for risks {risks:?}");
+    assert!(tau[argmin(&risks)] > 1.0, "{tau:?}");
+    assert_eq!(argmin(&tau), hardest);
+    let clean_tau: Vec<f64> = serde_json::from_value(first["temperatures"]["clean"].clone()).unwrap();
+    let clean_risks: Vec<f64> = serde_json::from_value(first["risk_clean"].clone()).unwrap();
+    assert!((clean_tau[argmax(&clean_risks)] - 0.9).abs() < 1e-9);
+}
+
+fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let (network, _) = checkpoint::load(dir, Device::Cpu, &Expectation::default()).unwrap();
+    let mut variables: Vec<_> = network.var_store.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    variables
+}
+
+fn trainer(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    command.args(args);
+    command
+}
+
+#[test]
+fn resume_after_a_kill_gives_identical_weights() {
+    let teacher = teacher().display().to_string();
+    let common = |out: &str| -> Vec<String> {
+        ["train", "--method", "absld", "--dataset", "digits", "--teacher", &teacher, "--seed", "5", "--epochs", "3",
+            "--eval-every", "3", "--attack-steps", "3", "--device", "cpu", "--quiet", "--out", out]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight").display().to_string();
+    let args = common(&straight);
+    let status = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).status().unwrap();
+    assert!(status.success());
+
+    // Kill a second run for real once it has finished at least one epoch, then resume it.
+    let killed = dir.path().join("killed");
+    let killed_arg = killed.display().to_string();
+    let args = common(&killed_arg);
+    let mut child = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while log_lines(&killed).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before_kill = log_lines(&killed).len();
+    assert!(done_before_kill >= 1);
+    let mut args = common(&killed_arg);
+    args.push("--resume".into());
+    let output = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(log_lines(&killed).len(), 3);
+
+    let a = weights(&Path::new(&straight).join("last"));
+    let b = weights(&killed.join("last"));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name} differs after resume (killed after {done_before_kill} epochs)");
+    }
+    // Same temperatures in the logs, epoch by epoch.
+    let straight_log = log_lines(Path::new(&straight));
+    let killed_log = log_lines(&killed);
+    for (x, y) in straight_log.iter().zip(&killed_log) {
+        assert_eq!(x["temperatures"], y["temperatures"]);
+        assert_eq!(x["loss"], y["loss"]);
+    }
+}
+
+#[test]
+fn a_run_directory_is_not_overwritten_without_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    run::run(&config("natural", dir.path(), quick_preset(1), None, 1)).unwrap();
+    let error = run::run(&config("natural", dir.path(), quick_preset(1), None, 1)).unwrap_err();
+    assert!(error.to_string().contains("--resume"), "{error}");
+}
+
+#[test]
+fn distillation_without_a_teacher_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = run::run(&config("absld", dir.path(), quick_preset(1), None, 1)).unwrap_err();
+    assert!(error.to_string().contains("--teacher"), "{error}");
+    let error = run::run(&config("fancy", dir.path(), quick_preset(1), None, 1)).unwrap_err();
+    assert!(error.to_string().contains("unknown method"), "{error}");
+}
+
+#[test]
+fn same_seed_same_weights_on_cpu() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    run::run(&config("sat", a.path(), quick_preset(1), None, 9)).unwrap();
+    run::run(&config("sat", b.path(), quick_preset(1), None, 9)).unwrap();
+    for ((name, x), (_, y)) in weights(&a.path().join("last")).iter().zip(&weights(&b.path().join("last"))) {
+        assert!(x.equal(y), "{name} differs between two runs with the same seed");
+    }
+}
