@@ -51,7 +51,8 @@ pub struct Fab {
 
 impl Fab {
     /// FAB-T as AutoAttack's standard version configures it: 100 iterations, 1 run per target,
-    /// alpha_max 0.1, eta 1.05, beta 0.9.
+    /// alpha_max 0.1, eta 1.05, beta 0.9. With a single run per target the attack starts at the
+    /// clean point and draws no random numbers.
     pub fn targeted(eps: f64, n_targets: i64, seed: u64) -> Fab {
         Fab { eps, steps: 100, restarts: 1, n_targets, alpha_max: 0.1, eta: 1.05, beta: 0.9, seed }
     }
@@ -138,12 +139,15 @@ impl Fab {
             let weight_safe = weight.where_scalarother(&weight.gt(0.0), 1.0);
             ((&needed - rest) / -weight_safe).clamp_min(0.0).where_scalarother(&weight.gt(0.0), 0.0).unsqueeze(1)
         };
-        let lambda_interior = solve(&capped_rest.gather(1, &k, false).squeeze_dim(1), &capped_weight.gather(1, &k, false).squeeze_dim(1));
+        let lambda_interior =
+            solve(&capped_rest.gather(1, &k, false).squeeze_dim(1), &capped_weight.gather(1, &k, false).squeeze_dim(1));
         let lambda_small = solve(&capped_rest.select(1, dim - 1), &capped_weight.select(1, dim - 1));
 
-        let step_interior: Tensor = full.minimum(&lambda_interior) * &moves_up + full.maximum(&-&lambda_interior) * (1.0 - &moves_up);
+        let step_interior: Tensor =
+            full.minimum(&lambda_interior) * &moves_up + full.maximum(&-&lambda_interior) * (1.0 - &moves_up);
         let step_small = (&moves_up * 2.0 - 1.0) * lambda_small;
-        let step = step_small.where_self(&below_all.unsqueeze(1), &step_interior.where_self(&interior.unsqueeze(1), &full));
+        let step =
+            step_small.where_self(&below_all.unsqueeze(1), &step_interior.where_self(&interior.unsqueeze(1), &full));
         step * active
     }
 
@@ -172,15 +176,20 @@ impl Fab {
         let target_index = targets.unsqueeze(1);
         let label_index = labels.unsqueeze(1);
         // f_t - f_y: positive once the point is on the target's side of the boundary.
-        let difference =
-            |logits: &Tensor| (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1);
+        let difference = |logits: &Tensor| {
+            (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
+        };
         for _ in 0..self.steps {
             let (gradient, logits) = input_gradient(model, &current.view(shape.as_slice()), difference);
             let value = difference(&logits);
             let w = gradient.reshape([n, -1]);
             let b = (&w * &current).sum_dim_intlist(1, false, w.kind()) - value;
             // Both projections in one batched call, as they share the hyperplane.
-            let steps = Fab::project_to_hyperplane(&Tensor::cat(&[&current, &origin], 0), &Tensor::cat(&[&w, &w], 0), &Tensor::cat(&[&b, &b], 0));
+            let steps = Fab::project_to_hyperplane(
+                &Tensor::cat(&[&current, &origin], 0),
+                &Tensor::cat(&[&w, &w], 0),
+                &Tensor::cat(&[&b, &b], 0),
+            );
             let norms = steps.abs().amax(&[1i64][..], true).clamp_min(1e-8);
             let (from_current, from_origin) = (steps.narrow(0, 0, n), steps.narrow(0, n, n));
             let (norm_current, norm_origin) = (norms.narrow(0, 0, n), norms.narrow(0, n, n));
@@ -189,7 +198,8 @@ impl Fab {
                 (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
             current = stepped.clamp(0.0, 1.0);
 
-            let fooled = tch::no_grad(|| model.logits(&current.view(shape.as_slice())).argmax(-1, false).ne_tensor(labels));
+            let fooled =
+                tch::no_grad(|| model.logits(&current.view(shape.as_slice())).argmax(-1, false).ne_tensor(labels));
             let distance = (&current - &origin).abs().amax(&[1i64][..], false);
             let closer = fooled.logical_and(&distance.lt_tensor(&best_distance));
             best = current.where_self(&closer.unsqueeze(1), &best);

@@ -167,6 +167,16 @@ impl Attack for Square {
         Ok(tch::no_grad(|| {
             let images = images.detach();
             let labels = labels.detach().to_device(images.device()).to_kind(Kind::Int64);
+            // Points the model already gets wrong are returned as they are: starting from the
+            // stripes could land on a correctly classified point, which must not count as robust.
+            let clean_correct = model.logits(&images).argmax(-1, false).eq_tensor(&labels);
+            let attacked = clean_correct.nonzero().squeeze_dim(1);
+            if attacked.size()[0] == 0 {
+                return images.copy();
+            }
+            let all_images = images;
+            let images = all_images.index_select(0, &attacked);
+            let labels = labels.index_select(0, &attacked);
             let (mut best, mut margin) = self.single_run(model, &images, &labels);
             for _ in 1..self.restarts {
                 let unbroken = margin.gt(0.0).nonzero().squeeze_dim(1);
@@ -184,7 +194,7 @@ impl Attack for Square {
                 best = best.index_copy(0, &unbroken, &kept);
                 margin = margin.index_copy(0, &unbroken, &margins.where_self(&better, &previous));
             }
-            best
+            all_images.index_copy(0, &attacked, &best)
         }))
     }
 }
