@@ -8,6 +8,7 @@
 mod digits_cnn;
 mod mobilenet_v2;
 mod preact_resnet18;
+mod precision;
 mod resnet18;
 mod wide_resnet;
 
@@ -21,6 +22,7 @@ use tch::{Device, Kind, Tensor};
 pub use digits_cnn::DigitsCnn;
 pub use mobilenet_v2::MobileNetV2;
 pub use preact_resnet18::PreActResNet18;
+pub use precision::{channels_last, Precision, PreparedNetwork};
 pub use resnet18::ResNet18;
 pub use wide_resnet::WideResNet;
 
@@ -163,7 +165,11 @@ impl Network {
     /// Logits for a batch of images in [0, 1]; `train` selects batch-norm statistics mode.
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         match &self.normalization {
-            Some((mean, inv_std)) => self.body.forward_t(&((images - mean) * inv_std), train),
+            Some((mean, inv_std)) => {
+                let kind = images.kind();
+                let normalized = (images - mean.to_kind(kind)) * inv_std.to_kind(kind);
+                self.body.forward_t(&normalized, train)
+            }
             None => self.body.forward_t(images, train),
         }
     }
