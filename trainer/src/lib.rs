@@ -3,6 +3,9 @@
 //! One method per file in [`methods`] behind [`method::TrainingMethod`]; the loop, logs,
 //! selection and resume in [`run`]; per-data-set settings in [`presets`].
 
+// `!(x > bound)` is deliberate: a NaN must fail the check.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod method;
 pub mod methods;
 pub mod presets;

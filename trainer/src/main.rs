@@ -9,7 +9,11 @@ use rfb_trainer::presets::Preset;
 use rfb_trainer::run::{self, RunConfig, TeacherSource};
 
 #[derive(Parser)]
-#[command(name = "trainer", version, about = "Train robust students (ABSLD and baselines) and teachers")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train robust students (ABSLD and baselines) and teachers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,7 @@ enum SelectOn {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Train one model and write checkpoints (last/, best/), log.jsonl and summary.json to --out.
     ///
@@ -110,15 +115,42 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Preset { dataset } => {
-            let kind: DatasetKind = dataset.parse().with_context(|| format!("data set '{dataset}'"))?;
-            println!("{}", serde_json::to_string_pretty(&Preset::for_dataset(kind))?);
+            let kind: DatasetKind = dataset
+                .parse()
+                .with_context(|| format!("data set '{dataset}'"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Preset::for_dataset(kind))?
+            );
             Ok(())
         }
         Command::Train {
-            method, dataset, data_dir, arch, teacher, teacher_arch, seed, out, epochs, batch_size, lr, eps, attack_steps,
-            temperature_beta, temperature_min, temperature_max, select_on, eval_every, device, resume, quiet, stop_after,
+            method,
+            dataset,
+            data_dir,
+            arch,
+            teacher,
+            teacher_arch,
+            seed,
+            out,
+            epochs,
+            batch_size,
+            lr,
+            eps,
+            attack_steps,
+            temperature_beta,
+            temperature_min,
+            temperature_max,
+            select_on,
+            eval_every,
+            device,
+            resume,
+            quiet,
+            stop_after,
         } => {
-            let kind: DatasetKind = dataset.parse().with_context(|| format!("data set '{dataset}'"))?;
+            let kind: DatasetKind = dataset
+                .parse()
+                .with_context(|| format!("data set '{dataset}'"))?;
             let mut preset = Preset::for_dataset(kind);
             if let Some(arch) = arch {
                 preset.architecture = arch;
@@ -132,7 +164,11 @@ fn main() -> Result<()> {
                 }
                 // Keep the learning-rate drops at the same fractions of the run.
                 let old = preset.epochs as f64;
-                preset.lr_milestones = preset.lr_milestones.iter().map(|m| ((*m as f64) * epochs as f64 / old).round() as i64).collect();
+                preset.lr_milestones = preset
+                    .lr_milestones
+                    .iter()
+                    .map(|m| ((*m as f64) * epochs as f64 / old).round() as i64)
+                    .collect();
                 preset.epochs = epochs;
             }
             if let Some(batch_size) = batch_size {
@@ -179,7 +215,10 @@ fn main() -> Result<()> {
                     tch::Device::Cuda(0)
                 }
             };
-            let teacher = teacher.map(|path| TeacherSource { path, architecture: preset.teacher_architecture.clone() });
+            let teacher = teacher.map(|path| TeacherSource {
+                path,
+                architecture: preset.teacher_architecture.clone(),
+            });
             let config = RunConfig {
                 method,
                 dataset: kind,
@@ -199,17 +238,39 @@ fn main() -> Result<()> {
             };
             let summary = run::run(&config)?;
             if let (Some(clean), Some(pgd)) = (&summary.test_clean, &summary.test_pgd) {
-                println!("selected epoch {} of {}; test split, class-wise accuracy (%):", summary.best_epoch.map_or(0, |e| e + 1), summary.epochs_done);
+                println!(
+                    "selected epoch {} of {}; test split, class-wise accuracy (%):",
+                    summary.best_epoch.map_or(0, |e| e + 1),
+                    summary.epochs_done
+                );
                 println!("{:<12} {:>8} {:>8}", "class", "clean", "PGD-20");
                 for (k, name) in summary.class_names.iter().enumerate() {
-                    println!("{:<12} {:>8.2} {:>8.2}", name, clean.class_accuracy()[k], pgd.class_accuracy()[k]);
+                    println!(
+                        "{:<12} {:>8.2} {:>8.2}",
+                        name,
+                        clean.class_accuracy()[k],
+                        pgd.class_accuracy()[k]
+                    );
                 }
                 let worst = |v: Vec<f64>| v.into_iter().fold(f64::INFINITY, f64::min);
-                println!("{:<12} {:>8.2} {:>8.2}", "average", clean.overall_accuracy(), pgd.overall_accuracy());
-                println!("{:<12} {:>8.2} {:>8.2}", "worst", worst(clean.class_accuracy()), worst(pgd.class_accuracy()));
+                println!(
+                    "{:<12} {:>8.2} {:>8.2}",
+                    "average",
+                    clean.overall_accuracy(),
+                    pgd.overall_accuracy()
+                );
+                println!(
+                    "{:<12} {:>8.2} {:>8.2}",
+                    "worst",
+                    worst(clean.class_accuracy()),
+                    worst(pgd.class_accuracy())
+                );
                 println!("checkpoint: {}", out.join("best").display());
             } else {
-                println!("stopped after {} epochs; continue with --resume", summary.epochs_done);
+                println!(
+                    "stopped after {} epochs; continue with --resume",
+                    summary.epochs_done
+                );
             }
             Ok(())
         }

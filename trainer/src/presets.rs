@@ -34,7 +34,11 @@ pub struct Preset {
 
 impl Preset {
     pub fn for_dataset(kind: DatasetKind) -> Preset {
-        let cifar_attack = TrainingAttack { eps: 8.0 / 255.0, step_size: 2.0 / 255.0, steps: 10 };
+        let cifar_attack = TrainingAttack {
+            eps: 8.0 / 255.0,
+            step_size: 2.0 / 255.0,
+            steps: 10,
+        };
         let paper = |architecture: &str, temperature_min: f64, temperature_max: f64| Preset {
             architecture: architecture.into(),
             teacher_architecture: "wrn-34-10".into(),
@@ -46,7 +50,11 @@ impl Preset {
             weight_decay: 2e-4,
             crop_padding: 4,
             attack: cifar_attack,
-            temperature: TemperatureSchedule { beta: 0.1, min: temperature_min, max: temperature_max },
+            temperature: TemperatureSchedule {
+                beta: 0.1,
+                min: temperature_min,
+                max: temperature_max,
+            },
             trades_beta: 6.0,
             alpha: 5.0 / 6.0,
             eval_every: 5,
@@ -56,7 +64,10 @@ impl Preset {
         match kind {
             DatasetKind::Cifar10 => paper("resnet18", 0.5, 5.0),
             DatasetKind::Cifar100 => paper("resnet18", 0.8, 3.0),
-            DatasetKind::TinyImageNet => Preset { crop_padding: 8, ..paper("preact-resnet18", 0.9, 1.1) },
+            DatasetKind::TinyImageNet => Preset {
+                crop_padding: 8,
+                ..paper("preact-resnet18", 0.9, 1.1)
+            },
             DatasetKind::Digits => Preset {
                 architecture: "digits-cnn".into(),
                 teacher_architecture: "digits-cnn-wide".into(),
@@ -69,8 +80,16 @@ impl Preset {
                 crop_padding: 0,
                 // 8x8 digits with 17 grey levels: eps 0.1 (about 1.6 grey levels) leaves
                 // robust accuracies in a useful range; see results/digits/README.md.
-                attack: TrainingAttack { eps: 0.1, step_size: 0.025, steps: 10 },
-                temperature: TemperatureSchedule { beta: 0.1, min: 0.5, max: 5.0 },
+                attack: TrainingAttack {
+                    eps: 0.1,
+                    step_size: 0.025,
+                    steps: 10,
+                },
+                temperature: TemperatureSchedule {
+                    beta: 0.1,
+                    min: 0.5,
+                    max: 5.0,
+                },
                 trades_beta: 6.0,
                 alpha: 5.0 / 6.0,
                 eval_every: 5,

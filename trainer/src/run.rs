@@ -42,15 +42,26 @@ pub enum TrainError {
     #[error(transparent)]
     Attack(#[from] attacks::AttackError),
     #[error("the loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint is kept in {out}")]
-    NonFiniteLoss { epoch: i64, batch: usize, value: f64, out: PathBuf },
+    NonFiniteLoss {
+        epoch: i64,
+        batch: usize,
+        value: f64,
+        out: PathBuf,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where the teacher comes from: one of our checkpoint directories, or a PyTorch state dict
@@ -113,12 +124,22 @@ fn derived_seed(seed: u64, epoch: i64, batch: usize, stream: u64) -> u64 {
         ^ stream.wrapping_mul(0x27D4_EB2F_1656_67C5)
 }
 
-fn load_teacher(source: &TeacherSource, spec: &ModelSpec, device: Device) -> Result<Network, TrainError> {
+fn load_teacher(
+    source: &TeacherSource,
+    spec: &ModelSpec,
+    device: Device,
+) -> Result<Network, TrainError> {
     let mut teacher = if source.path.is_dir() {
-        let expect = Expectation { architecture: None, num_classes: Some(spec.num_classes) };
+        let expect = Expectation {
+            architecture: None,
+            num_classes: Some(spec.num_classes),
+        };
         checkpoint::load(&source.path, device, &expect)?.0
     } else {
-        let teacher_spec = ModelSpec { architecture: source.architecture.clone(), ..spec.clone() };
+        let teacher_spec = ModelSpec {
+            architecture: source.architecture.clone(),
+            ..spec.clone()
+        };
         checkpoint::import_pytorch(&source.path, &teacher_spec, device)?
     };
     teacher.set_trainable(false);
@@ -136,13 +157,21 @@ struct RiskAccumulator {
 impl RiskAccumulator {
     fn new(classes: i64, device: Device) -> Self {
         let zeros = || Tensor::zeros([classes], (Kind::Double, device));
-        RiskAccumulator { clean: zeros(), adversarial: zeros(), counts: zeros(), has_adversarial: false }
+        RiskAccumulator {
+            clean: zeros(),
+            adversarial: zeros(),
+            counts: zeros(),
+            has_adversarial: false,
+        }
     }
 
     fn add(&mut self, labels: &Tensor, clean_logits: &Tensor, adversarial_logits: Option<&Tensor>) {
-        let per_sample = |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
+        let per_sample =
+            |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
         let _ = self.clean.index_add_(0, labels, &per_sample(clean_logits));
-        let _ = self.counts.index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
+        let _ =
+            self.counts
+                .index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
         if let Some(logits) = adversarial_logits {
             self.has_adversarial = true;
             let _ = self.adversarial.index_add_(0, labels, &per_sample(logits));
@@ -151,7 +180,8 @@ impl RiskAccumulator {
 
     fn risks(&self) -> EpochRisks {
         let mean = |sums: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu)).unwrap_or_default()
+            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
+                .unwrap_or_default()
         };
         EpochRisks {
             clean: mean(&self.clean),
@@ -162,7 +192,12 @@ impl RiskAccumulator {
 
 /// Clean and PGD class-wise accuracy of `network` on `dataset`, and the selection score of
 /// A.3: average + worst-class PGD accuracy.
-fn evaluate(network: &Network, dataset: &Dataset, preset: &Preset, seed: u64) -> Result<(ClassCounts, ClassCounts, f64), TrainError> {
+fn evaluate(
+    network: &Network,
+    dataset: &Dataset,
+    preset: &Preset,
+    seed: u64,
+) -> Result<(ClassCounts, ClassCounts, f64), TrainError> {
     let clean = attacks::clean_accuracy(network, dataset, 256);
     let pgd = Pgd {
         steps: preset.selection_pgd_steps,
@@ -176,14 +211,22 @@ fn evaluate(network: &Network, dataset: &Dataset, preset: &Preset, seed: u64) ->
 }
 
 fn append_log(path: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
-    writeln!(file, "{line}").and_then(|_| file.sync_data()).map_err(io_error(path))
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    writeln!(file, "{line}")
+        .and_then(|_| file.sync_data())
+        .map_err(io_error(path))
 }
 
 /// Keeps only the log lines of epochs before `epochs_done` (a killed run may have logged an
 /// epoch whose state it never saved).
 fn truncate_log(path: &Path, epochs_done: i64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|line| {
@@ -198,7 +241,13 @@ fn truncate_log(path: &Path, epochs_done: i64) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn info_for(config: &RunConfig, method: &dyn TrainingMethod, class_names: &[String], epoch: i64, selection: Option<Selection>) -> CheckpointInfo {
+fn info_for(
+    config: &RunConfig,
+    method: &dyn TrainingMethod,
+    class_names: &[String],
+    epoch: i64,
+    selection: Option<Selection>,
+) -> CheckpointInfo {
     CheckpointInfo {
         class_names: class_names.to_vec(),
         dataset: config.dataset.name().to_string(),
@@ -219,7 +268,9 @@ fn info_for(config: &RunConfig, method: &dyn TrainingMethod, class_names: &[Stri
 pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
     let preset = &config.preset;
     if preset.epochs < 1 || preset.batch_size < 1 {
-        return Err(TrainError::Config("epochs and batch size must be positive".into()));
+        return Err(TrainError::Config(
+            "epochs and batch size must be positive".into(),
+        ));
     }
     let out = &config.out;
     let resume_pointer = out.join("resume.json");
@@ -250,22 +301,35 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
     let teacher = match (&config.teacher, method.needs_teacher()) {
         (Some(source), true) => Some(load_teacher(source, &spec, config.device)?),
         (None, true) => {
-            return Err(TrainError::Config(format!("method {} needs --teacher", method.name())))
+            return Err(TrainError::Config(format!(
+                "method {} needs --teacher",
+                method.name()
+            )))
         }
         (_, false) => None,
     };
     let mut optimizer = Sgd::new(&student, preset.momentum, preset.weight_decay);
 
     let log_path = out.join("log.jsonl");
-    let mut state = ResumeState { epochs_done: 0, best_score: None, best_epoch: None, method_state: json!(null) };
+    let mut state = ResumeState {
+        epochs_done: 0,
+        best_score: None,
+        best_epoch: None,
+        method_state: json!(null),
+    };
     if config.resume && resume_pointer.exists() {
-        let pointer: ResumePointer = serde_json::from_slice(&std::fs::read(&resume_pointer).map_err(io_error(&resume_pointer))?)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", resume_pointer.display())))?;
+        let pointer: ResumePointer = serde_json::from_slice(
+            &std::fs::read(&resume_pointer).map_err(io_error(&resume_pointer))?,
+        )
+        .map_err(|e| TrainError::Config(format!("{}: {e}", resume_pointer.display())))?;
         let dir = out.join(&pointer.dir);
         let state_path = dir.join("state.json");
         state = serde_json::from_slice(&std::fs::read(&state_path).map_err(io_error(&state_path))?)
             .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
-        let expect = Expectation { architecture: Some(spec.architecture.clone()), num_classes: Some(classes) };
+        let expect = Expectation {
+            architecture: Some(spec.architecture.clone()),
+            num_classes: Some(classes),
+        };
         let (saved, _) = checkpoint::load(&dir.join("model"), config.device, &expect)?;
         tch::no_grad(|| -> Result<(), TrainError> {
             let saved_variables = saved.var_store.variables();
@@ -276,7 +340,9 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         })?;
         let momentum = checkpoint::load_tensors(&dir.join("momentum.safetensors"))?;
         optimizer.restore(momentum).map_err(TrainError::Config)?;
-        method.restore(&state.method_state).map_err(TrainError::Config)?;
+        method
+            .restore(&state.method_state)
+            .map_err(TrainError::Config)?;
         truncate_log(&log_path, state.epochs_done)?;
     } else {
         let _ = std::fs::remove_file(&log_path);
@@ -292,7 +358,12 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         "code_version": checkpoint::code_version(),
         "libtorch_version": checkpoint::libtorch_version(),
     });
-    checkpoint::write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes())?;
+    checkpoint::write_atomic(
+        &out.join("run.json"),
+        serde_json::to_string_pretty(&run_record)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
 
     let batches_per_epoch = (train.len() + preset.batch_size - 1) / preset.batch_size;
     let remaining = (preset.epochs - state.epochs_done).max(0);
@@ -310,34 +381,58 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
     );
     bar.set_prefix(format!("{} seed {}", method.name(), config.seed));
 
-    let mut epochs_this_run = 0;
-    for epoch in state.epochs_done..preset.epochs {
+    for (epochs_this_run, epoch) in (state.epochs_done..preset.epochs).enumerate() {
         let started = Instant::now();
         let lr = preset.learning_rate_at(epoch);
         let mut risks = RiskAccumulator::new(classes, config.device);
         let mut loss_sum = 0.0;
         let mut batches = 0usize;
-        for (batch, (images, labels)) in train.shuffled_batches(preset.batch_size, derived_seed(config.seed, epoch, 0, 1)).enumerate() {
+        for (batch, (images, labels)) in train
+            .shuffled_batches(preset.batch_size, derived_seed(config.seed, epoch, 0, 1))
+            .enumerate()
+        {
             let images = if preset.crop_padding > 0 {
-                data::augment_crop_flip(&images, preset.crop_padding, derived_seed(config.seed, epoch, batch, 2))
+                data::augment_crop_flip(
+                    &images,
+                    preset.crop_padding,
+                    derived_seed(config.seed, epoch, batch, 2),
+                )
             } else {
                 images
             };
             let images = images.to_device(config.device);
             let labels = labels.to_device(config.device);
             tch::manual_seed((derived_seed(config.seed, epoch, batch, 3) >> 1) as i64);
-            let context = StepContext { student: &student, teacher: teacher.as_ref(), attack: preset.attack };
+            let context = StepContext {
+                student: &student,
+                teacher: teacher.as_ref(),
+                attack: preset.attack,
+            };
             let output = method.step(&context, &images, &labels);
             let loss_value = f64::try_from(&output.loss).unwrap_or(f64::NAN);
             if !loss_value.is_finite() {
                 bar.abandon();
-                return Err(TrainError::NonFiniteLoss { epoch, batch, value: loss_value, out: out.clone() });
+                return Err(TrainError::NonFiniteLoss {
+                    epoch,
+                    batch,
+                    value: loss_value,
+                    out: out.clone(),
+                });
             }
             optimizer.step(&output.loss, lr);
-            risks.add(&labels, &output.clean_logits, output.adversarial_logits.as_ref());
+            risks.add(
+                &labels,
+                &output.clean_logits,
+                output.adversarial_logits.as_ref(),
+            );
             loss_sum += loss_value;
             batches += 1;
-            bar.set_message(format!("{}/{} loss {:.4}", epoch + 1, preset.epochs, loss_value));
+            bar.set_message(format!(
+                "{}/{} loss {:.4}",
+                epoch + 1,
+                preset.epochs,
+                loss_value
+            ));
             bar.inc(1);
         }
         let epoch_risks = risks.risks();
@@ -360,8 +455,25 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             if state.best_score.is_none_or(|best| score > best) {
                 state.best_score = Some(score);
                 state.best_epoch = Some(epoch);
-                let rule = format!("max avg+worst PGD-{} accuracy on {}", preset.selection_pgd_steps, config.select_on.as_str());
-                checkpoint::save(&out.join("best"), &student, info_for(config, method.as_ref(), &class_names, epoch, Some(Selection { rule, value: Some(score) })))?;
+                let rule = format!(
+                    "max avg+worst PGD-{} accuracy on {}",
+                    preset.selection_pgd_steps,
+                    config.select_on.as_str()
+                );
+                checkpoint::save(
+                    &out.join("best"),
+                    &student,
+                    info_for(
+                        config,
+                        method.as_ref(),
+                        &class_names,
+                        epoch,
+                        Some(Selection {
+                            rule,
+                            value: Some(score),
+                        }),
+                    ),
+                )?;
             }
             bar.println(format!(
                 "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  avg+worst {:.2}",
@@ -373,10 +485,23 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 score
             ));
         }
-        let last_info = info_for(config, method.as_ref(), &class_names, epoch, Some(Selection { rule: "last".into(), value: None }));
+        let last_info = info_for(
+            config,
+            method.as_ref(),
+            &class_names,
+            epoch,
+            Some(Selection {
+                rule: "last".into(),
+                value: None,
+            }),
+        );
         checkpoint::save(&out.join("last"), &student, last_info.clone())?;
         if preset.checkpoint_every > 0 && (epoch + 1) % preset.checkpoint_every == 0 {
-            checkpoint::save(&out.join(format!("epoch-{:04}", epoch + 1)), &student, last_info.clone())?;
+            checkpoint::save(
+                &out.join(format!("epoch-{:04}", epoch + 1)),
+                &student,
+                last_info.clone(),
+            )?;
         }
 
         state.epochs_done = epoch + 1;
@@ -385,32 +510,56 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         let resume_dir = out.join(&resume_dir_name);
         checkpoint::save(&resume_dir.join("model"), &student, last_info)?;
         checkpoint::save_tensors(&resume_dir.join("momentum.safetensors"), &optimizer.state())?;
-        checkpoint::write_atomic(&resume_dir.join("state.json"), serde_json::to_string(&state).unwrap_or_default().as_bytes())?;
+        checkpoint::write_atomic(
+            &resume_dir.join("state.json"),
+            serde_json::to_string(&state).unwrap_or_default().as_bytes(),
+        )?;
 
-        append_log(&log_path, &json!({
-            "epoch": epoch,
-            "learning_rate": lr,
-            "loss": loss_sum / batches.max(1) as f64,
-            "seconds": started.elapsed().as_secs_f64(),
-            "risk_clean": epoch_risks.clean,
-            "risk_adversarial": epoch_risks.adversarial,
-            "temperatures": method.temperatures(),
-            "evaluation": evaluation,
-        }))?;
+        append_log(
+            &log_path,
+            &json!({
+                "epoch": epoch,
+                "learning_rate": lr,
+                "loss": loss_sum / batches.max(1) as f64,
+                "seconds": started.elapsed().as_secs_f64(),
+                "risk_clean": epoch_risks.clean,
+                "risk_adversarial": epoch_risks.adversarial,
+                "temperatures": method.temperatures(),
+                "evaluation": evaluation,
+            }),
+        )?;
         // The pointer moves last: a crash before this line resumes from the previous epoch.
-        checkpoint::write_atomic(&resume_pointer, serde_json::to_string(&ResumePointer { dir: resume_dir_name.clone() }).unwrap_or_default().as_bytes())?;
+        checkpoint::write_atomic(
+            &resume_pointer,
+            serde_json::to_string(&ResumePointer {
+                dir: resume_dir_name.clone(),
+            })
+            .unwrap_or_default()
+            .as_bytes(),
+        )?;
         remove_old_resume_dirs(out, &resume_dir_name);
 
-        epochs_this_run += 1;
-        if config.stop_after.is_some_and(|n| epochs_this_run >= n) && !is_last {
+        if config
+            .stop_after
+            .is_some_and(|n| epochs_this_run as i64 + 1 >= n)
+            && !is_last
+        {
             bar.abandon_with_message("stopped early as asked");
-            return Ok(RunSummary { best_epoch: state.best_epoch, best_score: state.best_score, epochs_done: state.epochs_done, test_clean: None, test_pgd: None, class_names });
+            return Ok(RunSummary {
+                best_epoch: state.best_epoch,
+                best_score: state.best_score,
+                epochs_done: state.epochs_done,
+                test_clean: None,
+                test_pgd: None,
+                class_names,
+            });
         }
     }
     bar.finish_and_clear();
 
     // The selected checkpoint, measured on the test split.
-    let (mut selected, _) = checkpoint::load(&out.join("best"), config.device, &Expectation::default())?;
+    let (mut selected, _) =
+        checkpoint::load(&out.join("best"), config.device, &Expectation::default())?;
     selected.set_trainable(false);
     let test = data::load(config.dataset, Split::Test, config.data_dir.as_deref())?;
     let (clean, robust, _) = evaluate(&selected, &test, preset, config.seed)?;
@@ -422,7 +571,12 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         test_pgd: Some(robust),
         class_names,
     };
-    checkpoint::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    checkpoint::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     Ok(summary)
 }
 

@@ -25,7 +25,12 @@ impl Sgd {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
-        Sgd { momentum, weight_decay, variables, buffers: HashMap::new() }
+        Sgd {
+            momentum,
+            weight_decay,
+            variables,
+            buffers: HashMap::new(),
+        }
     }
 
     /// Back-propagates `loss` and applies one update with learning rate `lr`.
@@ -53,7 +58,10 @@ impl Sgd {
 
     /// Momentum buffers, for saving.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        self.buffers
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
     }
 
     /// Restores momentum buffers saved by [`Sgd::state`].

@@ -22,12 +22,21 @@ fn quick_preset(epochs: i64) -> Preset {
     preset
 }
 
-fn config(method: &str, out: &Path, preset: Preset, teacher: Option<&Path>, seed: u64) -> RunConfig {
+fn config(
+    method: &str,
+    out: &Path,
+    preset: Preset,
+    teacher: Option<&Path>,
+    seed: u64,
+) -> RunConfig {
     RunConfig {
         method: method.into(),
         dataset: DatasetKind::Digits,
         data_dir: None,
-        teacher: teacher.map(|path| TeacherSource { path: path.to_path_buf(), architecture: "digits-cnn-wide".into() }),
+        teacher: teacher.map(|path| TeacherSource {
+            path: path.to_path_buf(),
+            architecture: "digits-cnn-wide".into(),
+        }),
         seed,
         out: out.to_path_buf(),
         preset,
@@ -70,8 +79,12 @@ fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
         let summary = run::run(&config(method, dir.path(), quick_preset(2), teacher, 1)).unwrap();
         assert_eq!(summary.epochs_done, 2, "{method}");
         for checkpoint_dir in ["best", "last"] {
-            let (_, manifest) = checkpoint::load(&dir.path().join(checkpoint_dir), Device::Cpu, &Expectation::default())
-                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let (_, manifest) = checkpoint::load(
+                &dir.path().join(checkpoint_dir),
+                Device::Cpu,
+                &Expectation::default(),
+            )
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
             assert_eq!(manifest.method, method);
             assert_eq!(manifest.dataset, "digits");
             assert_eq!(manifest.seed, Some(1));
@@ -80,31 +93,56 @@ fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
         assert_eq!(lines.len(), 2, "{method}");
         let last = &lines[1];
         assert_eq!(last["risk_clean"].as_array().unwrap().len(), 10);
-        assert_eq!(last["evaluation"]["pgd_class_accuracy"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            last["evaluation"]["pgd_class_accuracy"]
+                .as_array()
+                .unwrap()
+                .len(),
+            10
+        );
         let adversarial = !last["risk_adversarial"].is_null();
         assert_eq!(adversarial, method != "natural", "{method}");
-        assert_eq!(!last["temperatures"].is_null(), method == "absld", "{method}");
+        assert_eq!(
+            !last["temperatures"].is_null(),
+            method == "absld",
+            "{method}"
+        );
         let clean = summary.test_clean.unwrap().overall_accuracy();
-        assert!(clean > 30.0, "{method} learned nothing in 2 epochs: {clean}");
+        assert!(
+            clean > 30.0,
+            "{method} learned nothing in 2 epochs: {clean}"
+        );
     }
 }
 
 #[test]
 fn absld_temperatures_move_as_eq_10_says() {
     let dir = tempfile::tempdir().unwrap();
-    run::run(&config("absld", dir.path(), quick_preset(2), Some(teacher()), 3)).unwrap();
+    run::run(&config(
+        "absld",
+        dir.path(),
+        quick_preset(2),
+        Some(teacher()),
+        3,
+    ))
+    .unwrap();
     let lines = log_lines(dir.path());
     let first = &lines[0];
     let risks: Vec<f64> = serde_json::from_value(first["risk_adversarial"].clone()).unwrap();
-    let tau: Vec<f64> = serde_json::from_value(first["temperatures"]["adversarial"].clone()).unwrap();
+    let tau: Vec<f64> =
+        serde_json::from_value(first["temperatures"]["adversarial"].clone()).unwrap();
     let argmax = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     let argmin = |v: &[f64]| (0..v.len()).min_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     // After one update from 1: the hardest class drops by exactly beta, the easiest rises.
     let hardest = argmax(&risks);
-    assert!((tau[hardest] - 0.9).abs() < 1e-9, "hardest class {hardest}: {tau:?} for risks {risks:?}");
+    assert!(
+        (tau[hardest] - 0.9).abs() < 1e-9,
+        "hardest class {hardest}: {tau:?} for risks {risks:?}"
+    );
     assert!(tau[argmin(&risks)] > 1.0, "{tau:?}");
     assert_eq!(argmin(&tau), hardest);
-    let clean_tau: Vec<f64> = serde_json::from_value(first["temperatures"]["clean"].clone()).unwrap();
+    let clean_tau: Vec<f64> =
+        serde_json::from_value(first["temperatures"]["clean"].clone()).unwrap();
     let clean_risks: Vec<f64> = serde_json::from_value(first["risk_clean"].clone()).unwrap();
     assert!((clean_tau[argmax(&clean_risks)] - 0.9).abs() < 1e-9);
 }
@@ -126,23 +164,47 @@ fn trainer(args: &[&str]) -> Command {
 fn resume_after_a_kill_gives_identical_weights() {
     let teacher = teacher().display().to_string();
     let common = |out: &str| -> Vec<String> {
-        ["train", "--method", "absld", "--dataset", "digits", "--teacher", &teacher, "--seed", "5", "--epochs", "3",
-            "--eval-every", "3", "--attack-steps", "3", "--device", "cpu", "--quiet", "--out", out]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "train",
+            "--method",
+            "absld",
+            "--dataset",
+            "digits",
+            "--teacher",
+            &teacher,
+            "--seed",
+            "5",
+            "--epochs",
+            "3",
+            "--eval-every",
+            "3",
+            "--attack-steps",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight").display().to_string();
     let args = common(&straight);
-    let status = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).status().unwrap();
+    let status = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .status()
+        .unwrap();
     assert!(status.success());
 
     // Kill a second run for real once it has finished at least one epoch, then resume it.
     let killed = dir.path().join("killed");
     let killed_arg = killed.display().to_string();
     let args = common(&killed_arg);
-    let mut child = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
+    let mut child = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while log_lines(&killed).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -153,15 +215,24 @@ fn resume_after_a_kill_gives_identical_weights() {
     assert!(done_before_kill >= 1);
     let mut args = common(&killed_arg);
     args.push("--resume".into());
-    let output = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(log_lines(&killed).len(), 3);
 
     let a = weights(&Path::new(&straight).join("last"));
     let b = weights(&killed.join("last"));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs after resume (killed after {done_before_kill} epochs)");
+        assert!(
+            x.equal(y),
+            "{name} differs after resume (killed after {done_before_kill} epochs)"
+        );
     }
     // Same temperatures in the logs, epoch by epoch.
     let straight_log = log_lines(Path::new(&straight));
@@ -195,7 +266,13 @@ fn same_seed_same_weights_on_cpu() {
     let b = tempfile::tempdir().unwrap();
     run::run(&config("sat", a.path(), quick_preset(1), None, 9)).unwrap();
     run::run(&config("sat", b.path(), quick_preset(1), None, 9)).unwrap();
-    for ((name, x), (_, y)) in weights(&a.path().join("last")).iter().zip(&weights(&b.path().join("last"))) {
-        assert!(x.equal(y), "{name} differs between two runs with the same seed");
+    for ((name, x), (_, y)) in weights(&a.path().join("last"))
+        .iter()
+        .zip(&weights(&b.path().join("last")))
+    {
+        assert!(
+            x.equal(y),
+            "{name} differs between two runs with the same seed"
+        );
     }
 }

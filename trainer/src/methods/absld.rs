@@ -28,7 +28,14 @@ pub struct Absld {
 
 impl Absld {
     pub fn new(num_classes: usize, alpha: f64, schedule: TemperatureSchedule) -> Self {
-        Absld { alpha, schedule, initial_beta: schedule.beta, clean: vec![1.0; num_classes], adversarial: vec![1.0; num_classes], tensors: None }
+        Absld {
+            alpha,
+            schedule,
+            initial_beta: schedule.beta,
+            clean: vec![1.0; num_classes],
+            adversarial: vec![1.0; num_classes],
+            tensors: None,
+        }
     }
 }
 
@@ -44,7 +51,8 @@ impl TrainingMethod for Absld {
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let device = images.device();
         let (clean, adversarial) = self.tensors.get_or_insert_with(|| {
-            let as_tensor = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
+            let as_tensor =
+                |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
             (as_tensor(&self.clean), as_tensor(&self.adversarial))
         });
         distillation_step(context, images, labels, clean, adversarial, self.alpha)
@@ -62,7 +70,10 @@ impl TrainingMethod for Absld {
     }
 
     fn temperatures(&self) -> Option<Temperatures> {
-        Some(Temperatures { clean: self.clean.clone(), adversarial: self.adversarial.clone() })
+        Some(Temperatures {
+            clean: self.clean.clone(),
+            adversarial: self.adversarial.clone(),
+        })
     }
 
     fn temperature_schedule(&self) -> Option<TemperatureSchedule> {
@@ -75,7 +86,8 @@ impl TrainingMethod for Absld {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
         let vector = |key: &str| -> Result<Vec<f64>, String> {
-            serde_json::from_value(state[key].clone()).map_err(|e| format!("ABSLD state '{key}': {e}"))
+            serde_json::from_value(state[key].clone())
+                .map_err(|e| format!("ABSLD state '{key}': {e}"))
         };
         let clean = vector("clean")?;
         let adversarial = vector("adversarial")?;

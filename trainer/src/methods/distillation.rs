@@ -24,7 +24,9 @@ pub fn distillation_step(
     adversarial_temperatures: &Tensor,
     alpha: f64,
 ) -> StepOutput {
-    let teacher = context.teacher.expect("distillation needs a teacher; the loop checks this");
+    let teacher = context
+        .teacher
+        .expect("distillation needs a teacher; the loop checks this");
     let teacher_logits = tch::no_grad(|| teacher.forward_t(images, false));
     let adversarial_targets = soft_labels_at(&teacher_logits, labels, adversarial_temperatures);
     let clean_targets = soft_labels_at(&teacher_logits, labels, clean_temperatures);
@@ -40,7 +42,8 @@ pub fn distillation_step(
     );
     let adversarial_logits = context.student.forward_t(&adversarial, true);
     let clean_logits = context.student.forward_t(images, true);
-    let adversarial_loss = losses::kl_to_soft_labels(&adversarial_logits, &adversarial_targets).mean(Kind::Float);
+    let adversarial_loss =
+        losses::kl_to_soft_labels(&adversarial_logits, &adversarial_targets).mean(Kind::Float);
     let clean_loss = losses::kl_to_soft_labels(&clean_logits, &clean_targets).mean(Kind::Float);
     let loss = adversarial_loss * alpha + clean_loss * (1.0 - alpha);
     StepOutput {

@@ -34,9 +34,20 @@ pub fn build(name: &str, options: &MethodOptions) -> Result<Box<dyn TrainingMeth
     Ok(match name {
         "natural" => Box::new(Natural),
         "sat" => Box::new(Sat),
-        "trades" => Box::new(Trades { beta: options.trades_beta }),
+        "trades" => Box::new(Trades {
+            beta: options.trades_beta,
+        }),
         "rslad" => Box::new(Rslad::new(options.alpha)),
-        "absld" => Box::new(Absld::new(options.num_classes, options.alpha, options.temperature)),
-        other => return Err(format!("unknown method '{other}'; known: {}", METHOD_NAMES.join(", "))),
+        "absld" => Box::new(Absld::new(
+            options.num_classes,
+            options.alpha,
+            options.temperature,
+        )),
+        other => {
+            return Err(format!(
+                "unknown method '{other}'; known: {}",
+                METHOD_NAMES.join(", ")
+            ))
+        }
     })
 }

@@ -30,7 +30,11 @@ impl TrainingMethod for Sat {
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let loss = adversarial_logits.cross_entropy_for_logits(labels);
         let clean_logits = tch::no_grad(|| context.student.forward_t(images, false));
-        StepOutput { loss, clean_logits, adversarial_logits: Some(adversarial_logits.detach()) }
+        StepOutput {
+            loss,
+            clean_logits,
+            adversarial_logits: Some(adversarial_logits.detach()),
+        }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {

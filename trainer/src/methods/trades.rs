@@ -19,8 +19,12 @@ impl TrainingMethod for Trades {
 
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let attack = context.attack;
-        let clean_probabilities =
-            tch::no_grad(|| context.student.forward_t(images, false).softmax(-1, Kind::Float));
+        let clean_probabilities = tch::no_grad(|| {
+            context
+                .student
+                .forward_t(images, false)
+                .softmax(-1, Kind::Float)
+        });
         let adversarial = attacks::maximize(
             context.student,
             images,
@@ -35,8 +39,9 @@ impl TrainingMethod for Trades {
         let natural_loss = clean_logits.cross_entropy_for_logits(labels);
         // KL(f(x) || f(x_adv)) with gradients through both sides, summed over classes and
         // averaged over the batch (PyTorch's 'batchmean').
-        let robust_loss = losses::kl_to_soft_labels(&adversarial_logits, &clean_logits.softmax(-1, Kind::Float))
-            .mean(Kind::Float);
+        let robust_loss =
+            losses::kl_to_soft_labels(&adversarial_logits, &clean_logits.softmax(-1, Kind::Float))
+                .mean(Kind::Float);
         let loss = natural_loss + robust_loss * self.beta;
         StepOutput {
             loss,
