@@ -1,0 +1,471 @@
+//! Talking to evaluators: connecting (with an optional bearer token), listing checkpoints, and
+//! running one evaluation per model and seed, spread over every server with one evaluation in
+//! flight per server (each evaluator owns one accelerator).
+//!
+//! A failed evaluation is recorded in `Results::failures` and the rest goes on. A server that
+//! becomes unreachable stops taking work; its evaluation is handed to another server.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rfb_proto::v1::evaluate_event::Event;
+use rfb_proto::v1::evaluator_client::EvaluatorClient;
+use rfb_proto::v1::{AttackKind, AttackResult, EvaluateRequest, ListModelsRequest, ModelInfo, Precision, Split};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::attacks;
+use crate::results::{self, AttackRun, Failure, ModelResults, Results, Sanity, SeedRun, ServerInfo, Settings};
+use crate::selection::{self, ModelRequest, Selection};
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Default)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Auth> {
+        match token {
+            None => Ok(Auth(None)),
+            Some(t) => {
+                let value: MetadataValue<Ascii> = format!("Bearer {}", t.trim()).parse().context("the token has characters not allowed in a header")?;
+                Ok(Auth(Some(value)))
+            }
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = EvaluatorClient<InterceptedService<Channel, Auth>>;
+
+/// `host:port` -> `http://host:port`; URLs with a scheme are kept.
+pub fn normalise_endpoint(server: &str) -> String {
+    let server = server.trim().trim_end_matches('/');
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// Reads a bearer token from a file (surrounding whitespace removed).
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+pub async fn connect(server: &str, auth: &Auth, timeout: Duration) -> anyhow::Result<Client> {
+    let url = normalise_endpoint(server);
+    let endpoint = Endpoint::from_shared(url.clone()).with_context(|| format!("bad server address '{server}'"))?.connect_timeout(timeout);
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {url}"))?;
+    Ok(EvaluatorClient::with_interceptor(channel, auth.clone()))
+}
+
+/// A gRPC status as one line.
+pub fn status_text(status: &Status) -> String {
+    let hint = match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => " (check --token-file)",
+        _ => "",
+    };
+    format!("{:?}: {}{hint}", status.code(), status.message())
+}
+
+pub async fn list_models(client: &mut Client) -> anyhow::Result<(Vec<ModelInfo>, Vec<String>)> {
+    let response = client.list_models(ListModelsRequest {}).await.map_err(|s| anyhow::anyhow!("ListModels failed: {}", status_text(&s)))?.into_inner();
+    Ok((response.models, response.problems))
+}
+
+/// Everything `compare` needs.
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    pub servers: Vec<String>,
+    pub token: Option<String>,
+    pub requests: Vec<ModelRequest>,
+    pub seeds: Option<Vec<u64>>,
+    pub checkpoint: String,
+    pub settings: Settings,
+    pub progress: bool,
+    pub command: String,
+    pub connect_timeout: Duration,
+    /// Deadline of one evaluation (all its attacks), if any.
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    model_index: usize,
+    seed: u64,
+    info: ModelInfo,
+    attempts: usize,
+}
+
+enum Outcome {
+    Done { job: Job, run: SeedRun },
+    Failed { job: Job, server: String, error: String },
+}
+
+struct Server {
+    endpoint: String,
+    client: Client,
+    models: HashSet<String>,
+}
+
+fn split_of(name: &str) -> anyhow::Result<Split> {
+    Ok(match name {
+        "test" | "" => Split::Test,
+        "validation" | "val" => Split::Validation,
+        "train" => Split::Train,
+        other => bail!("unknown split '{other}' (test, validation, train)"),
+    })
+}
+
+fn precision_of(name: &str) -> anyhow::Result<Precision> {
+    Ok(match name {
+        "fp32" | "" => Precision::Fp32,
+        "bf16" => Precision::Bf16,
+        other => bail!("unknown precision '{other}' (fp32, bf16)"),
+    })
+}
+
+fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow::Result<AttackRun> {
+    if let Some(spec) = &result.attack {
+        let expected = AttackKind::from_str_name(&setting.kind).map(|k| k as i32);
+        if expected.is_some_and(|k| k != spec.kind) {
+            bail!("the server answered attack kind {} where {} was asked for", spec.kind, setting.kind);
+        }
+    }
+    let class_names = result.classes.iter().map(|c| c.class_name.clone()).collect();
+    let correct = result.classes.iter().map(|c| c.correct).collect();
+    let total = result.classes.iter().map(|c| c.total).collect();
+    let server_metrics = result.metrics.map(|m| {
+        [("average", m.average), ("worst", m.worst), ("worst_10_percent", m.worst_10_percent), ("nsd", m.nsd)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    });
+    Ok(AttackRun {
+        attack: setting.label.clone(),
+        attack_name: result.attack_name,
+        class_names,
+        correct,
+        total,
+        device: result.device,
+        elapsed_seconds: result.elapsed_seconds,
+        cached: result.cached,
+        sanity: result.sanity.map(|s| Sanity {
+            randomised: s.randomised,
+            probabilities_not_logits: s.probabilities_not_logits,
+            zero_gradient_fraction: s.zero_gradient_fraction,
+            possible_gradient_masking: s.possible_gradient_masking,
+        }),
+        evaluator_version: result.versions.as_ref().map(|v| v.evaluator.clone()).unwrap_or_default(),
+        server_metrics,
+    })
+}
+
+/// Runs one evaluation; Err(status) for gRPC failures, Ok(Err(text)) for wrong answers.
+async fn evaluate_one(
+    client: &mut Client,
+    job: &Job,
+    settings: &Settings,
+    deadline: Option<Duration>,
+    bar: &ProgressBar,
+    label: &str,
+    versions: &Mutex<ServerInfo>,
+) -> Result<Result<SeedRun, String>, Status> {
+    let specs: Vec<_> = match settings.attacks.iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let (split, precision) = match (split_of(&settings.split), precision_of(&settings.precision)) {
+        (Ok(s), Ok(p)) => (s, p),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e.to_string())),
+    };
+    let mut request = Request::new(EvaluateRequest {
+        model: job.info.name.clone(),
+        dataset: settings.dataset.clone(),
+        split: split as i32,
+        examples_per_class: settings.examples_per_class,
+        attacks: specs,
+        batch_size: settings.batch_size,
+        precision: precision as i32,
+    });
+    if let Some(d) = deadline {
+        request.set_timeout(d);
+    }
+    bar.set_message(format!("{label} seed {}: starting", job.seed));
+    let mut stream = client.evaluate(request).await?.into_inner();
+    let mut answers: Vec<AttackResult> = Vec::new();
+    let n = settings.attacks.len();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(Event::Queued(q)) => bar.set_message(format!("{label} seed {}: queued, {} ahead", job.seed, q.ahead)),
+            Some(Event::Progress(p)) => {
+                bar.set_length(p.examples_total.max(1) as u64);
+                bar.set_position(p.examples_done.max(0) as u64);
+                bar.set_message(format!("{label} seed {}: {} ({}/{n})", job.seed, p.attack, p.attack_index + 1));
+            }
+            Some(Event::Result(r)) => answers.push(r),
+            Some(Event::Done(_)) => break,
+            None => {}
+        }
+    }
+    if answers.len() != n {
+        return Ok(Err(format!("the server sent {} attack results for {n} attacks", answers.len())));
+    }
+    if let Some(v) = answers.iter().find_map(|a| a.versions.clone()) {
+        let mut info = versions.lock().unwrap_or_else(|e| e.into_inner());
+        info.evaluator_version = v.evaluator;
+        info.libtorch_version = v.libtorch;
+        info.proto_version = v.proto;
+    }
+    let weights = answers.iter().map(|a| a.weights_sha256.clone()).find(|w| !w.is_empty()).unwrap_or_else(|| job.info.weights_sha256.clone());
+    let dataset = answers.iter().map(|a| a.dataset.clone()).find(|d| !d.is_empty()).unwrap_or_else(|| job.info.dataset.clone());
+    let mut runs = Vec::new();
+    for (setting, answer) in settings.attacks.iter().zip(answers) {
+        match attack_run(setting, answer) {
+            Ok(r) => runs.push(r),
+            Err(e) => return Ok(Err(format!("{}: {e}", setting.label))),
+        }
+    }
+    Ok(Ok(SeedRun {
+        seed: job.seed,
+        model: job.info.name.clone(),
+        method: job.info.method.clone(),
+        architecture: job.info.architecture.clone(),
+        dataset,
+        weights_sha256: weights,
+        server: String::new(),
+        attacks: runs,
+    }))
+}
+
+fn take_job(queue: &Mutex<VecDeque<Job>>, models: &HashSet<String>) -> Option<Job> {
+    let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+    let pos = queue.iter().position(|j| models.contains(&j.info.name))?;
+    queue.remove(pos)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    mut server: Server,
+    queue: Arc<Mutex<VecDeque<Job>>>,
+    settings: Arc<Settings>,
+    labels: Arc<Vec<String>>,
+    servers_alive: usize,
+    deadline: Option<Duration>,
+    multi: MultiProgress,
+    overall: ProgressBar,
+    versions: Arc<Mutex<ServerInfo>>,
+) -> Vec<Outcome> {
+    let bar = multi.add(ProgressBar::new(1));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>24} [{bar:30.cyan/blue}] {pos}/{len} examples  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(server.endpoint.clone());
+    let mut outcomes = Vec::new();
+    while let Some(job) = take_job(&queue, &server.models) {
+        let label = labels[job.model_index].clone();
+        bar.set_position(0);
+        let answer = evaluate_one(&mut server.client, &job, &settings, deadline, &bar, &label, &versions).await;
+        match answer {
+            Ok(Ok(mut run)) => {
+                run.server = server.endpoint.clone();
+                overall.inc(1);
+                outcomes.push(Outcome::Done { job, run });
+            }
+            Ok(Err(error)) => {
+                multi.suspend(|| eprintln!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                overall.inc(1);
+                outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
+            }
+            Err(status) if matches!(status.code(), Code::Unavailable) && job.attempts + 1 < servers_alive => {
+                multi.suspend(|| {
+                    eprintln!("bench-client: {} is unavailable ({}); its remaining work goes to the other servers", server.endpoint, status.message())
+                });
+                let mut job = job;
+                job.attempts += 1;
+                queue.lock().unwrap_or_else(|e| e.into_inner()).push_front(job);
+                break;
+            }
+            Err(status) => {
+                let error = status_text(&status);
+                multi.suspend(|| eprintln!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                overall.inc(1);
+                outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    outcomes
+}
+
+/// Connects to every server, resolves the models, runs every evaluation and gathers results.
+pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Selection>)> {
+    if config.servers.is_empty() {
+        bail!("give at least one --server");
+    }
+    let auth = Auth::new(config.token.as_deref())?;
+    let mut servers = Vec::new();
+    let mut server_infos: Vec<ServerInfo> = Vec::new();
+    let mut available: Vec<ModelInfo> = Vec::new();
+    for address in &config.servers {
+        let endpoint = normalise_endpoint(address);
+        let listed = async {
+            let mut client = connect(address, &auth, config.connect_timeout).await?;
+            let (models, problems) = list_models(&mut client).await?;
+            anyhow::Ok((client, models, problems))
+        }
+        .await;
+        match listed {
+            Ok((client, models, problems)) => {
+                for p in problems {
+                    eprintln!("bench-client: {endpoint} could not read a checkpoint: {p}");
+                }
+                for m in &models {
+                    if !available.iter().any(|a| a.name == m.name) {
+                        available.push(m.clone());
+                    }
+                }
+                servers.push(Server { endpoint: endpoint.clone(), client, models: models.iter().map(|m| m.name.clone()).collect() });
+                server_infos.push(ServerInfo { endpoint, ..Default::default() });
+            }
+            Err(e) => {
+                eprintln!("bench-client: not using {endpoint}: {e:#}");
+                server_infos.push(ServerInfo { endpoint, error: Some(format!("{e:#}")), ..Default::default() });
+            }
+        }
+    }
+    if servers.is_empty() {
+        bail!("no server could be reached: {}", server_infos.iter().filter_map(|s| s.error.clone()).collect::<Vec<_>>().join("; "));
+    }
+    let selections = selection::select(&config.requests, &available, config.seeds.as_deref(), &config.checkpoint)?;
+
+    let mut queue = VecDeque::new();
+    for (model_index, selection) in selections.iter().enumerate() {
+        for run in &selection.runs {
+            queue.push_back(Job { model_index, seed: run.seed, info: run.info.clone(), attempts: 0 });
+        }
+    }
+    let total_jobs = queue.len();
+    let queue = Arc::new(Mutex::new(queue));
+    let multi = MultiProgress::with_draw_target(if config.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let overall = multi.add(ProgressBar::new(total_jobs as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:>24} [{bar:30.green/white}] {pos}/{len} evaluations  {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    overall.set_prefix("all");
+    let settings = Arc::new(config.settings.clone());
+    let labels = Arc::new(selections.iter().map(|s| s.request.label.clone()).collect::<Vec<_>>());
+    let alive = servers.len();
+    let mut handles = Vec::new();
+    let mut version_slots = Vec::new();
+    for server in servers {
+        let slot = Arc::new(Mutex::new(ServerInfo { endpoint: server.endpoint.clone(), ..Default::default() }));
+        version_slots.push(slot.clone());
+        handles.push(tokio::spawn(worker(
+            server,
+            queue.clone(),
+            settings.clone(),
+            labels.clone(),
+            alive,
+            config.deadline,
+            multi.clone(),
+            overall.clone(),
+            slot,
+        )));
+    }
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.extend(handle.await.context("an evaluation worker panicked")?);
+    }
+    overall.finish_and_clear();
+    for slot in version_slots {
+        let info = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(existing) = server_infos.iter_mut().find(|s| s.endpoint == info.endpoint) {
+            existing.evaluator_version = info.evaluator_version;
+            existing.libtorch_version = info.libtorch_version;
+            existing.proto_version = info.proto_version;
+        }
+    }
+
+    let mut models: Vec<ModelResults> = selections
+        .iter()
+        .map(|s| ModelResults { label: s.request.label.clone(), class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(), runs: Vec::new() })
+        .collect();
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Done { job, run } => models[job.model_index].runs.push(run),
+            Outcome::Failed { job, server, error } => {
+                failures.push(Failure { label: labels[job.model_index].clone(), model: job.info.name.clone(), seed: Some(job.seed), server, error })
+            }
+        }
+    }
+    for job in queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        failures.push(Failure {
+            label: labels[job.model_index].clone(),
+            model: job.info.name.clone(),
+            seed: Some(job.seed),
+            server: String::new(),
+            error: "no reachable server lists this checkpoint".into(),
+        });
+    }
+    for model in &mut models {
+        model.runs.sort_by_key(|r| r.seed);
+        if let Some(names) = model.runs.iter().flat_map(|r| r.attacks.iter()).map(|a| a.class_names.clone()).find(|n| !n.is_empty()) {
+            if model.runs.iter().flat_map(|r| r.attacks.iter()).any(|a| a.class_names != names) {
+                eprintln!("bench-client: warning: the seeds of '{}' report different class names", model.label);
+            }
+            model.class_names = names;
+        }
+    }
+    failures.sort_by(|a, b| (a.label.as_str(), a.seed).cmp(&(b.label.as_str(), b.seed)));
+    let results = Results {
+        format: results::FORMAT.into(),
+        format_version: results::FORMAT_VERSION,
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        command: config.command.clone(),
+        client_version: format!("rfb-bench-client {}", env!("CARGO_PKG_VERSION")),
+        proto_version: rfb_proto::PROTO_VERSION.into(),
+        settings: config.settings.clone(),
+        servers: server_infos,
+        models,
+        failures,
+    };
+    Ok((results, selections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_tokens() {
+        assert_eq!(normalise_endpoint("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(normalise_endpoint("http://gpu1:7000/"), "http://gpu1:7000");
+        let mut auth = Auth::new(Some("abc\n")).unwrap();
+        let request = tonic::service::Interceptor::call(&mut auth, Request::new(())).unwrap();
+        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer abc");
+        let mut none = Auth::new(None).unwrap();
+        assert!(tonic::service::Interceptor::call(&mut none, Request::new(())).unwrap().metadata().get("authorization").is_none());
+        assert!(Auth::new(Some("bad\u{7}token")).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! `bench-client`: compares models across seeds through the evaluator's gRPC service and turns
+//! per-class counts into statistics (mean, sample SD, Student-t intervals, Welch's test), tables
+//! in the paper's Table 1 layout, CSV files and PNG plots. No libtorch: it depends on the proto
+//! contract only.
+
+pub mod attacks;
+pub mod client;
+pub mod logs;
+pub mod plots;
+pub mod report;
+pub mod results;
+pub mod selection;
+pub mod stats;
+pub mod summary;

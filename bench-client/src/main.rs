@@ -1,0 +1,345 @@
+//! `bench-client`: compare models across seeds through evaluator servers, rebuild reports from
+//! `results.json`, and plot training logs. See `bench-client <command> --help`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use rfb_bench_client::attacks::{self, Common, DEFAULT_ATTACKS};
+use rfb_bench_client::client::{self, CompareConfig};
+use rfb_bench_client::logs::{self, Normalisation};
+use rfb_bench_client::plots::{self, LabelledRun};
+use rfb_bench_client::results::{Results, Settings};
+use rfb_bench_client::selection::{self, name_parts, Selection};
+use rfb_bench_client::report;
+
+#[derive(Parser)]
+#[command(name = "bench-client", version, about = "Compare robust models across seeds: class-wise statistics, tables and plots from evaluator servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Test,
+    Validation,
+    Train,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    /// Evaluate every seed of every model on the servers and write results.json, tables and plots.
+    ///
+    /// A model name stands for all its seeds: `absld` matches the checkpoints `absld-s<seed>/best`
+    /// listed by the servers (else those whose manifest method is `absld`); `LABEL=NAME` sets the
+    /// row label; an exact checkpoint name (`absld-s1/best`) is one seed. The first model is the
+    /// baseline of the differences and Welch tests.
+    Compare {
+        /// Evaluator address (host:port or http://host:port); repeat or comma-separate to share
+        /// the work, one evaluation in flight per server.
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// Models to compare, comma-separated: NAME or LABEL=NAME.
+        #[arg(long)]
+        models: String,
+        /// Only these seeds (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
+        /// Which checkpoint of each run: best, last or epoch-NNNN.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Attacks in column order: clean, fgsm, pgd (PGD-20), pgd-N, cw (CW-inf), cw-N, aa
+        /// (AutoAttack standard), aa-rand, aa:apgd-ce+apgd-t+...
+        #[arg(long, default_value = DEFAULT_ATTACKS)]
+        attacks: String,
+        /// L-inf radius of every attack: a number or a fraction such as 8/255.
+        #[arg(long, default_value = "8/255")]
+        eps: String,
+        /// Step size of PGD and CW (a number or fraction); default: the server's (2/255).
+        #[arg(long)]
+        step_size: Option<String>,
+        /// Seed of the attacks' random starts.
+        #[arg(long, default_value_t = 0)]
+        attack_seed: u64,
+        /// Data set to evaluate on; default: each model's own.
+        #[arg(long, default_value = "")]
+        dataset: String,
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Examples per class (the first n of each class); 0: the whole split.
+        #[arg(long, default_value_t = 0)]
+        examples_per_class: i64,
+        /// Batch size; 0: the server's default.
+        #[arg(long, default_value_t = 0)]
+        batch_size: i64,
+        #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+        precision: PrecisionArg,
+        /// Confidence level of the intervals.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// File holding a bearer token sent with every call.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Output directory (results.json, table.md, report.md, CSV files, PNG plots).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training run directories (or folders of them) whose log.jsonl to plot as well.
+        #[arg(long, num_args = 1..)]
+        logs: Vec<PathBuf>,
+        /// The servers' models directory, when this machine sees it: the compared runs' own
+        /// training logs are then plotted too.
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Normalisation of the class-wise risks in the log plots.
+        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
+        normalise: Normalisation,
+        /// Seconds to wait for a server connection.
+        #[arg(long, default_value_t = 10)]
+        connect_timeout_s: u64,
+        /// Deadline of one evaluation in seconds (all its attacks); none by default.
+        #[arg(long)]
+        deadline_s: Option<u64>,
+        /// Exit with failure when any evaluation failed (default: only when all did).
+        #[arg(long)]
+        strict: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Rebuild tables and plots from a results.json, without a server.
+    Report {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Training run directories (or folders of them) whose log.jsonl to plot as well.
+        #[arg(long, num_args = 1..)]
+        logs: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
+        normalise: Normalisation,
+    },
+    /// Plot training logs: SD of the normalised class-wise error risks per epoch (clean and
+    /// adversarial) and ABSLD's class-wise temperatures.
+    PlotLogs {
+        /// Run directories with log.jsonl, or folders of them. Runs named <group>-s<seed> are
+        /// drawn as one line per group with a band over seeds.
+        #[arg(long, num_args = 1.., required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
+        normalise: Normalisation,
+    },
+    /// List the checkpoints a server offers, with method and seed.
+    List {
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn labelled_runs(dirs: &[PathBuf]) -> anyhow::Result<Vec<LabelledRun>> {
+    let mut runs = Vec::new();
+    for dir in logs::find_runs(dirs)? {
+        let run = logs::read_run(&dir)?;
+        runs.push(LabelledRun { group: run.group.clone(), run });
+    }
+    Ok(runs)
+}
+
+/// The compared runs' own logs under the models directory, grouped by model label.
+fn logs_next_to_checkpoints(models_dir: &Path, selections: &[Selection]) -> Vec<LabelledRun> {
+    let mut runs = Vec::new();
+    for s in selections {
+        for r in &s.runs {
+            let dir = models_dir.join(name_parts(&r.info.name).run);
+            if dir.join("log.jsonl").is_file() {
+                match logs::read_run(&dir) {
+                    Ok(run) => runs.push(LabelledRun { group: s.request.label.clone(), run }),
+                    Err(e) => eprintln!("bench-client: skipping the log of {}: {e:#}", r.info.name),
+                }
+            } else {
+                eprintln!("bench-client: no log.jsonl at {}", dir.display());
+            }
+        }
+    }
+    runs
+}
+
+fn print_files(files: &[PathBuf]) {
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compare {
+            servers,
+            models,
+            seeds,
+            checkpoint,
+            attacks: attack_list,
+            eps,
+            step_size,
+            attack_seed,
+            dataset,
+            split,
+            examples_per_class,
+            batch_size,
+            precision,
+            confidence,
+            token_file,
+            out,
+            logs: log_dirs,
+            models_dir,
+            normalise,
+            connect_timeout_s,
+            deadline_s,
+            strict,
+            quiet,
+        } => {
+            if !(confidence > 0.0 && confidence < 1.0) {
+                bail!("--confidence must be between 0 and 1");
+            }
+            if examples_per_class < 0 || batch_size < 0 {
+                bail!("--examples-per-class and --batch-size must not be negative");
+            }
+            let common = Common {
+                eps: attacks::parse_eps(&eps)?,
+                step_size: step_size.as_deref().map(attacks::parse_eps).transpose().context("--step-size")?,
+                seed: attack_seed,
+            };
+            let settings = Settings {
+                dataset,
+                split: match split {
+                    SplitArg::Test => "test",
+                    SplitArg::Validation => "validation",
+                    SplitArg::Train => "train",
+                }
+                .into(),
+                examples_per_class,
+                batch_size,
+                precision: match precision {
+                    PrecisionArg::Fp32 => "fp32",
+                    PrecisionArg::Bf16 => "bf16",
+                }
+                .into(),
+                attacks: attacks::parse_attacks(&attack_list, &common)?,
+                confidence,
+            };
+            let token = token_file.as_deref().map(client::read_token).transpose()?;
+            let config = CompareConfig {
+                servers,
+                token,
+                requests: selection::parse_models(&models)?,
+                seeds,
+                checkpoint,
+                settings,
+                progress: !quiet,
+                command: std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "),
+                connect_timeout: Duration::from_secs(connect_timeout_s.max(1)),
+                deadline: deadline_s.map(Duration::from_secs),
+            };
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let (results, selections) = runtime.block_on(client::compare(&config))?;
+            let json = out.join("results.json");
+            results.save(&json)?;
+            let mut files = vec![json];
+            files.extend(report::write_report(&results, &out)?);
+            // The results are safe on disk by now: a log that cannot be read is only a warning.
+            let mut log_runs = labelled_runs(&log_dirs).unwrap_or_else(|e| {
+                eprintln!("bench-client: not plotting --logs: {e:#}");
+                Vec::new()
+            });
+            if let Some(dir) = &models_dir {
+                log_runs.extend(logs_next_to_checkpoints(dir, &selections));
+            }
+            if !log_runs.is_empty() {
+                match plots::plot_logs(&log_runs, normalise, &out) {
+                    Ok(f) => files.extend(f),
+                    Err(e) => eprintln!("bench-client: could not plot the training logs: {e:#}"),
+                }
+            }
+            println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
+            print_files(&files);
+            let evaluated: usize = results.models.iter().map(|m| m.runs.len()).sum();
+            if !results.failures.is_empty() {
+                eprintln!("bench-client: {} of {} evaluations failed (listed in report.md)", results.failures.len(), results.failures.len() + evaluated);
+            }
+            if evaluated == 0 || (strict && !results.failures.is_empty()) {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { from, out, logs: log_dirs, normalise } => {
+            let results = Results::load(&from)?;
+            let mut files = report::write_report(&results, &out)?;
+            let log_runs = labelled_runs(&log_dirs)?;
+            if !log_runs.is_empty() {
+                files.extend(plots::plot_logs(&log_runs, normalise, &out)?);
+            }
+            println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
+            print_files(&files);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PlotLogs { runs, out, normalise } => {
+            let log_runs = labelled_runs(&runs)?;
+            let files = plots::plot_logs(&log_runs, normalise, &out)?;
+            print_files(&files);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { servers, token_file } => {
+            let token = token_file.as_deref().map(client::read_token).transpose()?;
+            let auth = client::Auth::new(token.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async {
+                for server in &servers {
+                    let mut c = client::connect(server, &auth, Duration::from_secs(10)).await?;
+                    let (models, problems) = client::list_models(&mut c).await?;
+                    println!("{}:", client::normalise_endpoint(server));
+                    for m in models {
+                        let seed = m.seed.or(name_parts(&m.name).seed).map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                        println!("  {:<40} method {:<8} seed {:<4} {} {} ({} classes)", m.name, m.method, seed, m.architecture, m.dataset, m.num_classes);
+                    }
+                    for p in problems {
+                        println!("  unreadable: {p}");
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bench-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! `results.json`: everything a comparison measured, enough to rebuild every table and plot
+//! without a server (`bench-client report --from results.json`).
+//!
+//! The raw data are per-class counts (correct, total) per model, seed and attack; every summary
+//! metric is recomputed from them with `rfb_proto::metrics`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "rfb-bench-results";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub format: String,
+    pub format_version: u32,
+    /// Seconds since the Unix epoch when the comparison finished.
+    #[serde(default)]
+    pub created_unix: u64,
+    /// The command line that made the file.
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub client_version: String,
+    #[serde(default)]
+    pub proto_version: String,
+    pub settings: Settings,
+    /// Every evaluator asked, with the versions it reported.
+    #[serde(default)]
+    pub servers: Vec<ServerInfo>,
+    /// The compared models in the order asked for; the first is the baseline of comparisons.
+    pub models: Vec<ModelResults>,
+    /// Evaluations that failed (the rest of the comparison went on without them).
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    /// Empty: each model's own data set.
+    #[serde(default)]
+    pub dataset: String,
+    pub split: String,
+    /// 0: the whole split.
+    pub examples_per_class: i64,
+    /// 0: the server's default.
+    #[serde(default)]
+    pub batch_size: i64,
+    #[serde(default)]
+    pub precision: String,
+    /// Attacks in column order.
+    pub attacks: Vec<AttackSetting>,
+    /// Confidence level of the intervals (0.95).
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttackSetting {
+    /// Column label, e.g. "PGD-20"; the key of `AttackRun::attack`.
+    pub label: String,
+    /// The proto's AttackKind name, e.g. "PGD".
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kappa: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ServerInfo {
+    pub endpoint: String,
+    #[serde(default)]
+    pub evaluator_version: String,
+    #[serde(default)]
+    pub libtorch_version: String,
+    #[serde(default)]
+    pub proto_version: String,
+    /// Why the server could not be used, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelResults {
+    /// The name asked for on the command line (the row label).
+    pub label: String,
+    /// Class names (the same for every seed).
+    pub class_names: Vec<String>,
+    /// One entry per seed, in seed order.
+    pub runs: Vec<SeedRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeedRun {
+    pub seed: u64,
+    /// The checkpoint's name on the server, e.g. "absld-s1/best".
+    pub model: String,
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub dataset: String,
+    #[serde(default)]
+    pub weights_sha256: String,
+    /// Endpoint of the evaluator that ran it.
+    #[serde(default)]
+    pub server: String,
+    pub attacks: Vec<AttackRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttackRun {
+    /// The column label from `Settings::attacks`.
+    pub attack: String,
+    /// The server's display name for it.
+    #[serde(default)]
+    pub attack_name: String,
+    pub class_names: Vec<String>,
+    pub correct: Vec<i64>,
+    pub total: Vec<i64>,
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub elapsed_seconds: f64,
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanity: Option<Sanity>,
+    #[serde(default)]
+    pub evaluator_version: String,
+    /// What the server reported (percent; NSD a ratio), kept for reference: the report
+    /// recomputes every metric from the counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_metrics: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sanity {
+    pub randomised: bool,
+    pub probabilities_not_logits: bool,
+    pub zero_gradient_fraction: f64,
+    pub possible_gradient_masking: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub label: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub server: String,
+    pub error: String,
+}
+
+impl AttackRun {
+    /// Class-wise accuracy in percent.
+    pub fn class_accuracy(&self) -> Vec<f64> {
+        rfb_proto::metrics::class_accuracy(&self.correct, &self.total)
+    }
+}
+
+impl SeedRun {
+    pub fn attack(&self, label: &str) -> Option<&AttackRun> {
+        self.attacks.iter().find(|a| a.attack == label)
+    }
+}
+
+impl Results {
+    pub fn attack_labels(&self) -> Vec<String> {
+        self.settings.attacks.iter().map(|a| a.label.clone()).collect()
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Results> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        results.validate().with_context(|| format!("checking {}", path.display()))?;
+        Ok(results)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Checks what the report relies on: the format, matching count vectors, known attacks.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.format != FORMAT {
+            bail!("not a bench-client results file (format '{}', expected '{FORMAT}')", self.format);
+        }
+        if self.format_version > FORMAT_VERSION {
+            bail!("results format version {} is newer than this client understands ({FORMAT_VERSION})", self.format_version);
+        }
+        let labels = self.attack_labels();
+        for model in &self.models {
+            for run in &model.runs {
+                for attack in &run.attacks {
+                    if !labels.contains(&attack.attack) {
+                        bail!("model '{}' seed {}: attack '{}' is not in settings.attacks", model.label, run.seed, attack.attack);
+                    }
+                    let c = attack.class_names.len();
+                    if attack.correct.len() != c || attack.total.len() != c {
+                        bail!(
+                            "model '{}' seed {} attack '{}': {} class names, {} correct counts, {} totals",
+                            model.label,
+                            run.seed,
+                            attack.attack,
+                            c,
+                            attack.correct.len(),
+                            attack.total.len()
+                        );
+                    }
+                    if attack.correct.iter().zip(&attack.total).any(|(&k, &t)| k < 0 || k > t) {
+                        bail!("model '{}' seed {} attack '{}': a correct count is negative or above its total", model.label, run.seed, attack.attack);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    rfb_build_support::emit_libtorch_rpath();
+}

@@ -1,0 +1,563 @@
+//! The models directory and everything about a request that can be checked without tensors:
+//! model names (paths relative to the models directory; anything that resolves outside it is
+//! refused), listings, the weights' checksum, data set compatibility, attack parameters and
+//! cache look-ups. A [`Catalog`] is shared (`Sync`) between the server's request handlers and
+//! the worker thread.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE, WEIGHTS_FILE};
+use rfb_core::data::{self, DatasetKind, Split};
+use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo, Precision};
+use sha2::{Digest, Sha256};
+use tch::Device;
+
+use crate::cache::{cache_key, Lookup, ResultCache, StoredResult};
+use crate::engine::{self, EngineError, MAX_ATTACKS, MAX_BATCH_SIZE};
+
+/// Default name of the cache directory inside the models directory (skipped by listings).
+pub const DEFAULT_CACHE_DIR: &str = ".rfb-cache";
+/// Default batch size when a request leaves it at 0.
+pub const DEFAULT_BATCH_SIZE: i64 = 256;
+/// How deep listings look for checkpoints below the models directory.
+const MAX_LISTING_DEPTH: usize = 8;
+
+/// How an engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub models_dir: PathBuf,
+    /// Directory of the CIFAR / Tiny-ImageNet files (digits is embedded).
+    pub data_dir: Option<PathBuf>,
+    /// `None`: `<models_dir>/.rfb-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// False turns the result cache off (neither read nor written).
+    pub use_cache: bool,
+    pub device: Device,
+    /// Batch size for requests that leave it at 0.
+    pub default_batch_size: i64,
+}
+
+impl EngineConfig {
+    pub fn new(models_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            models_dir: models_dir.into(),
+            data_dir: None,
+            cache_dir: None,
+            use_cache: true,
+            device: Device::Cpu,
+            default_batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Device, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err("--device cuda was asked for but no CUDA device is available".into())
+            }
+        }
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) if (index as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(index)),
+            Some(Ok(index)) => Err(format!("CUDA device {index} does not exist")),
+            _ => Err(format!("unknown device {text:?} (auto, cpu, cuda or cuda:N)")),
+        },
+    }
+}
+
+pub fn split_from_proto(split: i32) -> Result<Split, EngineError> {
+    use rfb_proto::v1::Split as P;
+    match P::try_from(split) {
+        Ok(P::Unspecified | P::Test) => Ok(Split::Test),
+        Ok(P::Validation) => Ok(Split::Validation),
+        Ok(P::Train) => Ok(Split::Train),
+        Err(_) => Err(EngineError::InvalidArgument(format!("unknown split {split}"))),
+    }
+}
+
+pub fn split_to_proto(split: Split) -> rfb_proto::v1::Split {
+    use rfb_proto::v1::Split as P;
+    match split {
+        Split::Test => P::Test,
+        Split::Validation => P::Validation,
+        Split::Train => P::Train,
+    }
+}
+
+/// One attack of a validated request.
+#[derive(Debug, Clone)]
+pub struct PreparedAttack {
+    /// The spec with every default filled in.
+    pub spec: rfb_proto::v1::AttackSpec,
+    /// Display name, e.g. `PGD-20`.
+    pub name: String,
+    /// What determines the result; its sha256 is `cache_key`.
+    pub key_material: serde_json::Value,
+    pub cache_key: String,
+}
+
+/// A request that passed every check that needs no tensors.
+#[derive(Debug, Clone)]
+pub struct PreparedEvaluation {
+    /// The model's name as given (relative to the models directory, `/`-separated).
+    pub model: String,
+    /// Canonical checkpoint directory.
+    pub model_dir: PathBuf,
+    pub manifest: Manifest,
+    /// sha256 of the weights file as read now (equal to the manifest's).
+    pub weights_sha256: String,
+    pub dataset: DatasetKind,
+    pub split: Split,
+    /// 0: the whole split.
+    pub examples_per_class: i64,
+    pub batch_size: i64,
+    pub precision: Precision,
+    pub attacks: Vec<PreparedAttack>,
+}
+
+impl PreparedEvaluation {
+    /// Number of examples the evaluation covers, when known.
+    pub fn examples(&self, class_counts: Option<&[i64]>) -> Option<i64> {
+        if self.examples_per_class > 0 {
+            Some(self.examples_per_class * self.manifest.model.num_classes)
+        } else {
+            class_counts.map(|c| c.iter().sum())
+        }
+    }
+}
+
+/// Everything that determines one attack's result, as JSON (its sha256 is the cache key).
+/// The batch size is not part of it.
+pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec) -> serde_json::Value {
+    let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
+    serde_json::json!({
+        "schema": crate::cache::CACHE_SCHEMA,
+        "weights_sha256": job.weights_sha256,
+        "dataset": job.dataset.name(),
+        "split": job.split.as_str(),
+        "examples_per_class": job.examples_per_class,
+        "attack": {
+            "kind": kind,
+            "eps": spec.eps,
+            "steps": spec.steps,
+            "step_size": spec.step_size,
+            "restarts": spec.restarts,
+            "kappa": spec.kappa,
+            "components": spec.components,
+        },
+        "seed": spec.seed,
+        "precision": job.precision.as_str_name(),
+        "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
+    })
+}
+
+/// The models directory, the data directory, the result cache and a few memos.
+pub struct Catalog {
+    models_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    cache: Option<ResultCache>,
+    device: Device,
+    default_batch_size: i64,
+    /// Weights file -> (length, modification time, sha256), so that unchanged files are not
+    /// hashed again for every request.
+    hashes: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+    /// Examples per class of the splits loaded so far.
+    class_counts: Mutex<HashMap<(DatasetKind, Split), Vec<i64>>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("models_dir", &self.models_dir)
+            .field("data_dir", &self.data_dir)
+            .field("cache", &self.cache.as_ref().map(|c| c.dir().to_path_buf()))
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Catalog {
+    pub fn new(config: &EngineConfig) -> Result<Self, String> {
+        let models_dir = config
+            .models_dir
+            .canonicalize()
+            .map_err(|e| format!("models directory {}: {e}", config.models_dir.display()))?;
+        if !models_dir.is_dir() {
+            return Err(format!("{} is not a directory", models_dir.display()));
+        }
+        let cache = if config.use_cache {
+            let dir = config.cache_dir.clone().unwrap_or_else(|| models_dir.join(DEFAULT_CACHE_DIR));
+            Some(ResultCache::open(&dir).map_err(|e| format!("cache directory {}: {e}", dir.display()))?)
+        } else {
+            None
+        };
+        if !(1..=MAX_BATCH_SIZE).contains(&config.default_batch_size) {
+            return Err(format!("the default batch size must be in 1..={MAX_BATCH_SIZE}"));
+        }
+        Ok(Catalog {
+            models_dir,
+            data_dir: config.data_dir.clone(),
+            cache,
+            device: config.device,
+            default_batch_size: config.default_batch_size,
+            hashes: Mutex::new(HashMap::new()),
+            class_counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(|c| c.dir())
+    }
+
+    /// The canonical checkpoint directory of `name`. Absolute names, `..` and anything that
+    /// resolves outside the models directory (symbolic links included) are refused.
+    pub fn resolve_model(&self, name: &str) -> Result<PathBuf, EngineError> {
+        if name.trim().is_empty() {
+            return Err(EngineError::InvalidArgument("no model given: name a checkpoint directory relative to the models directory, e.g. \"absld-s1/best\"".into()));
+        }
+        let path = Path::new(name);
+        if path.is_absolute() || path.has_root() {
+            return Err(EngineError::InvalidArgument(format!(
+                "model {name:?} is an absolute path; model names are relative to the models directory"
+            )));
+        }
+        if path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(EngineError::InvalidArgument(format!(
+                "model {name:?} contains '..'; model names may not leave the models directory"
+            )));
+        }
+        let joined = self.models_dir.join(path);
+        let canonical = match joined.canonicalize() {
+            Ok(canonical) => canonical,
+            Err(_) => return Err(EngineError::NotFound(format!("unknown model {name:?}: no such directory under the models directory"))),
+        };
+        if !canonical.starts_with(&self.models_dir) {
+            return Err(EngineError::InvalidArgument(format!(
+                "model {name:?} resolves outside the models directory (through a symbolic link); refused"
+            )));
+        }
+        if !canonical.is_dir() || !canonical.join(MANIFEST_FILE).is_file() {
+            return Err(EngineError::NotFound(format!(
+                "unknown model {name:?}: not a checkpoint directory (no {MANIFEST_FILE})"
+            )));
+        }
+        Ok(canonical)
+    }
+
+    fn model_info(name: &str, dir: &Path, manifest: &Manifest) -> ModelInfo {
+        ModelInfo {
+            name: name.to_string(),
+            architecture: manifest.model.architecture.clone(),
+            num_classes: manifest.model.num_classes,
+            input_shape: manifest.model.input_shape.to_vec(),
+            class_names: manifest.class_names.clone(),
+            dataset: manifest.dataset.clone(),
+            method: manifest.method.clone(),
+            seed: manifest.seed,
+            epoch: manifest.epoch,
+            weights_sha256: manifest.weights_sha256.clone(),
+            parameter_count: manifest.parameter_count,
+            manifest_json: std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap_or_default(),
+        }
+    }
+
+    /// One model's manifest.
+    pub fn describe(&self, name: &str) -> Result<ModelInfo, EngineError> {
+        let dir = self.resolve_model(name)?;
+        let manifest = checkpoint::read_manifest(&dir).map_err(|e| EngineError::from_checkpoint(name, e))?;
+        Ok(Self::model_info(&normalise_name(name), &dir, &manifest))
+    }
+
+    /// Every checkpoint directory (one with a manifest.json) below the models directory, by
+    /// name, and the problems met on the way (unreadable manifests and directories, links that
+    /// point outside). Directories whose name starts with `.` (the cache) are skipped; links
+    /// that stay inside are followed (a checkpoint reachable by two names is listed twice),
+    /// except links back up the tree.
+    pub fn list_models(&self) -> (Vec<ModelInfo>, Vec<String>) {
+        let mut models = Vec::new();
+        let mut problems = Vec::new();
+        let mut ancestors = vec![self.models_dir.clone()];
+        self.walk(&self.models_dir, "", 0, &mut ancestors, &mut models, &mut problems);
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        problems.sort();
+        (models, problems)
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        depth: usize,
+        ancestors: &mut Vec<PathBuf>,
+        models: &mut Vec<ModelInfo>,
+        problems: &mut Vec<String>,
+    ) {
+        let shown = if prefix.is_empty() { "." } else { prefix };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                problems.push(format!("{shown}: cannot read the directory: {e}"));
+                return;
+            }
+        };
+        let mut children: Vec<_> = entries.filter_map(Result::ok).collect();
+        children.sort_by_key(|e| e.file_name());
+        for entry in children {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let name = if prefix.is_empty() { file_name.clone() } else { format!("{prefix}/{file_name}") };
+            let Ok(file_type) = entry.file_type() else { continue };
+            let path = entry.path();
+            if file_type.is_symlink() {
+                match path.canonicalize() {
+                    Ok(target) if !target.starts_with(&self.models_dir) => {
+                        if target.is_dir() {
+                            problems.push(format!(
+                                "{name}: symbolic link to a directory outside the models directory; ignored"
+                            ));
+                        }
+                        continue;
+                    }
+                    Ok(target) if target.is_dir() => {}
+                    _ => continue,
+                }
+            } else if !file_type.is_dir() {
+                continue;
+            }
+            let Ok(canonical) = path.canonicalize() else { continue };
+            if ancestors.contains(&canonical) {
+                // A link back up the tree: following it would loop.
+                continue;
+            }
+            if canonical.join(MANIFEST_FILE).exists() {
+                match checkpoint::read_manifest(&canonical) {
+                    Ok(manifest) => models.push(Self::model_info(&name, &canonical, &manifest)),
+                    Err(e) => problems.push(format!("{name}: {e}")),
+                }
+            } else if depth + 1 < MAX_LISTING_DEPTH {
+                ancestors.push(canonical.clone());
+                self.walk(&canonical, &name, depth + 1, ancestors, models, problems);
+                ancestors.pop();
+            }
+        }
+    }
+
+    /// sha256 of a weights file, memoised by length and modification time.
+    fn weights_sha256(&self, path: &Path) -> Result<String, std::io::Error> {
+        let metadata = std::fs::metadata(path)?;
+        let modified = metadata.modified()?;
+        if let Some((length, time, sha)) = self.hashes.lock().expect("hash memo").get(path) {
+            if *length == metadata.len() && *time == modified {
+                return Ok(sha.clone());
+            }
+        }
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        self.hashes.lock().expect("hash memo").insert(path.to_path_buf(), (metadata.len(), modified, sha.clone()));
+        Ok(sha)
+    }
+
+    /// Records the class counts of a loaded split (for validating later requests early).
+    pub fn remember_class_counts(&self, kind: DatasetKind, split: Split, counts: Vec<i64>) {
+        self.class_counts.lock().expect("class counts").insert((kind, split), counts);
+    }
+
+    fn class_counts(&self, kind: DatasetKind, split: Split) -> Option<Vec<i64>> {
+        if let Some(counts) = self.class_counts.lock().expect("class counts").get(&(kind, split)) {
+            return Some(counts.clone());
+        }
+        if kind == DatasetKind::Digits {
+            // Embedded and tiny: cheap enough to load here.
+            let counts = data::load(kind, split, None).ok()?.class_counts();
+            self.remember_class_counts(kind, split, counts.clone());
+            return Some(counts);
+        }
+        None
+    }
+
+    /// Checks a request completely except for what needs the data loaded (the examples per
+    /// class of a CIFAR or Tiny-ImageNet split not seen yet, checked by the engine), and fills
+    /// in every default. Blocking (reads and hashes the weights file): call it off the async
+    /// runtime.
+    pub fn prepare(&self, request: &EvaluateRequest) -> Result<PreparedEvaluation, EngineError> {
+        let model = normalise_name(&request.model);
+        let model_dir = self.resolve_model(&request.model)?;
+        let manifest = checkpoint::read_manifest(&model_dir).map_err(|e| EngineError::from_checkpoint(&model, e))?;
+        let weights_path = model_dir.join(WEIGHTS_FILE);
+        if !weights_path.is_file() {
+            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {WEIGHTS_FILE}")));
+        }
+        let weights_sha256 = self
+            .weights_sha256(&weights_path)
+            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {WEIGHTS_FILE}: {e}")))?;
+        if weights_sha256 != manifest.weights_sha256 {
+            return Err(EngineError::FailedPrecondition(format!(
+                "checkpoint {model:?}: sha256 of {WEIGHTS_FILE} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
+                manifest.weights_sha256
+            )));
+        }
+
+        let dataset_name = if request.dataset.trim().is_empty() { manifest.dataset.as_str() } else { request.dataset.as_str() };
+        let dataset: DatasetKind = dataset_name
+            .parse()
+            .map_err(|_| EngineError::NotFound(format!(
+                "unknown data set {dataset_name:?} (known: digits, cifar10, cifar100, tiny-imagenet)"
+            )))?;
+        let full_classes = dataset.num_classes();
+        let classes_fit = if dataset == DatasetKind::TinyImageNet {
+            // A Tiny-ImageNet folder may hold fewer classes; checked again once loaded.
+            manifest.model.num_classes <= full_classes
+        } else {
+            manifest.model.num_classes == full_classes
+        };
+        if !classes_fit || dataset.input_shape() != manifest.model.input_shape {
+            return Err(EngineError::FailedPrecondition(format!(
+                "model {model:?} takes {:?} inputs in {} classes but data set {dataset} has {:?} inputs in {full_classes} classes",
+                manifest.model.input_shape,
+                manifest.model.num_classes,
+                dataset.input_shape(),
+            )));
+        }
+        if dataset != DatasetKind::Digits && self.data_dir.is_none() {
+            return Err(EngineError::NotFound(format!(
+                "data set {dataset} is not available on this server (it was started without --data-dir)"
+            )));
+        }
+        let split = split_from_proto(request.split)?;
+
+        if request.examples_per_class < 0 {
+            return Err(EngineError::InvalidArgument(format!(
+                "examples_per_class must not be negative, got {}",
+                request.examples_per_class
+            )));
+        }
+        if let Some(counts) = self.class_counts(dataset, split) {
+            if let Some((class, &available)) =
+                counts.iter().enumerate().filter(|(_, &c)| c < request.examples_per_class).min_by_key(|(_, &c)| c)
+            {
+                return Err(EngineError::InvalidArgument(format!(
+                    "examples_per_class is {} but class {class} of {dataset} ({split}) has only {available} examples",
+                    request.examples_per_class
+                )));
+            }
+        }
+
+        let batch_size = match request.batch_size {
+            0 => self.default_batch_size,
+            b if (1..=MAX_BATCH_SIZE).contains(&b) => b,
+            b => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "batch_size must be in 1..={MAX_BATCH_SIZE} (0: the server's default), got {b}"
+                )))
+            }
+        };
+        let precision = match Precision::try_from(request.precision) {
+            Ok(Precision::Unspecified | Precision::Fp32) => Precision::Fp32,
+            Ok(Precision::Bf16) => {
+                return Err(EngineError::InvalidArgument("precision BF16 is not supported yet; use FP32".into()))
+            }
+            Err(_) => return Err(EngineError::InvalidArgument(format!("unknown precision {}", request.precision))),
+        };
+
+        if request.attacks.is_empty() {
+            return Err(EngineError::InvalidArgument("no attacks requested; list at least one AttackSpec".into()));
+        }
+        if request.attacks.len() > MAX_ATTACKS {
+            return Err(EngineError::InvalidArgument(format!(
+                "{} attacks requested; at most {MAX_ATTACKS} per request",
+                request.attacks.len()
+            )));
+        }
+        let mut job = PreparedEvaluation {
+            model,
+            model_dir,
+            manifest,
+            weights_sha256,
+            dataset,
+            split,
+            examples_per_class: request.examples_per_class,
+            batch_size,
+            precision,
+            attacks: Vec::with_capacity(request.attacks.len()),
+        };
+        for (index, spec) in request.attacks.iter().enumerate() {
+            let spec = engine::canonical_spec(spec).map_err(|e| match e {
+                EngineError::InvalidArgument(message) => {
+                    EngineError::InvalidArgument(format!("attack {index}: {message}"))
+                }
+                other => other,
+            })?;
+            let name = engine::attack_display_name(&spec, job.manifest.model.num_classes)?;
+            let key_material = key_material(&job, &spec);
+            let cache_key = cache_key(&key_material);
+            job.attacks.push(PreparedAttack { spec, name, key_material, cache_key });
+        }
+        Ok(job)
+    }
+
+    /// The cached result of one attack, if there is a trustworthy one.
+    pub fn cached(&self, attack: &PreparedAttack) -> Option<StoredResult> {
+        let cache = self.cache.as_ref()?;
+        match cache.load(&attack.cache_key, &attack.key_material) {
+            Lookup::Hit(stored) => Some(stored),
+            Lookup::Miss => None,
+            Lookup::Corrupt(reason) => {
+                tracing::warn!(%reason, "ignoring a corrupt cache entry; the result will be recomputed");
+                None
+            }
+        }
+    }
+
+    /// Every result of `job` if all of them are cached.
+    pub fn all_cached(&self, job: &PreparedEvaluation) -> Option<Vec<AttackResult>> {
+        job.attacks
+            .iter()
+            .map(|attack| self.cached(attack).map(|stored| engine::attack_result(job, attack, &stored, true)))
+            .collect()
+    }
+
+    /// Stores a computed result (failures are logged: the result is still returned).
+    pub fn store(&self, attack: &PreparedAttack, stored: &StoredResult) {
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.store(&attack.cache_key, &attack.key_material, stored) {
+                tracing::warn!(error = %e, "could not write a cache entry");
+            }
+        }
+    }
+}
+
+/// `a/./b/` -> `a/b`.
+fn normalise_name(name: &str) -> String {
+    Path::new(name)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}

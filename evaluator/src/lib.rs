@@ -1,0 +1,45 @@
+//! The evaluation engine of the robust-fairness benchmark and its gRPC service (`rfb.v1`).
+//!
+//! * [`catalog`]: the models directory (name resolution that refuses escapes, listings, the
+//!   validation of requests before they are queued).
+//! * [`engine`]: attack construction from an [`rfb_proto::v1::AttackSpec`], running attacks
+//!   per class on a model, errors mapped to gRPC codes.
+//! * [`cache`]: one JSON file per attack result, keyed by everything that determines it.
+//! * [`worker`]: the FIFO queue and the one thread that owns the models and the device.
+//! * [`service`]: the tonic service, health, reflection, authentication and TLS.
+//! * [`auth`]: the bearer-token interceptor.
+//! * [`table`]: the per-class text table that `evaluator eval` prints.
+
+pub mod auth;
+pub mod cache;
+pub mod catalog;
+pub mod engine;
+pub mod service;
+pub mod table;
+pub mod worker;
+
+pub use catalog::{Catalog, EngineConfig};
+pub use engine::{Engine, EngineError};
+
+/// This crate's version, as reported in results.
+pub fn evaluator_version() -> String {
+    format!("rfb-evaluator {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Versions reported with every result.
+pub fn versions() -> rfb_proto::v1::Versions {
+    rfb_proto::v1::Versions {
+        evaluator: evaluator_version(),
+        libtorch: rfb_core::checkpoint::libtorch_version(),
+        proto: rfb_proto::PROTO_VERSION.to_string(),
+    }
+}
+
+/// Short name of a device for reports: `cpu`, `cuda:0`, ...
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
