@@ -1,24 +1,97 @@
 #!/usr/bin/env bash
-# The main job on the embedded digits data set. Sets up the Python environment (libtorch),
-# builds, trains, and reports class-wise accuracy. Re-running reuses what is already trained.
+# The main job on the embedded digits data set: the paper's comparison, end to end.
+#
+# 1. sets up the Python environment (libtorch) and builds the binaries;
+# 2. trains a TRADES teacher (digits-cnn-wide), then Natural, SAT, TRADES, RSLAD and ABSLD
+#    students (digits-cnn) for every seed; finished runs are reused, killed ones resumed;
+# 3. starts `evaluator serve` on loopback, runs `bench-client compare` with Clean, FGSM,
+#    PGD-20, CW-inf and AutoAttack, and writes tables and plots to results/digits/;
+# 4. stops the server, also on failure or Ctrl-C.
+#
+# Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld),
+# PER_CLASS (test examples per class, default 20), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$(date +%s)
 source scripts/setup-env.sh
 
-echo "== build"
-cargo build --locked -p rfb-trainer --bin trainer
-trainer=target/debug/trainer
+seeds=${SEEDS:-0,1,2}
+methods=${METHODS:-natural,sat,trades,rslad,absld}
+per_class=${PER_CLASS:-20}
+eps=${EPS:-0.1}
+attacks=${ATTACKS:-clean,fgsm,pgd,cw,aa}
+out=results/digits
+work=$out/work
+models=$work/models
+mkdir -p "$models"
 
-work=results/digits/work
-mkdir -p "$work"
-seed=${SEED:-0}
-run="$work/natural-s$seed"
-if [ -f "$run/summary.json" ]; then
-    echo "== $run is already trained; reusing it (delete it to retrain)"
-    "$trainer" train --method natural --dataset digits --seed "$seed" --out "$run" --resume --quiet
-else
-    echo "== train a natural digits-cnn (seed $seed)"
-    resume=()
-    [ -f "$run/resume.json" ] && resume=(--resume)
-    "$trainer" train --method natural --dataset digits --seed "$seed" --out "$run" "${resume[@]}"
-fi
+echo "== build"
+cargo build --locked --bins
+
+# Trains one run unless it finished before; resumes one that was interrupted.
+train() {
+    local dir=$1
+    shift
+    if [ -f "$dir/summary.json" ]; then
+        echo "   reusing $dir"
+        return
+    fi
+    local resume=()
+    [ -f "$dir/resume.json" ] && resume=(--resume)
+    target/debug/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
+}
+
+echo "== teacher: TRADES, digits-cnn-wide"
+train "$work/teacher" --method trades --arch digits-cnn-wide --seed 0
+
+for method in ${methods//,/ }; do
+    for seed in ${seeds//,/ }; do
+        echo "== $method, seed $seed"
+        teacher=()
+        case $method in rslad | absld) teacher=(--teacher "$work/teacher/best") ;; esac
+        train "$models/$method-s$seed" --method "$method" --seed "$seed" "${teacher[@]}"
+    done
+done
+
+echo "== evaluate"
+server_log=$work/server.log
+addr_file=$work/server.addr
+rm -f "$addr_file"
+target/debug/evaluator serve --listen 127.0.0.1:0 --models-dir "$models" --cache-dir "$work/cache" \
+    >"$addr_file" 2>"$server_log" &
+server=$!
+stop_server() {
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+for _ in $(seq 1 300); do
+    [ -s "$addr_file" ] && break
+    kill -0 "$server" 2>/dev/null || { cat "$server_log" >&2; echo "the evaluator did not start" >&2; exit 1; }
+    sleep 0.1
+done
+addr=$(head -n 1 "$addr_file" | grep -oE '[0-9.]+:[0-9]+' | head -n 1)
+[ -n "$addr" ] || { echo "the evaluator printed no address" >&2; exit 1; }
+echo "   evaluator at $addr (log: $server_log)"
+
+target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
+    --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
+    --examples-per-class "$per_class" --out "$out" --models-dir "$models" --logs "$models"
+
+stop_server
+trap - EXIT INT TERM
+elapsed=$(($(date +%s) - started))
+cat >"$out/run.json" <<JSON
+{
+  "command": "bash scripts/digits-benchmark.sh",
+  "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks"},
+  "wall_seconds": $elapsed,
+  "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "host": "$(uname -srm), $(nproc) cores",
+  "rustc": "$(rustc --version)",
+  "torch": "$("$RFB_PYTHON" -c 'import torch; print(torch.__version__)')",
+  "code": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+}
+JSON
+echo "== done in ${elapsed}s: see $out/table.md and $out/*.png"

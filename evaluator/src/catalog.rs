@@ -477,9 +477,7 @@ impl Catalog {
         };
         let precision = match Precision::try_from(request.precision) {
             Ok(Precision::Unspecified | Precision::Fp32) => Precision::Fp32,
-            Ok(Precision::Bf16) => {
-                return Err(EngineError::InvalidArgument("precision BF16 is not supported yet; use FP32".into()))
-            }
+            Ok(Precision::Bf16) => Precision::Bf16,
             Err(_) => return Err(EngineError::InvalidArgument(format!("unknown precision {}", request.precision))),
         };
 

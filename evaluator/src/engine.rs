@@ -13,7 +13,7 @@ use rfb_core::attacks::{
 };
 use rfb_core::checkpoint::{self, CheckpointError, Expectation};
 use rfb_core::data::{self, DataError, Dataset, DatasetKind, Split};
-use rfb_core::models::Network;
+use rfb_core::models::{Network, Precision as ModelPrecision, PreparedNetwork};
 use rfb_proto::v1::{
     evaluate_event::Event, AttackKind, AttackResult, AttackSpec, ClassResult, Metrics, Progress, SanityFlags,
 };
@@ -547,6 +547,18 @@ impl Engine {
         let total = subset.len();
         let built = build_attack(&attack.spec, job.manifest.model.num_classes)?;
         let network = self.model(job)?;
+        // bf16 runs a bf16 channels-last copy; images, loss and projection stay fp32.
+        let prepared = match job.precision {
+            rfb_proto::v1::Precision::Bf16 => Some(
+                PreparedNetwork::new(network, ModelPrecision::Bf16)
+                    .map_err(|e| EngineError::FailedPrecondition(format!("{}: bf16 copy: {e}", job.model)))?,
+            ),
+            _ => None,
+        };
+        let network: &dyn attacks::Classifier = match &prepared {
+            Some(prepared) => prepared,
+            None => network,
+        };
         let progress = |done: i64| {
             Event::Progress(Progress {
                 attack: attack.name.clone(),

@@ -393,6 +393,25 @@ async fn repeated_requests_come_from_the_cache_and_corrupt_entries_are_recompute
     assert!(server.log().contains("corrupt cache entry"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bf16_precision_runs_and_stays_close_to_fp32() {
+    let models = models_dir();
+    let server = Server::start(models.path(), &[]);
+    let mut client = server.client().await;
+    let attacks = vec![spec(AttackKind::Clean), AttackSpec { eps: Some(0.1), seed: 3, ..spec(AttackKind::Pgd) }];
+    let fp32 = results(&events(&mut client, request(10, attacks.clone())).await.unwrap());
+    let bf16_request = EvaluateRequest { precision: Precision::Bf16 as i32, ..request(10, attacks) };
+    let bf16 = results(&events(&mut client, bf16_request).await.unwrap());
+    for (a, b) in fp32.iter().zip(&bf16) {
+        assert_eq!(b.precision, Precision::Bf16 as i32);
+        assert!(!b.cached, "bf16 results are not fp32's cache entries");
+        let (x, y) = (total_correct(a), total_correct(b));
+        eprintln!("{}: fp32 {x} / 100, bf16 {y} / 100", a.attack_name);
+        // 100 points: bf16 rounding may flip a few borderline points, not more.
+        assert!((x - y).abs() <= 4, "{}: fp32 {x} vs bf16 {y} correct", a.attack_name);
+    }
+}
+
 /// A PGD job of 100 batches that takes far longer than any test should wait.
 fn long_job(seed: u64) -> EvaluateRequest {
     EvaluateRequest {
@@ -544,7 +563,7 @@ async fn bad_input_gets_its_status_and_the_server_stays_up() {
         ("unknown attack kind", with(|r| r.attacks = vec![AttackSpec { kind: 99, ..Default::default() }]), Code::InvalidArgument, "99"),
         ("no attacks", with(|r| r.attacks.clear()), Code::InvalidArgument, "no attacks"),
         ("unknown split", with(|r| r.split = 9), Code::InvalidArgument, "split"),
-        ("bf16", with(|r| r.precision = Precision::Bf16 as i32), Code::InvalidArgument, "BF16"),
+        ("unknown precision", with(|r| r.precision = 9), Code::InvalidArgument, "precision"),
         ("corrupt weights", with(|r| r.model = "corrupt/best".into()), Code::FailedPrecondition, "sha256"),
         ("mislabelled architecture", with(|r| r.model = "mislabelled/best".into()), Code::FailedPrecondition, "digits-cnn-wide"),
         ("unreadable manifest", with(|r| r.model = "unreadable/best".into()), Code::FailedPrecondition, "manifest"),

@@ -71,10 +71,12 @@ impl Preset {
             DatasetKind::Digits => Preset {
                 architecture: "digits-cnn".into(),
                 teacher_architecture: "digits-cnn-wide".into(),
-                epochs: 30,
-                batch_size: 64,
-                learning_rate: 0.05,
-                lr_milestones: vec![20, 25],
+                // Batches of 128: these tiny networks are bound by per-operation overhead on a
+                // CPU, so fewer, larger batches train several times faster per epoch.
+                epochs: 20,
+                batch_size: 128,
+                learning_rate: 0.1,
+                lr_milestones: vec![15, 18],
                 momentum: 0.9,
                 weight_decay: 5e-4,
                 crop_padding: 0,
