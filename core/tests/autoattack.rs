@@ -1,37 +1,324 @@
-//! Exploration (temporary).
+//! Auto-PGD and AutoAttack on real computation: a naturally trained digits CNN, compared with
+//! PGD-20 and FGSM, with the reference checks, and with the torchattacks port of the reference
+//! AutoAttack on the same weights and points.
 
 mod common;
 
-use rfb_core::attacks::{self, Apgd, Attack, AutoAttack, Fgsm, Pgd};
-use rfb_core::data::{self, DatasetKind, Split};
-use std::time::Instant;
+use rfb_core::attacks::{
+    self, apgd_checkpoints, sanity_flags, Apgd, Attack, AutoAttack, Classifier, Fgsm, Pgd, Square,
+};
+use rfb_core::checkpoint::{self, CheckpointInfo};
+use rfb_core::data::{self, Dataset, DatasetKind, Split};
+use rfb_core::models::Network;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tch::{Device, Kind, Tensor};
 
-#[test]
-#[ignore]
-fn explore() {
-    let t = Instant::now();
-    let network = common::train_digits_model("digits-cnn", 5, 11);
-    println!("train {:?}", t.elapsed());
-    let test = data::load(DatasetKind::Digits, Split::Test, None).unwrap();
-    let sub = test.class_balanced_subset(20).unwrap();
-    let clean = attacks::clean_accuracy(&network, &test, 128).overall_accuracy();
-    println!("clean {clean}");
-    for eps in [0.05, 0.075, 0.1] {
-        let run = |a: &dyn Attack, d: &data::Dataset| {
-            let t = Instant::now();
-            let acc = attacks::robust_accuracy(a, &network, d, 400, |_, _| true).unwrap().overall_accuracy();
-            println!("eps {eps} {} {acc:.2} ({:?})", a.name(), t.elapsed());
-        };
-        run(&Fgsm { eps }, &test);
-        run(&Pgd::pgd20(eps, 1), &test);
-        run(&Apgd::ce(eps, 1), &test);
-        run(&Apgd::dlr(eps, 1), &test);
-        run(&Apgd::targeted(eps, 9, 1), &test);
-        let aa = AutoAttack::standard(eps, 1);
-        let t = Instant::now();
-        let (images, labels) = sub.batches(400).next().unwrap();
-        tch::manual_seed(1);
-        let out = aa.run(&network, &images, &labels).unwrap();
-        println!("eps {eps} AA on 200: clean {} {:?} ({:?})", out.clean_correct, out.robust_after, t.elapsed());
+const EPS: f64 = 0.1;
+
+/// The tests of this file run in parallel threads of one process and share libtorch's global
+/// generator, so a test that needs a reproducible random stream (seeded runs compared with each
+/// other or with the reference) holds this lock for writing while it draws; every other test
+/// holds it for reading while it attacks.
+static GENERATOR: RwLock<()> = RwLock::new(());
+
+fn exclusive_generator() -> RwLockWriteGuard<'static, ()> {
+    GENERATOR.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn shared_generator() -> RwLockReadGuard<'static, ()> {
+    GENERATOR.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A model trained for these tests (the same weights on every run), with libtorch on one
+/// thread: the tests run two at a time on a 2-core machine, and for batches this small one
+/// thread per test wastes the least CPU.
+fn trained_model(epochs: i64, seed: u64) -> Network {
+    tch::set_num_threads(1);
+    let _generator = exclusive_generator();
+    common::train_digits_model("digits-cnn", epochs, seed)
+}
+
+fn digits_test() -> Dataset {
+    data::load(DatasetKind::Digits, Split::Test, None).unwrap()
+}
+
+fn accuracy(attack: &dyn Attack, model: &dyn Classifier, dataset: &Dataset) -> f64 {
+    attacks::robust_accuracy(attack, model, dataset, 200, |_, _| true).unwrap().overall_accuracy()
+}
+
+fn count_true(mask: &Tensor) -> i64 {
+    i64::try_from(mask.sum(Kind::Int64)).unwrap()
+}
+
+/// The network behind a softmax: what a model that returns probabilities looks like.
+struct Softmax<'a>(&'a Network);
+
+impl Classifier for Softmax<'_> {
+    fn logits(&self, images: &Tensor) -> Tensor {
+        self.0.forward_t(images, false).softmax(-1, Kind::Float)
+    }
+    fn device(&self) -> Device {
+        self.0.device()
     }
 }
+
+/// Gaussian noise on the input at every forward pass: a randomised defence.
+struct Noisy<'a> {
+    network: &'a Network,
+    sigma: f64,
+}
+
+impl Classifier for Noisy<'_> {
+    fn logits(&self, images: &Tensor) -> Tensor {
+        self.network.forward_t(&(images + images.randn_like() * self.sigma), false)
+    }
+    fn device(&self) -> Device {
+        self.network.device()
+    }
+}
+
+/// Inputs rounded to 16 grey levels first: the input gradient is zero almost everywhere, the
+/// textbook case of gradient masking.
+struct Quantised<'a>(&'a Network);
+
+impl Classifier for Quantised<'_> {
+    fn logits(&self, images: &Tensor) -> Tensor {
+        self.0.forward_t(&((images * 16.0).round() / 16.0), false)
+    }
+    fn device(&self) -> Device {
+        self.0.device()
+    }
+}
+
+#[test]
+fn checkpoint_schedule_is_the_papers() {
+    // p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 times 100 iterations.
+    assert_eq!(apgd_checkpoints(100), vec![22, 41, 57, 70, 80, 87, 93, 99]);
+    assert_eq!(apgd_checkpoints(1000)[..3], [220, 410, 570]);
+}
+
+#[test]
+fn apgd_ce_is_at_least_as_strong_as_pgd20_and_apgd_t_lowers_accuracy() {
+    let network = trained_model(3, 11);
+    let _generator = shared_generator();
+    let test = digits_test();
+    let clean = attacks::clean_accuracy(&network, &test, 200).overall_accuracy();
+    let pgd = accuracy(&Pgd::pgd20(EPS, 7), &network, &test);
+    let apgd_ce = accuracy(&Apgd::ce(EPS, 7), &network, &test);
+    println!("test split, eps {EPS}: clean {clean:.2} PGD-20 {pgd:.2} APGD-CE {apgd_ce:.2}");
+    assert!(clean > 90.0, "the model did not learn: {clean}");
+    assert!(apgd_ce <= pgd, "APGD-CE ({apgd_ce}) is weaker than PGD-20 ({pgd})");
+
+    // APGD-T runs 9 x 100 iterations: on a class-balanced subset.
+    let subset = test.class_balanced_subset(10).unwrap();
+    let clean = attacks::clean_accuracy(&network, &subset, 200).overall_accuracy();
+    let pgd = accuracy(&Pgd::pgd20(EPS, 7), &network, &subset);
+    let apgd_t = accuracy(&Apgd::targeted(EPS, 9, 7), &network, &subset);
+    let apgd_dlr = accuracy(&Apgd::dlr(EPS, 7), &network, &subset);
+    println!("subset: clean {clean:.2} PGD-20 {pgd:.2} APGD-T {apgd_t:.2} APGD-DLR {apgd_dlr:.2}");
+    assert!(apgd_t < clean - 20.0, "APGD-T barely hurts a non-robust model: {clean} -> {apgd_t}");
+    assert!(apgd_t <= pgd, "APGD-T ({apgd_t}) is weaker than PGD-20 ({pgd})");
+    assert!(apgd_dlr < clean - 20.0, "APGD-DLR barely hurts a non-robust model: {clean} -> {apgd_dlr}");
+}
+
+#[test]
+fn ordering_clean_fgsm_pgd20_autoattack() {
+    let network = trained_model(3, 12);
+    let _generator = shared_generator();
+    let subset = digits_test().class_balanced_subset(10).unwrap();
+    let clean = attacks::clean_accuracy(&network, &subset, 200).overall_accuracy();
+    let fgsm = accuracy(&Fgsm { eps: EPS }, &network, &subset);
+    let pgd = accuracy(&Pgd::pgd20(EPS, 3), &network, &subset);
+    let autoattack = AutoAttack::standard(EPS, 3);
+    let counts = attacks::robust_accuracy(&autoattack, &network, &subset, 200, |_, _| true).unwrap();
+    let aa = counts.overall_accuracy();
+    println!("clean {clean:.2} FGSM {fgsm:.2} PGD-20 {pgd:.2} AutoAttack {aa:.2} per class {:?}", counts.correct);
+    assert!(clean >= fgsm && fgsm >= pgd && pgd >= aa, "ordering broken: {clean} {fgsm} {pgd} {aa}");
+    assert!(aa < pgd || pgd == 0.0, "AutoAttack found nothing beyond PGD-20: {pgd} -> {aa}");
+
+    // The outcome's bookkeeping agrees with a fresh evaluation of the returned batch.
+    let (images, labels) = subset.batches(200).next().unwrap();
+    let outcome = autoattack.run(&network, &images, &labels).unwrap();
+    attacks::verify_adversarial("AutoAttack", &images, &outcome.adversarial, EPS).unwrap();
+    let correct = tch::no_grad(|| network.forward_t(&outcome.adversarial, false).argmax(-1, false).eq_tensor(&labels));
+    assert!(correct.equal(&outcome.robust), "robust flags disagree with the returned batch");
+    let names: Vec<&str> = outcome.robust_after.iter().map(|(n, _)| n.as_str()).collect();
+    println!("{} clean correct, then {:?}", outcome.clean_correct, outcome.robust_after);
+    assert_eq!(names[0], "APGD-CE");
+    let mut previous = outcome.clean_correct;
+    for (name, left) in &outcome.robust_after {
+        assert!(*left <= previous, "{name} increased the robust count");
+        previous = *left;
+    }
+    assert_eq!(previous, count_true(&outcome.robust));
+}
+
+#[test]
+fn every_returned_batch_stays_in_the_ball_and_breaks_points() {
+    let network = trained_model(3, 13);
+    let _generator = shared_generator();
+    let subset = digits_test().class_balanced_subset(3).unwrap();
+    let (images, labels) = subset.batches(100).next().unwrap();
+    let noisy = Noisy { network: &network, sigma: 0.05 };
+    let cases: Vec<(Box<dyn Attack>, &dyn Classifier)> = vec![
+        (Box::new(Apgd::ce(EPS, 1)), &network),
+        (Box::new(Apgd::dlr(EPS, 1)), &network),
+        (Box::new(Apgd { restarts: 2, ..Apgd::targeted(EPS, 3, 1) }), &network),
+        (Box::new(Apgd { steps: 20, ..Apgd::ce(EPS, 1).with_eot(5) }), &noisy),
+        (Box::new(AutoAttack::custom(EPS, 1, vec![Box::new(Apgd::ce(EPS, 1)), Box::new(Square::new(EPS, 100, 0.8, 1))])), &network),
+    ];
+    let correct_on = |model: &dyn Classifier, x: &Tensor| {
+        count_true(&tch::no_grad(|| model.logits(x).argmax(-1, false).eq_tensor(&labels)))
+    };
+    for (attack, model) in cases {
+        tch::manual_seed(2);
+        let adversarial = attack.perturb(model, &images, &labels).unwrap();
+        attacks::verify_adversarial(&attack.name(), &images, &adversarial, EPS).unwrap();
+        // And it did break points: the check above is not passed by returning the clean batch.
+        let (clean, attacked) = (correct_on(model, &images), correct_on(model, &adversarial));
+        println!("{}: {clean} -> {attacked} correct of {}", attack.name(), images.size()[0]);
+        assert!(3 * attacked <= 2 * clean, "{} broke too few points: {clean} -> {attacked}", attack.name());
+    }
+    // A component searching beyond AutoAttack's eps is refused.
+    let too_wide = AutoAttack::custom(EPS, 1, vec![Box::new(Apgd::ce(2.0 * EPS, 1))]);
+    assert!(too_wide.perturb(&network, &images, &labels).is_err());
+    assert!(Apgd { eot_iter: 0, ..Apgd::ce(EPS, 1) }.perturb(&network, &images, &labels).is_err());
+    assert!(Apgd::targeted(EPS, 0, 1).perturb(&network, &images, &labels).is_err());
+    assert!(Apgd { rho: 1.5, ..Apgd::ce(EPS, 1) }.perturb(&network, &images, &labels).is_err());
+}
+
+#[test]
+fn autoattack_is_deterministic_for_a_seed_on_cpu() {
+    let network = trained_model(2, 14);
+    let _generator = exclusive_generator();
+    let subset = digits_test().class_balanced_subset(5).unwrap();
+    let make = |seed| {
+        AutoAttack::custom(
+            EPS,
+            seed,
+            vec![
+                Box::new(Apgd { steps: 20, ..Apgd::ce(EPS, seed) }),
+                Box::new(Apgd { steps: 20, ..Apgd::targeted(EPS, 3, seed) }),
+                Box::new(Square::new(EPS, 200, 0.8, seed)),
+            ],
+        )
+    };
+    let a = attacks::robust_accuracy(&make(42), &network, &subset, 16, |_, _| true).unwrap();
+    let b = attacks::robust_accuracy(&make(42), &network, &subset, 16, |_, _| true).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.total, vec![5; 10]);
+
+    let (images, labels) = subset.batches(50).next().unwrap();
+    let run = |seed: i64| {
+        tch::manual_seed(seed);
+        Apgd::ce(EPS, 0).perturb(&network, &images, &labels).unwrap()
+    };
+    let (first, second, other) = (run(1), run(1), run(2));
+    assert!(first.equal(&second), "APGD-CE differs between two runs with the same seed");
+    assert!(!first.equal(&other), "APGD-CE ignores the random start");
+}
+
+#[test]
+fn sanity_flags_fire_on_softmax_and_randomised_models_only() {
+    let network = trained_model(2, 15);
+    let _generator = shared_generator();
+    let (images, labels) = digits_test().class_balanced_subset(10).unwrap().batches(100).next().unwrap();
+
+    let plain = sanity_flags(&network, &images, &labels);
+    println!("plain {plain:?}");
+    assert!(!plain.randomised && !plain.probabilities_not_logits && !plain.possible_gradient_masking);
+    assert_eq!(plain.zero_gradient_fraction, 0.0);
+
+    let softmax = sanity_flags(&Softmax(&network), &images, &labels);
+    println!("softmax {softmax:?}");
+    assert!(softmax.probabilities_not_logits && !softmax.randomised);
+
+    let noisy = sanity_flags(&Noisy { network: &network, sigma: 0.05 }, &images, &labels);
+    println!("noisy {noisy:?}");
+    assert!(noisy.randomised && !noisy.probabilities_not_logits);
+
+    let quantised = sanity_flags(&Quantised(&network), &images, &labels);
+    println!("quantised {quantised:?}");
+    assert!(quantised.possible_gradient_masking && !quantised.randomised);
+    assert_eq!(quantised.zero_gradient_fraction, 1.0);
+}
+
+#[test]
+fn rand_version_breaks_a_randomised_model() {
+    let network = trained_model(3, 16);
+    let _generator = shared_generator();
+    let noisy = Noisy { network: &network, sigma: 0.05 };
+    let subset = digits_test().class_balanced_subset(3).unwrap();
+    let clean = attacks::clean_accuracy(&noisy, &subset, 100).overall_accuracy();
+    let rand = accuracy(&AutoAttack::rand(EPS, 4), &noisy, &subset);
+    println!("noisy model: clean {clean:.2} AutoAttack-rand {rand:.2}");
+    assert!(rand < clean - 30.0, "AutoAttack-rand barely hurts a non-robust model: {clean} -> {rand}");
+}
+
+/// Our AutoAttack standard and the torchattacks port of the reference, on the same weights and
+/// the same 200 points (20 per class) of the digits test split, at an eps (0.125) where about
+/// a fifth of the points survive: enough to tell a weaker attack apart, cheap enough for CPU.
+#[test]
+fn robust_accuracy_matches_the_torchattacks_reference() {
+    const EPS: f64 = 0.125;
+    let network = trained_model(3, 17);
+    let test = digits_test();
+    let subset = test.class_balanced_subset(20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint_dir = dir.path().join("checkpoint");
+    let info = CheckpointInfo {
+        class_names: test.class_names.clone(),
+        dataset: "digits".into(),
+        method: "natural".into(),
+        ..Default::default()
+    };
+    checkpoint::save(&checkpoint_dir, &network, info).unwrap();
+    let data_file = dir.path().join("points.safetensors");
+    Tensor::write_safetensors(&[("images", &subset.images), ("labels", &subset.labels)], &data_file).unwrap();
+
+    let start = std::time::Instant::now();
+    let output = common::run_python_script(
+        "reference_autoattack.py",
+        &[checkpoint_dir.display().to_string(), data_file.display().to_string(), format!("--eps={EPS}"), "--seed=0".into()],
+    );
+    let reference_time = start.elapsed();
+    let reference: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
+
+    let (images, labels) = subset.batches(200).next().unwrap();
+    // Exclusive, so that our random draws are the reference's (both seed libtorch's generator
+    // with 0 before each component) and the comparison is point by point.
+    let generator = exclusive_generator();
+    let start = std::time::Instant::now();
+    let ours = AutoAttack::standard(EPS, 0).run(&network, &images, &labels).unwrap();
+    drop(generator);
+    let our_time = start.elapsed();
+    attacks::verify_adversarial("AutoAttack", &images, &ours.adversarial, EPS).unwrap();
+
+    let n = subset.len();
+    let our_robust = count_true(&ours.robust);
+    let reference_robust = reference["robust_correct"].as_i64().unwrap();
+    let reference_flags: Vec<i64> = reference["robust_flags"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let our_flags: Vec<i64> = Vec::<bool>::try_from(&ours.robust).unwrap().into_iter().map(i64::from).collect();
+    let only_ours: Vec<usize> = (0..n as usize).filter(|&i| our_flags[i] == 1 && reference_flags[i] == 0).collect();
+    let only_reference: Vec<usize> = (0..n as usize).filter(|&i| our_flags[i] == 0 && reference_flags[i] == 1).collect();
+    let mut per_class = attacks::ClassCounts::new(10);
+    per_class.add(&labels, &ours.robust);
+    println!(
+        "eps {EPS}, {n} points: clean {} (reference {}); robust ours {our_robust} {:?} in {our_time:?}, \
+         reference {reference_robust} {} in {reference_time:?}; per class ours {:?} reference {}; \
+         robust only for us {only_ours:?}, only for the reference {only_reference:?}",
+        ours.clean_correct,
+        reference["clean_correct"],
+        ours.robust_after,
+        reference["remaining_after"],
+        per_class.correct,
+        reference["correct_per_class"],
+    );
+    assert_eq!(ours.clean_correct, reference["clean_correct"].as_i64().unwrap(), "the weights did not transfer");
+    assert!(reference["max_linf"].as_f64().unwrap() <= EPS + 1e-6);
+    // Within 0.5 percentage points.
+    let gap = 100.0 * (our_robust - reference_robust).abs() as f64 / n as f64;
+    assert!(gap <= 0.5, "robust accuracy ours {our_robust}/{n}, reference {reference_robust}/{n}");
+}
+
+

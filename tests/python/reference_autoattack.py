@@ -2,12 +2,13 @@
 as an independent reference for `core/tests/autoattack.rs`.
 
 usage: reference_autoattack.py CHECKPOINT_DIR DATA_FILE --eps EPS [--seed S] [--steps N]
-                               [--torchattacks-defaults]
+                               [--torchattacks-defaults] [--threads T]
 
 CHECKPOINT_DIR is a directory written by `rfb_core::checkpoint::save` (model.safetensors +
 manifest.json); DATA_FILE is a safetensors file with `images` (f32 [N, C, H, W] in [0, 1]) and
 `labels` (i64 [N]). Prints one JSON object: clean and robust counts, per-class correct counts,
-the points still robust after each component, and the per-point robust flags.
+the points still robust after each component, and the per-point robust flags. Runs on T CPU
+threads (default 1: the tests run two at a time on small batches).
 
 torchattacks 3.5.1 builds AutoAttack with its own defaults (10 iterations for APGD, APGD-T and
 FAB-T, and Square's rescaled p schedule), which are weaker than the reference AutoAttack
@@ -51,11 +52,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--torchattacks-defaults", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import torchattacks
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     model, num_classes = load_checkpoint(args.checkpoint)
     data = load_file(args.data)
     images, labels = data["images"].float(), data["labels"].long()
@@ -73,7 +75,7 @@ def main():
     attack._autoattack._accumulate_multi_atk_records = True
     attack._autoattack._multi_atk_records = [0.0] * (len(components) + 1)
 
-    adversarial = attack(images, labels)
+    adversarial = attack(images, labels).detach()
     with torch.no_grad():
         clean = model(images).argmax(1) == labels
         robust = model(adversarial).argmax(1) == labels

@@ -9,6 +9,11 @@
 //! forward pass, as the reference `run_standard_evaluation` does, so a component cannot claim a
 //! point it did not actually break.
 //!
+//! Randomness: each component is started from libtorch's generator seeded with the AutoAttack
+//! seed, as in the reference (where every component calls `torch.manual_seed(seed)`), so every
+//! batch of a [`super::robust_accuracy`] run uses the same seed and the per-batch seed it sets is
+//! not used.
+//!
 //! [`sanity_flags`] reproduces the reference's checks (`checks.py`) for evaluations that
 //! AutoAttack cannot be trusted on: randomised models, models that output probabilities, and
 //! zero input gradients (gradient masking).
@@ -121,6 +126,10 @@ impl AutoAttack {
             }
             let x = images.index_select(0, &index);
             let y = labels.index_select(0, &index);
+            // As the reference does, every component starts from the generator seeded with the
+            // AutoAttack seed: a run reproduces the reference's random draws for the same seed
+            // (so the two can be compared point by point), whatever ran before it.
+            tch::manual_seed((self.seed & i64::MAX as u64) as i64);
             let candidate = attack.perturb(model, &x, &y)?.detach().to_device(device);
             verify_adversarial(&attack.name(), &x, &candidate, self.eps)?;
             let still_correct = predict(&candidate).eq_tensor(&y);
