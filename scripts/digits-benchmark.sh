@@ -9,7 +9,7 @@
 # 4. stops the server, also on failure or Ctrl-C.
 #
 # Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld),
-# PER_CLASS (test examples per class, default 20), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa).
+# PER_CLASS (test examples per class, default 10), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$(date +%s)
@@ -17,7 +17,7 @@ source scripts/setup-env.sh
 
 seeds=${SEEDS:-0,1,2}
 methods=${METHODS:-natural,sat,trades,rslad,absld}
-per_class=${PER_CLASS:-20}
+per_class=${PER_CLASS:-10}
 eps=${EPS:-0.1}
 attacks=${ATTACKS:-clean,fgsm,pgd,cw,aa}
 out=results/digits
