@@ -269,10 +269,13 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointEr
 /// Saves `network` as a checkpoint directory `dir` (created if needed) and returns its manifest.
 pub fn save(dir: &Path, network: &Network, info: CheckpointInfo) -> Result<Manifest, CheckpointError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let metadata = HashMap::from([
-        ("architecture".to_string(), network.spec.architecture.clone()),
-        ("num_classes".to_string(), network.spec.num_classes.to_string()),
-    ]);
+    // One metadata key only: the safetensors crate writes its metadata map in hash order, so two
+    // keys would make the bytes (and the checksum) of identical weights differ between saves.
+    let model = serde_json::json!({
+        "architecture": network.spec.architecture,
+        "num_classes": network.spec.num_classes,
+    });
+    let metadata = HashMap::from([("rfb_model".to_string(), model.to_string())]);
     let variables: Vec<(String, Tensor)> = network.var_store.variables().into_iter().collect();
     let bytes = tensors_to_safetensors(&variables, Some(metadata))?;
     let manifest = Manifest {
