@@ -124,6 +124,10 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: i64,
+    /// fp32 (the reference numerics) or bf16 (a channels-last bf16 copy of the network; the
+    /// attack arithmetic stays fp32).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
+    precision: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -203,7 +207,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         examples_per_class: args.per_class,
         attacks,
         batch_size: args.batch_size,
-        precision: 0,
+        precision: match args.precision.as_str() {
+            "bf16" => rfb_proto::v1::Precision::Bf16,
+            _ => rfb_proto::v1::Precision::Fp32,
+        } as i32,
     };
     let catalog = Arc::new(Catalog::new(&args.engine.config(args.batch_size)?).map_err(anyhow::Error::msg)?);
     let job = catalog.prepare(&request)?;

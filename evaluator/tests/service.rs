@@ -70,6 +70,7 @@ fn trained_run() -> &'static Path {
             dataset: rfb_core::data::DatasetKind::Digits,
             data_dir: None,
             teacher: None,
+            init: None,
             seed: 0,
             out: scratch.clone(),
             preset,

@@ -44,6 +44,13 @@ def main():
                 attack = torchattacks.PGD(model, eps=eps, alpha=2 / 255, steps=20, random_start=True)
             else:
                 attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+                # The reference configuration (fra31/auto-attack): 100 iterations per component
+                # and Square's unrescaled schedule; torchattacks' own defaults run 10 iterations.
+                for component in attack._autoattack.attacks:
+                    if hasattr(component, "steps"):
+                        component.steps = 100
+                    if hasattr(component, "rescale_schedule"):
+                        component.rescale_schedule = False
             with torch.no_grad():
                 model(x)
             torch.manual_seed(1)

@@ -61,6 +61,10 @@ enum Command {
         /// Architecture of a PyTorch teacher state dict (default: the preset's, wrn-34-10 on CIFAR).
         #[arg(long)]
         teacher_arch: Option<String>,
+        /// Start from the weights of this checkpoint directory (same architecture) instead of a
+        /// random initialisation; FRL fine-tunes a robust model, e.g. a TRADES run's `best`.
+        #[arg(long)]
+        init: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output directory of the run.
@@ -131,6 +135,7 @@ fn main() -> Result<()> {
             arch,
             teacher,
             teacher_arch,
+            init,
             seed,
             out,
             epochs,
@@ -224,6 +229,7 @@ fn main() -> Result<()> {
                 dataset: kind,
                 data_dir,
                 teacher,
+                init,
                 seed,
                 out: out.clone(),
                 preset,

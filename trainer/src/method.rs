@@ -1,5 +1,6 @@
 //! The interface every training method implements, one method per file in `methods/`.
 
+use rfb_core::attacks::ClassCounts;
 use rfb_core::models::Network;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -44,6 +45,25 @@ pub struct Temperatures {
     pub adversarial: Vec<f64>,
 }
 
+/// What a method sees after each epoch.
+pub struct EpochEnd<'a> {
+    /// 0-based epoch that just finished, and the run's number of epochs.
+    pub epoch: i64,
+    pub epochs: i64,
+    /// Class-wise mean cross-entropy of the epoch's training batches (R_k of Eq. 10).
+    pub risks: &'a EpochRisks,
+    /// Class-wise accuracy of the logits the steps returned (clean, and adversarial where the
+    /// method attacks): CFA calibrates its margins and regularisation from these.
+    pub train_clean_accuracy: &'a [f64],
+    pub train_adversarial_accuracy: Option<&'a [f64]>,
+    /// Class-wise clean and PGD counts of the student on the selection split, measured after
+    /// this epoch when [`TrainingMethod::needs_validation`] asks for them (FRL, CFA).
+    pub validation: Option<(&'a ClassCounts, &'a ClassCounts)>,
+    /// Whether the learning rate drops before the next epoch.
+    pub lr_decayed: bool,
+    pub student: &'a Network,
+}
+
 /// A training method: the per-batch loss, and whatever it adapts between epochs.
 pub trait TrainingMethod {
     fn name(&self) -> &'static str;
@@ -57,9 +77,28 @@ pub trait TrainingMethod {
     /// attacked. Randomness comes from libtorch's generator, seeded by the loop per batch.
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput;
 
-    /// Called after each epoch with that epoch's class-wise risks; `lr_decayed` says whether the
-    /// learning rate drops before the next epoch.
-    fn end_epoch(&mut self, _risks: &EpochRisks, _lr_decayed: bool) {}
+    /// Called after each epoch with that epoch's class-wise statistics.
+    fn end_epoch(&mut self, _end: &EpochEnd) {}
+
+    /// Whether `end_epoch` needs class-wise accuracies on the selection split every epoch.
+    fn needs_validation(&self) -> bool {
+        false
+    }
+
+    /// Weights to evaluate and save instead of the student's (CFA's fairness-aware weight
+    /// average), by variable name; `None` while there are none.
+    fn averaged_weights(&self) -> Option<&[(String, Tensor)]> {
+        None
+    }
+
+    /// Tensors to save for `--resume` beside [`TrainingMethod::state`].
+    fn tensor_state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn restore_tensors(&mut self, _tensors: std::collections::HashMap<String, Tensor>) -> Result<(), String> {
+        Ok(())
+    }
 
     fn temperatures(&self) -> Option<Temperatures> {
         None

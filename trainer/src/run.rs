@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::method::{EpochRisks, StepContext, TrainingMethod};
+use crate::method::{EpochEnd, EpochRisks, StepContext, TrainingMethod};
 use crate::methods::{self, MethodOptions};
 use crate::presets::Preset;
 use crate::sgd::Sgd;
@@ -79,6 +79,9 @@ pub struct RunConfig {
     pub dataset: DatasetKind,
     pub data_dir: Option<PathBuf>,
     pub teacher: Option<TeacherSource>,
+    /// Start from these weights (one of our checkpoint directories of the same architecture)
+    /// instead of a random initialisation; FRL fine-tunes a robust model this way.
+    pub init: Option<PathBuf>,
     pub seed: u64,
     pub out: PathBuf,
     pub preset: Preset,
@@ -150,6 +153,8 @@ fn load_teacher(
 struct RiskAccumulator {
     clean: Tensor,
     adversarial: Tensor,
+    clean_correct: Tensor,
+    adversarial_correct: Tensor,
     counts: Tensor,
     has_adversarial: bool,
 }
@@ -160,6 +165,8 @@ impl RiskAccumulator {
         RiskAccumulator {
             clean: zeros(),
             adversarial: zeros(),
+            clean_correct: zeros(),
+            adversarial_correct: zeros(),
             counts: zeros(),
             has_adversarial: false,
         }
@@ -168,14 +175,26 @@ impl RiskAccumulator {
     fn add(&mut self, labels: &Tensor, clean_logits: &Tensor, adversarial_logits: Option<&Tensor>) {
         let per_sample =
             |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
+        let correct = |logits: &Tensor| logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double);
         let _ = self.clean.index_add_(0, labels, &per_sample(clean_logits));
+        let _ = self.clean_correct.index_add_(0, labels, &correct(clean_logits));
         let _ =
             self.counts
                 .index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
         if let Some(logits) = adversarial_logits {
             self.has_adversarial = true;
             let _ = self.adversarial.index_add_(0, labels, &per_sample(logits));
+            let _ = self.adversarial_correct.index_add_(0, labels, &correct(logits));
         }
+    }
+
+    /// Class-wise accuracy of the clean and (where there were any) adversarial logits.
+    fn accuracies(&self) -> (Vec<f64>, Option<Vec<f64>>) {
+        let mean = |sums: &Tensor| -> Vec<f64> {
+            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
+                .unwrap_or_default()
+        };
+        (mean(&self.clean_correct), self.has_adversarial.then(|| mean(&self.adversarial_correct)))
     }
 
     fn risks(&self) -> EpochRisks {
@@ -308,6 +327,14 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         }
         (_, false) => None,
     };
+    if let (Some(init), false) = (&config.init, config.resume && resume_pointer.exists()) {
+        let expect = Expectation {
+            architecture: Some(spec.architecture.clone()),
+            num_classes: Some(classes),
+        };
+        let (initial, _) = checkpoint::load(init, config.device, &expect)?;
+        copy_weights(&student, &initial.var_store.variables().into_iter().collect::<Vec<_>>())?;
+    }
     let mut optimizer = Sgd::new(&student, preset.momentum, preset.weight_decay);
 
     let log_path = out.join("log.jsonl");
@@ -331,18 +358,18 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             num_classes: Some(classes),
         };
         let (saved, _) = checkpoint::load(&dir.join("model"), config.device, &expect)?;
-        tch::no_grad(|| -> Result<(), TrainError> {
-            let saved_variables = saved.var_store.variables();
-            for (name, mut variable) in student.var_store.variables() {
-                variable.f_copy_(&saved_variables[&name])?;
-            }
-            Ok(())
-        })?;
+        copy_weights(&student, &saved.var_store.variables().into_iter().collect::<Vec<_>>())?;
         let momentum = checkpoint::load_tensors(&dir.join("momentum.safetensors"))?;
         optimizer.restore(momentum).map_err(TrainError::Config)?;
         method
             .restore(&state.method_state)
             .map_err(TrainError::Config)?;
+        let method_tensors = dir.join("method.safetensors");
+        if method_tensors.is_file() {
+            method
+                .restore_tensors(checkpoint::load_tensors(&method_tensors)?)
+                .map_err(TrainError::Config)?;
+        }
         truncate_log(&log_path, state.epochs_done)?;
     } else {
         let _ = std::fs::remove_file(&log_path);
@@ -354,6 +381,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         "preset": preset,
         "select_on": config.select_on.as_str(),
         "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
+        "init": config.init.as_ref().map(|p| p.display().to_string()),
         "device": format!("{:?}", config.device),
         "code_version": checkpoint::code_version(),
         "libtorch_version": checkpoint::libtorch_version(),
@@ -436,14 +464,49 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             bar.inc(1);
         }
         let epoch_risks = risks.risks();
-        method.end_epoch(&epoch_risks, preset.lr_drops_after(epoch));
+        let (train_clean_accuracy, train_adversarial_accuracy) = risks.accuracies();
+        let student_evaluation = if method.needs_validation() {
+            student.set_trainable(false);
+            let evaluation = evaluate(&student, &selection_split, preset, config.seed)?;
+            student.set_trainable(true);
+            Some(evaluation)
+        } else {
+            None
+        };
+        method.end_epoch(&EpochEnd {
+            epoch,
+            epochs: preset.epochs,
+            risks: &epoch_risks,
+            train_clean_accuracy: &train_clean_accuracy,
+            train_adversarial_accuracy: train_adversarial_accuracy.as_deref(),
+            validation: student_evaluation.as_ref().map(|(clean, robust, _)| (clean, robust)),
+            lr_decayed: preset.lr_drops_after(epoch),
+            student: &student,
+        });
+        // What is evaluated and saved: the student, or the method's weight average (CFA).
+        let averaged = match method.averaged_weights() {
+            Some(weights) => Some(network_with_weights(&spec, config.device, weights)?),
+            None => None,
+        };
 
         let is_last = epoch + 1 == preset.epochs;
         let mut evaluation = serde_json::Value::Null;
         if is_last || (epoch + 1) % preset.eval_every.max(1) == 0 {
-            student.set_trainable(false);
-            let (clean, robust, score) = evaluate(&student, &selection_split, preset, config.seed)?;
-            student.set_trainable(true);
+            let (clean, robust, score) = match (&averaged, student_evaluation) {
+                (None, Some(done)) => done,
+                _ => {
+                    student.set_trainable(false);
+                    let result = evaluate(
+                        averaged.as_ref().unwrap_or(&student),
+                        &selection_split,
+                        preset,
+                        config.seed,
+                    );
+                    student.set_trainable(true);
+                    result?
+                }
+            };
+            let evaluated = averaged.as_ref().unwrap_or(&student);
             evaluation = json!({
                 "split": config.select_on.as_str(),
                 "clean_class_accuracy": clean.class_accuracy(),
@@ -462,7 +525,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 );
                 checkpoint::save(
                     &out.join("best"),
-                    &student,
+                    evaluated,
                     info_for(
                         config,
                         method.as_ref(),
@@ -485,6 +548,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 score
             ));
         }
+        let evaluated = averaged.as_ref().unwrap_or(&student);
         let last_info = info_for(
             config,
             method.as_ref(),
@@ -495,11 +559,11 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 value: None,
             }),
         );
-        checkpoint::save(&out.join("last"), &student, last_info.clone())?;
+        checkpoint::save(&out.join("last"), evaluated, last_info.clone())?;
         if preset.checkpoint_every > 0 && (epoch + 1) % preset.checkpoint_every == 0 {
             checkpoint::save(
                 &out.join(format!("epoch-{:04}", epoch + 1)),
-                &student,
+                evaluated,
                 last_info.clone(),
             )?;
         }
@@ -510,6 +574,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         let resume_dir = out.join(&resume_dir_name);
         checkpoint::save(&resume_dir.join("model"), &student, last_info)?;
         checkpoint::save_tensors(&resume_dir.join("momentum.safetensors"), &optimizer.state())?;
+        checkpoint::save_tensors(&resume_dir.join("method.safetensors"), &method.tensor_state())?;
         checkpoint::write_atomic(
             &resume_dir.join("state.json"),
             serde_json::to_string(&state).unwrap_or_default().as_bytes(),
@@ -525,6 +590,8 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 "risk_clean": epoch_risks.clean,
                 "risk_adversarial": epoch_risks.adversarial,
                 "temperatures": method.temperatures(),
+                "method_state": method.state(),
+                "weight_average": method.averaged_weights().is_some(),
                 "evaluation": evaluation,
             }),
         )?;
@@ -578,6 +645,33 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// Copies named weights into `network`'s variables (every variable must be present).
+fn copy_weights(network: &Network, weights: &[(String, Tensor)]) -> Result<(), TrainError> {
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        weights.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (name, mut variable) in network.var_store.variables() {
+            let source = by_name.get(name.as_str()).ok_or_else(|| {
+                TrainError::Config(format!("the weights to copy lack the variable {name}"))
+            })?;
+            variable.f_copy_(source)?;
+        }
+        Ok(())
+    })
+}
+
+/// A fresh network of `spec` holding `weights` (for evaluating and saving a weight average).
+fn network_with_weights(
+    spec: &ModelSpec,
+    device: Device,
+    weights: &[(String, Tensor)],
+) -> Result<Network, TrainError> {
+    let mut network = models::build(spec, device)?;
+    copy_weights(&network, weights)?;
+    network.set_trainable(false);
+    Ok(network)
 }
 
 fn remove_old_resume_dirs(out: &Path, keep: &str) {

@@ -37,6 +37,7 @@ fn config(
             path: path.to_path_buf(),
             architecture: "digits-cnn-wide".into(),
         }),
+        init: None,
         seed,
         out: out.to_path_buf(),
         preset,
@@ -113,6 +114,65 @@ fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
             "{method} learned nothing in 2 epochs: {clean}"
         );
     }
+}
+
+#[test]
+fn every_baseline_trains_and_writes_loadable_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    // FRL fine-tunes a robust model: a short TRADES run of the student's architecture.
+    let start = dir.path().join("trades");
+    run::run(&config("trades", &start, quick_preset(2), None, 2)).unwrap();
+    for method in ["ard", "adaad", "fair-ard", "frl", "bat", "cfa"] {
+        let out = dir.path().join(method);
+        let teacher = matches!(method, "ard" | "adaad" | "fair-ard").then(teacher);
+        let mut run_config = config(method, &out, quick_preset(2), teacher, 1);
+        if method == "frl" {
+            run_config.init = Some(start.join("best"));
+        }
+        let summary = run::run(&run_config).unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(summary.epochs_done, 2, "{method}");
+        for checkpoint_dir in ["best", "last"] {
+            let (_, manifest) = checkpoint::load(&out.join(checkpoint_dir), Device::Cpu, &Expectation::default())
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(manifest.method, method);
+        }
+        let lines = log_lines(&out);
+        assert_eq!(lines.len(), 2, "{method}");
+        assert!(!lines[1]["risk_adversarial"].is_null(), "{method}");
+        let clean = summary.test_clean.unwrap().overall_accuracy();
+        // Above chance (10%): ARD's soft labels at t = 30 from the weak test teacher are nearly
+        // flat, so two epochs teach it less than the others.
+        assert!(clean > 20.0, "{method} learned nothing in 2 epochs: {clean}");
+        let state = &lines[0]["method_state"];
+        match method {
+            // One epoch of attacks has set class weights that differ from one another.
+            "fair-ard" => {
+                let weights: Vec<f64> = serde_json::from_value(state["weights"].clone()).unwrap();
+                assert!(weights.iter().any(|w| (w - weights[0]).abs() > 1e-9), "{weights:?}");
+                assert!(weights.iter().all(|w| (5.0 / 6.0 - 1e-12..=2.5 + 1e-12).contains(w)), "{weights:?}");
+            }
+            // The multipliers moved from zero after the first epoch's validation.
+            "frl" => {
+                let margin: Vec<f64> = serde_json::from_value(state["margin"].clone()).unwrap();
+                assert!(margin.iter().any(|m| m.abs() > 1e-9), "{margin:?}");
+            }
+            // The previous epoch's class-wise train robust accuracy is recorded for CCM/CCR.
+            "cfa" => {
+                let t: Vec<f64> = serde_json::from_value(state["train_robust_accuracy"].clone()).unwrap();
+                assert_eq!(t.len(), 10);
+                assert!(t.iter().all(|a| (0.0..=1.0).contains(a)), "{t:?}");
+            }
+            _ => {}
+        }
+    }
+    // FRL started from the TRADES weights, not from scratch: its first epoch's clean risk is
+    // well below that of the TRADES run's first epoch from a random initialisation.
+    let mean_clean_risk = |out: &Path| -> f64 {
+        let risks: Vec<f64> = serde_json::from_value(log_lines(out)[0]["risk_clean"].clone()).unwrap();
+        risks.iter().sum::<f64>() / risks.len() as f64
+    };
+    let (fine_tuned, from_scratch) = (mean_clean_risk(&dir.path().join("frl")), mean_clean_risk(&start));
+    assert!(fine_tuned < 0.8 * from_scratch, "FRL {fine_tuned} vs TRADES from scratch {from_scratch}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss};
 pub use autoattack::{sanity_flags, AutoAttack, AutoAttackOutcome, SanityFlags};
 pub use cw::CarliniWagnerLinf;
 pub use fgsm::Fgsm;
-pub use pgd::{maximize, Pgd, PgdLoss, Start};
+pub use pgd::{maximize, maximize_per_example, Pgd, PgdLoss, Start};
 
 /// Slack allowed by [`verify_adversarial`] for float rounding at the ball's boundary.
 pub const BOUND_TOLERANCE: f64 = 1e-6;

@@ -52,6 +52,43 @@ pub fn maximize(
     current.detach()
 }
 
+/// [`maximize`] with a radius and a step size per example (`radius` and `step_size` are [N]
+/// tensors on the images' device), as the class-wise margins of FRL and CFA need. `observe`
+/// sees every iterate before its step (the start included, the final iterate not) with its
+/// detached logits: Fair-ARD counts the steps a point stays correct, BAT keeps the points just
+/// before and after the boundary.
+#[allow(clippy::too_many_arguments)]
+pub fn maximize_per_example(
+    model: &dyn Classifier,
+    images: &Tensor,
+    radius: &Tensor,
+    step_size: &Tensor,
+    steps: i64,
+    start: Start,
+    loss: impl Fn(&Tensor) -> Tensor,
+    mut observe: impl FnMut(i64, &Tensor, &Tensor),
+) -> Tensor {
+    let images = images.detach();
+    let mut shape = vec![-1i64];
+    shape.extend(std::iter::repeat_n(1, images.dim().saturating_sub(1)));
+    let radius = radius.to_kind(images.kind()).reshape(&shape);
+    let step_size = step_size.to_kind(images.kind()).reshape(&shape);
+    let lower = (&images - &radius).clamp_min(0.0);
+    let upper = (&images + &radius).clamp_max(1.0);
+    let mut current = match start {
+        Start::Clean => images.shallow_clone(),
+        Start::Uniform => &images + (images.rand_like() * 2.0 - 1.0) * &radius,
+        Start::Gaussian(sigma) => &images + images.randn_like() * sigma,
+    };
+    current = current.maximum(&lower).minimum(&upper);
+    for step in 0..steps {
+        let (gradient, logits) = input_gradient(model, &current, &loss);
+        observe(step, &current, &logits);
+        current = (current + gradient.sign() * &step_size).maximum(&lower).minimum(&upper);
+    }
+    current.detach()
+}
+
 /// PGD with restarts; a point keeps the first restart's result that fools the model.
 #[derive(Debug, Clone)]
 pub struct Pgd {

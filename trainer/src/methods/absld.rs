@@ -12,7 +12,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::distillation::distillation_step;
-use crate::method::{EpochRisks, StepContext, StepOutput, Temperatures, TrainingMethod};
+use crate::method::{EpochEnd, StepContext, StepOutput, Temperatures, TrainingMethod};
 use crate::temperature::{update_temperatures, TemperatureSchedule};
 
 pub struct Absld {
@@ -58,13 +58,13 @@ impl TrainingMethod for Absld {
         distillation_step(context, images, labels, clean, adversarial, self.alpha)
     }
 
-    fn end_epoch(&mut self, risks: &EpochRisks, lr_decayed: bool) {
-        update_temperatures(&mut self.clean, &risks.clean, &self.schedule);
-        if let Some(adversarial_risks) = &risks.adversarial {
+    fn end_epoch(&mut self, end: &EpochEnd) {
+        update_temperatures(&mut self.clean, &end.risks.clean, &self.schedule);
+        if let Some(adversarial_risks) = &end.risks.adversarial {
             update_temperatures(&mut self.adversarial, adversarial_risks, &self.schedule);
         }
         self.tensors = None;
-        if lr_decayed {
+        if end.lr_decayed {
             self.schedule.beta /= 10.0;
         }
     }

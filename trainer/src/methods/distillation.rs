@@ -24,6 +24,32 @@ pub fn distillation_step(
     adversarial_temperatures: &Tensor,
     alpha: f64,
 ) -> StepOutput {
+    weighted_distillation_step(
+        context,
+        images,
+        labels,
+        clean_temperatures,
+        adversarial_temperatures,
+        alpha,
+        None,
+        |_, _, _| {},
+    )
+}
+
+/// [`distillation_step`] with a weight per example on both KL terms (Fair-ARD's class
+/// re-weighting; the loss is the weighted batch mean) and an observer of the inner
+/// maximisation's iterates (see [`attacks::maximize_per_example`]).
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_distillation_step(
+    context: &StepContext,
+    images: &Tensor,
+    labels: &Tensor,
+    clean_temperatures: &Tensor,
+    adversarial_temperatures: &Tensor,
+    alpha: f64,
+    example_weights: Option<&Tensor>,
+    observe: impl FnMut(i64, &Tensor, &Tensor),
+) -> StepOutput {
     let teacher = context
         .teacher
         .expect("distillation needs a teacher; the loop checks this");
@@ -31,20 +57,26 @@ pub fn distillation_step(
     let adversarial_targets = soft_labels_at(&teacher_logits, labels, adversarial_temperatures);
     let clean_targets = soft_labels_at(&teacher_logits, labels, clean_temperatures);
     let attack = context.attack;
-    let adversarial = attacks::maximize(
+    let batch = images.size()[0];
+    let options = (images.kind(), images.device());
+    let adversarial = attacks::maximize_per_example(
         context.student,
         images,
-        attack.eps,
-        attack.step_size,
+        &Tensor::full([batch], attack.eps, options),
+        &Tensor::full([batch], attack.step_size, options),
         attack.steps,
         Start::Gaussian(0.001),
         |logits| losses::kl_to_soft_labels(logits, &adversarial_targets),
+        observe,
     );
     let adversarial_logits = context.student.forward_t(&adversarial, true);
     let clean_logits = context.student.forward_t(images, true);
-    let adversarial_loss =
-        losses::kl_to_soft_labels(&adversarial_logits, &adversarial_targets).mean(Kind::Float);
-    let clean_loss = losses::kl_to_soft_labels(&clean_logits, &clean_targets).mean(Kind::Float);
+    let reduce = |per_example: Tensor| match example_weights {
+        Some(weights) => (per_example * weights).mean(Kind::Float),
+        None => per_example.mean(Kind::Float),
+    };
+    let adversarial_loss = reduce(losses::kl_to_soft_labels(&adversarial_logits, &adversarial_targets));
+    let clean_loss = reduce(losses::kl_to_soft_labels(&clean_logits, &clean_targets));
     let loss = adversarial_loss * alpha + clean_loss * (1.0 - alpha);
     StepOutput {
         loss,
