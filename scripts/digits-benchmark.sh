@@ -8,8 +8,11 @@
 #    PGD-20, CW-inf and AutoAttack, and writes tables and plots to results/digits/;
 # 4. stops the server, also on failure or Ctrl-C.
 #
-# Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld),
-# PER_CLASS (test examples per class, default 10), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa).
+# Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld; `all`
+# adds the other baselines ard,adaad,fair-ard,frl,bat,cfa), PER_CLASS (test examples per class,
+# default 10), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa), OUT (where tables and plots go,
+# results/digits), WORK (trained models, evaluator cache and log, results/digits/work; shared
+# between outputs, so `METHODS=all OUT=results/digits-all` reuses the default run's models).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$(date +%s)
@@ -17,25 +20,34 @@ source scripts/setup-env.sh
 
 seeds=${SEEDS:-0,1,2}
 methods=${METHODS:-natural,sat,trades,rslad,absld}
+[ "$methods" = all ] && methods=natural,sat,trades,rslad,absld,ard,adaad,fair-ard,frl,bat,cfa
 per_class=${PER_CLASS:-10}
 eps=${EPS:-0.1}
 attacks=${ATTACKS:-clean,fgsm,pgd,cw,aa}
-out=results/digits
-work=$out/work
+out=${OUT:-results/digits}
+work=${WORK:-results/digits/work}
+command="bash scripts/digits-benchmark.sh"
+for setting in SEEDS METHODS PER_CLASS EPS ATTACKS OUT WORK; do
+    [ -n "${!setting:-}" ] && command="$setting=${!setting} $command"
+done
 models=$work/models
 mkdir -p "$models"
 
 echo "== build"
 cargo build --locked --bins
 
+trained=0
+reused=0
 # Trains one run unless it finished before; resumes one that was interrupted.
 train() {
     local dir=$1
     shift
     if [ -f "$dir/summary.json" ]; then
         echo "   reusing $dir"
+        reused=$((reused + 1))
         return
     fi
+    trained=$((trained + 1))
     local resume=()
     [ -f "$dir/resume.json" ] && resume=(--resume)
     target/debug/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
@@ -47,9 +59,17 @@ train "$work/teacher" --method trades --arch digits-cnn-wide --seed 0
 for method in ${methods//,/ }; do
     for seed in ${seeds//,/ }; do
         echo "== $method, seed $seed"
-        teacher=()
-        case $method in rslad | absld) teacher=(--teacher "$work/teacher/best") ;; esac
-        train "$models/$method-s$seed" --method "$method" --seed "$seed" "${teacher[@]}"
+        extra=()
+        case $method in
+            rslad | absld | ard | adaad | fair-ard) extra=(--teacher "$work/teacher/best") ;;
+            frl)
+                # FRL fine-tunes a robust model (its paper's setting): the same seed's TRADES
+                # student, for half the epochs at a tenth of the learning rate.
+                train "$models/trades-s$seed" --method trades --seed "$seed"
+                extra=(--init "$models/trades-s$seed/best" --epochs 10 --lr 0.01)
+                ;;
+        esac
+        train "$models/$method-s$seed" --method "$method" --seed "$seed" "${extra[@]}"
     done
 done
 
@@ -78,20 +98,30 @@ echo "   evaluator at $addr (log: $server_log)"
 target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
     --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
     --examples-per-class "$per_class" --out "$out" --models-dir "$models" --logs "$models"
+case ",$methods," in
+    *,rslad,*absld,* | *,absld,*rslad,*)
+        echo "== ABSLD against RSLAD (from the evaluator's cache)"
+        target/debug/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
+            --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
+            --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models" --logs "$models"
+        ;;
+esac
 
 stop_server
 trap - EXIT INT TERM
 elapsed=$(($(date +%s) - started))
 cat >"$out/run.json" <<JSON
 {
-  "command": "bash scripts/digits-benchmark.sh",
+  "command": "$command",
   "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks"},
   "wall_seconds": $elapsed,
+  "runs_trained": $trained,
+  "runs_reused": $reused,
   "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "host": "$(uname -srm), $(nproc) cores",
   "rustc": "$(rustc --version)",
   "torch": "$("$RFB_PYTHON" -c 'import torch; print(torch.__version__)')",
-  "code": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  "code": "$(git describe --always --dirty 2>/dev/null || echo unknown)"
 }
 JSON
 echo "== done in ${elapsed}s: see $out/table.md and $out/*.png"

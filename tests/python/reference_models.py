@@ -176,7 +176,7 @@ class WideResNet(nn.Module):
 class DigitsCnn(nn.Module):
     def __init__(self, num_classes=10, in_channels=1, width=1):
         super().__init__()
-        c1, c2, c3 = 32 * width, 64 * width, 128 * width
+        c1, c2, c3 = 16 * width, 32 * width, 64 * width
         self.conv1, self.bn1 = nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1)
         self.conv2, self.bn2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False), nn.BatchNorm2d(c2)
         self.conv3, self.bn3 = nn.Conv2d(c2, c3, 3, 1, 1, bias=False), nn.BatchNorm2d(c3)
