@@ -97,13 +97,13 @@ echo "   evaluator at $addr (log: $server_log)"
 
 target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
     --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
-    --examples-per-class "$per_class" --out "$out" --models-dir "$models" --logs "$models"
+    --examples-per-class "$per_class" --out "$out" --models-dir "$models"
 case ",$methods," in
     *,rslad,*absld,* | *,absld,*rslad,*)
         echo "== ABSLD against RSLAD (from the evaluator's cache)"
         target/debug/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
             --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
-            --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models" --logs "$models"
+            --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models"
         ;;
 esac
 

@@ -274,7 +274,13 @@ fn run() -> anyhow::Result<ExitCode> {
                 Vec::new()
             });
             if let Some(dir) = &models_dir {
-                log_runs.extend(logs_next_to_checkpoints(dir, &selections));
+                // A run found both ways is plotted once, under its comparison label.
+                let next_to_checkpoints = logs_next_to_checkpoints(dir, &selections);
+                let same_dir = |a: &std::path::Path, b: &std::path::Path| {
+                    a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
+                };
+                log_runs.retain(|r| !next_to_checkpoints.iter().any(|n| same_dir(&n.run.dir, &r.run.dir)));
+                log_runs.extend(next_to_checkpoints);
             }
             if !log_runs.is_empty() {
                 match plots::plot_logs(&log_runs, normalise, &out) {
