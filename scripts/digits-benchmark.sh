@@ -110,6 +110,9 @@ esac
 stop_server
 trap - EXIT INT TERM
 elapsed=$(($(date +%s) - started))
+# The commit, marked -dirty when code (anything outside results/) differs from it.
+code_version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- . ':(exclude)results' 2>/dev/null || code_version="$code_version-dirty"
 cat >"$out/run.json" <<JSON
 {
   "command": "$command",
@@ -121,7 +124,7 @@ cat >"$out/run.json" <<JSON
   "host": "$(uname -srm), $(nproc) cores",
   "rustc": "$(rustc --version)",
   "torch": "$("$RFB_PYTHON" -c 'import torch; print(torch.__version__)')",
-  "code": "$(git describe --always --dirty 2>/dev/null || echo unknown)"
+  "code": "$code_version"
 }
 JSON
 echo "== done in ${elapsed}s: see $out/table.md and $out/*.png"
