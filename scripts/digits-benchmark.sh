@@ -99,6 +99,7 @@ target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "
     --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
     --examples-per-class "$per_class" --out "$out" --models-dir "$models"
 case ",$methods," in
+    ,rslad,absld,) ;; # already RSLAD against ABSLD
     *,rslad,*absld,* | *,absld,*rslad,*)
         echo "== ABSLD against RSLAD (from the evaluator's cache)"
         target/debug/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
