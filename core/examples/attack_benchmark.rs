@@ -70,6 +70,7 @@ fn parse() -> Result<Options, String> {
 }
 
 fn main() {
+    rfb_core::allocator::keep_freed_memory_for_reuse();
     let options = match parse() {
         Ok(options) => options,
         Err(message) => {

@@ -4,6 +4,7 @@
 // `!(x <= bound)` is deliberate throughout: a NaN must fail every check.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod allocator;
 pub mod attacks;
 pub mod checkpoint;
 pub mod data;

@@ -279,6 +279,7 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    rfb_core::allocator::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

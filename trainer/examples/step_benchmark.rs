@@ -15,6 +15,7 @@ use rfb_trainer::temperature::TemperatureSchedule;
 use tch::{Device, Kind, Tensor};
 
 fn main() {
+    rfb_core::allocator::keep_freed_memory_for_reuse();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arch = args.first().cloned().unwrap_or_else(|| "resnet18".into());
     let number = |i: usize, default: i64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);

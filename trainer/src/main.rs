@@ -117,6 +117,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    rfb_core::allocator::keep_freed_memory_for_reuse();
     match Cli::parse().command {
         Command::Preset { dataset } => {
             let kind: DatasetKind = dataset
