@@ -14,8 +14,9 @@ use rfb_core::attacks::SanityFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Bumped when the stored form changes incompatibly (it is part of every key).
-pub const CACHE_SCHEMA: u32 = 1;
+/// Bumped when the stored form or the meaning of a result changes (it is part of every key).
+/// 2: bf16 results are judged by the fp32 weights.
+pub const CACHE_SCHEMA: u32 = 2;
 
 /// One attack's result as the cache stores it (the wire result is assembled from it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -113,7 +113,7 @@ impl AutoAttack {
         let device = model.device();
         let images = images.detach().to_device(device);
         let labels = labels.to_device(device).to_kind(Kind::Int64);
-        let predict = |x: &Tensor| tch::no_grad(|| model.logits(x).argmax(-1, false));
+        let predict = |x: &Tensor| tch::no_grad(|| model.judge_logits(x).argmax(-1, false));
         let mut robust = predict(&images).eq_tensor(&labels);
         let count = |mask: &Tensor| i64::try_from(mask.sum(Kind::Int64)).unwrap_or(0);
         let clean_correct = count(&robust);

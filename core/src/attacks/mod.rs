@@ -54,6 +54,14 @@ pub enum AttackError {
 pub trait Classifier {
     fn logits(&self, images: &Tensor) -> Tensor;
     fn device(&self) -> Device;
+
+    /// Logits that decide whether a point is classified correctly: clean accuracy, the points
+    /// AutoAttack passes on, and the final count. The same as [`Classifier::logits`] except
+    /// for a bf16 [`crate::models::PreparedNetwork`], which attacks with its bf16 copy but
+    /// judges with the fp32 weights, so that bf16 numbers are the fp32 model's robustness.
+    fn judge_logits(&self, images: &Tensor) -> Tensor {
+        self.logits(images)
+    }
 }
 
 impl Classifier for Network {
@@ -182,7 +190,7 @@ pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64
         for (images, labels) in dataset.batches(batch_size) {
             let images = images.to_device(model.device());
             let labels = labels.to_device(model.device());
-            let correct = model.logits(&images).argmax(-1, false).eq_tensor(&labels);
+            let correct = model.judge_logits(&images).argmax(-1, false).eq_tensor(&labels);
             counts.add(&labels, &correct);
         }
     });
@@ -216,7 +224,7 @@ pub fn robust_accuracy(
         tch::manual_seed(batch_seed(attack.seed(), index));
         let adversarial = attack.perturb(model, &images, &labels)?;
         verify_adversarial(&attack.name(), &images, &adversarial, attack.eps())?;
-        let correct = tch::no_grad(|| model.logits(&adversarial).argmax(-1, false).eq_tensor(&labels));
+        let correct = tch::no_grad(|| model.judge_logits(&adversarial).argmax(-1, false).eq_tensor(&labels));
         counts.add(&labels, &correct);
         done += images.size()[0];
         if !on_batch(done, total) {
