@@ -122,7 +122,7 @@ fn main() {
                         tch::manual_seed(1);
                         let started = Instant::now();
                         let adversarial = attack.perturb(&model, &x, &y).expect("attack runs");
-                        let correct = tch::no_grad(|| model.logits(&adversarial).argmax(-1, false).eq_tensor(&y));
+                        let correct = tch::no_grad(|| model.judge_logits(&adversarial).argmax(-1, false).eq_tensor(&y));
                         robust = 100.0 * f64::try_from(correct.to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(f64::NAN);
                         best = best.min(started.elapsed().as_secs_f64());
                         attacks::verify_adversarial(&attack.name(), &x, &adversarial, eps).expect("attack result within bounds");
