@@ -12,7 +12,9 @@
 //! classes), and the student is in eval mode while attacked, as in every method here (the code
 //! leaves batch norm in train mode during the attack).
 
-use rfb_core::attacks::{self, losses, Start};
+use rfb_core::attacks::losses;
+
+use super::sat::madry_adversarial;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -58,16 +60,7 @@ impl TrainingMethod for Ard {
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let teacher = context.teacher.expect("ARD needs a teacher; the loop checks this");
         let teacher_logits = tch::no_grad(|| teacher.forward_t(images, false));
-        let attack = context.attack;
-        let adversarial = attacks::maximize(
-            context.student,
-            images,
-            attack.eps,
-            attack.step_size,
-            attack.steps,
-            Start::Uniform,
-            |logits| losses::cross_entropy(logits, labels),
-        );
+        let adversarial = madry_adversarial(context, images, labels);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let clean_logits = context.student.forward_t(images, true);
         let loss = ard_loss(&adversarial_logits, &clean_logits, &teacher_logits, labels, self.temperature, self.alpha);

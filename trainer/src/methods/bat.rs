@@ -17,7 +17,9 @@
 //! attack twice with independent starts); an example never misclassified uses the final
 //! iterate for both, one misclassified from the start uses the start as x_lc.
 
-use rfb_core::attacks::{self, losses, Start};
+use rfb_core::attacks::losses;
+
+use super::trades::{trades_adversarial, uniform_per_example};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -100,18 +102,12 @@ impl TrainingMethod for Bat {
 
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let attack = context.attack;
-        let clean_probabilities = tch::no_grad(|| context.student.forward_t(images, false).softmax(-1, Kind::Float));
-        let batch = images.size()[0];
-        let options = (images.kind(), images.device());
         let mut points = BoundaryPoints::new(images);
-        let last = attacks::maximize_per_example(
-            context.student,
+        let last = trades_adversarial(
+            context,
             images,
-            &Tensor::full([batch], attack.eps, options),
-            &Tensor::full([batch], attack.step_size, options),
-            attack.steps,
-            Start::Gaussian(0.001),
-            |logits| losses::kl_to_soft_labels(logits, &clean_probabilities),
+            &uniform_per_example(images, attack.eps),
+            &uniform_per_example(images, attack.step_size),
             |_, iterate, logits| points.observe(iterate, logits, labels),
         );
         let (last_clean, first_adversarial) = points.finish(&last);

@@ -23,7 +23,9 @@
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use rfb_core::attacks::{self, losses, Start};
+use rfb_core::attacks::losses;
+
+use super::trades::trades_adversarial;
 
 use crate::method::{EpochEnd, StepContext, StepOutput, TrainingMethod};
 
@@ -117,17 +119,7 @@ impl TrainingMethod for Cfa {
         let radius = per_example(&radii);
         let beta = per_example(&betas);
         let step = Tensor::full([labels.size()[0]], attack.step_size, (Kind::Float, device));
-        let clean_probabilities = tch::no_grad(|| context.student.forward_t(images, false).softmax(-1, Kind::Float));
-        let adversarial = attacks::maximize_per_example(
-            context.student,
-            images,
-            &radius,
-            &step,
-            attack.steps,
-            Start::Gaussian(0.001),
-            |logits| losses::kl_to_soft_labels(logits, &clean_probabilities),
-            |_, _, _| {},
-        );
+        let adversarial = trades_adversarial(context, images, &radius, &step, |_, _, _| {});
         let clean_logits = context.student.forward_t(images, true);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let cross_entropy = losses::cross_entropy(&clean_logits, labels);

@@ -9,6 +9,21 @@ use tch::Tensor;
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
+/// Madry et al.'s inner maximisation: PGD on the student's cross-entropy from a uniform start
+/// (ARD attacks its student the same way).
+pub fn madry_adversarial(context: &StepContext, images: &Tensor, labels: &Tensor) -> Tensor {
+    let attack = context.attack;
+    attacks::maximize(
+        context.student,
+        images,
+        attack.eps,
+        attack.step_size,
+        attack.steps,
+        Start::Uniform,
+        |logits| losses::cross_entropy(logits, labels),
+    )
+}
+
 pub struct Sat;
 
 impl TrainingMethod for Sat {
@@ -17,16 +32,7 @@ impl TrainingMethod for Sat {
     }
 
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
-        let attack = context.attack;
-        let adversarial = attacks::maximize(
-            context.student,
-            images,
-            attack.eps,
-            attack.step_size,
-            attack.steps,
-            Start::Uniform,
-            |logits| losses::cross_entropy(logits, labels),
-        );
+        let adversarial = madry_adversarial(context, images, labels);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let loss = adversarial_logits.cross_entropy_for_logits(labels);
         let clean_logits = tch::no_grad(|| context.student.forward_t(images, false));

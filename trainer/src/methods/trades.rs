@@ -8,6 +8,34 @@ use tch::{Kind, Tensor};
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
+/// TRADES' inner maximisation, shared by the methods built on it (FRL, CFA, BAT): ascend
+/// KL(f(x) || f(x')) from x + 0.001 N(0, 1) with a radius and a step per example ([N] tensors),
+/// `observe` seeing every iterate (see [`attacks::maximize_per_example`]).
+pub fn trades_adversarial(
+    context: &StepContext,
+    images: &Tensor,
+    radius: &Tensor,
+    step_size: &Tensor,
+    observe: impl FnMut(i64, &Tensor, &Tensor),
+) -> Tensor {
+    let clean_probabilities = tch::no_grad(|| context.student.forward_t(images, false).softmax(-1, Kind::Float));
+    attacks::maximize_per_example(
+        context.student,
+        images,
+        radius,
+        step_size,
+        context.attack.steps,
+        Start::Gaussian(0.001),
+        |logits| losses::kl_to_soft_labels(logits, &clean_probabilities),
+        observe,
+    )
+}
+
+/// The same radius and step for every example of the batch, as [N] tensors.
+pub fn uniform_per_example(images: &Tensor, value: f64) -> Tensor {
+    Tensor::full([images.size()[0]], value, (Kind::Float, images.device()))
+}
+
 pub struct Trades {
     pub beta: f64,
 }
@@ -19,20 +47,12 @@ impl TrainingMethod for Trades {
 
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let attack = context.attack;
-        let clean_probabilities = tch::no_grad(|| {
-            context
-                .student
-                .forward_t(images, false)
-                .softmax(-1, Kind::Float)
-        });
-        let adversarial = attacks::maximize(
-            context.student,
+        let adversarial = trades_adversarial(
+            context,
             images,
-            attack.eps,
-            attack.step_size,
-            attack.steps,
-            Start::Gaussian(0.001),
-            |logits| losses::kl_to_soft_labels(logits, &clean_probabilities),
+            &uniform_per_example(images, attack.eps),
+            &uniform_per_example(images, attack.step_size),
+            |_, _, _| {},
         );
         let clean_logits = context.student.forward_t(images, true);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
