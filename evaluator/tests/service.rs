@@ -370,18 +370,27 @@ async fn repeated_requests_come_from_the_cache_and_corrupt_entries_are_recompute
 
     // Corrupt every entry: the results are recomputed (not trusted), equal, and stored again.
     let cache = models.path().join(".rfb-cache");
-    let entries: Vec<PathBuf> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(entries.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count(), 3, "{entries:?}");
-    let mut swapped = false;
-    for entry in &entries {
-        let text = std::fs::read_to_string(entry).unwrap();
-        if text.contains("\"seed\": 5") && !swapped {
+    // Read every entry before touching any, so that the outcome does not depend on the order in
+    // which the file system lists them.
+    let mut entries: Vec<(PathBuf, String)> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let seed_five = entries.iter().position(|(_, t)| t.contains("\"seed\": 5")).expect("the seed-5 entry");
+    let seed_six = entries.iter().position(|(_, t)| t.contains("\"seed\": 6")).expect("the seed-6 entry");
+    for (position, (path, text)) in entries.iter().enumerate() {
+        if position == seed_five {
             // A valid entry of another request under this name: its embedded key does not match.
-            let foreign = entries.iter().find(|p| *p != entry && std::fs::read_to_string(p).unwrap().contains("\"seed\": 6")).unwrap();
-            std::fs::copy(foreign, entry).unwrap();
-            swapped = true;
+            std::fs::write(path, &entries[seed_six].1).unwrap();
         } else {
-            std::fs::write(entry, &text[..text.len() / 3]).unwrap();
+            std::fs::write(path, &text[..text.len() / 3]).unwrap();
         }
     }
     let recomputed = results(&events(&mut client, request(5, attacks.clone())).await.unwrap());
