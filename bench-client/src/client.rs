@@ -173,6 +173,11 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
         }),
         evaluator_version: result.versions.as_ref().map(|v| v.evaluator.clone()).unwrap_or_default(),
         server_metrics,
+        components: result
+            .components
+            .into_iter()
+            .map(|c| results::ComponentRun { name: c.name, seconds: c.seconds, attacked: c.attacked, robust_after: c.robust_after })
+            .collect(),
     })
 }
 

@@ -146,6 +146,19 @@ pub struct AttackRun {
     /// recomputes every metric from the counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_metrics: Option<BTreeMap<String, f64>>,
+    /// What each component did (AutoAttack: one entry per component that ran): where the time
+    /// went and how many points of each class survived it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ComponentRun {
+    pub name: String,
+    pub seconds: f64,
+    pub attacked: i64,
+    /// Points of each class still robust after it.
+    pub robust_after: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -94,7 +94,7 @@ impl Evaluator for Fake {
             let _ = tx.send(Ok(send(Event::Queued(QueuePosition { ahead: 0 })))).await;
             for (i, spec) in request.attacks.iter().enumerate() {
                 let _ = tx
-                    .send(Ok(send(Event::Progress(Progress { attack: format!("attack {i}"), attack_index: i as i64, examples_done: 30, examples_total: 60 }))))
+                    .send(Ok(send(Event::Progress(Progress { attack: format!("attack {i}"), attack_index: i as i64, examples_done: 30, examples_total: 60, ..Default::default() }))))
                     .await;
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 if fail && i == 1 {

@@ -35,6 +35,7 @@ fn hand_results() -> Results {
                 sanity: None,
                 evaluator_version: String::new(),
                 server_metrics: None,
+                components: Vec::new(),
             })
             .collect(),
     };

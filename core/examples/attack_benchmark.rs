@@ -121,7 +121,7 @@ fn main() {
                     for _ in 0..options.repeats.max(1) {
                         tch::manual_seed(1);
                         let started = Instant::now();
-                        let adversarial = attack.perturb(&model, &x, &y).expect("attack runs");
+                        let adversarial = attacks::perturb_batch(attack.as_ref(), &model, &x, &y).expect("attack runs");
                         let correct = tch::no_grad(|| model.judge_logits(&adversarial).argmax(-1, false).eq_tensor(&y));
                         robust = 100.0 * f64::try_from(correct.to_kind(Kind::Float).mean(Kind::Float)).unwrap_or(f64::NAN);
                         best = best.min(started.elapsed().as_secs_f64());

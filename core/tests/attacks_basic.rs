@@ -4,7 +4,7 @@
 mod common;
 
 use rfb_core::attacks::{
-    self, Attack, CarliniWagnerLinf, Classifier, Fgsm, Pgd, PgdLoss,
+    self, CarliniWagnerLinf, Classifier, Fgsm, Pgd, PgdLoss,
 };
 use rfb_core::data::{self, DatasetKind, Split};
 use tch::{Device, Kind, Tensor};
@@ -40,7 +40,7 @@ fn linear_two_class(seed: i64) -> (Linear, Tensor, Tensor) {
 fn fgsm_reaches_the_analytic_worst_case_of_a_linear_model() {
     let (model, images, labels) = linear_two_class(0);
     let eps = 0.1;
-    let adversarial = Fgsm { eps }.perturb(&model, &images, &labels).unwrap();
+    let adversarial = attacks::perturb_batch(&Fgsm { eps }, &model, &images, &labels).unwrap();
     attacks::verify_adversarial("FGSM", &images, &adversarial, eps).unwrap();
     // For two classes the margin z_y - z_other changes by at most eps * ||w_y - w_other||_1.
     let w = &model.weight;
@@ -56,7 +56,7 @@ fn fgsm_reaches_the_analytic_worst_case_of_a_linear_model() {
     assert!(gap < 1e-4, "FGSM missed the worst case by {gap}");
     // And PGD cannot do better than that optimum.
     let pgd = Pgd { eps, step_size: 0.02, steps: 20, restarts: 1, random_start: true, loss: PgdLoss::CrossEntropy, seed: 1 };
-    let pgd_margin = margin(&pgd.perturb(&model, &images, &labels).unwrap());
+    let pgd_margin = margin(&attacks::perturb_batch(&pgd, &model, &images, &labels).unwrap());
     let fgsm_margin = margin(&adversarial);
     assert!(f64::try_from((pgd_margin - fgsm_margin).min()).unwrap() > -1e-4);
 }
@@ -87,9 +87,8 @@ fn pgd_is_deterministic_for_a_seed_and_stays_in_bounds() {
     let b = attacks::robust_accuracy(&attack, &network, &test, 16, |_, _| true).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.total, vec![5; 10]);
-    tch::manual_seed(1);
     let (images, labels) = test.batches(50).next().unwrap();
-    let adversarial = attack.perturb(&network, &images, &labels).unwrap();
+    let adversarial = attacks::perturb_batch(&attack, &network, &images, &labels).unwrap();
     attacks::verify_adversarial("PGD", &images, &adversarial, 0.1).unwrap();
     assert!(attacks::verify_adversarial("PGD", &images, &adversarial, 0.01).is_err());
 }
@@ -99,9 +98,9 @@ fn invalid_parameters_are_refused() {
     let network = common::train_digits_model("digits-cnn", 1, 5);
     let (images, labels) = data::load(DatasetKind::Digits, Split::Test, None).unwrap().batches(8).next().unwrap();
     let mut pgd = Pgd::pgd20(-0.1, 0);
-    assert!(pgd.perturb(&network, &images, &labels).is_err());
+    assert!(attacks::perturb_batch(&pgd, &network, &images, &labels).is_err());
     pgd.eps = 0.1;
     pgd.steps = 0;
-    assert!(pgd.perturb(&network, &images, &labels).is_err());
+    assert!(attacks::perturb_batch(&pgd, &network, &images, &labels).is_err());
     assert!(CarliniWagnerLinf::new(0.1, 0.01, 30, -1.0, 0).is_err());
 }

@@ -648,6 +648,7 @@ fn toy(labels: &[i64], num_classes: usize) -> Dataset {
     Dataset {
         images,
         labels: Tensor::from_slice(labels),
+        ids: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)),
         class_names: (0..num_classes).map(|c| format!("c{c}")).collect(),
         name: "toy".to_string(),
         split: Split::Train,

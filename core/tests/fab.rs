@@ -143,7 +143,7 @@ fn finds_the_minimal_perturbation_of_a_two_class_linear_model() {
     let eps = sorted[sorted.len() / 2]; // half the points are breakable
     assert!(eps < 0.25, "the median minimal distance {eps} lets the box bind");
 
-    let adversarial = Fab::targeted(eps, 9, 0).perturb(&model, &images, &labels).unwrap();
+    let adversarial = attacks::perturb_batch(&Fab::targeted(eps, 9, 0), &model, &images, &labels).unwrap();
     attacks::verify_adversarial("FAB-T", &images, &adversarial, eps).unwrap();
     let broken = to_vec(&tch::no_grad(|| model.logits(&adversarial).argmax(-1, false).ne_tensor(&labels)));
     let (mut below, mut above) = (0, 0);
@@ -159,7 +159,7 @@ fn finds_the_minimal_perturbation_of_a_two_class_linear_model() {
     assert!(below > 80 && above > 80, "{below} / {above}");
 
     // With an eps that never binds, the distance FAB returns is the minimal one.
-    let unbounded = Fab::targeted(1.0, 9, 0).perturb(&model, &images, &labels).unwrap();
+    let unbounded = attacks::perturb_batch(&Fab::targeted(1.0, 9, 0), &model, &images, &labels).unwrap();
     let found = linf_distance(&unbounded, &images);
     let mut worst: f64 = 0.0;
     for (i, (&f, &m)) in found.iter().zip(&minimal).enumerate() {
@@ -186,11 +186,11 @@ fn fab_t_breaks_a_non_robust_digits_model_within_bounds() {
     let eps = 0.1;
     let accuracy = |x: &Tensor| 100.0 * common::accuracy(&network, x, labels);
     let start = std::time::Instant::now();
-    let adversarial = Fab::targeted(eps, 9, 0).perturb(&network, images, labels).unwrap();
+    let adversarial = attacks::perturb_batch(&Fab::targeted(eps, 9, 0), &network, images, labels).unwrap();
     let seconds = start.elapsed().as_secs_f64();
     attacks::verify_adversarial("FAB-T", images, &adversarial, eps).unwrap();
-    let one_target = Fab::targeted(eps, 1, 0).perturb(&network, images, labels).unwrap();
-    let pgd = Pgd::pgd20(eps, 0).perturb(&network, images, labels).unwrap();
+    let one_target = attacks::perturb_batch(&Fab::targeted(eps, 1, 0), &network, images, labels).unwrap();
+    let pgd = attacks::perturb_batch(&Pgd::pgd20(eps, 0), &network, images, labels).unwrap();
     let (clean, fab, fab1, pgd) = (accuracy(images), accuracy(&adversarial), accuracy(&one_target), accuracy(&pgd));
     println!(
         "clean {clean:.1} FAB-T(9 targets) {fab:.1} FAB-T(1 target) {fab1:.1} PGD-20 {pgd:.1} (FAB-T {seconds:.1} s)"
@@ -227,10 +227,7 @@ fn fab_is_deterministic_for_a_seed_and_refuses_bad_parameters() {
     let (images, labels) = test.batches(50).next().unwrap();
     // Two runs per target: the second starts at a random point of the ball.
     let attack = Fab { restarts: 2, steps: 30, ..Fab::targeted(0.05, 3, 7) };
-    let run = |seed| {
-        tch::manual_seed(seed);
-        attack.perturb(&network, &images, &labels).unwrap()
-    };
+    let run = |seed| attacks::perturb_batch(&Fab { seed, ..attack.clone() }, &network, &images, &labels).unwrap();
     let (a, b) = (run(7), run(7));
     assert!(a.equal(&b), "two runs with the same seed differ");
     attacks::verify_adversarial("FAB-T", &images, &a, 0.05).unwrap();
@@ -246,6 +243,6 @@ fn fab_is_deterministic_for_a_seed_and_refuses_bad_parameters() {
         Fab { beta: 0.0, ..attack.clone() },
         Fab { alpha_max: 1.5, ..attack.clone() },
     ] {
-        assert!(bad.perturb(&network, &images, &labels).is_err(), "{bad:?} was accepted");
+        assert!(attacks::perturb_batch(&bad, &network, &images, &labels).is_err(), "{bad:?} was accepted");
     }
 }

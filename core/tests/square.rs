@@ -1,11 +1,10 @@
 //! Square attack on real computation: a naturally trained (non-robust) digits CNN queried
 //! through a wrapper that refuses gradients and counts queries per image, the p schedule and
-//! window side against hand-computed values, and determinism for a seed on CPU.
+//! window side against the reference's formulas, and determinism for a seed on CPU.
 
 mod common;
 
 use std::cell::RefCell;
-use std::sync::{Mutex, MutexGuard};
 
 use rfb_core::attacks::{self, Attack, Classifier, Square};
 use rfb_core::data::{self, DatasetKind, Split};
@@ -13,14 +12,6 @@ use rfb_core::models::Network;
 use tch::{Device, Kind, Tensor};
 
 const EPS: f64 = 0.1;
-
-/// libtorch's generator is global to the process: the tests take turns so that another test's
-/// draws cannot land between a seed and the attack that relies on it.
-static GENERATOR: Mutex<()> = Mutex::new(());
-
-fn exclusive_generator() -> MutexGuard<'static, ()> {
-    GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A network behind [`Classifier`] that panics if the attack could differentiate through it
 /// (input requiring grad, or grad mode on: with frozen parameters, these are the only ways the
@@ -91,18 +82,18 @@ fn count(mask: &Tensor) -> i64 {
 
 #[test]
 fn square_breaks_a_non_robust_digits_model_without_gradients_within_budget() {
-    let _generator = exclusive_generator();
     let network = common::train_digits_model("digits-cnn", 5, 11);
     let started = std::time::Instant::now();
     let (images, labels) = separated_test_images();
     let n = images.size()[0];
     assert!(n >= 150, "only {n} test images are 2 eps apart");
     let budget = 300;
-    let square = Square::new(EPS, budget, 0.8, 5);
+    // A short budget: the schedule rescaled to it, as the standalone reference does by default
+    // (AutoAttack's unrescaled schedule is made for 5000 queries).
+    let square = Square { rescale_schedule: true, ..Square::new(EPS, budget, 0.8, 5) };
     assert_eq!(square.name(), "Square");
     let model = Guarded::new(&network, &images);
-    tch::manual_seed(attacks::batch_seed(square.seed, 0));
-    let adversarial = square.perturb(&model, &images, &labels).unwrap();
+    let adversarial = attacks::perturb_batch(&square, &model, &images, &labels).unwrap();
     attacks::verify_adversarial("Square", &images, &adversarial, EPS).unwrap();
 
     let clean_correct = correct(&network, &images, &labels);
@@ -148,44 +139,55 @@ fn square_breaks_a_non_robust_digits_model_without_gradients_within_budget() {
 }
 
 #[test]
-fn p_schedule_and_square_side_match_hand_computed_values() {
-    // AutoAttack's budget: iteration i is rescaled to int(i / 5000 * 10000) = 2i, and p halves
-    // after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 rescaled queries.
-    let square = Square::new(8.0 / 255.0, 5000, 0.8, 0);
-    let expected = [
+fn p_schedule_and_square_side_match_the_reference() {
+    // AutoAttack runs Square with resc_schedule=False: `p_selection` of the reference
+    // (fra31/auto-attack, square.py) gives p_init for it <= 10, p_init / 2 for 10 < it <= 50,
+    // / 4 up to 200, / 8 up to 500, / 16 up to 1000, / 32 up to 2000, / 64 up to 4000, / 128 up
+    // to 6000, / 256 up to 8000 and / 512 beyond, whatever the query budget.
+    let standard = [
         (0, 0.8),
-        (5, 0.8),
-        (6, 0.4),
-        (25, 0.4),
-        (26, 0.2),
-        (100, 0.2),
-        (101, 0.1),
-        (250, 0.1),
-        (251, 0.05),
-        (500, 0.05),
-        (501, 0.025),
-        (1000, 0.025),
-        (1001, 0.0125),
-        (2000, 0.0125),
-        (2001, 0.00625),
-        (3000, 0.00625),
-        (3001, 0.003125),
-        (4000, 0.003125),
-        (4001, 0.0015625),
-        (4999, 0.0015625),
+        (10, 0.8),
+        (11, 0.4),
+        (50, 0.4),
+        (51, 0.2),
+        (200, 0.2),
+        (201, 0.1),
+        (500, 0.1),
+        (501, 0.05),
+        (1000, 0.05),
+        (1001, 0.025),
+        (2000, 0.025),
+        (2001, 0.0125),
+        (4000, 0.0125),
+        (4001, 0.00625),
+        (4999, 0.00625),
     ];
-    for (iteration, p) in expected {
+    let square = Square::new(8.0 / 255.0, 5000, 0.8, 0);
+    assert!(!square.rescale_schedule, "AutoAttack's Square does not rescale its schedule");
+    for (iteration, p) in standard {
         assert_eq!(square.p_schedule(iteration), p, "5000 queries, iteration {iteration}");
     }
-    // 300 queries: int(i / 300 * 10000) = 33, 66, 200, 233, ... for i = 1, 2, 6, 7.
-    let short = Square::new(0.1, 300, 0.5, 0);
-    for (iteration, p) in [(0, 0.5), (1, 0.25), (2, 0.125), (6, 0.125), (7, 0.0625), (120, 0.5 / 64.0), (241, 0.5 / 512.0)] {
-        assert_eq!(short.p_schedule(iteration), p, "300 queries, iteration {iteration}");
+    // A smaller budget (AUTOATTACK_CUSTOM with steps 100) keeps the same breaks.
+    let hundred = Square::new(0.1, 100, 0.8, 0);
+    for (iteration, p) in [(0, 0.8), (10, 0.8), (11, 0.4), (50, 0.4), (51, 0.2), (99, 0.2)] {
+        assert_eq!(hundred.p_schedule(iteration), p, "100 queries, iteration {iteration}");
     }
-    // 10 000 queries: no rescaling.
     let long = Square::new(0.1, 10_000, 0.8, 0);
-    assert_eq!(long.p_schedule(10), 0.8);
-    assert_eq!(long.p_schedule(11), 0.4);
+    for (iteration, p) in [(6000, 0.00625), (6001, 0.003125), (8000, 0.003125), (8001, 0.0015625), (9999, 0.0015625)] {
+        assert_eq!(long.p_schedule(iteration), p, "10 000 queries, iteration {iteration}");
+    }
+
+    // The standalone reference's default, resc_schedule=True: it = int(it / n_queries * 10000)
+    // first. 5000 queries: 2i; 300 queries: int(i / 300 * 10000) = 33, 66, 200, 233 for
+    // i = 1, 2, 6, 7.
+    let rescaled = Square { rescale_schedule: true, ..Square::new(8.0 / 255.0, 5000, 0.8, 0) };
+    for (iteration, p) in [(5, 0.8), (6, 0.4), (25, 0.4), (26, 0.2), (100, 0.2), (101, 0.1), (2000, 0.0125), (4001, 0.0015625)] {
+        assert_eq!(rescaled.p_schedule(iteration), p, "5000 queries rescaled, iteration {iteration}");
+    }
+    let short = Square { rescale_schedule: true, ..Square::new(0.1, 300, 0.5, 0) };
+    for (iteration, p) in [(0, 0.5), (1, 0.25), (2, 0.125), (6, 0.125), (7, 0.0625), (120, 0.5 / 64.0), (241, 0.5 / 512.0)] {
+        assert_eq!(short.p_schedule(iteration), p, "300 queries rescaled, iteration {iteration}");
+    }
 
     // CIFAR [3, 32, 32]: side = round(sqrt(p * 1024)).
     let cifar = [3, 32, 32];
@@ -202,14 +204,10 @@ fn p_schedule_and_square_side_match_hand_computed_values() {
 
 #[test]
 fn square_is_deterministic_for_a_seed_on_cpu_and_rejects_bad_parameters() {
-    let _generator = exclusive_generator();
     let network = common::train_digits_model("digits-cnn", 2, 3);
     let test = data::load(DatasetKind::Digits, Split::Test, None).unwrap().class_balanced_subset(6).unwrap();
     let square = Square::new(EPS, 60, 0.8, 9);
-    let run = |seed: i64| {
-        tch::manual_seed(seed);
-        square.perturb(&network, &test.images, &test.labels).unwrap()
-    };
+    let run = |seed: u64| attacks::perturb_batch(&Square { seed, ..square.clone() }, &network, &test.images, &test.labels).unwrap();
     let first = run(7);
     let again = run(7);
     let other = run(8);
@@ -218,8 +216,7 @@ fn square_is_deterministic_for_a_seed_on_cpu_and_rejects_bad_parameters() {
     assert!(!first.equal(&other), "the seed has no effect");
 
     // A second restart only revisits unbroken points and keeps the bounds.
-    tch::manual_seed(7);
-    let twice = Square { restarts: 2, ..square.clone() }.perturb(&network, &test.images, &test.labels).unwrap();
+    let twice = attacks::perturb_batch(&Square { restarts: 2, ..square.clone() }, &network, &test.images, &test.labels).unwrap();
     attacks::verify_adversarial("Square", &test.images, &twice, EPS).unwrap();
 
     for bad in [
@@ -228,6 +225,6 @@ fn square_is_deterministic_for_a_seed_on_cpu_and_rejects_bad_parameters() {
         Square::new(-0.1, 10, 0.8, 0),
         Square { restarts: 0, ..Square::new(EPS, 10, 0.8, 0) },
     ] {
-        assert!(bad.perturb(&network, &test.images, &test.labels).is_err(), "{bad:?} was accepted");
+        assert!(attacks::perturb_batch(&bad, &network, &test.images, &test.labels).is_err(), "{bad:?} was accepted");
     }
 }

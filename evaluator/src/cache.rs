@@ -2,21 +2,24 @@
 //!
 //! The key is the sha256 of the canonical JSON of everything that determines a result (see
 //! [`crate::catalog::key_material`]): the weights' sha256, the data set, split and examples per
-//! class, the attack spec with its defaults filled in (seed included), the precision and the
-//! code versions. The batch size is deliberately not part of it. Each file embeds its key and
+//! class, the attack spec with its defaults filled in (seed included), the precision, the kind
+//! of device, the code versions and the hash of the sources that decide attack results. The
+//! batch size is deliberately not part of it (it does not change a result). Each file embeds its key and
 //! the material it was computed from; an entry that does not parse, whose key or material does
 //! not hash to the file's name, or whose counts are inconsistent is reported as corrupt and
 //! recomputed, never trusted. Writes are atomic (temporary file, fsync, rename).
 
 use std::path::{Path, PathBuf};
 
-use rfb_core::attacks::SanityFlags;
+use rfb_core::attacks::{ComponentReport, SanityFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the stored form or the meaning of a result changes (it is part of every key).
 /// 2: bf16 results are judged by the fp32 weights.
-pub const CACHE_SCHEMA: u32 = 2;
+/// 3: per-example random streams, the reference's CW loss, APGD schedule and Square schedule;
+///    per-component reports.
+pub const CACHE_SCHEMA: u32 = 3;
 
 /// One attack's result as the cache stores it (the wire result is assembled from it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,9 @@ pub struct StoredResult {
     pub correct: Vec<i64>,
     pub total: Vec<i64>,
     pub sanity: Option<SanityFlags>,
+    /// What each component did (seconds, points attacked, robust per class after it).
+    #[serde(default)]
+    pub components: Vec<ComponentReport>,
     /// Device the result was computed on.
     pub device: String,
     /// Seconds the computation took (not the cache look-up).
@@ -122,6 +128,7 @@ mod tests {
             correct: vec![1, 2],
             total: vec![3, 3],
             sanity: None,
+            components: Vec::new(),
             device: "cpu".into(),
             elapsed_seconds: 0.5,
             evaluator_version: "test".into(),

@@ -134,9 +134,12 @@ impl PreparedEvaluation {
     }
 }
 
-/// Everything that determines one attack's result, as JSON (its sha256 is the cache key).
-/// The batch size is not part of it.
-pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec) -> serde_json::Value {
+/// Everything that determines one attack's result, as JSON (its sha256 is the cache key):
+/// besides the request, the hash of the sources that decide attack results (so that no result
+/// of older code is ever served) and the kind of device (a GPU rounds differently from a CPU).
+/// The batch size is not part of it: attacks draw their randomness per example and keep their
+/// state per point, so the batch a point is in does not change its result.
+pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
     let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
     serde_json::json!({
         "schema": crate::cache::CACHE_SCHEMA,
@@ -155,7 +158,9 @@ pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec) 
         },
         "seed": spec.seed,
         "precision": job.precision.as_str_name(),
+        "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
+        "attack_source": rfb_core::attacks::SOURCE_HASH,
     })
 }
 
@@ -510,7 +515,7 @@ impl Catalog {
                 other => other,
             })?;
             let name = engine::attack_display_name(&spec, job.manifest.model.num_classes)?;
-            let key_material = key_material(&job, &spec);
+            let key_material = key_material(&job, &spec, self.device);
             let cache_key = cache_key(&key_material);
             job.attacks.push(PreparedAttack { spec, name, key_material, cache_key });
         }

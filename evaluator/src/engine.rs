@@ -15,7 +15,8 @@ use rfb_core::checkpoint::{self, CheckpointError, Expectation};
 use rfb_core::data::{self, DataError, Dataset, DatasetKind, Split};
 use rfb_core::models::{Network, Precision as ModelPrecision, PreparedNetwork};
 use rfb_proto::v1::{
-    evaluate_event::Event, AttackKind, AttackResult, AttackSpec, ClassResult, Metrics, Progress, SanityFlags,
+    evaluate_event::Event, AttackKind, AttackResult, AttackSpec, ClassResult, ComponentResult, Metrics, Progress,
+    SanityFlags,
 };
 use tch::Device;
 
@@ -418,6 +419,16 @@ pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: 
         split: crate::catalog::split_to_proto(job.split) as i32,
         examples_per_class: job.examples_per_class,
         precision: job.precision as i32,
+        components: stored
+            .components
+            .iter()
+            .map(|c| ComponentResult {
+                name: c.name.clone(),
+                seconds: c.seconds,
+                attacked: c.attacked,
+                robust_after: c.robust_after.correct.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -559,18 +570,22 @@ impl Engine {
             Some(prepared) => prepared,
             None => network,
         };
-        let progress = |done: i64| {
+        let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
             Event::Progress(Progress {
                 attack: attack.name.clone(),
                 attack_index: index as i64,
                 examples_done: done,
-                examples_total: total,
+                examples_total: of,
+                component: component.to_string(),
+                component_index: component_index as i64,
+                components: components as i64,
             })
         };
-        emit(progress(0))?;
+        emit(progress(&attack.name, 0, 1, 0, total))?;
         let started = Instant::now();
         let mut stop: Option<EngineError> = None;
         let mut sanity = None;
+        let mut components = Vec::new();
         let counts = match &built {
             None => {
                 // Clean accuracy, a batch at a time so that progress and cancellation work.
@@ -578,20 +593,14 @@ impl Engine {
                 let mut start = 0;
                 while start < total {
                     let length = batch_size.min(total - start);
-                    let batch = Dataset {
-                        images: subset.images.narrow(0, start, length),
-                        labels: subset.labels.narrow(0, start, length),
-                        class_names: subset.class_names.clone(),
-                        name: subset.name.clone(),
-                        split: subset.split,
-                    };
+                    let batch = subset.narrow(start, length);
                     let part = attacks::clean_accuracy(network, &batch, batch_size);
                     for k in 0..counts.total.len() {
                         counts.correct[k] += part.correct[k];
                         counts.total[k] += part.total[k];
                     }
                     start += length;
-                    emit(progress(start))?;
+                    emit(progress(&attack.name, 0, 1, start, total))?;
                 }
                 counts
             }
@@ -602,17 +611,29 @@ impl Engine {
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
                     sanity = Some(attacks::sanity_flags(network, &images, &labels));
                 }
-                let result = attacks::robust_accuracy(built.as_ref(), network, subset, batch_size, |done, _| {
-                    match emit(progress(done)) {
-                        Ok(()) => true,
-                        Err(e) => {
+                let stop_requested = std::sync::atomic::AtomicBool::new(false);
+                let should_stop = || stop_requested.load(std::sync::atomic::Ordering::Relaxed);
+                let mut on_progress = |p: &attacks::Progress| {
+                    if stop.is_none() {
+                        if let Err(e) = emit(progress(p.component, p.component_index, p.components, p.done, p.total)) {
                             stop = Some(e);
-                            false
+                            stop_requested.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                });
+                };
+                let result = attacks::evaluate(
+                    built.as_ref(),
+                    network,
+                    subset,
+                    batch_size,
+                    attacks::Interrupt::new(&should_stop),
+                    &mut on_progress,
+                );
                 match result {
-                    Ok(counts) => counts,
+                    Ok(evaluation) => {
+                        components = evaluation.components;
+                        evaluation.counts
+                    }
                     Err(AttackError::Cancelled) => {
                         return Err(stop.unwrap_or(EngineError::Cancelled));
                     }
@@ -634,6 +655,7 @@ impl Engine {
             correct: counts.correct,
             total: counts.total,
             sanity,
+            components,
             device: crate::device_name(device),
             elapsed_seconds: elapsed,
             evaluator_version: crate::evaluator_version(),

@@ -62,6 +62,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                         sanity: None,
                         evaluator_version: "test".into(),
                         server_metrics: None,
+                        components: Vec::new(),
                     }
                 })
                 .collect();

@@ -15,18 +15,35 @@
 //! x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})) with alpha = 0.75 (1 on the
 //! first step), P the projection onto the ball and [0, 1].
 //!
-//! Details the paper leaves open follow the authors' code (fra31/auto-attack,
-//! `autopgd_base.py`): the start is uniform in [-1, 1]^d rescaled so that its largest
-//! coordinate is eps (a corner-ish point of the ball), the per-run result is the most recent
-//! iterate that fooled the model, across restarts and targets a point keeps the first run that
-//! fooled it, each run attacks only the points still robust, and APGD-T's k-th target is the
-//! k+1-th largest clean logit of the point. Where the paper is explicit and the authors' code
-//! differs at the edges (the first checkpoint compares with the start's loss and may apply
-//! condition 2; the oscillation test is a strict `<`), this follows the paper.
+//! The schedule and every condition follow the authors' code (fra31/auto-attack,
+//! `autopgd_base.py`) step for step, for any iteration count N:
+//! - the checks come after windows of decreasing length: the first window has
+//!   max(floor(0.22 N), 1) iterations, each next one max(floor(0.03 N), 1) fewer, never fewer
+//!   than max(floor(0.06 N), 1) ([`checkpoints`]); at N = 100 that is the paper's
+//!   22, 41, 57, 70, 80, 87, 93, 99;
+//! - condition 1 holds when the loss increased in at most rho times the window's length of its
+//!   steps (`<=`); the first step of the first window is compared with 0, not with the start's
+//!   loss (the reference reads an unwritten row of its loss history there);
+//! - condition 2 cannot hold at the first check (the "reduced at the last check" flags start
+//!   set).
+//!
+//! Also as in the reference: the start is uniform in [-1, 1]^d rescaled so that its largest
+//! coordinate is eps, the per-run result is the most recent iterate that fooled the model,
+//! across restarts and targets a point keeps the first run that fooled it, each run attacks
+//! only the points still robust, and APGD-T's k-th target is the k+1-th largest clean logit.
+//! The random start comes from each point's own stream instead of libtorch's generator, and
+//! every decision on whether a point is still robust is the judge's.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::{check_eps, check_steps, input_gradient, losses, project_linf, Attack, AttackError, Classifier};
+use super::evaluation::expand_mask;
+use super::{
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, Attack, AttackError, Batch, Classifier,
+    Interrupt,
+};
+
+/// Salt of APGD's draw labels.
+const APGD_DRAWS: u64 = 0x4150_4744;
 
 /// Loss that APGD maximises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,20 +118,41 @@ impl Apgd {
     }
 }
 
-/// The checkpoints w_1 < w_2 < ... of Algorithm 1 for `steps` iterations: the step-size
-/// decision is taken after iteration w_j. Computed in hundredths so that p_j is exact
-/// (0.22 + 0.19 in floating point is not 0.41, and ceil would then be off by one).
-pub fn checkpoints(steps: i64) -> Vec<i64> {
-    let (mut previous, mut current) = (0i64, 22i64);
-    let mut result: Vec<i64> = Vec::new();
-    while current <= 100 {
-        let w = (current * steps + 99) / 100;
-        if w > result.last().copied().unwrap_or(0) {
-            result.push(w);
+/// Window lengths of the step-size schedule for `steps` iterations, as the reference computes
+/// them (`n_iter_2`, `size_decr`, `n_iter_min` of `autopgd_base.py`: Python's `int` of a double
+/// product, which Rust's `as i64` of the same product reproduces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Windows {
+    first: i64,
+    decrease: i64,
+    minimum: i64,
+}
+
+impl Windows {
+    fn new(steps: i64) -> Self {
+        let n = steps as f64;
+        Windows {
+            first: ((0.22 * n) as i64).max(1),
+            decrease: ((0.03 * n) as i64).max(1),
+            minimum: ((0.06 * n) as i64).max(1),
         }
-        let next = current + (current - previous - 3).max(6);
-        previous = current;
-        current = next;
+    }
+
+    fn next(&self, window: i64) -> i64 {
+        (window - self.decrease).max(self.minimum)
+    }
+}
+
+/// The iterations (1-based counts) after which Algorithm 1 decides on the step size, for
+/// `steps` iterations, as the reference schedules them.
+pub fn checkpoints(steps: i64) -> Vec<i64> {
+    let windows = Windows::new(steps);
+    let mut result = Vec::new();
+    let (mut window, mut at) = (windows.first, windows.first);
+    while at <= steps {
+        result.push(at);
+        window = windows.next(window);
+        at += window;
     }
     result
 }
@@ -125,13 +163,6 @@ fn per_example_linf(t: &Tensor) -> Tensor {
     let mut shape = vec![1i64; t.dim().max(1)];
     shape[0] = n;
     t.abs().view([n, -1]).amax(&[1i64][..], false).view(shape.as_slice())
-}
-
-/// Broadcasts a per-example [N] mask against [N, ...] images.
-fn expand_mask(mask: &Tensor, like: &Tensor) -> Tensor {
-    let mut shape = vec![1i64; like.dim().max(1)];
-    shape[0] = -1;
-    mask.view(shape.as_slice())
 }
 
 /// Per-example loss of one run.
@@ -174,102 +205,144 @@ fn eot_gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor, loss: RunLo
     (gradient, last_logits, values)
 }
 
-/// Result of one run on a set of points.
-struct RunResult {
-    /// Bool [N]: still classified correctly at every iterate.
-    robust: Tensor,
-    /// The most recent iterate that fooled the model (the start point where none did).
-    adversarial: Tensor,
+/// Result of one run of Algorithm 1 on a set of points.
+#[derive(Debug)]
+pub struct ApgdRun {
+    /// Bool [N]: still classified correctly (by the judge) at every iterate.
+    pub robust: Tensor,
+    /// The most recent iterate that fooled the judge (the start point where none did).
+    pub adversarial: Tensor,
+    /// The highest loss reached per point: a function of the whole trajectory, so a comparison
+    /// with the reference sees any difference in the step-size schedule or its conditions.
+    pub best_loss: Tensor,
 }
 
 impl Apgd {
-    /// One run of Algorithm 1 from a random start on `images` (all assumed still robust).
-    fn single_run(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor, loss: RunLoss) -> RunResult {
+    /// One run of Algorithm 1 from a random start (draw `label`) on `batch` (all assumed still
+    /// robust).
+    fn single_run(
+        &self,
+        model: &dyn Classifier,
+        batch: &Batch,
+        loss: RunLoss,
+        label: u32,
+        interrupt: Interrupt,
+    ) -> Result<ApgdRun, AttackError> {
         let eps = self.eps;
-        let x = images.detach();
-        let n = x.size()[0];
+        let (x, labels) = (&batch.images, &batch.labels);
+        let n = batch.len();
         let device = x.device();
 
         // Start: uniform direction scaled so that its largest coordinate is eps.
-        let t = x.rand_like() * 2.0 - 1.0;
+        let t = batch.streams.uniform(label, &x.size()[1..]) * 2.0 - 1.0;
         let direction = &t / (per_example_linf(&t) + 1e-12);
-        let mut x_adv = project_linf(&(&x + direction * eps), &x, eps);
+        let mut x_adv = (x + direction * eps).clamp(0.0, 1.0);
 
         let (mut grad, logits, loss_now) = eot_gradient(model, &x_adv, labels, loss, self.eot_iter);
-        let mut robust = logits.argmax(-1, false).eq_tensor(labels);
+        let mut robust = judged_correct(model, &x_adv, labels, Some(&logits));
         let mut x_best_adv = x_adv.shallow_clone();
         let mut x_best = x_adv.shallow_clone();
         let mut grad_best = grad.shallow_clone();
         let mut loss_best = loss_now.shallow_clone();
-        let mut loss_previous = loss_now;
+        // The reference compares the first step's loss with a zero row of its history (with the
+        // step's own loss when there is a single iteration).
+        let mut loss_previous = if self.steps == 1 { None } else { Some(loss_now.zeros_like()) };
 
         let mut step_size = Tensor::full([n], 2.0 * eps, (Kind::Float, device));
         let mut x_previous = x_adv.shallow_clone();
-        let marks = checkpoints(self.steps);
-        let mut next_mark = 0usize;
-        let mut last_mark = 0i64;
+        let windows = Windows::new(self.steps);
+        let mut window = windows.first;
+        let mut in_window = 0i64;
         let mut increases = Tensor::zeros([n], (Kind::Float, device));
-        let mut loss_best_at_mark = loss_best.shallow_clone();
-        let mut reduced_at_mark = Tensor::zeros([n], (Kind::Bool, device));
+        let mut loss_best_at_check = loss_best.shallow_clone();
+        let mut reduced_at_check = Tensor::ones([n], (Kind::Bool, device));
+        let lower = (x - eps).clamp_min(0.0);
+        let upper = (x + eps).clamp_max(1.0);
+        let project = |t: &Tensor| t.maximum(&lower).minimum(&upper);
 
         for iteration in 0..self.steps {
+            interrupt.check()?;
             tch::no_grad(|| {
                 let momentum_term = &x_adv - &x_previous;
                 x_previous = x_adv.shallow_clone();
                 let alpha = if iteration > 0 { 0.75 } else { 1.0 };
-                let step = expand_mask(&step_size, &x);
-                let z = project_linf(&(&x_adv + grad.sign() * &step), &x, eps);
-                let moved = &x_adv + (z - &x_adv) * alpha + momentum_term * (1.0 - alpha);
-                x_adv = project_linf(&moved, &x, eps);
+                let z = project(&(&x_adv + grad.sign() * expand_mask(&step_size, x)));
+                x_adv = project(&(&x_adv + (z - &x_adv) * alpha + momentum_term * (1.0 - alpha)));
             });
 
             let (new_grad, logits, loss_now) = eot_gradient(model, &x_adv, labels, loss, self.eot_iter);
             grad = new_grad;
             tch::no_grad(|| {
-                let correct = logits.argmax(-1, false).eq_tensor(labels);
+                let correct = judged_correct(model, &x_adv, labels, Some(&logits));
                 robust = robust.logical_and(&correct);
-                x_best_adv = x_best_adv.where_self(&expand_mask(&correct, &x), &x_adv);
+                x_best_adv = x_best_adv.where_self(&expand_mask(&correct, x), &x_adv);
 
                 let improved = loss_now.gt_tensor(&loss_best);
-                let improved_4d = expand_mask(&improved, &x);
+                let improved_4d = expand_mask(&improved, x);
                 x_best = x_adv.where_self(&improved_4d, &x_best);
                 grad_best = grad.where_self(&improved_4d, &grad_best);
                 loss_best = loss_now.where_self(&improved, &loss_best);
-                increases = &increases + loss_now.gt_tensor(&loss_previous).to_kind(Kind::Float);
-                loss_previous = loss_now.shallow_clone();
+                let increased = match &loss_previous {
+                    Some(previous) => loss_now.gt_tensor(previous),
+                    None => loss_now.gt_tensor(&loss_now),
+                };
+                increases = &increases + increased.to_kind(Kind::Float);
+                loss_previous = Some(loss_now.shallow_clone());
 
-                let done = iteration + 1;
-                if next_mark < marks.len() && done == marks[next_mark] {
-                    let window = (done - last_mark) as f64;
-                    let oscillating = increases.lt(self.rho * window);
-                    let stuck = reduced_at_mark.logical_not().logical_and(&loss_best_at_mark.ge_tensor(&loss_best));
+                in_window += 1;
+                if in_window == window {
+                    // Condition 1, compared in f32 as the reference compares its float tensor
+                    // with k * rho.
+                    let threshold = (window as f64 * self.rho) as f32;
+                    let oscillating = increases.le(f64::from(threshold));
+                    let stuck = reduced_at_check.logical_not().logical_and(&loss_best_at_check.ge_tensor(&loss_best));
                     let reduce = oscillating.logical_or(&stuck);
                     step_size = (&step_size * 0.5).where_self(&reduce, &step_size);
-                    let reduce_4d = expand_mask(&reduce, &x);
+                    let reduce_4d = expand_mask(&reduce, x);
                     x_adv = x_best.where_self(&reduce_4d, &x_adv);
                     grad = grad_best.where_self(&reduce_4d, &grad);
-                    reduced_at_mark = reduce;
-                    loss_best_at_mark = loss_best.shallow_clone();
+                    reduced_at_check = reduce;
+                    loss_best_at_check = loss_best.shallow_clone();
                     increases = increases.zeros_like();
-                    last_mark = done;
-                    next_mark += 1;
+                    in_window = 0;
+                    window = windows.next(window);
                 }
             });
         }
-        RunResult { robust, adversarial: x_best_adv.detach() }
+        Ok(ApgdRun { robust, adversarial: x_best_adv.detach(), best_loss: loss_best })
+    }
+
+    /// One run (restart `restart`; for APGD-T against the `target_rank`-th largest other logit,
+    /// counted from 1) on every point of `batch`, as [`Attack::perturb`] runs it on the points
+    /// still robust: for comparisons with the reference, run by run.
+    pub fn run_once(&self, model: &dyn Classifier, batch: &Batch, target_rank: i64, restart: i64) -> Result<ApgdRun, AttackError> {
+        self.validate()?;
+        let batch = batch.to_device(model.device());
+        let target_tensor;
+        let (loss, code) = match self.loss {
+            ApgdLoss::CrossEntropy => (RunLoss::CrossEntropy, 0),
+            ApgdLoss::Dlr => (RunLoss::Dlr, 1),
+            ApgdLoss::DlrTargeted { .. } => {
+                let order = tch::no_grad(|| model.logits(&batch.images).argsort(-1, true));
+                target_tensor = order.select(1, target_rank);
+                (RunLoss::DlrTargeted(&target_tensor), 2)
+            }
+        };
+        let rank = if code == 2 { target_rank as u64 } else { 0 };
+        let label = draw_label(&[APGD_DRAWS, code, rank, restart as u64]);
+        self.single_run(model, &batch, loss, label, Interrupt::NEVER)
     }
 
     /// One run per restart (per target and restart for APGD-T), each only on the points still
     /// robust, so that a point keeps the first run that fooled it and later runs cost less.
-    fn perturb_checked(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    fn perturb_checked(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
         self.validate()?;
-        let images = images.detach();
-        let n = images.size().first().copied().unwrap_or(0);
-        if n == 0 {
+        let images = &batch.images;
+        if batch.is_empty() {
             return Ok(images.copy());
         }
-        let labels = labels.to_device(images.device()).to_kind(Kind::Int64);
-        let clean_logits = tch::no_grad(|| model.logits(&images));
+        let labels = &batch.labels;
+        let clean_logits = tch::no_grad(|| model.logits(images));
         let classes = clean_logits.size().last().copied().unwrap_or(0);
         let needed = match self.loss {
             ApgdLoss::CrossEntropy => 2,
@@ -282,39 +355,39 @@ impl Apgd {
                 self.name()
             )));
         }
-        let mut robust = clean_logits.argmax(-1, false).eq_tensor(&labels);
+        let mut robust = judged_correct(model, images, labels, Some(&clean_logits));
         let mut adversarial = images.copy();
 
-        let targets: Vec<Option<i64>> = match self.loss {
+        let (loss_code, targets): (u64, Vec<Option<i64>>) = match self.loss {
+            ApgdLoss::CrossEntropy => (0, vec![None]),
+            ApgdLoss::Dlr => (1, vec![None]),
             // The k-th target is the (k+1)-th largest logit; at most classes - 1 of them.
-            ApgdLoss::DlrTargeted { n_targets } => (1..=n_targets.min(classes - 1)).map(Some).collect(),
-            _ => vec![None],
+            ApgdLoss::DlrTargeted { n_targets } => (2, (1..=n_targets.min(classes - 1)).map(Some).collect()),
         };
         for target_rank in targets {
-            for _ in 0..self.restarts {
+            for restart in 0..self.restarts {
+                interrupt.check()?;
                 let index = robust.nonzero().view([-1]);
                 if index.numel() == 0 {
                     return Ok(adversarial);
                 }
-                let x = images.index_select(0, &index);
-                let y = labels.index_select(0, &index);
+                let points = batch.select(&index);
                 let target_tensor;
                 let loss = match target_rank {
-                    None => match self.loss {
-                        ApgdLoss::Dlr => RunLoss::Dlr,
-                        _ => RunLoss::CrossEntropy,
-                    },
+                    None if loss_code == 1 => RunLoss::Dlr,
+                    None => RunLoss::CrossEntropy,
                     Some(rank) => {
                         // Ranked on the clean logits of the points being attacked (recomputed as
                         // the reference does, which matters only for randomised models).
-                        let order = tch::no_grad(|| model.logits(&x).argsort(-1, true));
+                        let order = tch::no_grad(|| model.logits(&points.images).argsort(-1, true));
                         target_tensor = order.select(1, rank);
                         RunLoss::DlrTargeted(&target_tensor)
                     }
                 };
-                let run = self.single_run(model, &x, &y, loss);
+                let label = draw_label(&[APGD_DRAWS, loss_code, target_rank.unwrap_or(0) as u64, restart as u64]);
+                let run = self.single_run(model, &points, loss, label, interrupt)?;
                 let fooled = run.robust.logical_not();
-                let merged = run.adversarial.where_self(&expand_mask(&fooled, &x), &x);
+                let merged = run.adversarial.where_self(&expand_mask(&fooled, &points.images), &points.images);
                 adversarial = adversarial.index_copy(0, &index, &merged);
                 robust = robust.index_copy(0, &index, &run.robust);
             }
@@ -340,10 +413,7 @@ impl Attack for Apgd {
         self.seed
     }
 
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
-        let device: Device = model.device();
-        let images = images.to_device(device);
-        self.perturb_checked(model, &images, labels)
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
+        self.perturb_checked(model, &batch.to_device(model.device()), interrupt)
     }
 }
-

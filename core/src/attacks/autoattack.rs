@@ -3,16 +3,16 @@
 //!
 //! The components run in sequence, each only on the points still robust after the previous
 //! ones (points misclassified clean are never attacked), so the cost is dominated by the first,
-//! cheapest attack and later ones only see the hard points. The returned batch carries, per
-//! point, the first adversarial example that fooled the model, else the clean input. Each
-//! component's output is checked with [`verify_adversarial`] and its success decided by a fresh
-//! forward pass, as the reference `run_standard_evaluation` does, so a component cannot claim a
-//! point it did not actually break.
+//! cheapest attack and later ones only see the hard points. The evaluation driver
+//! ([`super::evaluate`]) regroups each component's points into full batches, as the reference
+//! `run_standard_evaluation` does. The returned batch carries, per point, the first adversarial
+//! example that fooled the judge, else the clean input. Each component's output is checked with
+//! [`super::verify_adversarial`] and its success decided by a fresh forward pass of the judge,
+//! as the reference does, so a component cannot claim a point it did not actually break.
 //!
-//! Randomness: each component is started from libtorch's generator seeded with the AutoAttack
-//! seed, as in the reference (where every component calls `torch.manual_seed(seed)`), so every
-//! batch of a [`super::robust_accuracy`] run uses the same seed and the per-batch seed it sets is
-//! not used.
+//! Randomness: every component draws from the points' own streams under the AutoAttack seed
+//! (the reference reseeds libtorch's generator with that seed before each component); each
+//! attack salts its draws, so no two components start from the same numbers.
 //!
 //! [`sanity_flags`] reproduces the reference's checks (`checks.py`) for evaluations that
 //! AutoAttack cannot be trusted on: randomised models, models that output probabilities, and
@@ -20,9 +20,9 @@
 
 use tch::{Kind, Tensor};
 
+use super::evaluation::run_points;
 use super::{
-    check_eps, input_gradient, losses, verify_adversarial, Apgd, Attack, AttackError, Classifier, Fab, Square,
-    BOUND_TOLERANCE,
+    check_eps, input_gradient, losses, Apgd, Attack, AttackError, Batch, Classifier, Fab, Interrupt, Square,
 };
 
 /// An ordered ensemble of attacks, each run on the points the previous ones left robust.
@@ -45,23 +45,10 @@ impl std::fmt::Debug for AutoAttack {
     }
 }
 
-/// What one AutoAttack run found, for reports and debugging.
-#[derive(Debug)]
-pub struct AutoAttackOutcome {
-    /// The first adversarial example found per point, else the clean input.
-    pub adversarial: Tensor,
-    /// Bool [N]: correctly classified clean and not broken by any component.
-    pub robust: Tensor,
-    /// Points correctly classified clean.
-    pub clean_correct: i64,
-    /// (component name, points still robust after it), in order; stops early when none are
-    /// left.
-    pub robust_after: Vec<(String, i64)>,
-}
-
 impl AutoAttack {
     /// The standard version: APGD-CE (100 iterations, 1 restart), APGD-T (9 targets, 100
-    /// iterations), FAB-T (9 targets), Square (5000 queries, p_init 0.8).
+    /// iterations), FAB-T (9 targets), Square (5000 queries, p_init 0.8, schedule not
+    /// rescaled).
     pub fn standard(eps: f64, seed: u64) -> Self {
         AutoAttack {
             eps,
@@ -93,54 +80,7 @@ impl AutoAttack {
     }
 
     fn validate(&self) -> Result<(), AttackError> {
-        check_eps(self.eps)?;
-        for attack in &self.attacks {
-            if !(attack.eps() <= self.eps + BOUND_TOLERANCE) {
-                return Err(AttackError::InvalidParameter(format!(
-                    "{} searches eps = {}, beyond AutoAttack's eps = {}",
-                    attack.name(),
-                    attack.eps(),
-                    self.eps
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the components in order on `images` (pixel space) with true classes `labels`.
-    pub fn run(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<AutoAttackOutcome, AttackError> {
-        self.validate()?;
-        let device = model.device();
-        let images = images.detach().to_device(device);
-        let labels = labels.to_device(device).to_kind(Kind::Int64);
-        let predict = |x: &Tensor| tch::no_grad(|| model.judge_logits(x).argmax(-1, false));
-        let mut robust = predict(&images).eq_tensor(&labels);
-        let count = |mask: &Tensor| i64::try_from(mask.sum(Kind::Int64)).unwrap_or(0);
-        let clean_correct = count(&robust);
-        let mut adversarial = images.copy();
-        let mut robust_after = Vec::with_capacity(self.attacks.len());
-        for attack in &self.attacks {
-            let index = robust.nonzero().view([-1]);
-            if index.numel() == 0 {
-                break;
-            }
-            let x = images.index_select(0, &index);
-            let y = labels.index_select(0, &index);
-            // As the reference does, every component starts from the generator seeded with the
-            // AutoAttack seed: a run reproduces the reference's random draws for the same seed
-            // (so the two can be compared point by point), whatever ran before it.
-            tch::manual_seed((self.seed & i64::MAX as u64) as i64);
-            let candidate = attack.perturb(model, &x, &y)?.detach().to_device(device);
-            verify_adversarial(&attack.name(), &x, &candidate, self.eps)?;
-            let still_correct = predict(&candidate).eq_tensor(&y);
-            let mut shape = vec![1i64; x.dim().max(1)];
-            shape[0] = -1;
-            let merged = x.where_self(&still_correct.view(shape.as_slice()), &candidate);
-            adversarial = adversarial.index_copy(0, &index, &merged);
-            robust = robust.index_copy(0, &index, &still_correct);
-            robust_after.push((attack.name(), count(&robust)));
-        }
-        Ok(AutoAttackOutcome { adversarial, robust, clean_correct, robust_after })
+        check_eps(self.eps)
     }
 }
 
@@ -161,8 +101,17 @@ impl Attack for AutoAttack {
         self.seed
     }
 
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
-        Ok(self.run(model, images, labels)?.adversarial)
+    /// The whole ensemble on one batch (the driver's [`super::evaluate`] does the same over a
+    /// data set, with survivors regrouped across batches).
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
+        self.validate()?;
+        let size = batch.len().max(1);
+        let outcome = run_points(self, model, batch, size, interrupt, true, &mut |_| {})?;
+        Ok(outcome.adversarial.unwrap_or_else(|| batch.images.copy()))
+    }
+
+    fn components(&self) -> Option<&[Box<dyn Attack>]> {
+        Some(&self.attacks)
     }
 }
 

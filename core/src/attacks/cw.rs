@@ -1,11 +1,12 @@
 //! CW-inf: PGD on the Carlini-Wagner margin loss (Carlini and Wagner 2017) in the L-inf ball,
 //! as the robust-fairness papers evaluate it: uniform random start, 30 steps of 2/255, kappa
-//! (confidence) 50 by default as in the reference evaluation code.
+//! (confidence) 50 by default, on the reference evaluation code's loss
+//! -max(z_y - max_{j != y} z_j + kappa, 0) ([`super::losses::cw_loss`]).
 
 use tch::Tensor;
 
 use super::pgd::{Pgd, PgdLoss};
-use super::{Attack, AttackError, Classifier};
+use super::{Attack, AttackError, Batch, Classifier, Interrupt};
 
 #[derive(Debug, Clone)]
 pub struct CarliniWagnerLinf {
@@ -17,7 +18,7 @@ impl CarliniWagnerLinf {
         if !(kappa.is_finite() && kappa >= 0.0) {
             return Err(AttackError::InvalidParameter(format!("kappa must be non-negative, got {kappa}")));
         }
-        let pgd = Pgd { eps, step_size, steps, restarts: 1, random_start: true, loss: PgdLoss::CwMargin { kappa }, seed };
+        let pgd = Pgd { eps, step_size, steps, restarts: 1, random_start: true, loss: PgdLoss::CarliniWagner { kappa }, seed };
         pgd.validate()?;
         Ok(CarliniWagnerLinf { pgd })
     }
@@ -25,7 +26,7 @@ impl CarliniWagnerLinf {
     /// The preset of the paper's evaluation: 30 steps of 2/255, kappa 50.
     pub fn cw30(eps: f64, seed: u64) -> Self {
         CarliniWagnerLinf {
-            pgd: Pgd { eps, step_size: 2.0 / 255.0, steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CwMargin { kappa: 50.0 }, seed },
+            pgd: Pgd { eps, step_size: 2.0 / 255.0, steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CarliniWagner { kappa: 50.0 }, seed },
         }
     }
 }
@@ -40,7 +41,7 @@ impl Attack for CarliniWagnerLinf {
     fn seed(&self) -> u64 {
         self.pgd.seed
     }
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
-        self.pgd.perturb(model, images, labels)
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
+        self.pgd.perturb(model, batch, interrupt)
     }
 }

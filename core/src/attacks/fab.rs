@@ -19,11 +19,17 @@
 //! FAB minimises the distance rather than working inside the ball, so `eps` enters only at the
 //! end: a point's result is kept only if it is misclassified and within eps (as in AutoAttack),
 //! otherwise the clean input is returned. `eps` also sets the radius of the random starts of the
-//! restarts after the first one (eps/2 in L-inf around x_orig, as in the reference).
+//! restarts after the first one (eps/2 in L-inf around x_orig, as in the reference), drawn from
+//! each point's own random stream. Whether an iterate fools the model is decided by the judge.
 
 use tch::{Kind, Tensor};
 
-use super::{check_eps, check_steps, input_gradient, Attack, AttackError, Classifier};
+use super::{
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, Attack, AttackError, Batch, Classifier, Interrupt,
+};
+
+/// Salt of FAB's draw labels.
+const FAB_DRAWS: u64 = 0x4641_4254;
 
 /// Distance recorded for points for which no adversarial point has been found yet.
 const NOT_FOUND: f64 = 1e10;
@@ -156,18 +162,19 @@ impl Fab {
     fn single_run(
         &self,
         model: &dyn Classifier,
-        images: &Tensor,
-        labels: &Tensor,
+        batch: &Batch,
         targets: &Tensor,
-        random_start: bool,
-    ) -> Tensor {
+        random_start: Option<u32>,
+        interrupt: Interrupt,
+    ) -> Result<Tensor, AttackError> {
+        let (images, labels) = (&batch.images, &batch.labels);
         let shape = images.size();
         let n = shape[0];
         let origin = images.detach().reshape([n, -1]);
         let mut current = origin.copy();
-        if random_start {
+        if let Some(label) = random_start {
             // A random direction scaled to L-inf norm eps/2 (the reference's restart radius).
-            let direction = origin.rand_like() * 2.0 - 1.0;
+            let direction = batch.streams.uniform(label, &[origin.size()[1]]) * 2.0 - 1.0;
             let norm = direction.abs().amax(&[1i64][..], true).clamp_min(1e-12);
             current = (&origin + direction / norm * (0.5 * self.eps)).clamp(0.0, 1.0);
         }
@@ -180,6 +187,7 @@ impl Fab {
             (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
         };
         for _ in 0..self.steps {
+            interrupt.check()?;
             let (gradient, logits) = input_gradient(model, &current.view(shape.as_slice()), difference);
             let value = difference(&logits);
             let w = gradient.reshape([n, -1]);
@@ -198,8 +206,7 @@ impl Fab {
                 (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
             current = stepped.clamp(0.0, 1.0);
 
-            let fooled =
-                tch::no_grad(|| model.logits(&current.view(shape.as_slice())).argmax(-1, false).ne_tensor(labels));
+            let fooled = judged_correct(model, &current.view(shape.as_slice()), labels, None).logical_not();
             let distance = (&current - &origin).abs().amax(&[1i64][..], false);
             let closer = fooled.logical_and(&distance.lt_tensor(&best_distance));
             best = current.where_self(&closer.unsqueeze(1), &best);
@@ -208,7 +215,7 @@ impl Fab {
             current = backward.where_self(&fooled.unsqueeze(1), &current);
         }
         let found = best_distance.lt(NOT_FOUND).unsqueeze(1);
-        best.where_self(&found, &origin).view(shape.as_slice())
+        Ok(best.where_self(&found, &origin).view(shape.as_slice()))
     }
 }
 
@@ -225,33 +232,33 @@ impl Attack for Fab {
         self.seed
     }
 
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
         self.validate()?;
-        let images = images.detach();
-        let n = images.size()[0];
+        let (images, labels) = (&batch.images, &batch.labels);
         let mut result = images.copy();
-        if n == 0 {
+        if batch.is_empty() {
             return Ok(result);
         }
-        let clean_logits = tch::no_grad(|| model.logits(&images));
+        let clean_logits = tch::no_grad(|| model.logits(images));
         let classes = clean_logits.size()[1];
         // Targets ranked by clean logit; rank 0 is the prediction (the true class for the
         // points attacked, which are the correctly classified ones).
         let ranking = clean_logits.argsort(1, true);
-        let mut robust = clean_logits.argmax(-1, false).eq_tensor(labels);
+        let mut robust = judged_correct(model, images, labels, Some(&clean_logits));
         for rank in 1..=self.n_targets.min(classes - 1) {
             for restart in 0..self.restarts {
+                interrupt.check()?;
                 let index = robust.nonzero().squeeze_dim(1);
                 if index.numel() == 0 {
                     return Ok(result);
                 }
-                let x = images.index_select(0, &index);
-                let y = labels.index_select(0, &index);
+                let points = batch.select(&index);
                 let targets = ranking.index_select(0, &index).select(1, rank);
-                let candidate = self.single_run(model, &x, &y, &targets, restart > 0);
-                // Keep only what is misclassified and inside the threat model.
-                let fooled = tch::no_grad(|| model.logits(&candidate).argmax(-1, false).ne_tensor(&y));
-                let distance = (&candidate - &x).flatten(1, -1).abs().amax(&[1i64][..], false);
+                let start = (restart > 0).then(|| draw_label(&[FAB_DRAWS, rank as u64, restart as u64]));
+                let candidate = self.single_run(model, &points, &targets, start, interrupt)?;
+                // Keep only what the judge misclassifies and what lies inside the threat model.
+                let fooled = judged_correct(model, &candidate, &points.labels, None).logical_not();
+                let distance = (&candidate - &points.images).flatten(1, -1).abs().amax(&[1i64][..], false);
                 let broken = fooled.logical_and(&distance.le(self.eps));
                 let broken_index = index.masked_select(&broken);
                 if broken_index.numel() > 0 {

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::{check_eps, input_gradient, losses, project_linf, Attack, AttackError, Classifier};
+use super::{check_eps, input_gradient, losses, project_linf, Attack, AttackError, Batch, Classifier, Interrupt};
 
 #[derive(Debug, Clone)]
 pub struct Fgsm {
@@ -23,9 +23,11 @@ impl Attack for Fgsm {
         0
     }
 
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
         check_eps(self.eps)?;
-        let (gradient, _) = input_gradient(model, images, |logits| losses::cross_entropy(logits, labels));
+        interrupt.check()?;
+        let images = &batch.images;
+        let (gradient, _) = input_gradient(model, images, |logits| losses::cross_entropy(logits, &batch.labels));
         Ok(project_linf(&(images + gradient.sign() * self.eps), images, self.eps).detach())
     }
 }

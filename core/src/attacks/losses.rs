@@ -16,13 +16,26 @@ pub fn kl_to_soft_labels(logits: &Tensor, soft_labels: &Tensor) -> Tensor {
     (soft_labels * (log_p - log_q)).sum_dim_intlist(-1, false, Kind::Float)
 }
 
-/// Carlini-Wagner margin: max_{j != y} z_j - z_y, floored at -kappa (higher = closer to a
-/// mistake). Maximising it pushes the best wrong class above the true one by up to kappa.
-pub fn cw_margin(logits: &Tensor, labels: &Tensor, kappa: f64) -> Tensor {
+/// Margin z_y - max_{j != y} z_j per example: positive while the point is classified
+/// correctly. Square Attack minimises it.
+pub fn margin(logits: &Tensor, labels: &Tensor) -> Tensor {
     let true_logit = logits.gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);
     let masked = logits.scatter_value(1, &labels.unsqueeze(1), f64::NEG_INFINITY);
-    let best_other = masked.amax(&[1i64][..], false);
-    (best_other - true_logit).clamp_min(-kappa)
+    // max_dim, not amax: on ties the gradient goes to one index, as the references' max(1)[0].
+    let (best_other, _) = masked.max_dim(1, false);
+    true_logit - best_other
+}
+
+/// Carlini-Wagner loss with confidence kappa as the robust-fairness papers' evaluation code
+/// maximises it (Carlini and Wagner 2017, the L-inf variant of RSLAD's and ABSLD's `cwloss`):
+/// -max(z_y - max_{j != y} z_j + kappa, 0). Its gradient vanishes only once the point is
+/// misclassified by kappa, so points whose true logit leads by far still move. (A loss floored
+/// at -kappa from the other side, max(other - true, -kappa), has a zero gradient exactly at
+/// those points and overstated the robustness of models with large logits.) The reference
+/// masks the true class with -10000 rather than -inf; the two differ only for logits below
+/// -10000.
+pub fn cw_loss(logits: &Tensor, labels: &Tensor, kappa: f64) -> Tensor {
+    -(margin(logits, labels) + kappa).clamp_min(0.0)
 }
 
 /// Difference of Logits Ratio (Croce and Hein 2020), untargeted, per example:

@@ -1,37 +1,54 @@
 //! Adversarial attacks under the L-inf threat model, one attack per file behind [`Attack`]
-//! (DESIGN.md section 6), and per-class robust accuracy for any of them.
+//! (DESIGN.md section 6), and per-class robust accuracy for any of them ([`evaluate`]).
 //!
 //! Conventions every attack follows:
 //! - images are in pixel space [0, 1]; any normalisation lives inside the model;
 //! - the model is queried through [`Classifier`] in eval mode, and parameters need no gradient
 //!   (input gradients come from `Tensor::run_backward` on the input only);
-//! - randomness comes from libtorch's generator, which [`robust_accuracy`] seeds per batch from
-//!   the attack's seed, so a run on CPU is deterministic for a given seed;
+//! - randomness comes from per-example streams ([`random::ExampleStreams`], keyed by the seed
+//!   and each point's index in its split), never from libtorch's global generator, so a point's
+//!   result does not depend on its batch, the batch size, a shard or the device's generator;
+//! - every decision about whether a point is still correctly classified is the judge's
+//!   ([`judged_correct`]): for a bf16 network the fp32 weights decide, never the bf16 copy;
+//! - attacks look at their [`Interrupt`] between iterations, so a cancelled job stops within
+//!   one iteration;
 //! - attacks may return whatever they found; [`verify_adversarial`] checks the eps-ball and
-//!   [0, 1], and a point counts as broken only if the model misclassifies the returned input.
+//!   [0, 1], and a point counts as broken only if the judge misclassifies the returned input.
 
 mod apgd;
 mod autoattack;
 mod cw;
-mod fab; pub use fab::Fab;
+mod evaluation;
+mod fab;
 mod fgsm;
 pub mod losses;
 mod pgd;
-mod square; pub use square::Square;
+pub mod random;
+mod square;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::Dataset;
 use crate::models::Network;
 
-pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss};
-pub use autoattack::{sanity_flags, AutoAttack, AutoAttackOutcome, SanityFlags};
+pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss, ApgdRun};
+pub use autoattack::{sanity_flags, AutoAttack, SanityFlags};
 pub use cw::CarliniWagnerLinf;
+pub use evaluation::{
+    clean_accuracy, evaluate, robust_accuracy, run_points, ComponentReport, ComponentRun, Evaluation, PointsRun, Progress,
+};
+pub use fab::Fab;
 pub use fgsm::Fgsm;
 pub use pgd::{maximize, maximize_per_example, Pgd, PgdLoss, Start};
+pub use random::{draw_label, ExampleStreams};
+pub use square::Square;
 
 /// Slack allowed by [`verify_adversarial`] for float rounding at the ball's boundary.
 pub const BOUND_TOLERANCE: f64 = 1e-6;
+
+/// A hash of the source files that decide attack results (attacks, models, data loading),
+/// fixed at build time. Result caches key on it, so that results of older code are never
+/// served after a change.
+pub const SOURCE_HASH: &str = env!("RFB_RESULT_SOURCE_HASH");
 
 /// Errors raised by attacks and by the checks on their results.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +72,18 @@ pub trait Classifier {
     fn logits(&self, images: &Tensor) -> Tensor;
     fn device(&self) -> Device;
 
-    /// Logits that decide whether a point is classified correctly: clean accuracy, the points
-    /// AutoAttack passes on, and the final count. The same as [`Classifier::logits`] except
-    /// for a bf16 [`crate::models::PreparedNetwork`], which attacks with its bf16 copy but
-    /// judges with the fp32 weights, so that bf16 numbers are the fp32 model's robustness.
+    /// Logits that decide whether a point is classified correctly (clean accuracy, which points
+    /// are still attacked, the final count). The same as [`Classifier::logits`] except for a
+    /// bf16 [`crate::models::PreparedNetwork`], which attacks with its bf16 copy but judges
+    /// with the fp32 weights, so that bf16 numbers are the fp32 model's robustness.
     fn judge_logits(&self, images: &Tensor) -> Tensor {
         self.logits(images)
+    }
+
+    /// True when [`Classifier::judge_logits`] is another network than [`Classifier::logits`];
+    /// attacks then run the judge wherever they decide whether a point is still robust.
+    fn has_separate_judge(&self) -> bool {
+        false
     }
 }
 
@@ -73,16 +96,120 @@ impl Classifier for Network {
     }
 }
 
+/// Bool [N]: whether the judge classifies `images` as `labels`. `attack_logits` are the
+/// attack network's logits on the same images when the caller has them; they are reused when
+/// the judge is the attack network (no extra pass), and ignored otherwise.
+pub fn judged_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor, attack_logits: Option<&Tensor>) -> Tensor {
+    match attack_logits {
+        Some(logits) if !model.has_separate_judge() => logits.argmax(-1, false).eq_tensor(labels),
+        _ => tch::no_grad(|| model.judge_logits(images).argmax(-1, false).eq_tensor(labels)),
+    }
+}
+
+/// Points under attack: images in [0, 1] (`[N, C, H, W]`), true classes (`i64 [N]`) and one
+/// random stream per point, all on one device.
+#[derive(Debug)]
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub streams: ExampleStreams,
+}
+
+impl Batch {
+    pub fn new(images: &Tensor, labels: &Tensor, streams: ExampleStreams) -> Batch {
+        Batch { images: images.detach(), labels: labels.to_kind(Kind::Int64), streams }
+    }
+
+    /// Points `0..N` of `images` with their streams under `seed` (for tests and tools that
+    /// attack one batch; [`evaluate`] keys the streams on each point's index in its split).
+    pub fn with_seed(images: &Tensor, labels: &Tensor, seed: u64) -> Batch {
+        let n = images.size().first().copied().unwrap_or(0);
+        Batch::new(images, labels, ExampleStreams::for_range(seed, n, images.device()))
+    }
+
+    /// Every point of `dataset` (on its device, normally the CPU), with the streams keyed on
+    /// the points' indices in their split.
+    pub fn from_dataset(dataset: &crate::data::Dataset, seed: u64) -> Batch {
+        Batch::new(&dataset.images, &dataset.labels, ExampleStreams::new(seed, &dataset.ids))
+    }
+
+    pub fn len(&self) -> i64 {
+        self.images.size().first().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        self.images.device()
+    }
+
+    /// The points at `index` (`i64`, on the batch's device).
+    pub fn select(&self, index: &Tensor) -> Batch {
+        Batch {
+            images: self.images.index_select(0, index),
+            labels: self.labels.index_select(0, index),
+            streams: self.streams.select(index),
+        }
+    }
+
+    pub fn to_device(&self, device: Device) -> Batch {
+        Batch {
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+            streams: self.streams.to_device(device),
+        }
+    }
+}
+
+/// Lets the caller stop a running attack: attacks call [`Interrupt::check`] between iterations
+/// (and restarts, targets, components), so cancellation and deadlines take effect within one
+/// iteration rather than one batch.
+#[derive(Clone, Copy)]
+pub struct Interrupt<'a> {
+    should_stop: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+impl<'a> Interrupt<'a> {
+    /// Never stops.
+    pub const NEVER: Interrupt<'static> = Interrupt { should_stop: None };
+
+    /// Stops once `should_stop` returns true (it is called often: keep it cheap).
+    pub fn new(should_stop: &'a (dyn Fn() -> bool + Sync)) -> Self {
+        Interrupt { should_stop: Some(should_stop) }
+    }
+
+    /// `Err(AttackError::Cancelled)` once the caller asked to stop.
+    pub fn check(&self) -> Result<(), AttackError> {
+        match self.should_stop {
+            Some(should_stop) if should_stop() => Err(AttackError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Interrupt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.should_stop.is_some() { "Interrupt(..)" } else { "Interrupt::NEVER" })
+    }
+}
+
 /// An L-inf attack on a batch.
 pub trait Attack: Send + Sync {
     /// Name for reports, e.g. `PGD-20`.
     fn name(&self) -> String;
     /// Radius of the L-inf ball the attack searches in.
     fn eps(&self) -> f64;
-    /// Seed from which [`robust_accuracy`] derives the per-batch seeds.
+    /// Seed of the per-example random streams.
     fn seed(&self) -> u64;
-    /// Adversarial versions of `images` (same shape); `labels` are the true classes.
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError>;
+    /// Adversarial versions of `batch.images` (same shape, same device).
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError>;
+    /// An ensemble's components in order (AutoAttack): [`evaluate`] runs each on the points the
+    /// previous ones left robust, regrouped into full batches. `None` for a single attack.
+    fn components(&self) -> Option<&[Box<dyn Attack>]> {
+        None
+    }
 }
 
 /// Projects `candidate` onto the intersection of the L-inf ball of radius `eps` around
@@ -183,57 +310,6 @@ impl ClassCounts {
     }
 }
 
-/// Clean accuracy per class (no attack).
-pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64) -> ClassCounts {
-    let mut counts = ClassCounts::new(dataset.num_classes() as usize);
-    tch::no_grad(|| {
-        for (images, labels) in dataset.batches(batch_size) {
-            let images = images.to_device(model.device());
-            let labels = labels.to_device(model.device());
-            let correct = model.judge_logits(&images).argmax(-1, false).eq_tensor(&labels);
-            counts.add(&labels, &correct);
-        }
-    });
-    counts
-}
-
-/// Seed for batch `index` of an attack seeded with `seed`.
-pub fn batch_seed(seed: u64, index: usize) -> i64 {
-    (seed.wrapping_mul(1_000_003).wrapping_add(index as u64) & (i64::MAX as u64)) as i64
-}
-
-/// Runs `attack` over `dataset` in batches, verifies every returned batch, and counts per
-/// class the points the model still classifies correctly on the returned input.
-/// `on_batch(done, total)` is called after each batch and may return `false` to cancel.
-pub fn robust_accuracy(
-    attack: &dyn Attack,
-    model: &dyn Classifier,
-    dataset: &Dataset,
-    batch_size: i64,
-    mut on_batch: impl FnMut(i64, i64) -> bool,
-) -> Result<ClassCounts, AttackError> {
-    if batch_size < 1 {
-        return Err(AttackError::InvalidParameter(format!("batch size must be positive, got {batch_size}")));
-    }
-    let mut counts = ClassCounts::new(dataset.num_classes() as usize);
-    let total = dataset.len();
-    let mut done = 0;
-    for (index, (images, labels)) in dataset.batches(batch_size).enumerate() {
-        let images = images.to_device(model.device());
-        let labels = labels.to_device(model.device());
-        tch::manual_seed(batch_seed(attack.seed(), index));
-        let adversarial = attack.perturb(model, &images, &labels)?;
-        verify_adversarial(&attack.name(), &images, &adversarial, attack.eps())?;
-        let correct = tch::no_grad(|| model.judge_logits(&adversarial).argmax(-1, false).eq_tensor(&labels));
-        counts.add(&labels, &correct);
-        done += images.size()[0];
-        if !on_batch(done, total) {
-            return Err(AttackError::Cancelled);
-        }
-    }
-    Ok(counts)
-}
-
 pub(crate) fn check_eps(eps: f64) -> Result<(), AttackError> {
     if !(eps.is_finite() && eps >= 0.0 && eps <= 1.0) {
         return Err(AttackError::InvalidParameter(format!("eps must be in [0, 1], got {eps}")));
@@ -246,4 +322,12 @@ pub(crate) fn check_steps(steps: i64) -> Result<(), AttackError> {
         return Err(AttackError::InvalidParameter(format!("steps must be in 1..=100000, got {steps}")));
     }
     Ok(())
+}
+
+/// Attacks `images` as the points `0..N` under the attack's own seed, without interruption:
+/// for tools and tests that attack one batch ([`evaluate`] keys the streams on each point's
+/// index in its split instead).
+pub fn perturb_batch(attack: &dyn Attack, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    let batch = Batch::with_seed(&images.to_device(model.device()), &labels.to_device(model.device()), attack.seed());
+    attack.perturb(model, &batch, Interrupt::NEVER)
 }

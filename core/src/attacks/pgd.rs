@@ -1,12 +1,19 @@
 //! Projected gradient descent (Madry et al. 2018) under L-inf: signed-gradient ascent steps on
 //! a loss, each followed by projection onto the eps-ball and [0, 1]. The evaluation preset is
 //! the paper's PGD-20 (uniform random start, 20 steps of 2/255 on cross-entropy, final
-//! iterate); [`maximize`] is the same loop with any loss and start, which the trainer uses for
-//! the inner maximisation of SAT, TRADES, RSLAD and ABSLD (paper Eq. 12).
+//! iterate), with the start drawn from each point's own random stream; [`maximize`] is the same
+//! loop with any loss and start, which the trainer uses for the inner maximisation of SAT,
+//! TRADES, RSLAD and ABSLD (paper Eq. 12) with libtorch's generator.
 
 use tch::Tensor;
 
-use super::{check_eps, check_steps, input_gradient, losses, project_linf, Attack, AttackError, Classifier};
+use super::{
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, project_linf, Attack, AttackError, Batch,
+    Classifier, Interrupt,
+};
+
+/// Salt of PGD's draw labels.
+const PGD_DRAWS: u64 = 0x5047_4400;
 
 /// Where the iteration starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,8 +30,9 @@ pub enum Start {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PgdLoss {
     CrossEntropy,
-    /// Carlini-Wagner margin with confidence kappa (see [`super::CarliniWagnerLinf`]).
-    CwMargin { kappa: f64 },
+    /// Carlini-Wagner loss with confidence kappa ([`losses::cw_loss`], see
+    /// [`super::CarliniWagnerLinf`]).
+    CarliniWagner { kappa: f64 },
 }
 
 /// Runs `steps` signed-gradient steps of size `step_size` on `loss(logits)` (per-example,
@@ -39,17 +47,34 @@ pub fn maximize(
     loss: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
     let images = images.detach();
-    let mut current = match start {
+    let first = match start {
         Start::Clean => images.shallow_clone(),
         Start::Uniform => &images + images.rand_like() * (2.0 * eps) - eps,
         Start::Gaussian(sigma) => &images + images.randn_like() * sigma,
     };
-    current = project_linf(&current, &images, eps);
+    ascend(model, &images, first, eps, step_size, steps, loss, Interrupt::NEVER).expect("never interrupted")
+}
+
+/// `steps` signed-gradient steps from `start` (projected first), looking at `interrupt` before
+/// each step.
+#[allow(clippy::too_many_arguments)]
+fn ascend(
+    model: &dyn Classifier,
+    images: &Tensor,
+    start: Tensor,
+    eps: f64,
+    step_size: f64,
+    steps: i64,
+    loss: impl Fn(&Tensor) -> Tensor,
+    interrupt: Interrupt,
+) -> Result<Tensor, AttackError> {
+    let mut current = project_linf(&start, images, eps);
     for _ in 0..steps {
+        interrupt.check()?;
         let (gradient, _) = input_gradient(model, &current, &loss);
-        current = project_linf(&(current + gradient.sign() * step_size), &images, eps);
+        current = project_linf(&(current + gradient.sign() * step_size), images, eps);
     }
-    current.detach()
+    Ok(current.detach())
 }
 
 /// [`maximize`] with a radius and a step size per example (`radius` and `step_size` are [N]
@@ -124,7 +149,7 @@ impl Attack for Pgd {
     fn name(&self) -> String {
         let base = match self.loss {
             PgdLoss::CrossEntropy => "PGD",
-            PgdLoss::CwMargin { .. } => "CW-inf",
+            PgdLoss::CarliniWagner { .. } => "CW-inf",
         };
         if self.restarts > 1 {
             format!("{base}-{}x{}", self.steps, self.restarts)
@@ -141,19 +166,29 @@ impl Attack for Pgd {
         self.seed
     }
 
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
         self.validate()?;
-        let start = if self.random_start { Start::Uniform } else { Start::Clean };
+        let (images, labels) = (&batch.images, &batch.labels);
         let loss = |logits: &Tensor| match self.loss {
             PgdLoss::CrossEntropy => losses::cross_entropy(logits, labels),
-            PgdLoss::CwMargin { kappa } => losses::cw_margin(logits, labels, kappa),
+            PgdLoss::CarliniWagner { kappa } => losses::cw_loss(logits, labels, kappa),
         };
-        let mut best = maximize(model, images, self.eps, self.step_size, self.steps, start, loss);
-        for _ in 1..self.restarts {
-            let still_correct = tch::no_grad(|| model.logits(&best).argmax(-1, false).eq_tensor(labels));
-            let candidate = maximize(model, images, self.eps, self.step_size, self.steps, start, loss);
-            let mask = still_correct.view([-1, 1, 1, 1]);
-            best = candidate.where_self(&mask, &best);
+        let shape = &images.size()[1..];
+        let start = |restart: i64| {
+            if self.random_start {
+                // Uniform in the ball, as torchattacks' PGD draws it: x + U(-eps, eps).
+                let uniform = batch.streams.uniform(draw_label(&[PGD_DRAWS, restart as u64]), shape);
+                images + (uniform * 2.0 - 1.0) * self.eps
+            } else {
+                images.shallow_clone()
+            }
+        };
+        let mut best = ascend(model, images, start(0), self.eps, self.step_size, self.steps, loss, interrupt)?;
+        for restart in 1..self.restarts {
+            // A point keeps the first restart whose result the judge misclassifies.
+            let still_correct = judged_correct(model, &best, labels, None);
+            let candidate = ascend(model, images, start(restart), self.eps, self.step_size, self.steps, loss, interrupt)?;
+            best = candidate.where_self(&still_correct.view([-1, 1, 1, 1]), &best);
         }
         Ok(best)
     }

@@ -3,28 +3,36 @@
 //! attack of AutoAttack standard (5000 queries, p_init 0.8, one restart), set up as in the
 //! reference `autoattack/square.py` of fra31/auto-attack:
 //! - start at vertical stripes: every column of every channel moved by +eps or -eps;
-//! - each iteration changes one square window per image (position drawn per image; the
-//!   reference draws one for the whole batch), setting each channel of the window to x +- eps
-//!   with a random sign, so the point stays a vertex of the ball, clipped to [0, 1];
-//! - the window covers a fraction p of the pixels, p halving on the reference's schedule
-//!   ([`Square::p_schedule`]), side from [`Square::square_side`];
+//! - each iteration changes one square window per image (position and signs drawn per image
+//!   from its own stream; the reference draws one window and one sign vector for the whole
+//!   batch, which makes a point's result depend on its batch), setting each channel of the
+//!   window to x +- eps with a random sign, so the point stays a vertex of the ball, clipped to
+//!   [0, 1];
+//! - the window covers a fraction p of the pixels, p halving after iterations 10, 50, 200,
+//!   500, 1000, 2000, 4000, 6000 and 8000 ([`Square::p_schedule`]); AutoAttack runs Square with
+//!   this schedule as it is (`resc_schedule=False`), the standalone reference rescales it to
+//!   the query budget (`rescale_schedule`); side from [`Square::square_side`];
 //! - a candidate is kept only if it lowers the margin z_y - max_{j != y} z_j;
 //! - points whose margin is already <= 0 (misclassified) are not queried again.
 //!
 //! Queries per image and restart: one for the start plus at most one per iteration, so at most
 //! `queries + 1`. All model calls run under `no_grad` on detached inputs; nothing is
-//! differentiated. Randomness comes from libtorch's global generator (seeded per batch by
-//! [`super::robust_accuracy`]), so a CPU run is deterministic for a seed.
+//! differentiated. Square only reads logits, and the margin it minimises decides when a point
+//! is broken, so it queries the judge ([`Classifier::judge_logits`]): under bf16 it runs on the
+//! fp32 weights.
 
 use tch::{Kind, Tensor};
 
-use super::{check_eps, losses, Attack, AttackError, Classifier};
+use super::{check_eps, draw_label, losses, Attack, AttackError, Batch, Classifier, Interrupt};
 
-/// Iteration counts, on a budget of 10 000 queries, after which the reference halves p.
+/// Iteration counts after which the reference halves p (`p_selection` of `square.py`).
 const SCHEDULE_BREAKS: [i64; 9] = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000];
 
-/// Budget the schedule's breaks refer to; other budgets are rescaled to it.
+/// Budget the schedule's breaks refer to when it is rescaled to the query budget.
 const SCHEDULE_BUDGET: f64 = 10_000.0;
+
+/// Salt of Square's draw labels.
+const SQUARE_DRAWS: u64 = 0x5351_5241;
 
 /// Score-based L-inf Square Attack, untargeted, on the margin loss.
 #[derive(Debug, Clone)]
@@ -35,13 +43,17 @@ pub struct Square {
     /// Fraction of pixels the first windows change.
     pub p_init: f64,
     pub restarts: i64,
+    /// Rescale the p-schedule to `queries` (the standalone reference's default). AutoAttack
+    /// runs Square without rescaling, which [`Square::new`] sets.
+    pub rescale_schedule: bool,
     pub seed: u64,
 }
 
 impl Square {
-    /// One restart, as in AutoAttack standard (`Square::new(eps, 5000, 0.8, seed)`).
+    /// One restart, the schedule not rescaled, as in AutoAttack standard
+    /// (`Square::new(eps, 5000, 0.8, seed)`).
     pub fn new(eps: f64, queries: i64, p_init: f64, seed: u64) -> Square {
-        Square { eps, queries, p_init, restarts: 1, seed }
+        Square { eps, queries, p_init, restarts: 1, rescale_schedule: false, seed }
     }
 
     pub fn validate(&self) -> Result<(), AttackError> {
@@ -58,12 +70,17 @@ impl Square {
         Ok(())
     }
 
-    /// Fraction of pixels changed at `iteration` (0-based): p_init, halved once for every
-    /// break of [`SCHEDULE_BREAKS`] that the iteration, rescaled to a 10 000-query budget and
-    /// truncated as the reference does, lies strictly beyond.
+    /// Fraction of pixels changed at `iteration` (0-based): p_init, halved once for every break
+    /// of [`SCHEDULE_BREAKS`] that the iteration lies strictly beyond; with
+    /// `rescale_schedule`, the iteration is first mapped to a 10 000-query budget and truncated,
+    /// as the reference's `int(it / n_queries * 10000)`.
     pub fn p_schedule(&self, iteration: i64) -> f64 {
-        let rescaled = (iteration as f64 / self.queries as f64 * SCHEDULE_BUDGET) as i64;
-        let halvings = SCHEDULE_BREAKS.iter().filter(|&&b| rescaled > b).count();
+        let position = if self.rescale_schedule {
+            (iteration as f64 / self.queries as f64 * SCHEDULE_BUDGET) as i64
+        } else {
+            iteration
+        };
+        let halvings = SCHEDULE_BREAKS.iter().filter(|&&b| position > b).count();
         self.p_init / f64::powi(2.0, halvings as i32)
     }
 
@@ -77,30 +94,34 @@ impl Square {
         side.max(1).min(h.min(w))
     }
 
-    /// One run from the stripes start. Returns the best points and their margins (<= 0 where
-    /// the point is misclassified).
-    fn single_run(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    /// One run (`restart`) from the stripes start. Returns the best points and their margins
+    /// (<= 0 where the point is misclassified).
+    fn single_run(&self, model: &dyn Classifier, batch: &Batch, restart: i64, interrupt: Interrupt) -> Result<(Tensor, Tensor), AttackError> {
+        let (images, labels) = (&batch.images, &batch.labels);
         let size = images.size();
-        let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
-        let mut best = (images + random_signs(images, [n, c, 1, w]) * self.eps).clamp(0.0, 1.0);
+        let (c, h, w) = (size[1], size[2], size[3]);
+        let label = |iteration: i64, purpose: u64| draw_label(&[SQUARE_DRAWS, restart as u64, iteration as u64, purpose]);
+        let stripes = batch.streams.signs(label(-1, 0), &[c, 1, w]);
+        let mut best = (images + stripes * self.eps).clamp(0.0, 1.0);
         let mut margin = margin_loss(model, &best, labels);
         for iteration in 0..self.queries {
+            interrupt.check()?;
             let active = margin.gt(0.0).nonzero().squeeze_dim(1);
             let count = active.size()[0];
             if count == 0 {
                 break;
             }
-            let clean = images.index_select(0, &active);
+            let points = batch.select(&active);
             let current = best.index_select(0, &active);
             let current_margin = margin.index_select(0, &active);
-            let current_labels = labels.index_select(0, &active);
             let side = Self::square_side(self.p_schedule(iteration), [c, h, w]);
-            let window = random_windows(count, side, h, w, images.device());
+            let window = random_windows(&points, side, h, w, label(iteration, 1), label(iteration, 2));
             // Setting the window to x +- eps is what the reference's "+ 2 eps sign, then
-            // project" amounts to, since the current point is already in the ball.
-            let vertex = (&clean + random_signs(images, [count, c, 1, 1]) * self.eps).clamp(0.0, 1.0);
+            // project" amounts to, since the current point is already a vertex of the ball.
+            let signs = points.streams.signs(label(iteration, 3), &[c, 1, 1]);
+            let vertex = (&points.images + signs * self.eps).clamp(0.0, 1.0);
             let candidate = vertex.where_self(&window, &current);
-            let candidate_margin = margin_loss(model, &candidate, &current_labels);
+            let candidate_margin = margin_loss(model, &candidate, &points.labels);
             // Active points have margin > 0, so "improves" already covers "misclassified".
             let improved = candidate_margin.lt_tensor(&current_margin);
             let kept = candidate.where_self(&improved.view([-1, 1, 1, 1]), &current);
@@ -108,31 +129,29 @@ impl Square {
             best = best.index_copy(0, &active, &kept);
             margin = margin.index_copy(0, &active, &kept_margin);
         }
-        (best, margin)
+        Ok((best, margin))
     }
 }
 
-/// Margin z_y - max_{j != y} z_j per example (the reference's untargeted margin loss).
+/// Margin z_y - max_{j != y} z_j per example (the reference's untargeted margin loss), on the
+/// judge's logits.
 fn margin_loss(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
-    -losses::cw_margin(&model.logits(images), labels, f64::INFINITY)
+    losses::margin(&model.judge_logits(images), labels)
 }
 
-/// Independent +1 / -1 entries of the images' kind and device.
-fn random_signs(like: &Tensor, shape: [i64; 4]) -> Tensor {
-    Tensor::randint(2, shape, (like.kind(), like.device())) * 2.0 - 1.0
-}
-
-/// Boolean masks [count, 1, h, w], each a `side` x `side` square at an independent position.
-/// Corners are drawn from 0..h-side (the reference's `random_int(0, h - s)` never picks the
-/// last position h - side itself, except when side == h).
-fn random_windows(count: i64, side: i64, h: i64, w: i64, device: tch::Device) -> Tensor {
-    let inside = |extent: i64| {
-        let start = Tensor::randint((extent - side).max(1), [count, 1], (Kind::Int64, device));
+/// Boolean masks [count, 1, h, w], each a `side` x `side` square at a position drawn from its
+/// point's stream. Corners are drawn from 0..h-side (the reference's `random_int(0, h - s)`
+/// never picks the last position h - side itself, except when side == h).
+fn random_windows(points: &Batch, side: i64, h: i64, w: i64, row_label: u32, column_label: u32) -> Tensor {
+    let count = points.len();
+    let device = points.device();
+    let inside = |extent: i64, label: u32| {
+        let start = points.streams.below(label, &[1], (extent - side).max(1));
         let positions = Tensor::arange(extent, (Kind::Int64, device)).view([1, extent]);
         positions.ge_tensor(&start).logical_and(&positions.lt_tensor(&(start + side)))
     };
-    let rows = inside(h).view([count, 1, h, 1]);
-    let cols = inside(w).view([count, 1, 1, w]);
+    let rows = inside(h, row_label).view([count, 1, h, 1]);
+    let cols = inside(w, column_label).view([count, 1, 1, w]);
     rows.logical_and(&cols)
 }
 
@@ -153,48 +172,42 @@ impl Attack for Square {
     /// the lowest margin found. There is no separate query on the clean images (the reference
     /// makes one): callers pass points they still count as correct, and it keeps the budget at
     /// `queries + 1` per image and restart.
-    fn perturb(&self, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
+    fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
         self.validate()?;
-        if images.dim() != 4 {
+        let all_images = &batch.images;
+        if all_images.dim() != 4 {
             return Err(AttackError::InvalidParameter(format!(
                 "Square needs images of shape [N, C, H, W], got {:?}",
-                images.size()
+                all_images.size()
             )));
         }
-        if images.size()[0] == 0 {
-            return Ok(images.detach().copy());
+        if batch.is_empty() {
+            return Ok(all_images.copy());
         }
-        Ok(tch::no_grad(|| {
-            let images = images.detach();
-            let labels = labels.detach().to_device(images.device()).to_kind(Kind::Int64);
-            // Points the model already gets wrong are returned as they are: starting from the
+        tch::no_grad(|| {
+            // Points the judge already gets wrong are returned as they are: starting from the
             // stripes could land on a correctly classified point, which must not count as robust.
-            let clean_correct = model.logits(&images).argmax(-1, false).eq_tensor(&labels);
+            let clean_correct = super::judged_correct(model, all_images, &batch.labels, None);
             let attacked = clean_correct.nonzero().squeeze_dim(1);
             if attacked.size()[0] == 0 {
-                return images.copy();
+                return Ok(all_images.copy());
             }
-            let all_images = images;
-            let images = all_images.index_select(0, &attacked);
-            let labels = labels.index_select(0, &attacked);
-            let (mut best, mut margin) = self.single_run(model, &images, &labels);
-            for _ in 1..self.restarts {
+            let points = batch.select(&attacked);
+            let (mut best, mut margin) = self.single_run(model, &points, 0, interrupt)?;
+            for restart in 1..self.restarts {
+                interrupt.check()?;
                 let unbroken = margin.gt(0.0).nonzero().squeeze_dim(1);
                 if unbroken.size()[0] == 0 {
                     break;
                 }
-                let (points, margins) = self.single_run(
-                    model,
-                    &images.index_select(0, &unbroken),
-                    &labels.index_select(0, &unbroken),
-                );
+                let (found, margins) = self.single_run(model, &points.select(&unbroken), restart, interrupt)?;
                 let previous = margin.index_select(0, &unbroken);
                 let better = margins.lt_tensor(&previous);
-                let kept = points.where_self(&better.view([-1, 1, 1, 1]), &best.index_select(0, &unbroken));
+                let kept = found.where_self(&better.view([-1, 1, 1, 1]), &best.index_select(0, &unbroken));
                 best = best.index_copy(0, &unbroken, &kept);
                 margin = margin.index_copy(0, &unbroken, &margins.where_self(&better, &previous));
             }
-            all_images.index_copy(0, &attacked, &best)
-        }))
+            Ok(all_images.index_copy(0, &attacked, &best))
+        })
     }
 }

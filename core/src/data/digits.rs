@@ -87,6 +87,7 @@ pub(crate) fn load_digits(split: Split) -> Result<Dataset, DataError> {
     Ok(Dataset {
         images,
         labels: Tensor::from_slice(&kept),
+        ids: Tensor::arange(m, (Kind::Int64, tch::Device::Cpu)),
         class_names: (0..10).map(|d| d.to_string()).collect(),
         name: DatasetKind::Digits.name().to_string(),
         split,

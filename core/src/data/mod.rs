@@ -253,6 +253,10 @@ pub struct Dataset {
     pub images: Tensor,
     /// `i64 [N]`, values in `0..num_classes`.
     pub labels: Tensor,
+    /// `i64 [N]`: each example's index in its split as loaded (0, 1, ... for a whole split; kept
+    /// through [`Dataset::select`] and subsets). Attacks key their per-example random streams
+    /// on it, so a point's result does not depend on which subset, batch or shard it is in.
+    pub ids: Tensor,
     /// One name per class; its length is the number of classes.
     pub class_names: Vec<String>,
     /// The data set's name, e.g. `"cifar10"` (see [`DatasetKind::name`]).
@@ -356,6 +360,7 @@ pub(crate) fn dataset_from_u8(
     Dataset {
         images,
         labels: Tensor::from_slice(labels),
+        ids: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)),
         class_names,
         name: name.to_string(),
         split,
@@ -412,6 +417,7 @@ impl Dataset {
         Dataset {
             images: self.images.index_select(0, &idx),
             labels: self.labels.index_select(0, &idx),
+            ids: self.ids.index_select(0, &idx),
             class_names: self.class_names.clone(),
             name: self.name.clone(),
             split: self.split,
@@ -423,6 +429,7 @@ impl Dataset {
         Dataset {
             images: self.images.shallow_clone(),
             labels: self.labels.shallow_clone(),
+            ids: self.ids.shallow_clone(),
             class_names: self.class_names.clone(),
             name: self.name.clone(),
             split: self.split,
@@ -435,6 +442,18 @@ impl Dataset {
         let labels = self.labels_vec();
         let indices = subset::first_per_class(&labels, self.num_classes(), per_class)?;
         Ok(self.select(&indices))
+    }
+
+    /// Examples `start..start + length` as a data set of views (no pixel copy).
+    pub fn narrow(&self, start: i64, length: i64) -> Dataset {
+        Dataset {
+            images: self.images.narrow(0, start, length),
+            labels: self.labels.narrow(0, start, length),
+            ids: self.ids.narrow(0, start, length),
+            class_names: self.class_names.clone(),
+            name: self.name.clone(),
+            split: self.split,
+        }
     }
 
     /// Consecutive batches `(images, labels)` in data-set order; the last one may be smaller.

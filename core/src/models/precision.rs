@@ -125,4 +125,8 @@ impl Classifier for PreparedNetwork {
             None => self.logits(images),
         }
     }
+
+    fn has_separate_judge(&self) -> bool {
+        self.reference.is_some()
+    }
 }
