@@ -581,7 +581,6 @@ impl Engine {
                 components: components as i64,
             })
         };
-        emit(progress(&attack.name, 0, 1, 0, total))?;
         let started = Instant::now();
         let mut stop: Option<EngineError> = None;
         let mut sanity = None;
@@ -589,6 +588,7 @@ impl Engine {
         let counts = match &built {
             None => {
                 // Clean accuracy, a batch at a time so that progress and cancellation work.
+                emit(progress(&attack.name, 0, 1, 0, total))?;
                 let mut counts = ClassCounts::new(subset.num_classes() as usize);
                 let mut start = 0;
                 while start < total {

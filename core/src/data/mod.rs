@@ -42,6 +42,7 @@ mod augment;
 mod cifar;
 mod digits;
 mod subset;
+pub mod synthetic;
 mod tiny_imagenet;
 
 pub use augment::{augment_crop_flip, random_crop_flip};
