@@ -31,7 +31,12 @@ enum SplitArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
+    /// The network as it is.
     Fp32,
+    /// An fp32 copy with batch norm folded and channels-last weights attacks; the network counts.
+    #[value(name = "fp32-fast")]
+    Fp32Fast,
+    /// A bf16 copy attacks; the fp32 network takes every decision.
     Bf16,
 }
 
@@ -242,6 +247,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 batch_size,
                 precision: match precision {
                     PrecisionArg::Fp32 => "fp32",
+                    PrecisionArg::Fp32Fast => "fp32-fast",
                     PrecisionArg::Bf16 => "bf16",
                 }
                 .into(),

@@ -483,6 +483,7 @@ impl Catalog {
         let precision = match Precision::try_from(request.precision) {
             Ok(Precision::Unspecified | Precision::Fp32) => Precision::Fp32,
             Ok(Precision::Bf16) => Precision::Bf16,
+            Ok(Precision::Fp32Fast) => Precision::Fp32Fast,
             Err(_) => return Err(EngineError::InvalidArgument(format!("unknown precision {}", request.precision))),
         };
 

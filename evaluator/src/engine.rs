@@ -558,18 +558,17 @@ impl Engine {
         let total = subset.len();
         let built = build_attack(&attack.spec, job.manifest.model.num_classes)?;
         let network = self.model(job)?;
-        // bf16 runs a bf16 channels-last copy; images, loss and projection stay fp32.
-        let prepared = match job.precision {
-            rfb_proto::v1::Precision::Bf16 => Some(
-                PreparedNetwork::new(network, ModelPrecision::Bf16)
-                    .map_err(|e| EngineError::FailedPrecondition(format!("{}: bf16 copy: {e}", job.model)))?,
-            ),
-            _ => None,
+        // Attacks run on a prepared copy (as it is at fp32; batch norm folded and channels-last
+        // at fp32-fast, also cast at bf16); images, loss and projection stay fp32, and the
+        // network itself judges.
+        let precision = match job.precision {
+            rfb_proto::v1::Precision::Bf16 => ModelPrecision::Bf16,
+            rfb_proto::v1::Precision::Fp32Fast => ModelPrecision::Fp32Fast,
+            _ => ModelPrecision::Fp32,
         };
-        let network: &dyn attacks::Classifier = match &prepared {
-            Some(prepared) => prepared,
-            None => network,
-        };
+        let prepared = PreparedNetwork::new(network, precision)
+            .map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
+        let network: &dyn attacks::Classifier = &prepared;
         let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
             Event::Progress(Progress {
                 attack: attack.name.clone(),

@@ -5,6 +5,7 @@
 //! (DESIGN.md section 6). Parameter names follow the common PyTorch CIFAR definitions
 //! (DESIGN.md section 9) so that reference `state_dict`s load without renaming.
 
+mod conv_bn;
 mod digits_cnn;
 mod mobilenet_v2;
 mod preact_resnet18;
@@ -147,7 +148,7 @@ pub struct Network {
     pub var_store: nn::VarStore,
     pub spec: ModelSpec,
     pub architecture: Architecture,
-    body: Box<dyn ModuleT + Send>,
+    body: Box<dyn Body>,
     /// Mean and 1/std as [1, C, 1, 1] tensors on the model's device.
     normalization: Option<(Tensor, Tensor)>,
 }
@@ -183,6 +184,21 @@ impl Network {
         self.var_store.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
     }
 
+    /// Folds every convolution that is directly followed by batch norm into one convolution
+    /// with a bias, for eval-mode passes only, and passes the folded weights and biases through
+    /// `prepare` (a cast, a memory layout; see `conv_bn.rs`). For a frozen copy that attacks
+    /// query: after folding, changes to the weights are not seen by eval-mode passes until the
+    /// next fold. Returns the number of layers folded.
+    pub fn fold_batch_norm(&mut self, prepare: &dyn Fn(&Tensor) -> Tensor) -> usize {
+        let layers = self.body.conv_bn_layers();
+        let count = layers.len();
+        for layer in layers {
+            layer.fold();
+            layer.prepare_folded(prepare);
+        }
+        count
+    }
+
     /// Turns gradient tracking of every parameter on or off (attacks switch it off).
     pub fn set_trainable(&mut self, trainable: bool) {
         if trainable {
@@ -191,6 +207,12 @@ impl Network {
             self.var_store.freeze();
         }
     }
+}
+
+/// What every architecture is: a module that can list its foldable conv-then-batch-norm
+/// layers ([`Network::fold_batch_norm`]).
+pub(crate) trait Body: ModuleT + Send {
+    fn conv_bn_layers(&mut self) -> Vec<&mut conv_bn::ConvBn>;
 }
 
 /// Builds the network `spec` names on `device`, with freshly initialised weights.
@@ -212,7 +234,7 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
     let var_store = nn::VarStore::new(device);
     let root = var_store.root();
     let classes = spec.num_classes;
-    let body: Box<dyn ModuleT + Send> = match architecture {
+    let body: Box<dyn Body> = match architecture {
         Architecture::ResNet18 => Box::new(ResNet18::new(&root, channels, classes)),
         Architecture::PreActResNet18 => Box::new(PreActResNet18::new(&root, channels, classes)),
         Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
