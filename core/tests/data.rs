@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use rfb_core::data::{
-    augment_crop_flip, load, random_crop_flip, DataError, Dataset, DatasetKind, Split,
+    augment_crop_flip, class_counts, load, load_compact, random_crop_flip, DataError, Dataset, DatasetKind, Split,
     DIGITS_TEST_SIZE, DIGITS_TOTAL, DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE,
 };
 use tch::{Kind, Tensor};
@@ -857,4 +857,68 @@ fn augmentation_keeps_kind_and_works_on_the_input_device() {
     assert!(y.to_device(tch::Device::Cpu).equal(&cpu));
     let empty = Tensor::zeros([0, 3, 4, 4], (Kind::Float, tch::Device::Cpu));
     assert_eq!(augment_crop_flip(&empty, 2, 0).size(), vec![0, 3, 4, 4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// labels-only class counts and the compact (byte) form
+
+#[test]
+fn class_counts_from_labels_alone_match_the_loaded_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar10 = tmp.path().join("c10");
+    fs::create_dir(&cifar10).unwrap();
+    write_full_cifar10(&cifar10);
+    let cifar100 = tmp.path().join("c100");
+    fs::create_dir(&cifar100).unwrap();
+    write_cifar100(&cifar100.join("train.bin"), 0..300, |k| (k % 100) as u8);
+    write_cifar100(&cifar100.join("test.bin"), 500..505, |k| (k % 100) as u8);
+    let tiny = tmp.path().join("tiny");
+    write_tiny(&tiny);
+    let cases = [
+        (DatasetKind::Digits, None),
+        (DatasetKind::Cifar10, Some(cifar10.as_path())),
+        (DatasetKind::Cifar100, Some(cifar100.as_path())),
+        (DatasetKind::TinyImageNet, Some(tiny.as_path())),
+    ];
+    for (kind, dir) in cases {
+        for split in [Split::Train, Split::Validation, Split::Test] {
+            let loaded = load(kind, split, dir).unwrap();
+            let counted = class_counts(kind, split, dir).unwrap();
+            assert_eq!(counted, loaded.class_counts(), "{kind} {split}");
+            // The compact form holds the same split: its f32 form is the loaded tensor.
+            let compact = load_compact(kind, split, dir).unwrap();
+            assert_eq!(compact.pixels.kind(), Kind::Uint8);
+            assert_eq!(compact.class_counts(), counted);
+            assert_exact(&compact.to_dataset().images, &loaded.images);
+            let per_class = counted.iter().copied().min().unwrap_or(0).min(2);
+            if per_class == 0 {
+                continue;
+            }
+            let a = compact.class_balanced_subset(per_class).unwrap();
+            let b = loaded.class_balanced_subset(per_class).unwrap();
+            assert_exact(&a.images, &b.images);
+            assert_eq!(labels_of(&a), labels_of(&b));
+            assert_eq!(Vec::<i64>::try_from(&a.ids).unwrap(), Vec::<i64>::try_from(&b.ids).unwrap());
+        }
+    }
+    // The files are checked as the loaders check them.
+    fs::write(cifar10.join("data_batch_3.bin"), [1u8; 100]).unwrap();
+    let err = class_counts(DatasetKind::Cifar10, Split::Validation, Some(&cifar10)).unwrap_err();
+    assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
+    fs::remove_file(cifar10.join("data_batch_3.bin")).unwrap();
+    let err = class_counts(DatasetKind::Cifar10, Split::Train, Some(&cifar10)).unwrap_err();
+    assert!(matches!(err, DataError::MissingFile { .. }), "{err:?}");
+    let err = class_counts(DatasetKind::Cifar10, Split::Test, None).unwrap_err();
+    assert!(matches!(err, DataError::NoDataDir { .. }), "{err:?}");
+}
+
+#[test]
+fn an_absurd_number_per_class_is_an_error_not_an_allocation() {
+    let ds = toy(&[0, 1, 0, 1], 2);
+    for per_class in [1_000_000_000_000i64, i64::MAX] {
+        let err = ds.class_balanced_subset(per_class).unwrap_err();
+        assert!(matches!(err, DataError::TooFewExamples { available: 2, .. }), "{err:?}");
+    }
+    let digits = load_compact(DatasetKind::Digits, Split::Train, None).unwrap();
+    assert!(digits.class_balanced_subset(i64::MAX).is_err());
 }
