@@ -922,3 +922,53 @@ fn an_absurd_number_per_class_is_an_error_not_an_allocation() {
     let digits = load_compact(DatasetKind::Digits, Split::Train, None).unwrap();
     assert!(digits.class_balanced_subset(i64::MAX).is_err());
 }
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> i64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The memory a whole CIFAR-10-sized training split takes held as bytes and as f32, on files of
+/// the real size (50 000 + 10 000 records, 184 MB) written here. Run by hand:
+/// `cargo nextest run -p rfb-core --test data --run-ignored only -E 'test(memory_of)' --no-capture`.
+#[test]
+#[ignore = "writes 184 MB of files; a measurement, run by hand"]
+fn memory_of_a_cifar_sized_split_as_bytes_and_as_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    for b in 0..5 {
+        write_cifar10(
+            &tmp.path().join(format!("data_batch_{}.bin", b + 1)),
+            b * 10_000..(b + 1) * 10_000,
+            |k| (k % 10) as u8,
+        );
+    }
+    write_cifar10(&tmp.path().join("test_batch.bin"), 50_000..60_000, |k| (k % 10) as u8);
+    let before = rss_kib();
+    let compact = load_compact(DatasetKind::Cifar10, Split::Train, Some(tmp.path())).unwrap();
+    let held_bytes = rss_kib() - before;
+    let subset = compact.class_balanced_subset(100).unwrap();
+    assert_eq!(subset.len(), 1000);
+    drop(subset);
+    let tensor_bytes = compact.pixel_bytes();
+    drop(compact);
+    let before = rss_kib();
+    let full = load(DatasetKind::Cifar10, Split::Train, Some(tmp.path())).unwrap();
+    let held_f32 = rss_kib() - before;
+    let f32_bytes = full.images.numel() as i64 * 4;
+    drop(full);
+    eprintln!(
+        "CIFAR-10 train split (49 000 images): held as bytes {} MiB of pixels (RSS +{} MiB), as f32 {} MiB (RSS +{} MiB)",
+        tensor_bytes >> 20,
+        held_bytes >> 10,
+        f32_bytes >> 20,
+        held_f32 >> 10
+    );
+    assert_eq!(tensor_bytes * 4, f32_bytes);
+    assert!(held_bytes * 3 < held_f32, "bytes {held_bytes} KiB vs f32 {held_f32} KiB");
+}

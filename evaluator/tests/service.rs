@@ -259,19 +259,32 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
         names,
         ["Clean", "FGSM", "PGD-20", "CW-inf-30", "AutoAttack(APGD-CE+APGD-DLR+FAB-T+Square)"]
     );
-    // Progress: for every attack, from 0 to all 30 examples, non-decreasing, before its result.
+    // Progress: for every attack, and every component of AutoAttack, from 0 to the points it
+    // runs on (all 30 for a single attack; those still robust for a component), non-decreasing,
+    // before its result.
     for (index, result) in found.iter().enumerate() {
-        let progress: Vec<i64> = all
+        let progress: Vec<(i64, i64, i64)> = all
             .iter()
             .filter_map(|e| match e {
-                Event::Progress(p) if p.attack_index == index as i64 => Some(p.examples_done),
+                Event::Progress(p) if p.attack_index == index as i64 => {
+                    Some((p.component_index, p.examples_done, p.examples_total))
+                }
                 _ => None,
             })
             .collect();
-        assert_eq!(progress.first(), Some(&0), "{}", result.attack_name);
-        assert_eq!(progress.last(), Some(&30), "{}", result.attack_name);
-        assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
-        assert!(progress.len() >= 3, "30 examples in batches of 16: {progress:?}");
+        let components = progress.iter().map(|p| p.0).max().unwrap_or(0) + 1;
+        for component in 0..components {
+            let done: Vec<(i64, i64)> =
+                progress.iter().filter(|p| p.0 == component).map(|p| (p.1, p.2)).collect();
+            assert_eq!(done.first().map(|d| d.0), Some(0), "{} component {component}", result.attack_name);
+            let (last, of) = *done.last().unwrap();
+            assert_eq!(last, of, "{} component {component}: {done:?}", result.attack_name);
+            assert!(done.windows(2).all(|w| w[0].0 <= w[1].0), "{done:?}");
+        }
+        if components == 1 {
+            assert_eq!(progress.last().map(|p| p.1), Some(30), "{}", result.attack_name);
+            assert!(progress.len() >= 3, "30 examples in batches of 16: {progress:?}");
+        }
     }
     let clean = total_correct(&found[0]);
     assert!(clean > 15, "a trained model gets most clean digits right: {clean}");
