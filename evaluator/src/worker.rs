@@ -366,7 +366,10 @@ impl Worker {
 
     /// Whether the thread has ended.
     pub fn is_finished(&self) -> bool {
-        locked(&self.handle).as_ref().is_none_or(|h| h.is_finished())
+        match locked(&self.handle).as_ref() {
+            Some(handle) => handle.is_finished(),
+            None => true,
+        }
     }
 
     /// Idle, busy, stuck (a job silent for longer than `stuck_after`) or gone.
@@ -543,7 +546,6 @@ mod tests {
         let full = submit("c").unwrap_err();
         assert_eq!(full.code(), tonic::Code::ResourceExhausted);
         assert!(full.to_string().contains("--max-queue 3"), "{full}");
-        drop(submit);
         // Positions: a, b, a.
         let positions: Vec<i64> = receivers
             .iter_mut()
@@ -564,6 +566,32 @@ mod tests {
         let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
         let late = queue.submit(Job::new(dummy_job(), sender, None, "d".into())).unwrap_err();
         assert_eq!(late.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn health_sees_a_stuck_or_gone_worker() {
+        let queue = Queue::new(Limits::default());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = released.recv();
+        });
+        let idle = Worker { queue: queue.clone(), handle: Mutex::new(Some(thread)) };
+        assert_eq!(idle.state(Duration::from_secs(60)), WorkerState::Idle);
+        queue.busy.store(true, Ordering::Relaxed);
+        queue.beat();
+        assert_eq!(idle.state(Duration::from_secs(60)), WorkerState::Busy);
+        std::thread::sleep(Duration::from_millis(60));
+        let stuck = idle.state(Duration::from_millis(20));
+        assert!(matches!(stuck, WorkerState::Stuck(_)) && !stuck.serving(), "{stuck:?}");
+        queue.beat();
+        assert!(idle.state(Duration::from_secs(60)).serving());
+        drop(release);
+        let started = Instant::now();
+        while !idle.is_finished() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(idle.state(Duration::from_secs(60)), WorkerState::Gone);
+        assert!(!WorkerState::Gone.serving());
     }
 
     #[test]

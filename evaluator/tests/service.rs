@@ -281,8 +281,9 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
             assert_eq!(last, of, "{} component {component}: {done:?}", result.attack_name);
             assert!(done.windows(2).all(|w| w[0].0 <= w[1].0), "{done:?}");
         }
-        if components == 1 {
-            assert_eq!(progress.last().map(|p| p.1), Some(30), "{}", result.attack_name);
+        // A single attack (AutoAttack kinds report sanity flags) runs on every point.
+        if result.sanity.is_none() {
+            assert_eq!(progress.last().map(|p| p.1), Some(30), "{} {progress:?}", result.attack_name);
             assert!(progress.len() >= 3, "30 examples in batches of 16: {progress:?}");
         }
     }

@@ -53,6 +53,19 @@ struct Records {
     pixels: Vec<u8>,
 }
 
+/// A file of `len` bytes must hold a positive whole number of `rb`-byte records.
+fn check_whole_records(path: &Path, len: usize, rb: usize) -> Result<(), DataError> {
+    if len == 0 || !len.is_multiple_of(rb) {
+        let whole = len.div_ceil(rb).max(1);
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            expected_bytes: (whole * rb) as u64,
+            found_bytes: len as u64,
+        });
+    }
+    Ok(())
+}
+
 fn read_records(
     path: &Path,
     expected: &str,
@@ -62,14 +75,7 @@ fn read_records(
     let bytes = read_file(path, expected)?;
     let rb = fmt.record_bytes();
     let len = bytes.len();
-    if len == 0 || len % rb != 0 {
-        let whole = len.div_ceil(rb).max(1);
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected_bytes: (whole * rb) as u64,
-            found_bytes: len as u64,
-        });
-    }
+    check_whole_records(path, len, rb)?;
     let n = len / rb;
     out.labels.reserve(n);
     out.pixels.reserve(n * CIFAR_IMAGE_BYTES);
@@ -210,14 +216,7 @@ fn read_labels(path: &Path, expected: &str, fmt: &RecordFormat, out: &mut Vec<i6
     })?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len() as usize;
     let rb = fmt.record_bytes();
-    if len == 0 || len % rb != 0 {
-        let whole = len.div_ceil(rb).max(1);
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected_bytes: (whole * rb) as u64,
-            found_bytes: len as u64,
-        });
-    }
+    check_whole_records(path, len, rb)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut record = vec![0u8; rb];
     for i in 0..len / rb {
