@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rfb_evaluator::catalog::{parse_device, EngineConfig, DEFAULT_BATCH_SIZE};
-use rfb_evaluator::service::{ServeOptions, TlsFiles};
-use rfb_evaluator::{Catalog, Engine};
+use rfb_evaluator::request::{DEFAULT_MAX_JOB_COST, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_PER_CLIENT};
+use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
+use rfb_evaluator::{Catalog, Engine, Limits};
 use rfb_proto::v1::{evaluate_event::Event, AttackKind, AttackSpec, EvaluateRequest};
 
 #[derive(Parser)]
@@ -32,7 +33,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the rfb.v1.Evaluator gRPC service (plus health and reflection). Prints the bound
-    /// address (host:port) on stdout, one line, once it listens.
+    /// address (host:port) on stdout, one line, once it listens. SIGTERM or Ctrl-C shuts it
+    /// down gracefully (waiting jobs and the running one end with UNAVAILABLE, exit status 0);
+    /// a second Ctrl-C exits at once.
     Serve(ServeArgs),
     /// Evaluate one checkpoint from the command line and print the per-class table.
     Eval(EvalArgs),
@@ -74,12 +77,14 @@ impl EngineArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on; loopback by default. Port 0 picks a free port (printed on stdout).
+    /// A non-loopback address needs --token-file (or --insecure).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Require `authorization: Bearer <token>` on Evaluator calls, the token being this file's
-    /// content (surrounding white space removed). Health and reflection stay open.
+    /// Require `authorization: Bearer <token>` on Evaluator calls, the token being one of this
+    /// file's lines (surrounding white space removed). With several tokens, the queue takes turns
+    /// between them. Health and reflection stay open.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// PEM certificate chain for TLS (with --tls-key).
@@ -88,9 +93,33 @@ struct ServeArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without --token-file: anyone who reaches it can run jobs.
+    #[arg(long)]
+    insecure: bool,
     /// Batch size for requests that leave batch_size at 0.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: i64,
+    /// Refuse (RESOURCE_EXHAUSTED) a job whose estimated cost, in forward+backward passes
+    /// (examples x passes per example of its attacks not in the cache), is above this. The
+    /// default admits the paper's full evaluation of CIFAR-10 (78.5 million).
+    #[arg(long, value_name = "PASSES", default_value_t = DEFAULT_MAX_JOB_COST)]
+    max_job_cost: u64,
+    /// Jobs that may wait (the running one not counted); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "JOBS", default_value_t = DEFAULT_MAX_QUEUE)]
+    max_queue: usize,
+    /// Jobs one client (a token, else a peer address) may have waiting.
+    #[arg(long, value_name = "JOBS", default_value_t = DEFAULT_MAX_QUEUE_PER_CLIENT)]
+    max_queue_per_client: usize,
+    /// Interval of HTTP/2 keepalive pings; the jobs of a client that stops answering are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    keepalive: humantime::Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    keepalive_timeout: humantime::Duration,
+    /// Health reports NOT_SERVING when the running job has shown no sign of life (one attack
+    /// iteration) for this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    stuck_after: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -171,9 +200,9 @@ fn split_proto(text: &str) -> Result<rfb_proto::v1::Split> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let token = match &args.token_file {
-        Some(path) => Some(rfb_evaluator::auth::read_token_file(path)?),
-        None => None,
+    let tokens = match &args.token_file {
+        Some(path) => rfb_evaluator::auth::read_token_file(path)?,
+        None => Vec::new(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -182,10 +211,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }),
         _ => None,
     };
-    let options = ServeOptions { listen: args.listen, engine: args.engine.config(args.batch_size)?, token, tls };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("interrupted; shutting down");
+    let options = ServeOptions {
+        tokens,
+        tls,
+        limits: Limits {
+            max_job_cost: args.max_job_cost,
+            max_queue: args.max_queue,
+            max_queue_per_client: args.max_queue_per_client,
+        },
+        insecure: args.insecure,
+        keepalive: Keepalive { interval: args.keepalive.into(), timeout: args.keepalive_timeout.into() },
+        stuck_after: args.stuck_after.into(),
+        ..ServeOptions::new(args.listen, args.engine.config(args.batch_size)?)
+    };
+    // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!("{which}: shutting down gracefully (Ctrl-C again exits at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("interrupted again: exiting at once");
+            std::process::exit(130);
+        });
     };
     rfb_evaluator::service::serve(
         options,
@@ -197,6 +252,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown,
     )
     .await?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -289,7 +345,10 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             init_logging("info");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(args))
+            let result = runtime.block_on(serve(args));
+            // Do not wait for request handlers still hashing a file on the blocking pool.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
         Command::Eval(args) => {
             init_logging("warn");
