@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE, WEIGHTS_FILE};
+use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE};
 use rfb_core::data::{self, DatasetKind, Split};
 use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo, Precision};
 use sha2::{Digest, Sha256};
@@ -141,7 +141,7 @@ impl PreparedEvaluation {
 /// state per point, so the batch a point is in does not change its result.
 pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
     let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
-    serde_json::json!({
+    let mut material = serde_json::json!({
         "schema": crate::cache::CACHE_SCHEMA,
         "weights_sha256": job.weights_sha256,
         "dataset": job.dataset.name(),
@@ -161,7 +161,14 @@ pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, 
         "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
         "attack_source": rfb_core::attacks::SOURCE_HASH,
-    })
+    });
+    // The normalisation lives in the manifest, not in the weights file: the same weights
+    // imported with and without one are different models. (Absent when there is none, so that
+    // the keys of other checkpoints do not change.)
+    if let Some(normalization) = &job.manifest.model.normalization {
+        material["normalization"] = serde_json::json!(normalization);
+    }
+    material
 }
 
 /// The models directory, the data directory, the result cache and a few memos.
@@ -412,16 +419,18 @@ impl Catalog {
         let model = normalise_name(&request.model);
         let model_dir = self.resolve_model(&request.model)?;
         let manifest = checkpoint::read_manifest(&model_dir).map_err(|e| EngineError::from_checkpoint(&model, e))?;
-        let weights_path = model_dir.join(WEIGHTS_FILE);
+        // model.safetensors, or model.pt for a TorchScript module.
+        let weights_file = manifest.weights_file();
+        let weights_path = model_dir.join(weights_file);
         if !weights_path.is_file() {
-            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {WEIGHTS_FILE}")));
+            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {weights_file}")));
         }
         let weights_sha256 = self
             .weights_sha256(&weights_path)
-            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {WEIGHTS_FILE}: {e}")))?;
+            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {weights_file}: {e}")))?;
         if weights_sha256 != manifest.weights_sha256 {
             return Err(EngineError::FailedPrecondition(format!(
-                "checkpoint {model:?}: sha256 of {WEIGHTS_FILE} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
+                "checkpoint {model:?}: sha256 of {weights_file} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
                 manifest.weights_sha256
             )));
         }

@@ -11,9 +11,9 @@ use std::time::Instant;
 use rfb_core::attacks::{
     self, AttackError, Apgd, Attack, AutoAttack, CarliniWagnerLinf, ClassCounts, Fab, Fgsm, Pgd, PgdLoss, Square,
 };
-use rfb_core::checkpoint::{self, CheckpointError, Expectation};
+use rfb_core::checkpoint::{self, CheckpointError};
 use rfb_core::data::{self, DataError, Dataset, DatasetKind, Split};
-use rfb_core::models::{Network, Precision as ModelPrecision, PreparedNetwork};
+use rfb_core::models::{LoadedModel, Precision as ModelPrecision};
 use rfb_proto::v1::{
     evaluate_event::Event, AttackKind, AttackResult, AttackSpec, ClassResult, ComponentResult, Metrics, Progress,
     SanityFlags,
@@ -437,8 +437,9 @@ pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: 
 pub struct Engine {
     catalog: Arc<Catalog>,
     device: Device,
-    /// (checkpoint directory, weights sha256) and the network, most recently used last.
-    models: Vec<((std::path::PathBuf, String), Network)>,
+    /// (checkpoint directory, weights sha256) and the model (one of our networks or a
+    /// TorchScript module), most recently used last.
+    models: Vec<((std::path::PathBuf, String), LoadedModel)>,
     /// Loaded splits, most recently used last.
     datasets: Vec<((DatasetKind, Split), Dataset)>,
 }
@@ -458,14 +459,14 @@ impl Engine {
         self.datasets.clear();
     }
 
-    fn model(&mut self, job: &PreparedEvaluation) -> Result<&Network, EngineError> {
+    fn model(&mut self, job: &PreparedEvaluation) -> Result<&LoadedModel, EngineError> {
         let key = (job.model_dir.clone(), job.weights_sha256.clone());
         if let Some(position) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(position);
             self.models.push(entry);
         } else {
             tracing::info!(model = %job.model, device = %crate::device_name(self.device), "loading checkpoint");
-            let (mut network, manifest) = checkpoint::load(&job.model_dir, self.device, &Expectation::default())
+            let (mut network, manifest) = checkpoint::load_model(&job.model_dir, self.device)
                 .map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
             if manifest.weights_sha256 != job.weights_sha256 {
                 return Err(EngineError::FailedPrecondition(format!(
@@ -473,7 +474,7 @@ impl Engine {
                     job.model, manifest.weights_sha256, job.weights_sha256
                 )));
             }
-            network.set_trainable(false);
+            network.freeze();
             if self.models.len() >= KEPT_MODELS {
                 self.models.remove(0);
             }
@@ -557,19 +558,16 @@ impl Engine {
         let batch_size = job.batch_size;
         let total = subset.len();
         let built = build_attack(&attack.spec, job.manifest.model.num_classes)?;
-        let network = self.model(job)?;
-        // bf16 runs a bf16 channels-last copy; images, loss and projection stay fp32.
-        let prepared = match job.precision {
-            rfb_proto::v1::Precision::Bf16 => Some(
-                PreparedNetwork::new(network, ModelPrecision::Bf16)
-                    .map_err(|e| EngineError::FailedPrecondition(format!("{}: bf16 copy: {e}", job.model)))?,
-            ),
-            _ => None,
+        let model = self.model(job)?;
+        // bf16 runs a bf16 copy judged by the fp32 weights; images, loss and projection stay fp32.
+        let precision = match job.precision {
+            rfb_proto::v1::Precision::Bf16 => ModelPrecision::Bf16,
+            _ => ModelPrecision::Fp32,
         };
-        let network: &dyn attacks::Classifier = match &prepared {
-            Some(prepared) => prepared,
-            None => network,
-        };
+        let prepared = model
+            .prepare(precision)
+            .map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
+        let network: &dyn attacks::Classifier = &prepared;
         let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
             Event::Progress(Progress {
                 attack: attack.name.clone(),

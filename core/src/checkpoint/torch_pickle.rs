@@ -4,8 +4,15 @@
 //! (a pickle whose tensors refer to storages by key through persistent ids) and one raw
 //! little-endian file per storage under `<name>/data/<key>`. We run the small subset of the
 //! pickle machine that state dicts use and build tensors from the storages; anything else in
-//! the pickle (optimiser state, arbitrary objects) is kept as opaque values and ignored.
+//! the pickle (optimiser state, numbers, strings) is kept as plain values and ignored.
 //! libtorch's C++ API cannot read these files, hence this module.
+//!
+//! Nothing in the file is ever executed: the machine only builds values. Beyond that, a pickle
+//! that asks for any Python global other than the few a state dict needs (`OrderedDict`,
+//! torch's tensor and storage rebuilders, the storage types, `_codecs.encode` for bytes, and
+//! a handful of harmless builtins) is refused with [`ReadError::Refused`] naming the global,
+//! before the reader goes on: a `torch.save(model)` of a whole module (`__main__.Net`,
+//! `torch.nn.modules...`) or a crafted pickle (`posix.system`) never gets further than that.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -62,13 +69,57 @@ fn storage_kind(name: &str) -> Option<Kind> {
     })
 }
 
+/// Why a `torch.save` file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The pickle asks for a Python global outside the allow-list (`module.name`).
+    Refused(String),
+    /// Anything else: not a zip, a malformed pickle, a storage of the wrong size, ...
+    Malformed(String),
+}
+
+impl From<String> for ReadError {
+    fn from(message: String) -> Self {
+        ReadError::Malformed(message)
+    }
+}
+
+impl From<&str> for ReadError {
+    fn from(message: &str) -> Self {
+        ReadError::Malformed(message.to_string())
+    }
+}
+
+/// Whether a state dict may ask for the global `module.name`: containers, tensor and storage
+/// rebuilders, storage types, and constructors of plain values. Everything else is refused.
+pub(crate) fn allowed_global(module: &str, name: &str) -> bool {
+    match module {
+        "collections" => name == "OrderedDict",
+        "torch._utils" => matches!(
+            name,
+            "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+        ),
+        "torch" => storage_kind(name).is_some() || name == "Size",
+        "_codecs" => name == "encode",
+        "builtins" | "__builtin__" => {
+            matches!(name, "dict" | "list" | "tuple" | "set" | "frozenset" | "bytearray" | "int" | "float" | "bool" | "str")
+        }
+        _ => false,
+    }
+}
+
 /// Reads every tensor reachable from the pickled object, keyed by its dotted path in nested
 /// dicts (`model.conv1.weight` for `{'model': {'conv1.weight': ...}}`).
-pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, ReadError> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
         format!("not a PyTorch zip checkpoint (torch.save of PyTorch >= 1.6 expected): {e}")
     })?;
+    if archive.file_names().any(|name| name.ends_with("constants.pkl") || name.contains("/code/")) {
+        return Err(ReadError::Malformed(
+            "this is a TorchScript module (torch.jit.save), not a state dict".into(),
+        ));
+    }
     let pickle_name = (0..archive.len())
         .filter_map(|i| archive.name_for_index(i).map(str::to_string))
         .find(|name| name.ends_with("data.pkl"))
@@ -98,18 +149,18 @@ pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String>
         let bytes = &storages[&tensor.key];
         let element_size = tensor.kind.elt_size_in_bytes() as i64;
         if bytes.len() as i64 != tensor.storage_numel * element_size {
-            return Err(format!(
+            return Err(ReadError::Malformed(format!(
                 "storage {} of '{name}' has {} bytes, expected {} elements of {element_size} bytes",
                 tensor.key,
                 bytes.len(),
                 tensor.storage_numel
-            ));
+            )));
         }
         let needed = tensor.offset
             + tensor.size.iter().zip(&tensor.stride).map(|(n, s)| (n - 1).max(0) * s).sum::<i64>()
             + 1;
         if !tensor.size.contains(&0) && needed > tensor.storage_numel {
-            return Err(format!("tensor '{name}' reaches past the end of its storage"));
+            return Err(ReadError::Malformed(format!("tensor '{name}' reaches past the end of its storage")));
         }
         let storage = Tensor::f_from_data_size(bytes, &[tensor.storage_numel], tensor.kind)
             .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -150,6 +201,15 @@ struct Machine<'a> {
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8]) -> Self {
         Machine { data, pos: 0, stack: Vec::new(), memo: HashMap::new() }
+    }
+
+    /// Pushes a global after checking it against the allow-list.
+    fn push_global(&mut self, module: String, name: String) -> Result<(), ReadError> {
+        if !allowed_global(&module, &name) {
+            return Err(ReadError::Refused(format!("{module}.{name}")));
+        }
+        self.stack.push(Value::Global { module, name });
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -213,7 +273,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn run(mut self) -> Result<Value, String> {
+    fn run(mut self) -> Result<Value, ReadError> {
         loop {
             let op = self.u8()?;
             match op {
@@ -223,7 +283,7 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.take(8)?; // FRAME
                 }
-                b'.' => return self.pop(),
+                b'.' => return Ok(self.pop()?),
                 b'(' => self.stack.push(Value::Mark),
                 b'N' => self.stack.push(Value::None),
                 0x88 => self.stack.push(Value::Bool(true)),
@@ -349,15 +409,13 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global { module, name });
+                    self.push_global(module, name)?;
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (Value::Str(module), Value::Str(name)) => {
-                            self.stack.push(Value::Global { module, name })
-                        }
+                        (Value::Str(module), Value::Str(name)) => self.push_global(module, name)?,
                         _ => return Err("STACK_GLOBAL without names".into()),
                     }
                 }
@@ -382,10 +440,10 @@ impl<'a> Machine<'a> {
                     self.pop()?;
                 }
                 other => {
-                    return Err(format!(
+                    return Err(ReadError::Malformed(format!(
                         "unsupported pickle opcode 0x{other:02x} at byte {}",
                         self.pos - 1
-                    ))
+                    )))
                 }
             }
         }
