@@ -526,3 +526,77 @@ fn reduce(callable: Value, args: Value) -> Result<Value, String> {
         _ => Ok(Value::Opaque),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A `torch.save`-shaped zip archive whose `data.pkl` is `pickle`.
+    fn archive(pickle: &[u8]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut zip = zip::ZipWriter::new(file.reopen().unwrap());
+        zip.start_file("archive/data.pkl", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(pickle).unwrap();
+        zip.start_file("archive/version", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(b"3\n").unwrap();
+        zip.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn globals_outside_the_allow_list_are_refused_before_anything_is_built() {
+        // pickle.dumps(os.system-calling object, protocol=2): GLOBAL, then the call.
+        let protocol2 = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.";
+        // The same with protocol 4's STACK_GLOBAL.
+        let protocol4 = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.";
+        // A whole model: torch.nn classes.
+        let module = b"\x80\x02ctorch.nn.modules.linear\nLinear\nq\x00)\x81q\x01.";
+        for (pickle, global) in [
+            (&protocol2[..], "posix.system"),
+            (&protocol4[..], "posix.system"),
+            (&module[..], "torch.nn.modules.linear.Linear"),
+        ] {
+            let file = archive(pickle);
+            assert_eq!(read_tensors(file.path()).map(|_| ()), Err(ReadError::Refused(global.to_string())));
+        }
+    }
+
+    #[test]
+    fn plain_containers_of_numbers_and_strings_read_as_no_tensors() {
+        // {'epoch': 3, 'name': 'x', 'lrs': [0.1, 0.01], 'flags': (True, None)}, protocol 2.
+        let pickle = b"\x80\x02}q\x00(X\x05\x00\x00\x00epochq\x01K\x03X\x04\x00\x00\x00nameq\x02X\x01\x00\x00\x00xq\x03X\x03\x00\x00\x00lrsq\x04]q\x05(G?\xb9\x99\x99\x99\x99\x99\x9aG?\x84z\xe1G\xae\x14{eX\x05\x00\x00\x00flagsq\x06\x88N\x86q\x07u.";
+        let file = archive(pickle);
+        assert_eq!(read_tensors(file.path()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_allow_list_is_what_state_dicts_need() {
+        for (module, name) in [
+            ("collections", "OrderedDict"),
+            ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"),
+            ("torch", "FloatStorage"),
+            ("torch", "BFloat16Storage"),
+            ("_codecs", "encode"),
+            ("builtins", "set"),
+        ] {
+            assert!(allowed_global(module, name), "{module}.{name}");
+        }
+        for (module, name) in [
+            ("posix", "system"),
+            ("os", "system"),
+            ("builtins", "eval"),
+            ("builtins", "getattr"),
+            ("builtins", "__import__"),
+            ("torch", "load"),
+            ("torch._tensor", "_rebuild_from_type_v2"),
+            ("numpy.core.multiarray", "scalar"),
+            ("__main__", "Net"),
+            ("argparse", "Namespace"),
+        ] {
+            assert!(!allowed_global(module, name), "{module}.{name}");
+        }
+    }
+}
