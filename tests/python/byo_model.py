@@ -21,6 +21,10 @@ usage:
       Writes the bad inputs of the import tests to WORK (see `write_bad`).
   byo_model.py digits-torchscript OUT
       A small traced TorchScript classifier for the 8x8 digits (random weights).
+  byo_model.py resnet18 OUT_DIR
+      The reference CIFAR ResNet-18 with seeded random weights and batch-norm statistics, as
+      OUT_DIR/resnet18_state_dict.pt, OUT_DIR/resnet18_scripted.pt (torch.jit.script) and
+      OUT_DIR/resnet18_traced.pt (torch.jit.trace), for `core/examples/torchscript_cost.rs`.
 
 Set OMP_NUM_THREADS=1 (the tests do) so that PyTorch and the evaluator compute alike."""
 
@@ -408,6 +412,21 @@ def digits_torchscript(args):
     torch.jit.trace(digits_module(), torch.rand(4, 1, 8, 8)).save(args.out)
 
 
+def resnet18(args):
+    torch.manual_seed(0)
+    model = reference_models.build("resnet18", CLASSES, 3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.out, "resnet18_state_dict.pt"))
+    torch.jit.script(model).save(os.path.join(args.out, "resnet18_scripted.pt"))
+    torch.jit.trace(model, torch.rand(2, 3, 32, 32)).save(os.path.join(args.out, "resnet18_traced.pt"))
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,8 +440,11 @@ def main():
     p.add_argument("work")
     p = sub.add_parser("digits-torchscript")
     p.add_argument("out")
+    p = sub.add_parser("resnet18")
+    p.add_argument("out")
     args = parser.parse_args()
-    {"prepare": prepare, "bad": write_bad, "digits-torchscript": digits_torchscript}[args.command](args)
+    commands = {"prepare": prepare, "bad": write_bad, "digits-torchscript": digits_torchscript, "resnet18": resnet18}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
