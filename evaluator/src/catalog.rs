@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE, WEIGHTS_FILE};
+use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE};
 use rfb_core::data::{self, DatasetKind, Split};
 use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo};
 use sha2::{Digest, Sha256};
@@ -332,16 +332,18 @@ impl Catalog {
         let model = normalise_name(&request.model);
         let model_dir = self.resolve_model(&request.model)?;
         let manifest = checkpoint::read_manifest(&model_dir).map_err(|e| EngineError::from_checkpoint(&model, e))?;
-        let weights_path = model_dir.join(WEIGHTS_FILE);
+        // model.safetensors, or model.pt for a TorchScript module.
+        let weights_file = manifest.weights_file();
+        let weights_path = model_dir.join(weights_file);
         if !weights_path.is_file() {
-            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {WEIGHTS_FILE}")));
+            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {weights_file}")));
         }
         let weights_sha256 = self
             .weights_sha256(&weights_path)
-            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {WEIGHTS_FILE}: {e}")))?;
+            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {weights_file}: {e}")))?;
         if weights_sha256 != manifest.weights_sha256 {
             return Err(EngineError::FailedPrecondition(format!(
-                "checkpoint {model:?}: sha256 of {WEIGHTS_FILE} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
+                "checkpoint {model:?}: sha256 of {weights_file} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
                 manifest.weights_sha256
             )));
         }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rfb_core::attacks::{self, AttackError, ClassCounts};
-use rfb_core::checkpoint::{self, Expectation};
+use rfb_core::checkpoint;
 use rfb_core::data::{self, CompactDataset, Dataset, DatasetKind, Split};
-use rfb_core::models::{Network, Precision as ModelPrecision, PreparedNetwork};
+use rfb_core::models::{LoadedModel, Precision as ModelPrecision};
 use rfb_proto::v1::{evaluate_event::Event, Progress};
 use tch::Device;
 
@@ -33,8 +33,9 @@ pub type StopCheck<'a> = &'a (dyn Fn() -> Option<EngineError> + Sync);
 pub struct Engine {
     catalog: Arc<Catalog>,
     device: Device,
-    /// (checkpoint directory, weights sha256) and the network, most recently used last.
-    models: Vec<((std::path::PathBuf, String), Network)>,
+    /// (checkpoint directory, weights sha256) and the model (one of our networks or a
+    /// TorchScript module), most recently used last.
+    models: Vec<((std::path::PathBuf, String), LoadedModel)>,
     /// Loaded splits, as bytes, most recently used last.
     datasets: Vec<((DatasetKind, Split), CompactDataset)>,
 }
@@ -54,14 +55,14 @@ impl Engine {
         self.datasets.clear();
     }
 
-    fn model(&mut self, job: &PreparedEvaluation) -> Result<&Network, EngineError> {
+    fn model(&mut self, job: &PreparedEvaluation) -> Result<&LoadedModel, EngineError> {
         let key = (job.model_dir.clone(), job.weights_sha256.clone());
         if let Some(position) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(position);
             self.models.push(entry);
         } else {
             tracing::info!(model = %job.model, device = %crate::device_name(self.device), "loading checkpoint");
-            let (mut network, manifest) = checkpoint::load(&job.model_dir, self.device, &Expectation::default())
+            let (mut network, manifest) = checkpoint::load_model(&job.model_dir, self.device)
                 .map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
             if manifest.weights_sha256 != job.weights_sha256 {
                 return Err(EngineError::FailedPrecondition(format!(
@@ -69,7 +70,7 @@ impl Engine {
                     job.model, manifest.weights_sha256, job.weights_sha256
                 )));
             }
-            network.set_trainable(false);
+            network.freeze();
             if self.models.len() >= KEPT_MODELS {
                 self.models.remove(0);
             }
@@ -169,7 +170,7 @@ impl Engine {
         let batch_size = job.batch_size;
         let total = subset.len();
         let built = build_attack(&attack.spec, job.manifest.model.num_classes)?;
-        let network = self.model(job)?;
+        let model = self.model(job)?;
         // Attacks run on a prepared copy (as it is at fp32; batch norm folded and channels-last
         // at fp32-fast, also cast at bf16); images, loss and projection stay fp32, and the
         // network itself judges.
@@ -178,7 +179,8 @@ impl Engine {
             rfb_proto::v1::Precision::Fp32Fast => ModelPrecision::Fp32Fast,
             _ => ModelPrecision::Fp32,
         };
-        let prepared = PreparedNetwork::new(network, precision)
+        let prepared = model
+            .prepare(precision)
             .map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
         let network: &dyn attacks::Classifier = &prepared;
         let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {

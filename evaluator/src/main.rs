@@ -39,6 +39,70 @@ enum Command {
     Serve(ServeArgs),
     /// Evaluate one checkpoint from the command line and print the per-class table.
     Eval(EvalArgs),
+    /// Turn any PyTorch classifier into a checkpoint directory: a state dict of one of our
+    /// architectures (`--arch`), or a TorchScript module of any architecture.
+    #[command(long_about = IMPORT_ABOUT)]
+    Import(ImportArgs),
+}
+
+const IMPORT_ABOUT: &str = "Turn any PyTorch classifier into a checkpoint directory that `eval`, `serve` and bench-client \
+treat like the trainer's own.
+
+A state dict (torch.save(model.state_dict()), also wrapped as {'model': ...}, {'state_dict': ...}, \
+{'model_state_dict': ...} or {'net': ...}, with or without DataParallel's `module.` prefixes) of one of our \
+architectures needs --arch; its names and shapes are checked and it is stored as model.safetensors. A TorchScript \
+module (torch.jit.script or torch.jit.trace, then .save) of any architecture is stored unchanged as model.pt, after \
+checking that libtorch loads it, that it maps [N, C, H, W] images in [0, 1] to [N, classes] finite logits, and that \
+gradients reach the input. The file's kind is told from its contents.
+
+Nothing in the file is executed, except by libtorch's TorchScript loader for a TorchScript module: a state-dict \
+pickle that asks for anything but tensors in plain containers (a whole pickled model, any other Python object) is \
+refused.
+
+The manifest records the file's name and sha256, --method, the data set's classes and input shape, and --mean/--std, \
+a per-channel normalisation the evaluator applies in front of the model (attack radii stay in pixel units).
+
+Example:
+  evaluator import --from my_model.pt --dataset cifar10 --mean 0.4914,0.4822,0.4465 --std 0.2471,0.2435,0.2616 --out runs/models/mine
+  evaluator eval --models-dir runs/models --model mine --data-dir /data/cifar --attacks clean,pgd";
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The .pt/.pth file: a state dict or a TorchScript module.
+    #[arg(long = "from", value_name = "FILE")]
+    from: PathBuf,
+    /// Checkpoint directory to write (e.g. runs/models/mine; its path under --models-dir is
+    /// the model's name).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Data set the model classifies (digits, cifar10, cifar100, tiny-imagenet): its classes
+    /// and input shape.
+    #[arg(long)]
+    dataset: String,
+    /// Architecture of a state dict (resnet18, preact-resnet18, mobilenet-v2, wrn-34-10,
+    /// wrn-70-16, wrn-D-W, digits-cnn, digits-cnn-wide); leave out (or `torchscript`) for a
+    /// TorchScript module.
+    #[arg(long)]
+    arch: Option<String>,
+    /// How the model was trained, as recorded in the manifest (bench-client matches on it).
+    #[arg(long, default_value = "imported")]
+    method: String,
+    /// Per-channel mean of an input normalisation applied in front of the model,
+    /// comma-separated (one per channel; with --std).
+    #[arg(long, value_delimiter = ',', requires = "std", allow_hyphen_values = true)]
+    mean: Option<Vec<f64>>,
+    /// Per-channel standard deviation of the normalisation (with --mean).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f64>>,
+    /// Class names, comma-separated, or @FILE with one a line [default: the data set's].
+    #[arg(long)]
+    class_names: Option<String>,
+    /// Directory of the data set's files, to take its class names from.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Replace a checkpoint already in --out.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -338,6 +402,75 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn import(args: ImportArgs) -> Result<()> {
+    let dataset: rfb_core::data::DatasetKind = args.dataset.parse().map_err(anyhow::Error::msg)?;
+    let class_names = match args.class_names.as_deref() {
+        None => None,
+        Some(text) => {
+            let list = match text.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading class names from {file}"))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+                None => text.split(',').map(|n| n.trim().to_string()).collect(),
+            };
+            if list.iter().any(String::is_empty) {
+                bail!("--class-names has an empty name");
+            }
+            Some(list)
+        }
+    };
+    let normalization = match (args.mean, args.std) {
+        (Some(mean), Some(std)) => Some(rfb_core::models::Normalization { mean, std }),
+        _ => None,
+    };
+    let options = rfb_core::checkpoint::import::ImportOptions {
+        from: args.from,
+        out: args.out.clone(),
+        dataset,
+        architecture: args.arch,
+        method: args.method,
+        normalization,
+        class_names,
+        data_dir: args.data_dir,
+        overwrite: args.force,
+    };
+    let imported = rfb_core::checkpoint::import::import_model(&options)?;
+    let manifest = &imported.manifest;
+    let source = manifest.source.as_ref().map(|s| format!("{} (sha256 {})", s.file, s.sha256)).unwrap_or_default();
+    println!("imported {source} as {}", args.out.display());
+    println!(
+        "  {}: {} on {} ({} classes, input {:?}), {} parameters, method {:?}{}",
+        imported.kind.name(),
+        manifest.model.architecture,
+        manifest.dataset,
+        manifest.model.num_classes,
+        manifest.model.input_shape,
+        manifest.parameter_count,
+        manifest.method,
+        match &manifest.model.normalization {
+            Some(n) => format!(", normalised with mean {:?} std {:?}", n.mean, n.std),
+            None => String::new(),
+        }
+    );
+    match &imported.bf16 {
+        Some(Ok(())) => println!("  runs in fp32 and bf16"),
+        Some(Err(why)) => println!("  runs in fp32 only: {why}"),
+        None => {}
+    }
+    let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    println!(
+        "evaluate it with: evaluator eval --models-dir {} --model {name}{}",
+        parent.display(),
+        if manifest.dataset == "digits" { "" } else { " --data-dir DIR" }
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
@@ -353,6 +486,10 @@ fn main() -> Result<()> {
         Command::Eval(args) => {
             init_logging("warn");
             eval(args)
+        }
+        Command::Import(args) => {
+            init_logging("warn");
+            import(args)
         }
     }
 }

@@ -487,6 +487,7 @@ mod tests {
             code_version: String::new(),
             libtorch_version: String::new(),
             created_at: String::new(),
+            source: None,
         };
         PreparedEvaluation {
             model: "m".into(),

@@ -7,10 +7,12 @@
 
 mod conv_bn;
 mod digits_cnn;
+mod loaded;
 mod mobilenet_v2;
 mod preact_resnet18;
 mod precision;
 mod resnet18;
+mod torchscript;
 mod wide_resnet;
 
 use std::fmt;
@@ -21,10 +23,12 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 pub use digits_cnn::DigitsCnn;
+pub use loaded::{LoadedModel, PreparedModel};
 pub use mobilenet_v2::MobileNetV2;
 pub use preact_resnet18::PreActResNet18;
 pub use precision::{channels_last, Precision, PreparedNetwork};
 pub use resnet18::ResNet18;
+pub use torchscript::{TorchScriptBf16, TorchScriptError, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
 pub use wide_resnet::WideResNet;
 
 /// Errors raised when a model cannot be built as asked.
@@ -34,6 +38,8 @@ pub enum ModelError {
     UnknownArchitecture { name: String, known: String },
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
+    #[error("TorchScript module: {0}")]
+    TorchScript(#[from] TorchScriptError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -244,34 +250,34 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
         Architecture::DigitsCnn => Box::new(DigitsCnn::new(&root, channels, classes, 1)),
         Architecture::DigitsCnnWide => Box::new(DigitsCnn::new(&root, channels, classes, 2)),
     };
-    let normalization = match &spec.normalization {
-        None => None,
-        Some(norm) => {
-            if norm.mean.len() != channels as usize || norm.std.len() != channels as usize {
-                return Err(ModelError::InvalidConfig(format!(
-                    "normalisation has {} means and {} stds for {channels} channels",
-                    norm.mean.len(),
-                    norm.std.len()
-                )));
-            }
-            if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
-                return Err(ModelError::InvalidConfig(
-                    "normalisation std must be positive and finite".into(),
-                ));
-            }
-            let mean = Tensor::from_slice(&norm.mean)
-                .to_kind(Kind::Float)
-                .view([1, channels, 1, 1])
-                .to_device(device);
-            let inv_std = Tensor::from_slice(&norm.std)
-                .to_kind(Kind::Float)
-                .reciprocal()
-                .view([1, channels, 1, 1])
-                .to_device(device);
-            Some((mean, inv_std))
-        }
-    };
+    let normalization = normalization_tensors(spec, device)?;
     Ok(Network { var_store, spec: spec.clone(), architecture, body, normalization })
+}
+
+/// The normalisation of `spec` as mean and 1/std `[1, C, 1, 1]` tensors on `device`, after
+/// checking it (one mean and one positive, finite std per input channel).
+pub(crate) fn normalization_tensors(spec: &ModelSpec, device: Device) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+    let Some(norm) = &spec.normalization else {
+        return Ok(None);
+    };
+    let channels = spec.input_shape[0];
+    if norm.mean.len() != channels as usize || norm.std.len() != channels as usize {
+        return Err(ModelError::InvalidConfig(format!(
+            "normalisation has {} means and {} stds for {channels} channels",
+            norm.mean.len(),
+            norm.std.len()
+        )));
+    }
+    if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) || norm.mean.iter().any(|m| !m.is_finite()) {
+        return Err(ModelError::InvalidConfig("normalisation mean must be finite and std positive and finite".into()));
+    }
+    let mean = Tensor::from_slice(&norm.mean).to_kind(Kind::Float).view([1, channels, 1, 1]).to_device(device);
+    let inv_std = Tensor::from_slice(&norm.std)
+        .to_kind(Kind::Float)
+        .reciprocal()
+        .view([1, channels, 1, 1])
+        .to_device(device);
+    Ok(Some((mean, inv_std)))
 }
 
 /// 3x3 convolution without bias, padding 1: the building brick of every CIFAR network here.

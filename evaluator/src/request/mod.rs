@@ -218,7 +218,7 @@ impl PreparedEvaluation {
 /// state per point, so the batch a point is in does not change its result.
 pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
     let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
-    serde_json::json!({
+    let mut material = serde_json::json!({
         "schema": crate::cache::CACHE_SCHEMA,
         "weights_sha256": job.weights_sha256,
         "dataset": job.dataset.name(),
@@ -238,7 +238,14 @@ pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, 
         "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
         "attack_source": rfb_core::attacks::SOURCE_HASH,
-    })
+    });
+    // The normalisation lives in the manifest, not in the weights file: the same weights
+    // imported with and without one are different models. (Absent when there is none, so that
+    // the keys of other checkpoints do not change.)
+    if let Some(normalization) = &job.manifest.model.normalization {
+        material["normalization"] = serde_json::json!(normalization);
+    }
+    material
 }
 
 /// Assembles the wire result of one attack from its stored form.
