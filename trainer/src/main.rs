@@ -77,13 +77,15 @@ enum Command {
         /// Directory with the CIFAR binary files or the Tiny-ImageNet folder.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Architecture (default: the preset's), e.g. resnet18, mobilenet-v2, wrn-34-10, digits-cnn.
+        /// Student architecture (default: the recipe's), e.g. resnet18, mobilenet-v2, wrn-34-10, digits-cnn.
         #[arg(long)]
         arch: Option<String>,
-        /// Teacher for rslad/absld: one of our checkpoint directories or a PyTorch state dict (.pt/.pth).
+        /// Teacher of the distillation methods (rslad, absld, ard, adaad, fair-ard): one of our
+        /// checkpoint directories or a PyTorch state dict (.pt/.pth).
         #[arg(long)]
         teacher: Option<PathBuf>,
-        /// Architecture of a PyTorch teacher state dict (default: the preset's, wrn-34-10 on CIFAR).
+        /// Architecture of a PyTorch teacher state dict (default: the recipe's, wrn-34-10 on
+        /// CIFAR-10, wrn-70-16 on CIFAR-100, preact-resnet34 on Tiny-ImageNet).
         #[arg(long)]
         teacher_arch: Option<String>,
         /// Start from the weights of this checkpoint directory (same architecture) instead of a
@@ -99,11 +101,13 @@ enum Command {
         /// Epochs (the learning-rate drops move to the same fractions of the run).
         #[arg(long)]
         epochs: Option<i64>,
+        /// Batch size (the recipe's by default).
         #[arg(long)]
         batch_size: Option<i64>,
         /// Initial learning rate.
         #[arg(long)]
         lr: Option<f64>,
+        /// SGD weight decay (the recipe's by default).
         #[arg(long)]
         weight_decay: Option<f64>,
         /// L-inf radius of the training attack (digits preset: 0.1; CIFAR: 8/255).
@@ -157,6 +161,7 @@ enum Command {
         /// Student architecture, when not the recipe's (ABSLD's CIFAR-100 temperature bounds depend on it).
         #[arg(long)]
         arch: Option<String>,
+        /// Fair-ARD's form (default: the paper's choice for the data set).
         #[arg(long, value_enum)]
         fair_ard_variant: Option<VariantChoice>,
     },
