@@ -10,6 +10,7 @@ mod digits_cnn;
 mod loaded;
 mod mobilenet_v2;
 mod preact_resnet18;
+mod preact_resnet34;
 mod precision;
 mod resnet18;
 mod torchscript;
@@ -26,6 +27,7 @@ pub use digits_cnn::DigitsCnn;
 pub use loaded::{LoadedModel, PreparedModel};
 pub use mobilenet_v2::MobileNetV2;
 pub use preact_resnet18::PreActResNet18;
+pub use preact_resnet34::PreActResNet34;
 pub use precision::{channels_last, Precision, PreparedNetwork};
 pub use resnet18::ResNet18;
 pub use torchscript::{TorchScriptBf16, TorchScriptError, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
@@ -49,6 +51,8 @@ pub enum ModelError {
 pub enum Architecture {
     ResNet18,
     PreActResNet18,
+    /// The Tiny-ImageNet teacher of the ABSLD paper (A.5, A.7).
+    PreActResNet34,
     MobileNetV2,
     /// The TRADES WideResNet definition; `depth` = 6n + 4.
     WideResNet { depth: i64, width: i64 },
@@ -62,6 +66,7 @@ pub enum Architecture {
 pub const ARCHITECTURE_NAMES: &[&str] = &[
     "resnet18",
     "preact-resnet18",
+    "preact-resnet34",
     "mobilenet-v2",
     "wrn-34-10",
     "wrn-70-16",
@@ -82,6 +87,9 @@ impl FromStr for Architecture {
             "resnet18" | "resnet-18" => Architecture::ResNet18,
             "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => {
                 Architecture::PreActResNet18
+            }
+            "preact-resnet34" | "preactresnet34" | "preact-resnet-34" => {
+                Architecture::PreActResNet34
             }
             "mobilenet-v2" | "mobilenetv2" => Architecture::MobileNetV2,
             "digits-cnn" => Architecture::DigitsCnn,
@@ -110,6 +118,7 @@ impl fmt::Display for Architecture {
         match self {
             Architecture::ResNet18 => write!(f, "resnet18"),
             Architecture::PreActResNet18 => write!(f, "preact-resnet18"),
+            Architecture::PreActResNet34 => write!(f, "preact-resnet34"),
             Architecture::MobileNetV2 => write!(f, "mobilenet-v2"),
             Architecture::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
             Architecture::DigitsCnn => write!(f, "digits-cnn"),
@@ -243,6 +252,7 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
     let body: Box<dyn Body> = match architecture {
         Architecture::ResNet18 => Box::new(ResNet18::new(&root, channels, classes)),
         Architecture::PreActResNet18 => Box::new(PreActResNet18::new(&root, channels, classes)),
+        Architecture::PreActResNet34 => Box::new(PreActResNet34::new(&root, channels, classes)),
         Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
         Architecture::WideResNet { depth, width } => {
             Box::new(WideResNet::new(&root, channels, classes, depth, width))

@@ -10,8 +10,9 @@ use super::resnet18::STAGES;
 use super::conv_bn::ConvBn;
 use super::{batch_norm, conv, conv3x3, Body};
 
+/// One pre-activation basic block (also the brick of [`super::PreActResNet34`]).
 #[derive(Debug)]
-struct PreActBlock {
+pub(super) struct PreActBlock {
     bn1: nn::BatchNorm,
     /// `conv1` and `bn2`: the block's one convolution directly followed by batch norm.
     conv1: ConvBn,
@@ -20,7 +21,7 @@ struct PreActBlock {
 }
 
 impl PreActBlock {
-    fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+    pub(super) fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let shortcut = (stride != 1 || c_in != c_out)
             .then(|| conv(&path / "shortcut" / 0, c_in, c_out, 1, stride, 0, 1));
         PreActBlock {
