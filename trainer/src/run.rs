@@ -240,9 +240,11 @@ fn evaluate(
 /// Every training image: the training split and the validation hold-out together (the paper's
 /// mode, where selection uses the test split).
 fn all_training_images(train: &Dataset, holdout: &Dataset) -> Dataset {
+    let labels = Tensor::cat(&[&train.labels, &holdout.labels], 0);
     Dataset {
         images: Tensor::cat(&[&train.images, &holdout.images], 0),
-        labels: Tensor::cat(&[&train.labels, &holdout.labels], 0),
+        ids: Tensor::arange(labels.size()[0], (tch::Kind::Int64, labels.device())),
+        labels,
         class_names: train.class_names.clone(),
         name: train.name.clone(),
         split: Split::Train,

@@ -15,7 +15,7 @@ use super::{batch_norm, conv, conv3x3, Body};
 pub(super) struct PreActBlock {
     bn1: nn::BatchNorm,
     /// `conv1` and `bn2`: the block's one convolution directly followed by batch norm.
-    conv1: ConvBn,
+    pub(super) conv1: ConvBn,
     conv2: nn::Conv2D,
     shortcut: Option<nn::Conv2D>,
 }

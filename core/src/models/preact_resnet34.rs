@@ -58,3 +58,9 @@ impl ModuleT for PreActResNet34 {
             .apply(&self.linear)
     }
 }
+
+impl super::Body for PreActResNet34 {
+    fn conv_bn_layers(&mut self) -> Vec<&mut super::conv_bn::ConvBn> {
+        self.blocks.iter_mut().map(|block| &mut block.conv1).collect()
+    }
+}
