@@ -395,19 +395,13 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
 
     let batches_per_epoch = (train.len() + preset.batch_size - 1) / preset.batch_size;
     let remaining = (preset.epochs - state.epochs_done).max(0);
-    let bar = if config.progress {
-        indicatif::ProgressBar::new((remaining * batches_per_epoch) as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {percent:>3}% epoch {msg} elapsed {elapsed} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    // A bar on a terminal; in a log, a plain line every few seconds (rfb_progress).
+    let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(!config.progress));
+    let bar = progress.task(
+        format!("{} seed {}", method.name(), config.seed),
+        (remaining * batches_per_epoch) as u64,
+        "batches",
     );
-    bar.set_prefix(format!("{} seed {}", method.name(), config.seed));
 
     for (epochs_this_run, epoch) in (state.epochs_done..preset.epochs).enumerate() {
         let started = Instant::now();
@@ -456,7 +450,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             loss_sum += loss_value;
             batches += 1;
             bar.set_message(format!(
-                "{}/{} loss {:.4}",
+                "epoch {}/{} loss {:.4}",
                 epoch + 1,
                 preset.epochs,
                 loss_value
@@ -538,7 +532,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                     ),
                 )?;
             }
-            bar.println(format!(
+            progress.println(format!(
                 "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  avg+worst {:.2}",
                 epoch + 1,
                 loss_sum / batches.max(1) as f64,
@@ -611,7 +605,8 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             .is_some_and(|n| epochs_this_run as i64 + 1 >= n)
             && !is_last
         {
-            bar.abandon_with_message("stopped early as asked");
+            bar.abandon();
+            progress.println(format!("stopped after {} epochs as asked", epochs_this_run + 1));
             return Ok(RunSummary {
                 best_epoch: state.best_epoch,
                 best_score: state.best_score,
@@ -622,7 +617,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             });
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
 
     // The selected checkpoint, measured on the test split.
     let (mut selected, _) =
