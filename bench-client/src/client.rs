@@ -139,7 +139,8 @@ fn precision_of(name: &str) -> anyhow::Result<Precision> {
     Ok(match name {
         "fp32" | "" => Precision::Fp32,
         "bf16" => Precision::Bf16,
-        other => bail!("unknown precision '{other}' (fp32, bf16)"),
+        "fp32-fast" => Precision::Fp32Fast,
+        other => bail!("unknown precision '{other}' (fp32, fp32-fast, bf16)"),
     })
 }
 

@@ -33,7 +33,12 @@ enum SplitArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
+    /// The network as it is.
     Fp32,
+    /// An fp32 copy with batch norm folded and channels-last weights attacks; the network counts.
+    #[value(name = "fp32-fast")]
+    Fp32Fast,
+    /// A bf16 copy attacks; the fp32 network takes every decision.
     Bf16,
 }
 
@@ -288,6 +293,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 batch_size,
                 precision: match precision {
                     PrecisionArg::Fp32 => "fp32",
+                    PrecisionArg::Fp32Fast => "fp32-fast",
                     PrecisionArg::Bf16 => "bf16",
                 }
                 .into(),
@@ -409,6 +415,9 @@ fn run() -> anyhow::Result<ExitCode> {
                     for m in models {
                         let seed = m.seed.or(name_parts(&m.name).seed).map(|s| s.to_string()).unwrap_or_else(|| "-".into());
                         println!("  {:<40} method {:<8} seed {:<4} {} {} ({} classes)", m.name, m.method, seed, m.architecture, m.dataset, m.num_classes);
+                        if let Some(source) = imported_from(&m.manifest_json) {
+                            println!("  {:<40} imported from {source}", "");
+                        }
                     }
                     for p in problems {
                         println!("  unreadable: {p}");
@@ -419,6 +428,20 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `FILE (FORMAT, sha256 PREFIX)` for a checkpoint made by `evaluator import` (its manifest's
+/// `source`), `None` for the trainer's own.
+fn imported_from(manifest_json: &str) -> Option<String> {
+    let manifest: serde_json::Value = serde_json::from_str(manifest_json).ok()?;
+    let source = manifest.get("source")?;
+    let sha = source.get("sha256")?.as_str()?;
+    Some(format!(
+        "{} ({}, sha256 {})",
+        source.get("file")?.as_str()?,
+        source.get("format").and_then(|f| f.as_str()).unwrap_or("?"),
+        &sha[..sha.len().min(16)]
+    ))
 }
 
 fn main() -> ExitCode {

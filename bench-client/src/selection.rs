@@ -7,7 +7,8 @@
 //!
 //! `--models absld,rslad` makes one row per name. Each name `X` (or `LABEL=X`, to choose the
 //! row label) is matched, in this order, against:
-//! 1. a checkpoint named exactly `X` (a single checkpoint, one seed);
+//! 1. a checkpoint named exactly `X` (a single checkpoint, one seed; an imported model, which
+//!    records no seed, counts as seed 0);
 //! 2. checkpoints whose group or run is `X`;
 //! 3. checkpoints whose manifest method is `X`;
 //!
@@ -118,6 +119,7 @@ pub fn select(requests: &[ModelRequest], available: &[ModelInfo], seeds: Option<
             parts.checkpoint.as_deref().is_none_or(|c| c == checkpoint)
         };
         let mut matched: Vec<&ModelInfo> = usable.iter().copied().filter(|m| m.name.trim_matches('/') == pattern).collect();
+        let exact = !matched.is_empty();
         if matched.is_empty() {
             matched = usable
                 .iter()
@@ -144,6 +146,8 @@ pub fn select(requests: &[ModelRequest], available: &[ModelInfo], seeds: Option<
         for m in matched {
             let seed = match m.seed.or(name_parts(&m.name).seed) {
                 Some(s) => s,
+                // One checkpoint named exactly: a single run, whatever its seed.
+                None if exact => 0,
                 None => bail!("checkpoint '{}' (model '{}') has no seed in its manifest or its name (-s<seed>)", m.name, request.label),
             };
             by_seed.entry(seed).or_default().push(m);
@@ -214,6 +218,9 @@ mod tests {
         // Exact name.
         let s = select(&parse_models("one=absld-s1/best").unwrap(), &available, None, "best").unwrap();
         assert_eq!(s[0].runs.len(), 1);
+        // Exact name without a seed (an imported model): one run, seed 0.
+        let s = select(&parse_models("t=teacher/best").unwrap(), &available, None, "best").unwrap();
+        assert_eq!((s[0].runs.len(), s[0].runs[0].seed), (1, 0));
         assert!(select(&parse_models("nothing").unwrap(), &available, None, "best").is_err());
         assert!(parse_models("a,a").is_err());
     }

@@ -15,7 +15,7 @@ use rfb_core::attacks::{
 };
 use rfb_core::checkpoint::{self, CheckpointInfo};
 use rfb_core::data::{self, Dataset, DatasetKind, Split};
-use rfb_core::models::Network;
+use rfb_core::models::{Network, Precision, PreparedNetwork};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -235,20 +235,54 @@ fn randomised_attacks_give_the_same_result_at_batch_sizes_1_7_and_256() {
             ],
         )),
     ];
-    for attack in &attacks_under_test {
+    // The network itself, and the copy the evaluator attacks with at fp32 (the network as it
+    // is). (The fp32-fast copy is only the same up to rounding, which depends on the batch.)
+    let prepared = PreparedNetwork::new(&network, Precision::Fp32).unwrap();
+    let models: [(&str, &dyn Classifier); 2] = [("network", &network), ("prepared", &prepared)];
+    for (attack, (model_name, model)) in attacks_under_test.iter().flat_map(|a| models.iter().map(move |m| (a, *m))) {
         let points = Batch::from_dataset(&subset, attack.seed());
         let per_point = |batch_size: i64| {
-            let run = attacks::run_points(attack.as_ref(), &network, &points, batch_size, Interrupt::NEVER, true, &mut |_| {}).unwrap();
+            let run = attacks::run_points(attack.as_ref(), model, &points, batch_size, Interrupt::NEVER, true, &mut |_| {}).unwrap();
             (flags(&run.robust), run.adversarial.unwrap())
         };
         let (one, one_points) = per_point(1);
         let (seven, seven_points) = per_point(7);
         let (all, all_points) = per_point(256);
-        println!("{}: {} of {} robust", attack.name(), one.iter().sum::<i64>(), one.len());
+        println!("{}, {model_name}: {} of {} robust", attack.name(), one.iter().sum::<i64>(), one.len());
         assert_eq!(one, seven, "{}: batch size 1 and 7 disagree at points {:?}", attack.name(), differing(&one, &seven));
         assert_eq!(one, all, "{}: batch size 1 and 256 disagree at points {:?}", attack.name(), differing(&one, &all));
         let gap = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
         assert!(gap(&one_points, &seven_points) < 1e-5 && gap(&one_points, &all_points) < 1e-5, "{}: the points found differ", attack.name());
+    }
+}
+
+/// Dropping a point from APGD and FAB as soon as it is broken (on by default) leaves every
+/// point's verdict as it is: the state is per point.
+#[test]
+fn dropping_broken_points_changes_no_verdict() {
+    let network = comparison_model();
+    let subset = digits_test().class_balanced_subset(10).unwrap();
+    let eps = 0.06;
+    let cases: Vec<(Box<dyn Attack>, Box<dyn Attack>)> = vec![
+        (Box::new(Apgd { steps: 50, ..Apgd::ce(eps, 2) }), Box::new(Apgd { steps: 50, drop_broken: false, ..Apgd::ce(eps, 2) })),
+        (
+            Box::new(Apgd { steps: 20, restarts: 2, ..Apgd::targeted(eps, 3, 2) }),
+            Box::new(Apgd { steps: 20, restarts: 2, drop_broken: false, ..Apgd::targeted(eps, 3, 2) }),
+        ),
+        (
+            Box::new(Fab { steps: 30, restarts: 2, ..Fab::targeted(eps, 3, 2) }),
+            Box::new(Fab { steps: 30, restarts: 2, drop_broken: false, ..Fab::targeted(eps, 3, 2) }),
+        ),
+    ];
+    for (dropping, keeping) in cases {
+        let verdicts = |attack: &dyn Attack| {
+            let run = attacks::run_points(attack, &network, &Batch::from_dataset(&subset, 2), 256, Interrupt::NEVER, false, &mut |_| {}).unwrap();
+            (flags(&run.robust), run.components[0].seconds)
+        };
+        let ((dropped, fast), (kept, slow)) = (verdicts(dropping.as_ref()), verdicts(keeping.as_ref()));
+        println!("{}: {} of 100 robust either way; {fast:.1} s dropping broken points, {slow:.1} s keeping them", dropping.name(), dropped.iter().sum::<i64>());
+        assert_eq!(dropped, kept, "{}: points {:?} changed verdict", dropping.name(), differing(&dropped, &kept));
+        assert!(dropped.iter().sum::<i64>() < 90, "{}: too few points broken for the test to see anything", dropping.name());
     }
 }
 

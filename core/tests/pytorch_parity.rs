@@ -57,6 +57,15 @@ fn preact_resnet18_matches_pytorch() {
     check("preact-resnet18", 10, [3, 32, 32], None);
 }
 
+/// The Tiny-ImageNet teacher (ABSLD paper A.5): checked at the Tiny-ImageNet shape, 200
+/// classes. 21,377,800 parameters, counted by hand from the block structure: conv1 1,728;
+/// stages of 3, 4, 6, 3 blocks 221,952 + 1,116,032 + 6,821,632 + 13,112,832; final batch norm
+/// 1,024; linear 102,600.
+#[test]
+fn preact_resnet34_on_tiny_imagenet_shape_matches_pytorch() {
+    check("preact-resnet34", 200, [3, 64, 64], Some(21_377_800));
+}
+
 #[test]
 fn mobilenet_v2_matches_pytorch() {
     check("mobilenet-v2", 10, [3, 32, 32], Some(2_296_922));

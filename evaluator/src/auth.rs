@@ -1,6 +1,9 @@
-//! Optional bearer-token authentication: with a token configured, every call of the
-//! `rfb.v1.Evaluator` service must carry `authorization: Bearer <token>` metadata, else it fails
-//! with UNAUTHENTICATED. Health and reflection stay open (they reveal nothing about models).
+//! Optional bearer-token authentication: with tokens configured, every call of the
+//! `rfb.v1.Evaluator` service must carry `authorization: Bearer <token>` metadata with one of
+//! them, else it fails with UNAUTHENTICATED. Health and reflection stay open (they reveal nothing
+//! about models). A token file holds one token a line; the queue takes turns between tokens
+//! (the k-th token is client `token k`, see [`ClientIdentity`]), so giving each person their own
+//! token keeps one from starving the others even when they share an address.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,39 +21,51 @@ pub enum AuthError {
     BadCharacters(String),
 }
 
-/// Reads a token file: its content with surrounding white space removed.
-pub fn read_token_file(path: &Path) -> Result<String, AuthError> {
+/// Reads a token file: one token a line (surrounding white space and empty lines ignored; a
+/// file with one token is the usual case).
+pub fn read_token_file(path: &Path) -> Result<Vec<String>, AuthError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read { path: shown.clone(), source })?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
+    let tokens: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    if tokens.is_empty() {
         return Err(AuthError::Empty(shown));
     }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+    if !tokens.iter().all(|token| token.bytes().all(|b| b.is_ascii_graphic())) {
         return Err(AuthError::BadCharacters(shown));
     }
-    Ok(token)
+    Ok(tokens)
 }
 
-/// The interceptor; without a token it lets everything through.
+/// Who made a call, as the queue's fairness sees it: set by [`BearerAuth`] on authenticated
+/// calls to `token k` for the k-th token of the file (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity(pub String);
+
+/// The interceptor; without tokens it lets everything through.
 #[derive(Clone, Default)]
 pub struct BearerAuth {
-    token: Option<Arc<str>>,
+    tokens: Arc<[Arc<str>]>,
 }
 
 impl std::fmt::Debug for BearerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BearerAuth").field("enabled", &self.token.is_some()).finish()
+        f.debug_struct("BearerAuth").field("tokens", &self.tokens.len()).finish()
     }
 }
 
 impl BearerAuth {
+    /// One token, or none (everything let through).
     pub fn new(token: Option<String>) -> Self {
-        BearerAuth { token: token.map(Arc::from) }
+        Self::with_tokens(token.into_iter().collect())
+    }
+
+    /// Any of `tokens` is accepted; none: everything let through.
+    pub fn with_tokens(tokens: Vec<String>) -> Self {
+        BearerAuth { tokens: tokens.into_iter().map(Arc::from).collect() }
     }
 
     pub fn enabled(&self) -> bool {
-        self.token.is_some()
+        !self.tokens.is_empty()
     }
 }
 
@@ -60,8 +75,10 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.token else { return Ok(request) };
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if self.tokens.is_empty() {
+            return Ok(request);
+        }
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated("this evaluator requires `authorization: Bearer <token>` metadata"));
         };
@@ -70,10 +87,21 @@ impl tonic::service::Interceptor for BearerAuth {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
-        match presented {
-            Some(token) if same_bytes(token.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
-            None => Err(Status::unauthenticated("the authorization metadata must be `Bearer <token>`")),
+        let Some(presented) = presented else {
+            return Err(Status::unauthenticated("the authorization metadata must be `Bearer <token>`"));
+        };
+        // Every token is compared, whichever matches.
+        let matching = self
+            .tokens
+            .iter()
+            .enumerate()
+            .fold(None, |found, (index, token)| if same_bytes(presented.as_bytes(), token.as_bytes()) { Some(index) } else { found });
+        match matching {
+            Some(index) => {
+                request.extensions_mut().insert(ClientIdentity(format!("token {}", index + 1)));
+                Ok(request)
+            }
+            None => Err(Status::unauthenticated("invalid bearer token")),
         }
     }
 }
@@ -100,5 +128,20 @@ mod tests {
         }
         let mut open = BearerAuth::new(None);
         assert!(open.call(with_header(None)).is_ok());
+    }
+
+    #[test]
+    fn several_tokens_name_their_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "alpha\n\n  beta  \n").unwrap();
+        let tokens = read_token_file(&file).unwrap();
+        assert_eq!(tokens, ["alpha", "beta"]);
+        let mut auth = BearerAuth::with_tokens(tokens);
+        let accepted = auth.call(with_header(Some("Bearer beta"))).unwrap();
+        assert_eq!(accepted.extensions().get::<ClientIdentity>(), Some(&ClientIdentity("token 2".into())));
+        assert!(auth.call(with_header(Some("Bearer gamma"))).is_err());
+        std::fs::write(&file, "  \n").unwrap();
+        assert!(matches!(read_token_file(&file), Err(AuthError::Empty(_))));
     }
 }

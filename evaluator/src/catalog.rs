@@ -1,22 +1,31 @@
-//! The models directory and everything about a request that can be checked without tensors:
-//! model names (paths relative to the models directory; anything that resolves outside it is
-//! refused), listings, the weights' checksum, data set compatibility, attack parameters and
-//! cache look-ups. A [`Catalog`] is shared (`Sync`) between the server's request handlers and
+//! The models directory and the data a request will touch, checked without tensors: model
+//! names (paths relative to the models directory; anything that resolves outside it is
+//! refused), listings, the weights' checksum, data set compatibility, the split's class counts
+//! (read from its labels before anything is loaded) and cache look-ups. [`Catalog::prepare`]
+//! is the "prepare" step of a request's way (see [`crate::request`]). A [`Catalog`] is shared (`Sync`) between the server's request handlers and
 //! the worker thread.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE, WEIGHTS_FILE};
+use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE};
 use rfb_core::data::{self, DatasetKind, Split};
-use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo, Precision};
+use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::cache::{cache_key, Lookup, ResultCache, StoredResult};
-use crate::engine::{self, EngineError, MAX_ATTACKS, MAX_BATCH_SIZE};
+use crate::request::{self, key_material, EngineError, MAX_BATCH_SIZE};
+
+pub use crate::request::{split_from_proto, split_to_proto, PreparedAttack, PreparedEvaluation};
+
+/// A memo's lock: a panic elsewhere while it was held leaves a memo that is still usable (its
+/// entries are whole values), so a poisoned lock is taken over, never propagated.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Default name of the cache directory inside the models directory (skipped by listings).
 pub const DEFAULT_CACHE_DIR: &str = ".rfb-cache";
@@ -71,97 +80,6 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
             _ => Err(format!("unknown device {text:?} (auto, cpu, cuda or cuda:N)")),
         },
     }
-}
-
-pub fn split_from_proto(split: i32) -> Result<Split, EngineError> {
-    use rfb_proto::v1::Split as P;
-    match P::try_from(split) {
-        Ok(P::Unspecified | P::Test) => Ok(Split::Test),
-        Ok(P::Validation) => Ok(Split::Validation),
-        Ok(P::Train) => Ok(Split::Train),
-        Err(_) => Err(EngineError::InvalidArgument(format!("unknown split {split}"))),
-    }
-}
-
-pub fn split_to_proto(split: Split) -> rfb_proto::v1::Split {
-    use rfb_proto::v1::Split as P;
-    match split {
-        Split::Test => P::Test,
-        Split::Validation => P::Validation,
-        Split::Train => P::Train,
-    }
-}
-
-/// One attack of a validated request.
-#[derive(Debug, Clone)]
-pub struct PreparedAttack {
-    /// The spec with every default filled in.
-    pub spec: rfb_proto::v1::AttackSpec,
-    /// Display name, e.g. `PGD-20`.
-    pub name: String,
-    /// What determines the result; its sha256 is `cache_key`.
-    pub key_material: serde_json::Value,
-    pub cache_key: String,
-}
-
-/// A request that passed every check that needs no tensors.
-#[derive(Debug, Clone)]
-pub struct PreparedEvaluation {
-    /// The model's name as given (relative to the models directory, `/`-separated).
-    pub model: String,
-    /// Canonical checkpoint directory.
-    pub model_dir: PathBuf,
-    pub manifest: Manifest,
-    /// sha256 of the weights file as read now (equal to the manifest's).
-    pub weights_sha256: String,
-    pub dataset: DatasetKind,
-    pub split: Split,
-    /// 0: the whole split.
-    pub examples_per_class: i64,
-    pub batch_size: i64,
-    pub precision: Precision,
-    pub attacks: Vec<PreparedAttack>,
-}
-
-impl PreparedEvaluation {
-    /// Number of examples the evaluation covers, when known.
-    pub fn examples(&self, class_counts: Option<&[i64]>) -> Option<i64> {
-        if self.examples_per_class > 0 {
-            Some(self.examples_per_class * self.manifest.model.num_classes)
-        } else {
-            class_counts.map(|c| c.iter().sum())
-        }
-    }
-}
-
-/// Everything that determines one attack's result, as JSON (its sha256 is the cache key):
-/// besides the request, the hash of the sources that decide attack results (so that no result
-/// of older code is ever served) and the kind of device (a GPU rounds differently from a CPU).
-/// The batch size is not part of it: attacks draw their randomness per example and keep their
-/// state per point, so the batch a point is in does not change its result.
-pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
-    let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
-    serde_json::json!({
-        "schema": crate::cache::CACHE_SCHEMA,
-        "weights_sha256": job.weights_sha256,
-        "dataset": job.dataset.name(),
-        "split": job.split.as_str(),
-        "examples_per_class": job.examples_per_class,
-        "attack": {
-            "kind": kind,
-            "eps": spec.eps,
-            "steps": spec.steps,
-            "step_size": spec.step_size,
-            "restarts": spec.restarts,
-            "kappa": spec.kappa,
-            "components": spec.components,
-        },
-        "seed": spec.seed,
-        "precision": job.precision.as_str_name(),
-        "device": if device.is_cuda() { "cuda" } else { "cpu" },
-        "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
-        "attack_source": rfb_core::attacks::SOURCE_HASH,
-    })
 }
 
 /// The models directory, the data directory, the result cache and a few memos.
@@ -373,7 +291,7 @@ impl Catalog {
     fn weights_sha256(&self, path: &Path) -> Result<String, std::io::Error> {
         let metadata = std::fs::metadata(path)?;
         let modified = metadata.modified()?;
-        if let Some((length, time, sha)) = self.hashes.lock().expect("hash memo").get(path) {
+        if let Some((length, time, sha)) = locked(&self.hashes).get(path) {
             if *length == metadata.len() && *time == modified {
                 return Ok(sha.clone());
             }
@@ -382,46 +300,50 @@ impl Catalog {
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher)?;
         let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        self.hashes.lock().expect("hash memo").insert(path.to_path_buf(), (metadata.len(), modified, sha.clone()));
+        locked(&self.hashes).insert(path.to_path_buf(), (metadata.len(), modified, sha.clone()));
         Ok(sha)
     }
 
-    /// Records the class counts of a loaded split (for validating later requests early).
+    /// Records the class counts of a loaded split (they are those read from its labels unless
+    /// the files changed since).
     pub fn remember_class_counts(&self, kind: DatasetKind, split: Split, counts: Vec<i64>) {
-        self.class_counts.lock().expect("class counts").insert((kind, split), counts);
+        locked(&self.class_counts).insert((kind, split), counts);
     }
 
-    fn class_counts(&self, kind: DatasetKind, split: Split) -> Option<Vec<i64>> {
-        if let Some(counts) = self.class_counts.lock().expect("class counts").get(&(kind, split)) {
-            return Some(counts.clone());
+    /// Examples per class of a split, read from its labels alone the first time (no pixel is
+    /// loaded) and remembered. Blocking (reads the label bytes or lists the folders).
+    pub fn class_counts(&self, kind: DatasetKind, split: Split) -> Result<Vec<i64>, EngineError> {
+        if let Some(counts) = locked(&self.class_counts).get(&(kind, split)) {
+            return Ok(counts.clone());
         }
-        if kind == DatasetKind::Digits {
-            // Embedded and tiny: cheap enough to load here.
-            let counts = data::load(kind, split, None).ok()?.class_counts();
-            self.remember_class_counts(kind, split, counts.clone());
-            return Some(counts);
-        }
-        None
+        let counts = data::class_counts(kind, split, self.data_dir.as_deref())
+            .map_err(|e| EngineError::from_data(kind.name(), e))?;
+        self.remember_class_counts(kind, split, counts.clone());
+        Ok(counts)
     }
 
-    /// Checks a request completely except for what needs the data loaded (the examples per
-    /// class of a CIFAR or Tiny-ImageNet split not seen yet, checked by the engine), and fills
-    /// in every default. Blocking (reads and hashes the weights file): call it off the async
-    /// runtime.
+    /// Checks a request against the limits, the model and the data it will touch, and fills in
+    /// every default: nothing sized by the request is allocated before every field has been
+    /// checked, and examples_per_class is checked against the split's class counts (read from
+    /// its labels) for every data set and split, loaded or not. Blocking (reads and hashes the
+    /// weights file, reads a split's labels the first time): call it off the async runtime.
     pub fn prepare(&self, request: &EvaluateRequest) -> Result<PreparedEvaluation, EngineError> {
+        request::check_fields(request)?;
         let model = normalise_name(&request.model);
         let model_dir = self.resolve_model(&request.model)?;
         let manifest = checkpoint::read_manifest(&model_dir).map_err(|e| EngineError::from_checkpoint(&model, e))?;
-        let weights_path = model_dir.join(WEIGHTS_FILE);
+        // model.safetensors, or model.pt for a TorchScript module.
+        let weights_file = manifest.weights_file();
+        let weights_path = model_dir.join(weights_file);
         if !weights_path.is_file() {
-            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {WEIGHTS_FILE}")));
+            return Err(EngineError::FailedPrecondition(format!("checkpoint {model:?} has no {weights_file}")));
         }
         let weights_sha256 = self
             .weights_sha256(&weights_path)
-            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {WEIGHTS_FILE}: {e}")))?;
+            .map_err(|e| EngineError::FailedPrecondition(format!("checkpoint {model:?}: cannot read {weights_file}: {e}")))?;
         if weights_sha256 != manifest.weights_sha256 {
             return Err(EngineError::FailedPrecondition(format!(
-                "checkpoint {model:?}: sha256 of {WEIGHTS_FILE} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
+                "checkpoint {model:?}: sha256 of {weights_file} is {weights_sha256} but the manifest records {}; the weights are corrupt or were changed",
                 manifest.weights_sha256
             )));
         }
@@ -434,7 +356,7 @@ impl Catalog {
             )))?;
         let full_classes = dataset.num_classes();
         let classes_fit = if dataset == DatasetKind::TinyImageNet {
-            // A Tiny-ImageNet folder may hold fewer classes; checked again once loaded.
+            // A Tiny-ImageNet folder may hold fewer classes; checked against its labels below.
             manifest.model.num_classes <= full_classes
         } else {
             manifest.model.num_classes == full_classes
@@ -453,48 +375,18 @@ impl Catalog {
             )));
         }
         let split = split_from_proto(request.split)?;
-
-        if request.examples_per_class < 0 {
-            return Err(EngineError::InvalidArgument(format!(
-                "examples_per_class must not be negative, got {}",
-                request.examples_per_class
+        let class_counts = self.class_counts(dataset, split)?;
+        if class_counts.len() as i64 != manifest.model.num_classes {
+            return Err(EngineError::FailedPrecondition(format!(
+                "model {model:?} has {} classes but data set {dataset} ({split}) on this server has {}",
+                manifest.model.num_classes,
+                class_counts.len()
             )));
         }
-        if let Some(counts) = self.class_counts(dataset, split) {
-            if let Some((class, &available)) =
-                counts.iter().enumerate().filter(|(_, &c)| c < request.examples_per_class).min_by_key(|(_, &c)| c)
-            {
-                return Err(EngineError::InvalidArgument(format!(
-                    "examples_per_class is {} but class {class} of {dataset} ({split}) has only {available} examples",
-                    request.examples_per_class
-                )));
-            }
-        }
+        request::check_examples_per_class(request.examples_per_class, &class_counts, dataset, split)?;
+        let batch_size = request::batch_size(request.batch_size, self.default_batch_size)?;
+        let precision = request::precision_from_proto(request.precision)?;
 
-        let batch_size = match request.batch_size {
-            0 => self.default_batch_size,
-            b if (1..=MAX_BATCH_SIZE).contains(&b) => b,
-            b => {
-                return Err(EngineError::InvalidArgument(format!(
-                    "batch_size must be in 1..={MAX_BATCH_SIZE} (0: the server's default), got {b}"
-                )))
-            }
-        };
-        let precision = match Precision::try_from(request.precision) {
-            Ok(Precision::Unspecified | Precision::Fp32) => Precision::Fp32,
-            Ok(Precision::Bf16) => Precision::Bf16,
-            Err(_) => return Err(EngineError::InvalidArgument(format!("unknown precision {}", request.precision))),
-        };
-
-        if request.attacks.is_empty() {
-            return Err(EngineError::InvalidArgument("no attacks requested; list at least one AttackSpec".into()));
-        }
-        if request.attacks.len() > MAX_ATTACKS {
-            return Err(EngineError::InvalidArgument(format!(
-                "{} attacks requested; at most {MAX_ATTACKS} per request",
-                request.attacks.len()
-            )));
-        }
         let mut job = PreparedEvaluation {
             model,
             model_dir,
@@ -502,19 +394,20 @@ impl Catalog {
             weights_sha256,
             dataset,
             split,
+            class_counts,
             examples_per_class: request.examples_per_class,
             batch_size,
             precision,
             attacks: Vec::with_capacity(request.attacks.len()),
         };
         for (index, spec) in request.attacks.iter().enumerate() {
-            let spec = engine::canonical_spec(spec).map_err(|e| match e {
+            let spec = request::canonical_spec(spec).map_err(|e| match e {
                 EngineError::InvalidArgument(message) => {
                     EngineError::InvalidArgument(format!("attack {index}: {message}"))
                 }
                 other => other,
             })?;
-            let name = engine::attack_display_name(&spec, job.manifest.model.num_classes)?;
+            let name = request::attack_display_name(&spec, job.manifest.model.num_classes)?;
             let key_material = key_material(&job, &spec, self.device);
             let cache_key = cache_key(&key_material);
             job.attacks.push(PreparedAttack { spec, name, key_material, cache_key });
@@ -539,7 +432,15 @@ impl Catalog {
     pub fn all_cached(&self, job: &PreparedEvaluation) -> Option<Vec<AttackResult>> {
         job.attacks
             .iter()
-            .map(|attack| self.cached(attack).map(|stored| engine::attack_result(job, attack, &stored, true)))
+            .map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true)))
+            .collect()
+    }
+
+    /// Each attack's cached result, where there is a trustworthy one (in request order).
+    pub fn cached_results(&self, job: &PreparedEvaluation) -> Vec<Option<AttackResult>> {
+        job.attacks
+            .iter()
+            .map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true)))
             .collect()
     }
 

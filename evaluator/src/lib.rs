@@ -1,12 +1,18 @@
 //! The evaluation engine of the robust-fairness benchmark and its gRPC service (`rfb.v1`).
 //!
-//! * [`catalog`]: the models directory (name resolution that refuses escapes, listings, the
-//!   validation of requests before they are queued).
-//! * [`engine`]: attack construction from an [`rfb_proto::v1::AttackSpec`], running attacks
-//!   per class on a model, errors mapped to gRPC codes.
+//! A request flows one way: validate ([`request`]), prepare ([`catalog`]), queue ([`worker`]),
+//! compute ([`engine`]), store ([`cache`]).
+//!
+//! * [`request`]: the limits, the errors (one per gRPC status), attack specs in canonical form
+//!   and the attacks they build, the cost model, the prepared forms and result assembly.
+//! * [`catalog`]: the models directory (name resolution that refuses escapes, listings), the
+//!   class counts of the data splits, and the preparation of requests before they are queued.
+//! * [`engine`]: running the attacks of a prepared evaluation per class on a model.
 //! * [`cache`]: one JSON file per attack result, keyed by everything that determines it.
-//! * [`worker`]: the FIFO queue and the one thread that owns the models and the device.
-//! * [`service`]: the tonic service, health, reflection, authentication and TLS.
+//! * [`worker`]: the bounded, fair queue and the one thread that owns the models and the
+//!   device, with its health.
+//! * [`service`]: the tonic service, health, reflection, authentication, TLS, keepalive and
+//!   graceful shutdown.
 //! * [`auth`]: the bearer-token interceptor.
 //! * [`table`]: the per-class text table that `evaluator eval` prints.
 
@@ -14,12 +20,14 @@ pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod engine;
+pub mod request;
 pub mod service;
 pub mod table;
 pub mod worker;
 
 pub use catalog::{Catalog, EngineConfig};
-pub use engine::{Engine, EngineError};
+pub use engine::Engine;
+pub use request::{EngineError, Limits};
 
 /// This crate's version, as reported in results.
 pub fn evaluator_version() -> String {

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rfb_evaluator::catalog::{parse_device, EngineConfig, DEFAULT_BATCH_SIZE};
-use rfb_evaluator::service::{ServeOptions, TlsFiles};
-use rfb_evaluator::{Catalog, Engine};
+use rfb_evaluator::request::{DEFAULT_MAX_JOB_COST, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_PER_CLIENT};
+use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
+use rfb_evaluator::{Catalog, Engine, Limits};
 use rfb_proto::v1::{evaluate_event::Event, AttackKind, AttackSpec, EvaluateRequest};
 
 #[derive(Parser)]
@@ -32,10 +33,76 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the rfb.v1.Evaluator gRPC service (plus health and reflection). Prints the bound
-    /// address (host:port) on stdout, one line, once it listens.
+    /// address (host:port) on stdout, one line, once it listens. SIGTERM or Ctrl-C shuts it
+    /// down gracefully (waiting jobs and the running one end with UNAVAILABLE, exit status 0);
+    /// a second Ctrl-C exits at once.
     Serve(ServeArgs),
     /// Evaluate one checkpoint from the command line and print the per-class table.
     Eval(EvalArgs),
+    /// Turn any PyTorch classifier into a checkpoint directory: a state dict of one of our
+    /// architectures (`--arch`), or a TorchScript module of any architecture.
+    #[command(long_about = IMPORT_ABOUT)]
+    Import(ImportArgs),
+}
+
+const IMPORT_ABOUT: &str = "Turn any PyTorch classifier into a checkpoint directory that `eval`, `serve` and bench-client \
+treat like the trainer's own.
+
+A state dict (torch.save(model.state_dict()), also wrapped as {'model': ...}, {'state_dict': ...}, \
+{'model_state_dict': ...} or {'net': ...}, with or without DataParallel's `module.` prefixes) of one of our \
+architectures needs --arch; its names and shapes are checked and it is stored as model.safetensors. A TorchScript \
+module (torch.jit.script or torch.jit.trace, then .save) of any architecture is stored unchanged as model.pt, after \
+checking that libtorch loads it, that it maps [N, C, H, W] images in [0, 1] to [N, classes] finite logits, and that \
+gradients reach the input. The file's kind is told from its contents.
+
+Nothing in the file is executed, except by libtorch's TorchScript loader for a TorchScript module: a state-dict \
+pickle that asks for anything but tensors in plain containers (a whole pickled model, any other Python object) is \
+refused.
+
+The manifest records the file's name and sha256, --method, the data set's classes and input shape, and --mean/--std, \
+a per-channel normalisation the evaluator applies in front of the model (attack radii stay in pixel units).
+
+Example:
+  evaluator import --from my_model.pt --dataset cifar10 --mean 0.4914,0.4822,0.4465 --std 0.2471,0.2435,0.2616 --out runs/models/mine
+  evaluator eval --models-dir runs/models --model mine --data-dir /data/cifar --attacks clean,pgd";
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The .pt/.pth file: a state dict or a TorchScript module.
+    #[arg(long = "from", value_name = "FILE")]
+    from: PathBuf,
+    /// Checkpoint directory to write (e.g. runs/models/mine; its path under --models-dir is
+    /// the model's name).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Data set the model classifies (digits, cifar10, cifar100, tiny-imagenet): its classes
+    /// and input shape.
+    #[arg(long)]
+    dataset: String,
+    /// Architecture of a state dict (resnet18, preact-resnet18, mobilenet-v2, wrn-34-10,
+    /// wrn-70-16, wrn-D-W, digits-cnn, digits-cnn-wide); leave out (or `torchscript`) for a
+    /// TorchScript module.
+    #[arg(long)]
+    arch: Option<String>,
+    /// How the model was trained, as recorded in the manifest (bench-client matches on it).
+    #[arg(long, default_value = "imported")]
+    method: String,
+    /// Per-channel mean of an input normalisation applied in front of the model,
+    /// comma-separated (one per channel; with --std).
+    #[arg(long, value_delimiter = ',', requires = "std", allow_hyphen_values = true)]
+    mean: Option<Vec<f64>>,
+    /// Per-channel standard deviation of the normalisation (with --mean).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f64>>,
+    /// Class names, comma-separated, or @FILE with one a line [default: the data set's].
+    #[arg(long)]
+    class_names: Option<String>,
+    /// Directory of the data set's files, to take its class names from.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Replace a checkpoint already in --out.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -74,12 +141,14 @@ impl EngineArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on; loopback by default. Port 0 picks a free port (printed on stdout).
+    /// A non-loopback address needs --token-file (or --insecure).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Require `authorization: Bearer <token>` on Evaluator calls, the token being this file's
-    /// content (surrounding white space removed). Health and reflection stay open.
+    /// Require `authorization: Bearer <token>` on Evaluator calls, the token being one of this
+    /// file's lines (surrounding white space removed). With several tokens, the queue takes turns
+    /// between them. Health and reflection stay open.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// PEM certificate chain for TLS (with --tls-key).
@@ -88,9 +157,33 @@ struct ServeArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without --token-file: anyone who reaches it can run jobs.
+    #[arg(long)]
+    insecure: bool,
     /// Batch size for requests that leave batch_size at 0.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: i64,
+    /// Refuse (RESOURCE_EXHAUSTED) a job whose estimated cost, in forward+backward passes
+    /// (examples x passes per example of its attacks not in the cache), is above this. The
+    /// default admits the paper's full evaluation of CIFAR-10 (78.5 million).
+    #[arg(long, value_name = "PASSES", default_value_t = DEFAULT_MAX_JOB_COST)]
+    max_job_cost: u64,
+    /// Jobs that may wait (the running one not counted); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "JOBS", default_value_t = DEFAULT_MAX_QUEUE)]
+    max_queue: usize,
+    /// Jobs one client (a token, else a peer address) may have waiting.
+    #[arg(long, value_name = "JOBS", default_value_t = DEFAULT_MAX_QUEUE_PER_CLIENT)]
+    max_queue_per_client: usize,
+    /// Interval of HTTP/2 keepalive pings; the jobs of a client that stops answering are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    keepalive: humantime::Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    keepalive_timeout: humantime::Duration,
+    /// Health reports NOT_SERVING when the running job has shown no sign of life (one attack
+    /// iteration) for this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    stuck_after: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -124,9 +217,12 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: i64,
-    /// fp32 (the reference numerics) or bf16 (a channels-last bf16 copy of the network; the
-    /// attack arithmetic stays fp32).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
+    /// fp32: the network as it is (results independent of the batch size); fp32-fast: an fp32
+    /// copy with batch norm folded and channels-last weights attacks, the network counts (the
+    /// same function up to rounding, faster; rounding then depends on the batch); bf16: a
+    /// channels-last bf16 copy attacks, the fp32 network takes every decision (the attack
+    /// arithmetic stays fp32).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp32-fast", "bf16"])]
     precision: String,
     /// No progress bar.
     #[arg(long)]
@@ -168,9 +264,9 @@ fn split_proto(text: &str) -> Result<rfb_proto::v1::Split> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let token = match &args.token_file {
-        Some(path) => Some(rfb_evaluator::auth::read_token_file(path)?),
-        None => None,
+    let tokens = match &args.token_file {
+        Some(path) => rfb_evaluator::auth::read_token_file(path)?,
+        None => Vec::new(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -179,10 +275,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }),
         _ => None,
     };
-    let options = ServeOptions { listen: args.listen, engine: args.engine.config(args.batch_size)?, token, tls };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("interrupted; shutting down");
+    let options = ServeOptions {
+        tokens,
+        tls,
+        limits: Limits {
+            max_job_cost: args.max_job_cost,
+            max_queue: args.max_queue,
+            max_queue_per_client: args.max_queue_per_client,
+        },
+        insecure: args.insecure,
+        keepalive: Keepalive { interval: args.keepalive.into(), timeout: args.keepalive_timeout.into() },
+        stuck_after: args.stuck_after.into(),
+        ..ServeOptions::new(args.listen, args.engine.config(args.batch_size)?)
+    };
+    // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!("{which}: shutting down gracefully (Ctrl-C again exits at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("interrupted again: exiting at once");
+            std::process::exit(130);
+        });
     };
     rfb_evaluator::service::serve(
         options,
@@ -194,6 +316,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown,
     )
     .await?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -209,6 +332,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         batch_size: args.batch_size,
         precision: match args.precision.as_str() {
             "bf16" => rfb_proto::v1::Precision::Bf16,
+            "fp32-fast" => rfb_proto::v1::Precision::Fp32Fast,
             _ => rfb_proto::v1::Precision::Fp32,
         } as i32,
     };
@@ -276,6 +400,75 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn import(args: ImportArgs) -> Result<()> {
+    let dataset: rfb_core::data::DatasetKind = args.dataset.parse().map_err(anyhow::Error::msg)?;
+    let class_names = match args.class_names.as_deref() {
+        None => None,
+        Some(text) => {
+            let list = match text.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading class names from {file}"))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+                None => text.split(',').map(|n| n.trim().to_string()).collect(),
+            };
+            if list.iter().any(String::is_empty) {
+                bail!("--class-names has an empty name");
+            }
+            Some(list)
+        }
+    };
+    let normalization = match (args.mean, args.std) {
+        (Some(mean), Some(std)) => Some(rfb_core::models::Normalization { mean, std }),
+        _ => None,
+    };
+    let options = rfb_core::checkpoint::import::ImportOptions {
+        from: args.from,
+        out: args.out.clone(),
+        dataset,
+        architecture: args.arch,
+        method: args.method,
+        normalization,
+        class_names,
+        data_dir: args.data_dir,
+        overwrite: args.force,
+    };
+    let imported = rfb_core::checkpoint::import::import_model(&options)?;
+    let manifest = &imported.manifest;
+    let source = manifest.source.as_ref().map(|s| format!("{} (sha256 {})", s.file, s.sha256)).unwrap_or_default();
+    println!("imported {source} as {}", args.out.display());
+    println!(
+        "  {}: {} on {} ({} classes, input {:?}), {} parameters, method {:?}{}",
+        imported.kind.name(),
+        manifest.model.architecture,
+        manifest.dataset,
+        manifest.model.num_classes,
+        manifest.model.input_shape,
+        manifest.parameter_count,
+        manifest.method,
+        match &manifest.model.normalization {
+            Some(n) => format!(", normalised with mean {:?} std {:?}", n.mean, n.std),
+            None => String::new(),
+        }
+    );
+    match &imported.bf16 {
+        Some(Ok(())) => println!("  runs in fp32 and bf16"),
+        Some(Err(why)) => println!("  runs in fp32 only: {why}"),
+        None => {}
+    }
+    let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    println!(
+        "evaluate it with: evaluator eval --models-dir {} --model {name}{}",
+        parent.display(),
+        if manifest.dataset == "digits" { "" } else { " --data-dir DIR" }
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
@@ -283,11 +476,18 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             init_logging("info");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(args))
+            let result = runtime.block_on(serve(args));
+            // Do not wait for request handlers still hashing a file on the blocking pool.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
         Command::Eval(args) => {
             init_logging("warn");
             eval(args)
+        }
+        Command::Import(args) => {
+            init_logging("warn");
+            import(args)
         }
     }
 }

@@ -1,10 +1,20 @@
-//! The gRPC server: the `rfb.v1.Evaluator` service, the standard health service
-//! (`rfb.v1.Evaluator` reported SERVING), server reflection (v1 and v1alpha), optional
-//! bearer-token authentication and TLS.
+//! The gRPC server: the `rfb.v1.Evaluator` service, the standard health service (`""` and
+//! `rfb.v1.Evaluator`: SERVING while the worker is alive and not stuck), server reflection (v1
+//! and v1alpha), optional bearer-token authentication and TLS, HTTP/2 keepalive, and graceful
+//! shutdown.
 //!
-//! Requests are validated on the async runtime (blocking parts on the blocking pool) before
-//! anything is queued, so a bad request costs nothing and gets its status at once. A request
-//! whose results are all cached is answered without entering the queue.
+//! A request is validated on the async runtime (blocking parts on the blocking pool) before
+//! anything is queued, so a bad or too costly request costs nothing and gets its status at once:
+//! the fields against the limits and the model and data it will touch ([`Catalog::prepare`]),
+//! then the cost of the attacks not in the cache against `--max-job-cost`
+//! ([`CostEstimate`]), then the room in the queue. A request whose results are all cached is
+//! answered without entering the queue.
+//!
+//! Shutdown (the `shutdown` future of [`serve`] resolves): the health service turns
+//! NOT_SERVING, no connection is accepted any more, new calls get UNAVAILABLE, waiting jobs end
+//! with UNAVAILABLE, the running job stops within one attack iteration (UNAVAILABLE too) after
+//! the cache entry it may be writing is written, and [`serve`] returns once the connections
+//! have closed, or after a grace period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,14 +30,19 @@ use rfb_proto::v1::{
 use tokio_stream::Stream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
 
-use crate::auth::BearerAuth;
+use crate::auth::{BearerAuth, ClientIdentity};
 use crate::catalog::{Catalog, EngineConfig};
-use crate::engine::EngineError;
-use crate::worker::{spawn_worker, Job, Queue};
+use crate::request::{CostEstimate, EngineError, Limits};
+use crate::worker::{Job, Queue, Worker, WorkerState};
 
 /// Fully qualified name of the service, as health checks name it.
 pub const SERVICE_NAME: &str = "rfb.v1.Evaluator";
+
+/// How long shutdown waits for the running job to stop (and its cache entry to be written),
+/// and then again for the connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,24 +68,87 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
 }
 
+/// HTTP/2 keepalive: a PING every `interval`; a connection whose peer does not answer within
+/// `timeout` is closed, and the jobs of its calls are cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { interval: Duration::from_secs(30), timeout: Duration::from_secs(20) }
+    }
+}
+
 /// Everything `evaluator serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub engine: EngineConfig,
-    pub token: Option<String>,
+    /// Accepted bearer tokens; none: no authentication.
+    pub tokens: Vec<String>,
     pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    /// Listen on a non-loopback address without tokens.
+    pub insecure: bool,
+    pub keepalive: Keepalive,
+    /// The worker counts as stuck (health NOT_SERVING) when a job shows no sign of life for
+    /// this long.
+    pub stuck_after: Duration,
+}
+
+impl ServeOptions {
+    /// Loopback defaults: no token, no TLS, the default limits.
+    pub fn new(listen: SocketAddr, engine: EngineConfig) -> Self {
+        ServeOptions {
+            listen,
+            engine,
+            tokens: Vec::new(),
+            tls: None,
+            limits: Limits::default(),
+            insecure: false,
+            keepalive: Keepalive::default(),
+            stuck_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Whether it is safe to listen on `listen`: a loopback address always is; any other needs
+/// tokens, or `insecure`. Returns the warning to give, if any (no TLS with a token off
+/// loopback: the token travels in clear text).
+pub fn check_exposure(listen: SocketAddr, tokens: bool, tls: bool, insecure: bool) -> Result<Option<String>, ServeError> {
+    if listen.ip().to_canonical().is_loopback() {
+        return Ok(None);
+    }
+    match (tokens, tls) {
+        (false, _) if !insecure => Err(ServeError::Config(format!(
+            "refusing to listen on {listen} without authentication: it is not a loopback address, so anyone who can reach it \
+             could run jobs on this machine and read its models. Give --token-file (with --tls-cert and --tls-key), or pass \
+             --insecure to serve unauthenticated clients anyway"
+        ))),
+        (false, _) => Ok(Some(format!(
+            "listening on {listen} WITHOUT AUTHENTICATION (--insecure): anyone who can reach this address can run jobs"
+        ))),
+        (true, false) => Ok(Some(format!(
+            "listening on {listen} with a bearer token but WITHOUT TLS: the token travels in clear text and anyone on the \
+             path can read and reuse it; give --tls-cert and --tls-key"
+        ))),
+        (true, true) => Ok(None),
+    }
 }
 
 /// The `rfb.v1.Evaluator` implementation.
 pub struct EvaluatorService {
     catalog: Arc<Catalog>,
     queue: Arc<Queue>,
+    worker: Arc<Worker>,
 }
 
 impl EvaluatorService {
-    pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>) -> Self {
-        EvaluatorService { catalog, queue }
+    pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>, worker: Arc<Worker>) -> Self {
+        EvaluatorService { catalog, queue, worker }
     }
 }
 
@@ -91,11 +169,26 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     Instant::now().checked_add(duration)
 }
 
+/// Who made a call, for the queue's turns: its token when several are configured, else its
+/// peer's address (without the port: one machine is one client however many connections it
+/// opens).
+fn client_of<T>(request: &Request<T>) -> String {
+    if let Some(identity) = request.extensions().get::<ClientIdentity>() {
+        return identity.0.clone();
+    }
+    request.remote_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|| "unknown".into())
+}
+
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(work).await.map_err(|e| Status::internal(format!("request handler failed: {e}")))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EvaluateEvent, Status>> + Send + 'static>>;
+
+fn refused(error: EngineError) -> Status {
+    tracing::info!(code = ?error.code(), error = %error, "request refused");
+    Status::from(error)
+}
 
 #[tonic::async_trait]
 impl Evaluator for EvaluatorService {
@@ -116,44 +209,96 @@ impl Evaluator for EvaluatorService {
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
         let received = Instant::now();
+        if self.queue.is_stopping() {
+            return Err(refused(EngineError::Unavailable("the evaluator is shutting down".into())));
+        }
         let deadline = deadline_of(&request);
+        let client = client_of(&request);
         let request = request.into_inner();
         let catalog = self.catalog.clone();
-        let prepared = blocking(move || catalog.prepare(&request)).await?.map_err(|e: EngineError| {
-            tracing::info!(error = %e, "request refused");
-            Status::from(e)
-        })?;
-        let catalog = self.catalog.clone();
+        // Validate and prepare, then look the results up in the cache.
         let (prepared, cached) = blocking(move || {
-            let cached = catalog.all_cached(&prepared);
-            (prepared, cached)
+            let prepared = catalog.prepare(&request)?;
+            let cached = catalog.cached_results(&prepared);
+            Ok::<_, EngineError>((prepared, cached))
         })
-        .await?;
-        if let Some(results) = cached {
-            tracing::info!(model = %prepared.model, attacks = results.len(), "answered from the cache");
+        .await?
+        .map_err(refused)?;
+        if cached.iter().all(Option::is_some) {
+            tracing::info!(model = %prepared.model, attacks = cached.len(), %client, "answered from the cache");
             let mut events: Vec<Result<EvaluateEvent, Status>> =
-                results.into_iter().map(|r| Ok(EvaluateEvent { event: Some(Event::Result(r)) })).collect();
+                cached.into_iter().flatten().map(|r| Ok(EvaluateEvent { event: Some(Event::Result(r)) })).collect();
             events.push(Ok(EvaluateEvent {
                 event: Some(Event::Done(Done { elapsed_seconds: received.elapsed().as_secs_f64() })),
             }));
             return Ok(Response::new(Box::pin(tokio_stream::iter(events))));
         }
+        // What is left to compute must fit the budget.
+        let to_compute = prepared.attacks.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(a, _)| a);
+        let cost = CostEstimate::of(&prepared, to_compute);
+        cost.check(self.queue.limits().max_job_cost).map_err(refused)?;
+        if self.worker.is_finished() {
+            return Err(refused(EngineError::Unavailable("the evaluator's worker is not running".into())));
+        }
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        self.queue.submit(Job::new(prepared, sender, deadline));
+        tracing::debug!(model = %prepared.model, cost = cost.total, "job admitted");
+        self.queue.submit(Job::new(prepared, sender, deadline, client)).map_err(refused)?;
         Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))))
     }
 }
 
-/// Runs the server until `shutdown` resolves. `on_bound` receives the address actually bound
-/// (useful with port 0) before the first request is accepted.
+/// Keeps the health service truthful: SERVING while the worker is idle or busy and showing
+/// signs of life, NOT_SERVING when it is stuck or gone, or the server is shutting down.
+async fn watch_health(
+    reporter: tonic_health::server::HealthReporter,
+    worker: Arc<Worker>,
+    queue: Arc<Queue>,
+    stuck_after: Duration,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let state = worker.state(stuck_after);
+        let serving = state.serving() && !queue.is_stopping();
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            match state {
+                WorkerState::Stuck(silent) => {
+                    tracing::error!(silent_seconds = silent.as_secs(), "the worker shows no sign of life; health NOT_SERVING")
+                }
+                WorkerState::Gone if !queue.is_stopping() => tracing::error!("the worker is gone; health NOT_SERVING"),
+                _ if last.is_some() => tracing::info!(serving, "health changed"),
+                _ => {}
+            }
+            last = Some(serving);
+        }
+        if queue.is_stopping() && !serving {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then shuts down gracefully (see the module
+/// docs). `on_bound` receives the address actually bound (useful with port 0) before the first
+/// request is accepted.
 pub async fn serve(
     options: ServeOptions,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let exposure = check_exposure(options.listen, !options.tokens.is_empty(), options.tls.is_some(), options.insecure)?;
+    let limits = options.limits;
+    if limits.max_queue == 0 || limits.max_queue_per_client == 0 || limits.max_job_cost == 0 {
+        return Err(ServeError::Config("--max-queue, --max-queue-per-client and --max-job-cost must be positive".into()));
+    }
+    if options.keepalive.interval.is_zero() || options.keepalive.timeout.is_zero() {
+        return Err(ServeError::Config("the keepalive interval and timeout must be positive".into()));
+    }
     let catalog = Arc::new(Catalog::new(&options.engine).map_err(ServeError::Config)?);
-    let queue = Queue::new();
-    let worker = spawn_worker(catalog.clone(), queue.clone()).map_err(ServeError::Worker)?;
+    let queue = Queue::new(limits);
+    let worker = Worker::spawn(catalog.clone(), queue.clone()).map_err(ServeError::Worker)?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -161,7 +306,7 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr: options.listen, source })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving).await;
+    health_reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
             .register_encoded_file_descriptor_set(rfb_proto::v1::FILE_DESCRIPTOR_SET)
@@ -174,15 +319,23 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let auth = BearerAuth::new(options.token.clone());
-    let evaluator = EvaluatorServer::with_interceptor(EvaluatorService::new(catalog.clone(), queue.clone()), auth.clone());
+    let auth = BearerAuth::with_tokens(options.tokens.clone());
+    let evaluator = EvaluatorServer::with_interceptor(
+        EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone()),
+        auth.clone(),
+    );
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(options.keepalive.interval))
+        .http2_keepalive_timeout(Some(options.keepalive.timeout));
     if let Some(tls) = &options.tls {
         let identity = Identity::from_pem(&tls.certificate_pem, &tls.key_pem);
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    if let Some(warning) = &exposure {
+        tracing::warn!("WARNING: {warning}");
     }
     tracing::info!(
         address = %bound,
@@ -190,20 +343,73 @@ pub async fn serve(
         cache_dir = %catalog.cache_dir().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
         device = %crate::device_name(catalog.device()),
         tls = options.tls.is_some(),
-        token = auth.enabled(),
+        tokens = options.tokens.len(),
+        max_job_cost = limits.max_job_cost,
+        max_queue = limits.max_queue,
+        max_queue_per_client = limits.max_queue_per_client,
         "evaluator listening"
     );
+    tokio::spawn(watch_health(health_reporter.clone(), worker.clone(), queue.clone(), options.stuck_after));
     on_bound(bound);
-    let result = builder
+
+    let began = Arc::new(tokio::sync::Notify::new());
+    let stop_jobs = {
+        let (queue, worker, began, reporter) = (queue.clone(), worker.clone(), began.clone(), health_reporter.clone());
+        async move {
+            shutdown.await;
+            began.notify_one();
+            tracing::info!("shutting down: no new connections or jobs; waiting jobs end with UNAVAILABLE, the running one is stopped");
+            reporter.set_service_status("", ServingStatus::NotServing).await;
+            reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+            queue.shutdown();
+            // The worker stops within one attack iteration, after writing any cache entry.
+            let waited = Instant::now();
+            while !worker.is_finished() && waited.elapsed() < SHUTDOWN_GRACE {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if worker.is_finished() {
+                tracing::info!(seconds = waited.elapsed().as_secs_f64(), "worker stopped; cache written");
+            } else {
+                tracing::warn!("the worker did not stop within {SHUTDOWN_GRACE:?} (a long operation); exiting without it");
+            }
+        }
+    };
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(evaluator)
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop_jobs);
+    let result = tokio::select! {
+        result = server => result.map_err(ServeError::from),
+        _ = async {
+            began.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_secs(2)).await;
+        } => {
+            tracing::warn!("connections still open {:?} after the shutdown began; closing them", SHUTDOWN_GRACE + Duration::from_secs(2));
+            Ok(())
+        }
+    };
     queue.shutdown();
-    // The worker finishes its current batch's job only at the next progress check; do not
-    // wait for a long attack here.
-    drop(worker);
-    result.map_err(ServeError::from)
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_open_by_default() {
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        for loopback in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            assert!(check_exposure(at(loopback), false, false, false).unwrap().is_none(), "{loopback}");
+        }
+        for open in ["0.0.0.0:1", "192.168.1.2:1", "[::]:1"] {
+            let refused = check_exposure(at(open), false, false, false).unwrap_err();
+            assert!(refused.to_string().contains("--insecure"), "{refused}");
+            assert!(check_exposure(at(open), false, false, true).unwrap().unwrap().contains("WITHOUT AUTHENTICATION"));
+            assert!(check_exposure(at(open), true, false, false).unwrap().unwrap().contains("WITHOUT TLS"));
+            assert!(check_exposure(at(open), true, true, false).unwrap().is_none());
+        }
+    }
 }

@@ -259,19 +259,38 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
         names,
         ["Clean", "FGSM", "PGD-20", "CW-inf-30", "AutoAttack(APGD-CE+APGD-DLR+FAB-T+Square)"]
     );
-    // Progress: for every attack, from 0 to all 30 examples, non-decreasing, before its result.
+    // Progress: for every attack and each of its components, from 0 to the points the component
+    // runs on, non-decreasing. A single attack runs on all 30 examples; AutoAttack's components
+    // run on the points still robust.
     for (index, result) in found.iter().enumerate() {
-        let progress: Vec<i64> = all
+        let progress: Vec<&rfb_proto::v1::Progress> = all
             .iter()
             .filter_map(|e| match e {
-                Event::Progress(p) if p.attack_index == index as i64 => Some(p.examples_done),
+                Event::Progress(p) if p.attack_index == index as i64 => Some(p),
                 _ => None,
             })
             .collect();
-        assert_eq!(progress.first(), Some(&0), "{}", result.attack_name);
-        assert_eq!(progress.last(), Some(&30), "{}", result.attack_name);
-        assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
-        assert!(progress.len() >= 3, "30 examples in batches of 16: {progress:?}");
+        let components = progress.iter().map(|p| p.component_index).max().unwrap() + 1;
+        for component in 0..components {
+            let steps: Vec<(i64, i64)> =
+                progress.iter().filter(|p| p.component_index == component).map(|p| (p.examples_done, p.examples_total)).collect();
+            let total = steps[0].1;
+            assert_eq!(steps.first().map(|s| s.0), Some(0), "{}: {steps:?}", result.attack_name);
+            assert_eq!(steps.last().map(|s| s.0), Some(total), "{}: {steps:?}", result.attack_name);
+            assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1), "{steps:?}");
+            if component == 0 && !result.attack_name.starts_with("AutoAttack") {
+                assert_eq!(total, 30, "{}", result.attack_name);
+                assert!(steps.len() >= 3, "30 examples in batches of 16: {steps:?}");
+            }
+        }
+        // The result reports what each component did, in the order they ran.
+        let reported: Vec<&str> = result.components.iter().map(|c| c.name.as_str()).collect();
+        if result.attack_name.starts_with("AutoAttack") {
+            assert_eq!(reported, ["APGD-CE", "APGD-DLR", "FAB-T", "Square"][..reported.len()], "{reported:?}");
+            assert_eq!(reported.len() as i64, components);
+            let last: i64 = result.components.last().unwrap().robust_after.iter().sum();
+            assert_eq!(last, total_correct(result), "the last component's survivors are the robust points");
+        }
     }
     let clean = total_correct(&found[0]);
     assert!(clean > 15, "a trained model gets most clean digits right: {clean}");

@@ -60,12 +60,15 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes=10, in_channels=3):
+    """Pre-activation ResNet; 2 blocks per stage (18 layers) unless `blocks` says otherwise."""
+
+    def __init__(self, num_classes=10, in_channels=3, blocks=(2, 2, 2, 2)):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         c_in = 64
-        for i, (c, s) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
-            setattr(self, f"layer{i + 1}", nn.Sequential(PreActBlock(c_in, c, s), PreActBlock(c, c, 1)))
+        for i, ((c, s), n) in enumerate(zip([(64, 1), (128, 2), (256, 2), (512, 2)], blocks)):
+            stage = [PreActBlock(c_in, c, s)] + [PreActBlock(c, c, 1) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
             c_in = c
         self.bn = nn.BatchNorm2d(512)
         self.linear = nn.Linear(512, num_classes)
@@ -194,6 +197,8 @@ def build(name, num_classes, in_channels):
         return ResNet18(num_classes, in_channels)
     if name == "preact-resnet18":
         return PreActResNet18(num_classes, in_channels)
+    if name == "preact-resnet34":
+        return PreActResNet18(num_classes, in_channels, blocks=(3, 4, 6, 3))
     if name == "mobilenet-v2":
         return MobileNetV2(num_classes, in_channels)
     if name.startswith("wrn-"):

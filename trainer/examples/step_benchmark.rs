@@ -7,11 +7,12 @@
 
 use std::time::Instant;
 
+use rfb_core::data::DatasetKind;
 use rfb_core::models::{self, ModelSpec};
 use rfb_trainer::method::{StepContext, TrainingAttack};
-use rfb_trainer::methods::{self, MethodOptions};
+use rfb_trainer::methods;
+use rfb_trainer::presets::Preset;
 use rfb_trainer::sgd::Sgd;
-use rfb_trainer::temperature::TemperatureSchedule;
 use tch::{Device, Kind, Tensor};
 
 fn main() {
@@ -29,18 +30,14 @@ fn main() {
     let images = Tensor::rand([batch, channels, height, width], (Kind::Float, device));
     let labels = Tensor::randint(10, [batch], (Kind::Int64, device));
     let attack = TrainingAttack { eps: 8.0 / 255.0, step_size: 2.0 / 255.0, steps: 10 };
-    let options = MethodOptions {
-        num_classes: 10,
-        trades_beta: 6.0,
-        temperature: TemperatureSchedule { beta: 0.1, min: 0.5, max: 5.0 },
-        alpha: 5.0 / 6.0,
-    };
+    // Every method's CIFAR-10 hyper-parameters.
+    let settings = Preset::for_dataset(DatasetKind::Cifar10).methods;
     println!("{arch} input {channels}x{height}x{width}, batch {batch}, device {device:?}, threads {}", tch::get_num_threads());
     println!("{:<8} {:>14} {:>12}", "method", "seconds/step", "images/s");
     let mut seconds = std::collections::BTreeMap::new();
     for name in methods::METHOD_NAMES {
         let student = models::build(&spec, device).expect("student builds");
-        let mut method = methods::build(name, &options).expect("method");
+        let mut method = methods::build(name, 10, &settings).expect("method");
         let mut optimizer = Sgd::new(&student, 0.9, 2e-4);
         let mut best = f64::INFINITY;
         for repeat in 0..=repeats {

@@ -1,7 +1,8 @@
 //! Training of robust students (ABSLD and its baselines) and of their teachers.
 //!
 //! One method per file in [`methods`] behind [`method::TrainingMethod`]; the loop, logs,
-//! selection and resume in [`run`]; per-data-set settings in [`presets`].
+//! resume in [`run`]; checkpoint selection (A.3) in [`selection`]; per-method and per-data-set
+//! recipes, with the source of every value, in [`presets`].
 
 // `!(x > bound)` is deliberate: a NaN must fail the check.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -10,5 +11,6 @@ pub mod method;
 pub mod methods;
 pub mod presets;
 pub mod run;
+pub mod selection;
 pub mod sgd;
 pub mod temperature;

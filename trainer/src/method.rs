@@ -56,8 +56,9 @@ pub struct EpochEnd<'a> {
     /// method attacks): CFA calibrates its margins and regularisation from these.
     pub train_clean_accuracy: &'a [f64],
     pub train_adversarial_accuracy: Option<&'a [f64]>,
-    /// Class-wise clean and PGD counts of the student on the selection split, measured after
-    /// this epoch when [`TrainingMethod::needs_validation`] asks for them (FRL, CFA).
+    /// Class-wise clean and PGD counts of the student on the validation hold-out (never the
+    /// test split, whatever the selection split), measured after this epoch when
+    /// [`TrainingMethod::needs_validation`] asks for them (FRL, CFA).
     pub validation: Option<(&'a ClassCounts, &'a ClassCounts)>,
     /// Whether the learning rate drops before the next epoch.
     pub lr_decayed: bool,
@@ -80,7 +81,8 @@ pub trait TrainingMethod {
     /// Called after each epoch with that epoch's class-wise statistics.
     fn end_epoch(&mut self, _end: &EpochEnd) {}
 
-    /// Whether `end_epoch` needs class-wise accuracies on the selection split every epoch.
+    /// Whether `end_epoch` needs class-wise accuracies on the validation hold-out every epoch
+    /// (the loop then keeps the hold-out out of training, also when selecting on the test split).
     fn needs_validation(&self) -> bool {
         false
     }

@@ -182,34 +182,42 @@ fn every_baseline_trains_and_writes_loadable_checkpoints() {
 
 #[test]
 fn absld_temperatures_move_as_eq_10_says() {
+    // Three epochs, the learning rate dropping after the second: the first update uses beta,
+    // the second beta / 10 (the authors' script divides beta before that epoch's update).
     let dir = tempfile::tempdir().unwrap();
-    run::run(&config(
-        "absld",
-        dir.path(),
-        quick_preset(2),
-        Some(teacher()),
-        3,
-    ))
-    .unwrap();
+    let mut preset = quick_preset(3);
+    preset.lr_milestones = vec![2];
+    run::run(&config("absld", dir.path(), preset, Some(teacher()), 3)).unwrap();
     let lines = log_lines(dir.path());
-    let first = &lines[0];
-    let risks: Vec<f64> = serde_json::from_value(first["risk_adversarial"].clone()).unwrap();
-    let tau: Vec<f64> =
-        serde_json::from_value(first["temperatures"]["adversarial"].clone()).unwrap();
+    let vector = |line: &serde_json::Value, key: &str| -> Vec<f64> { serde_json::from_value(line[key].clone()).unwrap() };
+    let tau = |line: &serde_json::Value, kind: &str| -> Vec<f64> {
+        serde_json::from_value(line["temperatures"][kind].clone()).unwrap()
+    };
     let argmax = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     let argmin = |v: &[f64]| (0..v.len()).min_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
-    // After one update from 1: the hardest class drops by exactly beta, the easiest rises.
-    let hardest = argmax(&risks);
-    assert!(
-        (tau[hardest] - 0.9).abs() < 1e-9,
-        "hardest class {hardest}: {tau:?} for risks {risks:?}"
-    );
-    assert!(tau[argmin(&risks)] > 1.0, "{tau:?}");
-    assert_eq!(argmin(&tau), hardest);
-    let clean_tau: Vec<f64> =
-        serde_json::from_value(first["temperatures"]["clean"].clone()).unwrap();
-    let clean_risks: Vec<f64> = serde_json::from_value(first["risk_clean"].clone()).unwrap();
-    assert!((clean_tau[argmax(&clean_risks)] - 0.9).abs() < 1e-9);
+    // After one update from 1 (Eq. 10): the class furthest from the mean risk moves by
+    // exactly beta, down if it is hard, up if it is easy; the hardest class gets the lowest
+    // temperature, the easiest the highest.
+    let first = &lines[0];
+    for kind in ["adversarial", "clean"] {
+        let risks = vector(first, &format!("risk_{kind}"));
+        let tau0 = tau(first, kind);
+        let mean = risks.iter().sum::<f64>() / risks.len() as f64;
+        let gaps: Vec<f64> = risks.iter().map(|r| (r - mean).abs()).collect();
+        let furthest = argmax(&gaps);
+        let expected = if risks[furthest] > mean { 0.9 } else { 1.1 };
+        assert!((tau0[furthest] - expected).abs() < 1e-9, "{kind}: {tau0:?} for risks {risks:?}");
+        assert_eq!(argmin(&tau0), argmax(&risks), "{kind}: {tau0:?} for risks {risks:?}");
+        assert_eq!(argmax(&tau0), argmin(&risks), "{kind}: {tau0:?} for risks {risks:?}");
+        assert!(tau0[argmax(&risks)] < 1.0 && tau0[argmin(&risks)] > 1.0, "{kind}: {tau0:?}");
+    }
+    // Second epoch, before the drop: the class furthest from the mean moves by beta / 10.
+    let second = &lines[1];
+    let risks = vector(second, "risk_adversarial");
+    let mean = risks.iter().sum::<f64>() / risks.len() as f64;
+    let furthest = argmax(&risks.iter().map(|r| (r - mean).abs()).collect::<Vec<_>>());
+    let moved = (tau(second, "adversarial")[furthest] - tau(first, "adversarial")[furthest]).abs();
+    assert!((moved - 0.01).abs() < 1e-9, "moved {moved}");
 }
 
 fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
@@ -340,4 +348,46 @@ fn same_seed_same_weights_on_cpu() {
             "{name} differs between two runs with the same seed"
         );
     }
+}
+
+#[test]
+fn the_preset_command_prints_each_recipe_with_the_source_of_every_value() {
+    let print = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["preset"];
+        all.extend_from_slice(args);
+        let output = trainer(&all).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let every_value_sourced = |printed: &serde_json::Value| {
+        let settings = printed["settings"].as_object().unwrap();
+        assert!(settings.len() > 15);
+        for (path, entry) in settings {
+            let source = entry["source"].as_str().unwrap_or_default();
+            assert!(!source.trim().is_empty(), "{path} has no source");
+        }
+    };
+    let cfa = print(&["--method", "cfa", "--dataset", "cifar100"]);
+    every_value_sourced(&cfa);
+    let threshold = &cfa["settings"]["methods.cfa.average_threshold"];
+    assert_eq!(threshold["value"], 0.02);
+    assert!(threshold["source"].as_str().unwrap().contains("A.3"));
+    assert_eq!(cfa["settings"]["epochs"]["value"], 200);
+    assert_eq!(cfa["settings"]["weight_decay"]["value"], 5e-4);
+    // Fair-ARD: the paper's form on CIFAR-10 is the ARD one; the other form brings its schedule.
+    let fair = print(&["--method", "fair-ard", "--dataset", "cifar10"]);
+    every_value_sourced(&fair);
+    assert_eq!(fair["settings"]["methods.fair_ard.variant"]["value"], "ard");
+    assert_eq!(fair["settings"]["epochs"]["value"], 200);
+    let rslad_form = print(&["--method", "fair-ard", "--dataset", "cifar10", "--fair-ard-variant", "rslad"]);
+    assert_eq!(rslad_form["settings"]["methods.fair_ard.variant"]["value"], "rslad");
+    assert_eq!(rslad_form["settings"]["epochs"]["value"], 300);
+    // Tiny-ImageNet: 100 epochs and the PreActResNet-34 teacher.
+    let tiny = print(&["--method", "absld", "--dataset", "tiny-imagenet"]);
+    every_value_sourced(&tiny);
+    assert_eq!(tiny["settings"]["teacher_architecture"]["value"], "preact-resnet34");
+    assert_eq!(tiny["settings"]["epochs"]["value"], 100);
+    let unknown = trainer(&["preset", "--method", "fancy", "--dataset", "cifar10"]).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown method"));
 }

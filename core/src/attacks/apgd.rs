@@ -72,13 +72,16 @@ pub struct Apgd {
     pub eot_iter: i64,
     /// Fraction of increasing steps under which the step size is halved (0.75 in the paper).
     pub rho: f64,
+    /// Stop iterating a point once it is broken (its robustness is decided; the reference
+    /// iterates on). On by default; which points are robust is the same either way.
+    pub drop_broken: bool,
     pub seed: u64,
 }
 
 impl Apgd {
     /// APGD-CE as in AutoAttack standard: 100 iterations, 1 restart.
     pub fn ce(eps: f64, seed: u64) -> Self {
-        Apgd { eps, steps: 100, restarts: 1, loss: ApgdLoss::CrossEntropy, eot_iter: 1, rho: 0.75, seed }
+        Apgd { eps, steps: 100, restarts: 1, loss: ApgdLoss::CrossEntropy, eot_iter: 1, rho: 0.75, drop_broken: true, seed }
     }
 
     /// APGD-DLR: 100 iterations, 1 restart.
@@ -166,14 +169,14 @@ fn per_example_linf(t: &Tensor) -> Tensor {
 }
 
 /// Per-example loss of one run.
-#[derive(Clone, Copy)]
-enum RunLoss<'a> {
+enum RunLoss {
     CrossEntropy,
     Dlr,
-    DlrTargeted(&'a Tensor),
+    /// Targeted DLR against one target class per point.
+    DlrTargeted(Tensor),
 }
 
-impl RunLoss<'_> {
+impl RunLoss {
     fn eval(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         match self {
             RunLoss::CrossEntropy => losses::cross_entropy(logits, labels),
@@ -181,11 +184,20 @@ impl RunLoss<'_> {
             RunLoss::DlrTargeted(targets) => losses::dlr_targeted(logits, labels, targets),
         }
     }
+
+    /// The same loss for the points at `index`.
+    fn select(&self, index: &Tensor) -> RunLoss {
+        match self {
+            RunLoss::CrossEntropy => RunLoss::CrossEntropy,
+            RunLoss::Dlr => RunLoss::Dlr,
+            RunLoss::DlrTargeted(targets) => RunLoss::DlrTargeted(targets.index_select(0, index)),
+        }
+    }
 }
 
 /// Gradient averaged over `eot_iter` passes, with the logits and per-example loss of the last
 /// pass (as the reference does: for a randomised model they are one draw).
-fn eot_gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor, loss: RunLoss, eot_iter: i64) -> (Tensor, Tensor, Tensor) {
+fn eot_gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor, loss: &RunLoss, eot_iter: i64) -> (Tensor, Tensor, Tensor) {
     let mut total: Option<Tensor> = None;
     let mut last_logits = Tensor::new();
     for _ in 0..eot_iter {
@@ -217,15 +229,68 @@ pub struct ApgdRun {
     pub best_loss: Tensor,
 }
 
+/// The per-point state of a run: everything Algorithm 1 keeps for a point, so that points can be
+/// dropped (compacted away) once they are broken without changing the others.
+struct RunState {
+    /// Position of each point in the run's batch.
+    positions: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    loss: RunLoss,
+    lower: Tensor,
+    upper: Tensor,
+    x_adv: Tensor,
+    x_previous: Tensor,
+    grad: Tensor,
+    x_best: Tensor,
+    grad_best: Tensor,
+    loss_best: Tensor,
+    loss_previous: Option<Tensor>,
+    step_size: Tensor,
+    increases: Tensor,
+    loss_best_at_check: Tensor,
+    reduced_at_check: Tensor,
+}
+
+impl RunState {
+    fn select(self, index: &Tensor) -> RunState {
+        let pick = |t: &Tensor| t.index_select(0, index);
+        RunState {
+            positions: pick(&self.positions),
+            x: pick(&self.x),
+            labels: pick(&self.labels),
+            loss: self.loss.select(index),
+            lower: pick(&self.lower),
+            upper: pick(&self.upper),
+            x_adv: pick(&self.x_adv),
+            x_previous: pick(&self.x_previous),
+            grad: pick(&self.grad),
+            x_best: pick(&self.x_best),
+            grad_best: pick(&self.grad_best),
+            loss_best: pick(&self.loss_best),
+            loss_previous: self.loss_previous.as_ref().map(pick),
+            step_size: pick(&self.step_size),
+            increases: pick(&self.increases),
+            loss_best_at_check: pick(&self.loss_best_at_check),
+            reduced_at_check: pick(&self.reduced_at_check),
+        }
+    }
+}
+
 impl Apgd {
     /// One run of Algorithm 1 from a random start (draw `label`) on `batch` (all assumed still
-    /// robust).
+    /// robust). With `drop_broken`, a point leaves the run as soon as it is broken and its
+    /// result is that first adversarial iterate (the reference keeps iterating it and returns
+    /// the last adversarial iterate; both are misclassified, so which points are robust is the
+    /// same, and every other point's iterates are untouched since all state is per point).
+    /// Without it the run is the reference's step for step, best losses included.
     fn single_run(
         &self,
         model: &dyn Classifier,
         batch: &Batch,
         loss: RunLoss,
         label: u32,
+        drop_broken: bool,
         interrupt: Interrupt,
     ) -> Result<ApgdRun, AttackError> {
         let eps = self.eps;
@@ -236,80 +301,122 @@ impl Apgd {
         // Start: uniform direction scaled so that its largest coordinate is eps.
         let t = batch.streams.uniform(label, &x.size()[1..]) * 2.0 - 1.0;
         let direction = &t / (per_example_linf(&t) + 1e-12);
-        let mut x_adv = (x + direction * eps).clamp(0.0, 1.0);
+        let x_start = (x + direction * eps).clamp(0.0, 1.0);
 
-        let (mut grad, logits, loss_now) = eot_gradient(model, &x_adv, labels, loss, self.eot_iter);
-        let mut robust = judged_correct(model, &x_adv, labels, Some(&logits));
-        let mut x_best_adv = x_adv.shallow_clone();
-        let mut x_best = x_adv.shallow_clone();
-        let mut grad_best = grad.shallow_clone();
-        let mut loss_best = loss_now.shallow_clone();
-        // The reference compares the first step's loss with a zero row of its history (with the
-        // step's own loss when there is a single iteration).
-        let mut loss_previous = if self.steps == 1 { None } else { Some(loss_now.zeros_like()) };
-
-        let mut step_size = Tensor::full([n], 2.0 * eps, (Kind::Float, device));
-        let mut x_previous = x_adv.shallow_clone();
+        let (grad, logits, loss_now) = eot_gradient(model, &x_start, labels, &loss, self.eot_iter);
+        let start_correct = judged_correct(model, &x_start, labels, Some(&logits));
+        // Outputs for the whole batch; the state below holds only the points still attacked.
+        let mut robust = start_correct.shallow_clone();
+        let mut adversarial = x_start.shallow_clone();
+        let mut best_loss = loss_now.shallow_clone();
+        let mut state = RunState {
+            positions: Tensor::arange(n, (Kind::Int64, device)),
+            x: x.shallow_clone(),
+            labels: labels.shallow_clone(),
+            loss,
+            lower: (x - eps).clamp_min(0.0),
+            upper: (x + eps).clamp_max(1.0),
+            x_adv: x_start.shallow_clone(),
+            x_previous: x_start.shallow_clone(),
+            grad: grad.shallow_clone(),
+            x_best: x_start.shallow_clone(),
+            grad_best: grad,
+            loss_best: loss_now.shallow_clone(),
+            // The reference compares the first step's loss with a zero row of its history (with
+            // the step's own loss when there is a single iteration).
+            loss_previous: if self.steps == 1 { None } else { Some(loss_now.zeros_like()) },
+            step_size: Tensor::full([n], 2.0 * eps, (Kind::Float, device)),
+            increases: Tensor::zeros([n], (Kind::Float, device)),
+            loss_best_at_check: loss_now,
+            reduced_at_check: Tensor::ones([n], (Kind::Bool, device)),
+        };
+        if drop_broken {
+            let keep = start_correct.nonzero().view([-1]);
+            if (keep.numel() as i64) < n {
+                state = state.select(&keep);
+            }
+        }
         let windows = Windows::new(self.steps);
         let mut window = windows.first;
         let mut in_window = 0i64;
-        let mut increases = Tensor::zeros([n], (Kind::Float, device));
-        let mut loss_best_at_check = loss_best.shallow_clone();
-        let mut reduced_at_check = Tensor::ones([n], (Kind::Bool, device));
-        let lower = (x - eps).clamp_min(0.0);
-        let upper = (x + eps).clamp_max(1.0);
-        let project = |t: &Tensor| t.maximum(&lower).minimum(&upper);
 
         for iteration in 0..self.steps {
             interrupt.check()?;
+            if state.positions.numel() == 0 {
+                break;
+            }
             tch::no_grad(|| {
-                let momentum_term = &x_adv - &x_previous;
-                x_previous = x_adv.shallow_clone();
+                let s = &mut state;
+                let project = |t: &Tensor| t.maximum(&s.lower).minimum(&s.upper);
+                let momentum_term = &s.x_adv - &s.x_previous;
+                s.x_previous = s.x_adv.shallow_clone();
                 let alpha = if iteration > 0 { 0.75 } else { 1.0 };
-                let z = project(&(&x_adv + grad.sign() * expand_mask(&step_size, x)));
-                x_adv = project(&(&x_adv + (z - &x_adv) * alpha + momentum_term * (1.0 - alpha)));
+                let z = project(&(&s.x_adv + s.grad.sign() * expand_mask(&s.step_size, &s.x)));
+                s.x_adv = project(&(&s.x_adv + (z - &s.x_adv) * alpha + momentum_term * (1.0 - alpha)));
             });
 
-            let (new_grad, logits, loss_now) = eot_gradient(model, &x_adv, labels, loss, self.eot_iter);
-            grad = new_grad;
-            tch::no_grad(|| {
-                let correct = judged_correct(model, &x_adv, labels, Some(&logits));
-                robust = robust.logical_and(&correct);
-                x_best_adv = x_best_adv.where_self(&expand_mask(&correct, x), &x_adv);
-
-                let improved = loss_now.gt_tensor(&loss_best);
-                let improved_4d = expand_mask(&improved, x);
-                x_best = x_adv.where_self(&improved_4d, &x_best);
-                grad_best = grad.where_self(&improved_4d, &grad_best);
-                loss_best = loss_now.where_self(&improved, &loss_best);
-                let increased = match &loss_previous {
+            let (new_grad, logits, loss_now) = eot_gradient(model, &state.x_adv, &state.labels, &state.loss, self.eot_iter);
+            let (correct, iterate) = tch::no_grad(|| {
+                let s = &mut state;
+                s.grad = new_grad;
+                let correct = judged_correct(model, &s.x_adv, &s.labels, Some(&logits));
+                // This iterate, before a step-size restart may replace it below.
+                let iterate = s.x_adv.shallow_clone();
+                if !drop_broken {
+                    robust = robust.logical_and(&correct);
+                    adversarial = adversarial.where_self(&expand_mask(&correct, &s.x), &s.x_adv);
+                }
+                let improved = loss_now.gt_tensor(&s.loss_best);
+                let improved_4d = expand_mask(&improved, &s.x);
+                s.x_best = s.x_adv.where_self(&improved_4d, &s.x_best);
+                s.grad_best = s.grad.where_self(&improved_4d, &s.grad_best);
+                s.loss_best = loss_now.where_self(&improved, &s.loss_best);
+                let increased = match &s.loss_previous {
                     Some(previous) => loss_now.gt_tensor(previous),
                     None => loss_now.gt_tensor(&loss_now),
                 };
-                increases = &increases + increased.to_kind(Kind::Float);
-                loss_previous = Some(loss_now.shallow_clone());
+                s.increases = &s.increases + increased.to_kind(Kind::Float);
+                s.loss_previous = Some(loss_now.shallow_clone());
 
                 in_window += 1;
                 if in_window == window {
                     // Condition 1, compared in f32 as the reference compares its float tensor
                     // with k * rho.
                     let threshold = (window as f64 * self.rho) as f32;
-                    let oscillating = increases.le(f64::from(threshold));
-                    let stuck = reduced_at_check.logical_not().logical_and(&loss_best_at_check.ge_tensor(&loss_best));
+                    let oscillating = s.increases.le(f64::from(threshold));
+                    let stuck = s.reduced_at_check.logical_not().logical_and(&s.loss_best_at_check.ge_tensor(&s.loss_best));
                     let reduce = oscillating.logical_or(&stuck);
-                    step_size = (&step_size * 0.5).where_self(&reduce, &step_size);
-                    let reduce_4d = expand_mask(&reduce, x);
-                    x_adv = x_best.where_self(&reduce_4d, &x_adv);
-                    grad = grad_best.where_self(&reduce_4d, &grad);
-                    reduced_at_check = reduce;
-                    loss_best_at_check = loss_best.shallow_clone();
-                    increases = increases.zeros_like();
+                    s.step_size = (&s.step_size * 0.5).where_self(&reduce, &s.step_size);
+                    let reduce_4d = expand_mask(&reduce, &s.x);
+                    s.x_adv = s.x_best.where_self(&reduce_4d, &s.x_adv);
+                    s.grad = s.grad_best.where_self(&reduce_4d, &s.grad);
+                    s.reduced_at_check = reduce;
+                    s.loss_best_at_check = s.loss_best.shallow_clone();
+                    s.increases = s.increases.zeros_like();
                     in_window = 0;
                     window = windows.next(window);
                 }
+                (correct, iterate)
             });
+            if drop_broken && !bool::try_from(correct.all()).unwrap_or(true) {
+                // Broken points leave with this iterate (before any step-size restart moved it).
+                tch::no_grad(|| {
+                    let broken = correct.logical_not().nonzero().view([-1]);
+                    let at = state.positions.index_select(0, &broken);
+                    robust = robust.index_fill(0, &at, 0);
+                    adversarial = adversarial.index_copy(0, &at, &iterate.index_select(0, &broken));
+                    best_loss = best_loss.index_copy(0, &at, &state.loss_best.index_select(0, &broken));
+                });
+                let keep = correct.nonzero().view([-1]);
+                state = state.select(&keep);
+            }
         }
-        Ok(ApgdRun { robust, adversarial: x_best_adv.detach(), best_loss: loss_best })
+        if drop_broken {
+            best_loss = best_loss.index_copy(0, &state.positions, &state.loss_best);
+        } else {
+            best_loss = state.loss_best;
+        }
+        Ok(ApgdRun { robust, adversarial: adversarial.detach(), best_loss })
     }
 
     /// One run (restart `restart`; for APGD-T against the `target_rank`-th largest other logit,
@@ -318,19 +425,17 @@ impl Apgd {
     pub fn run_once(&self, model: &dyn Classifier, batch: &Batch, target_rank: i64, restart: i64) -> Result<ApgdRun, AttackError> {
         self.validate()?;
         let batch = batch.to_device(model.device());
-        let target_tensor;
         let (loss, code) = match self.loss {
             ApgdLoss::CrossEntropy => (RunLoss::CrossEntropy, 0),
             ApgdLoss::Dlr => (RunLoss::Dlr, 1),
             ApgdLoss::DlrTargeted { .. } => {
                 let order = tch::no_grad(|| model.logits(&batch.images).argsort(-1, true));
-                target_tensor = order.select(1, target_rank);
-                (RunLoss::DlrTargeted(&target_tensor), 2)
+                (RunLoss::DlrTargeted(order.select(1, target_rank)), 2)
             }
         };
         let rank = if code == 2 { target_rank as u64 } else { 0 };
         let label = draw_label(&[APGD_DRAWS, code, rank, restart as u64]);
-        self.single_run(model, &batch, loss, label, Interrupt::NEVER)
+        self.single_run(model, &batch, loss, label, false, Interrupt::NEVER)
     }
 
     /// One run per restart (per target and restart for APGD-T), each only on the points still
@@ -372,7 +477,6 @@ impl Apgd {
                     return Ok(adversarial);
                 }
                 let points = batch.select(&index);
-                let target_tensor;
                 let loss = match target_rank {
                     None if loss_code == 1 => RunLoss::Dlr,
                     None => RunLoss::CrossEntropy,
@@ -380,12 +484,11 @@ impl Apgd {
                         // Ranked on the clean logits of the points being attacked (recomputed as
                         // the reference does, which matters only for randomised models).
                         let order = tch::no_grad(|| model.logits(&points.images).argsort(-1, true));
-                        target_tensor = order.select(1, rank);
-                        RunLoss::DlrTargeted(&target_tensor)
+                        RunLoss::DlrTargeted(order.select(1, rank))
                     }
                 };
                 let label = draw_label(&[APGD_DRAWS, loss_code, target_rank.unwrap_or(0) as u64, restart as u64]);
-                let run = self.single_run(model, &points, loss, label, interrupt)?;
+                let run = self.single_run(model, &points, loss, label, self.drop_broken, interrupt)?;
                 let fooled = run.robust.logical_not();
                 let merged = run.adversarial.where_self(&expand_mask(&fooled, &points.images), &points.images);
                 adversarial = adversarial.index_copy(0, &index, &merged);

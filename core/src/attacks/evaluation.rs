@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    judged_correct, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
+    counted_correct, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
 };
 use crate::data::Dataset;
 
@@ -106,7 +106,7 @@ pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64
     for (images, labels) in dataset.batches(batch_size) {
         let images = images.to_device(model.device());
         let labels = labels.to_device(model.device());
-        counts.add(&labels, &judged_correct(model, &images, &labels, None));
+        counts.add(&labels, &counted_correct(model, &images, &labels));
     }
     counts
 }
@@ -181,7 +181,7 @@ pub fn run_points(
             let length = batch_size.min(n - start);
             let images = points.images.narrow(0, start, length).to_device(device);
             let labels = points.labels.narrow(0, start, length).to_device(device);
-            clean.push(judged_correct(model, &images, &labels, None).to_device(home));
+            clean.push(counted_correct(model, &images, &labels).to_device(home));
         }
         if clean.is_empty() {
             Tensor::zeros([0], (Kind::Bool, home))
@@ -209,9 +209,23 @@ pub fn run_points(
             let length = batch_size.min(total - done);
             let index = targets.narrow(0, done, length);
             let batch = points.select(&index).to_device(device);
-            let candidate = component.perturb(model, &batch, interrupt)?.detach().to_device(device);
+            let mut candidate = component.perturb(model, &batch, interrupt)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
-            let correct = judged_correct(model, &candidate, &batch.labels, None);
+            let mut correct = counted_correct(model, &candidate, &batch.labels);
+            if let Some(exact) = model.exact() {
+                // The attack network is a copy of the judge: where it took a point for broken and
+                // the judge does not, attack that point again with the judge itself.
+                let copy_broken = tch::no_grad(|| model.logits(&candidate).argmax(-1, false).ne_tensor(&batch.labels));
+                let disputed = copy_broken.logical_and(&correct).nonzero().view([-1]);
+                if disputed.numel() > 0 {
+                    let again = batch.select(&disputed);
+                    let retried = component.perturb(exact, &again, interrupt)?.detach().to_device(device);
+                    verify_adversarial(&name, &again.images, &retried, component.eps())?;
+                    let retried_correct = counted_correct(model, &retried, &again.labels);
+                    candidate = candidate.index_copy(0, &disputed, &retried);
+                    correct = correct.index_copy(0, &disputed, &retried_correct);
+                }
+            }
             let broken = correct.logical_not();
             if let Some(adversarial) = adversarial.as_mut() {
                 // A single attack returns its output for every point; an ensemble keeps, per

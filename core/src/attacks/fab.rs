@@ -52,6 +52,10 @@ pub struct Fab {
     pub eta: f64,
     /// Backward step towards the clean point after a success (paper Eq. 11).
     pub beta: f64,
+    /// Stop searching for a point once it has a misclassified point within eps (its robustness
+    /// is decided; the reference searches on for a closer one). On by default; which points are
+    /// robust is the same either way.
+    pub drop_broken: bool,
     pub seed: u64,
 }
 
@@ -60,7 +64,7 @@ impl Fab {
     /// alpha_max 0.1, eta 1.05, beta 0.9. With a single run per target the attack starts at the
     /// clean point and draws no random numbers.
     pub fn targeted(eps: f64, n_targets: i64, seed: u64) -> Fab {
-        Fab { eps, steps: 100, restarts: 1, n_targets, alpha_max: 0.1, eta: 1.05, beta: 0.9, seed }
+        Fab { eps, steps: 100, restarts: 1, n_targets, alpha_max: 0.1, eta: 1.05, beta: 0.9, drop_broken: true, seed }
     }
 
     pub fn validate(&self) -> Result<(), AttackError> {
@@ -159,18 +163,22 @@ impl Fab {
 
     /// One FAB run towards `targets` for every row of `images` (all correctly classified).
     /// Returns, per row, the closest misclassified point found, or the clean point if none was.
+    /// With `drop_done`, a row leaves the run once it has a misclassified point within eps (the
+    /// reference keeps searching for a closer one; either way the point is broken, and the
+    /// other rows' iterates are untouched since all state is per row).
     fn single_run(
         &self,
         model: &dyn Classifier,
         batch: &Batch,
         targets: &Tensor,
         random_start: Option<u32>,
+        drop_done: bool,
         interrupt: Interrupt,
     ) -> Result<Tensor, AttackError> {
-        let (images, labels) = (&batch.images, &batch.labels);
-        let shape = images.size();
+        let shape = batch.images.size();
         let n = shape[0];
-        let origin = images.detach().reshape([n, -1]);
+        let all_origins = batch.images.detach().reshape([n, -1]);
+        let mut origin = all_origins.shallow_clone();
         let mut current = origin.copy();
         if let Some(label) = random_start {
             // A random direction scaled to L-inf norm eps/2 (the reference's restart radius).
@@ -180,17 +188,27 @@ impl Fab {
         }
         let mut best = origin.copy();
         let mut best_distance = Tensor::full([n], NOT_FOUND, (origin.kind(), origin.device()));
-        let target_index = targets.unsqueeze(1);
-        let label_index = labels.unsqueeze(1);
-        // f_t - f_y: positive once the point is on the target's side of the boundary.
-        let difference = |logits: &Tensor| {
-            (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
-        };
+        let mut labels = batch.labels.shallow_clone();
+        let mut targets = targets.shallow_clone();
+        // Rows still searching, and the results of the rows that left.
+        let mut positions = Tensor::arange(n, (Kind::Int64, origin.device()));
+        let mut result = all_origins.copy();
+        let mut row_shape = shape.clone();
         for _ in 0..self.steps {
             interrupt.check()?;
-            let (gradient, logits) = input_gradient(model, &current.view(shape.as_slice()), difference);
+            let rows = positions.size()[0];
+            if rows == 0 {
+                break;
+            }
+            row_shape[0] = rows;
+            let (target_index, label_index) = (targets.unsqueeze(1), labels.unsqueeze(1));
+            // f_t - f_y: positive once the point is on the target's side of the boundary.
+            let difference = |logits: &Tensor| {
+                (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
+            };
+            let (gradient, logits) = input_gradient(model, &current.view(row_shape.as_slice()), difference);
             let value = difference(&logits);
-            let w = gradient.reshape([n, -1]);
+            let w = gradient.reshape([rows, -1]);
             let b = (&w * &current).sum_dim_intlist(1, false, w.kind()) - value;
             // Both projections in one batched call, as they share the hyperplane.
             let steps = Fab::project_to_hyperplane(
@@ -199,23 +217,38 @@ impl Fab {
                 &Tensor::cat(&[&b, &b], 0),
             );
             let norms = steps.abs().amax(&[1i64][..], true).clamp_min(1e-8);
-            let (from_current, from_origin) = (steps.narrow(0, 0, n), steps.narrow(0, n, n));
-            let (norm_current, norm_origin) = (norms.narrow(0, 0, n), norms.narrow(0, n, n));
+            let (from_current, from_origin) = (steps.narrow(0, 0, rows), steps.narrow(0, rows, rows));
+            let (norm_current, norm_origin) = (norms.narrow(0, 0, rows), norms.narrow(0, rows, rows));
             let alpha = (&norm_current / (&norm_current + &norm_origin)).clamp(0.0, self.alpha_max);
             let stepped: Tensor =
                 (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
             current = stepped.clamp(0.0, 1.0);
 
-            let fooled = judged_correct(model, &current.view(shape.as_slice()), labels, None).logical_not();
+            let fooled = judged_correct(model, &current.view(row_shape.as_slice()), &labels, None).logical_not();
             let distance = (&current - &origin).abs().amax(&[1i64][..], false);
             let closer = fooled.logical_and(&distance.lt_tensor(&best_distance));
             best = current.where_self(&closer.unsqueeze(1), &best);
             best_distance = distance.where_self(&closer, &best_distance);
             let backward = &origin + (&current - &origin) * self.beta;
             current = backward.where_self(&fooled.unsqueeze(1), &current);
+
+            if drop_done {
+                let done = best_distance.le(self.eps);
+                if bool::try_from(done.any()).unwrap_or(false) {
+                    let finished = done.nonzero().view([-1]);
+                    result = result.index_copy(0, &positions.index_select(0, &finished), &best.index_select(0, &finished));
+                    let keep = done.logical_not().nonzero().view([-1]);
+                    let pick = |t: &Tensor| t.index_select(0, &keep);
+                    (positions, origin, current, best, best_distance) =
+                        (pick(&positions), pick(&origin), pick(&current), pick(&best), pick(&best_distance));
+                    (labels, targets) = (pick(&labels), pick(&targets));
+                }
+            }
         }
         let found = best_distance.lt(NOT_FOUND).unsqueeze(1);
-        Ok(best.where_self(&found, &origin).view(shape.as_slice()))
+        let remaining = best.where_self(&found, &origin);
+        result = result.index_copy(0, &positions, &remaining);
+        Ok(result.view(shape.as_slice()))
     }
 }
 
@@ -255,7 +288,7 @@ impl Attack for Fab {
                 let points = batch.select(&index);
                 let targets = ranking.index_select(0, &index).select(1, rank);
                 let start = (restart > 0).then(|| draw_label(&[FAB_DRAWS, rank as u64, restart as u64]));
-                let candidate = self.single_run(model, &points, &targets, start, interrupt)?;
+                let candidate = self.single_run(model, &points, &targets, start, self.drop_broken, interrupt)?;
                 // Keep only what the judge misclassifies and what lies inside the threat model.
                 let fooled = judged_correct(model, &candidate, &points.labels, None).logical_not();
                 let distance = (&candidate - &points.images).flatten(1, -1).abs().amax(&[1i64][..], false);

@@ -8,8 +8,8 @@
 //! - randomness comes from per-example streams ([`random::ExampleStreams`], keyed by the seed
 //!   and each point's index in its split), never from libtorch's global generator, so a point's
 //!   result does not depend on its batch, the batch size, a shard or the device's generator;
-//! - every decision about whether a point is still correctly classified is the judge's
-//!   ([`judged_correct`]): for a bf16 network the fp32 weights decide, never the bf16 copy;
+//! - what is counted is decided by the judge ([`counted_correct`]); with a bf16 copy the judge
+//!   also takes every decision on the way ([`judged_correct`]), never the bf16 copy;
 //! - attacks look at their [`Interrupt`] between iterations, so a cancelled job stops within
 //!   one iteration;
 //! - attacks may return whatever they found; [`verify_adversarial`] checks the eps-ball and
@@ -69,21 +69,31 @@ pub enum AttackError {
 
 /// What attacks query: logits of a batch of images in [0, 1], in eval mode.
 pub trait Classifier {
+    /// Logits of the attack network: the model itself, or a faster copy of it (batch norm folded,
+    /// channels-last, bf16).
     fn logits(&self, images: &Tensor) -> Tensor;
     fn device(&self) -> Device;
 
-    /// Logits that decide whether a point is classified correctly (clean accuracy, which points
-    /// are still attacked, the final count). The same as [`Classifier::logits`] except for a
-    /// bf16 [`crate::models::PreparedNetwork`], which attacks with its bf16 copy but judges
-    /// with the fp32 weights, so that bf16 numbers are the fp32 model's robustness.
+    /// Logits of the model as it is evaluated: the points counted robust and the clean accuracy
+    /// are decided by these. The same as [`Classifier::logits`] unless the attack network is a
+    /// copy ([`crate::models::PreparedNetwork`]).
     fn judge_logits(&self, images: &Tensor) -> Tensor {
         self.logits(images)
     }
 
-    /// True when [`Classifier::judge_logits`] is another network than [`Classifier::logits`];
-    /// attacks then run the judge wherever they decide whether a point is still robust.
+    /// True when the attack network may disagree with the judge by more than rounding (a bf16
+    /// copy): attacks then ask the judge wherever they decide whether a point is still robust,
+    /// at every iteration. A copy that only rounds differently (batch norm folded, another
+    /// memory layout) leaves those decisions to the attack network, and the final count to the
+    /// judge, with a second attack by the judge itself where the two disagree ([`run_points`]).
     fn has_separate_judge(&self) -> bool {
         false
+    }
+
+    /// The judge as a classifier of its own, when the attack network is a copy: what
+    /// [`run_points`] re-attacks with where the copy and the judge disagree.
+    fn exact(&self) -> Option<&dyn Classifier> {
+        None
     }
 }
 
@@ -96,13 +106,32 @@ impl Classifier for Network {
     }
 }
 
-/// Bool [N]: whether the judge classifies `images` as `labels`. `attack_logits` are the
-/// attack network's logits on the same images when the caller has them; they are reused when
-/// the judge is the attack network (no extra pass), and ignored otherwise.
+/// Bool [N]: whether `images` are still classified as `labels`, for the decisions an attack takes
+/// while it runs (which points to keep attacking, which iterate to keep). `attack_logits` are the
+/// attack network's logits on the same images when the caller has them (no extra pass). With a
+/// separate judge (bf16) the judge decides.
 pub fn judged_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor, attack_logits: Option<&Tensor>) -> Tensor {
+    if model.has_separate_judge() {
+        return counted_correct(model, images, labels);
+    }
     match attack_logits {
-        Some(logits) if !model.has_separate_judge() => logits.argmax(-1, false).eq_tensor(labels),
-        _ => tch::no_grad(|| model.judge_logits(images).argmax(-1, false).eq_tensor(labels)),
+        Some(logits) => logits.argmax(-1, false).eq_tensor(labels),
+        None => tch::no_grad(|| model.logits(images).argmax(-1, false).eq_tensor(labels)),
+    }
+}
+
+/// Bool [N]: whether the judge classifies `images` as `labels`: what is counted.
+pub fn counted_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
+    tch::no_grad(|| model.judge_logits(images).argmax(-1, false).eq_tensor(labels))
+}
+
+/// Logits for decisions without gradients (Square's margin): the judge's with a separate judge,
+/// else the attack network's.
+pub fn decision_logits(model: &dyn Classifier, images: &Tensor) -> Tensor {
+    if model.has_separate_judge() {
+        model.judge_logits(images)
+    } else {
+        model.logits(images)
     }
 }
 

@@ -18,7 +18,7 @@
 //! Queries per image and restart: one for the start plus at most one per iteration, so at most
 //! `queries + 1`. All model calls run under `no_grad` on detached inputs; nothing is
 //! differentiated. Square only reads logits, and the margin it minimises decides when a point
-//! is broken, so it queries the judge ([`Classifier::judge_logits`]): under bf16 it runs on the
+//! is broken, so with a separate judge (bf16) it queries the judge: under bf16 it runs on the
 //! fp32 weights.
 
 use tch::{Kind, Tensor};
@@ -134,9 +134,9 @@ impl Square {
 }
 
 /// Margin z_y - max_{j != y} z_j per example (the reference's untargeted margin loss), on the
-/// judge's logits.
+/// logits that decide ([`super::decision_logits`]).
 fn margin_loss(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
-    losses::margin(&model.judge_logits(images), labels)
+    losses::margin(&super::decision_logits(model, images), labels)
 }
 
 /// Boolean masks [count, 1, h, w], each a `side` x `side` square at a position drawn from its

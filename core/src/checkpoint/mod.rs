@@ -5,9 +5,13 @@
 //! Writes are atomic per file (temporary file, fsync, rename) and the manifest is written
 //! last: a crash mid-save leaves either the previous checkpoint or one whose checksum does not
 //! match, which loading reports instead of trusting. PyTorch `state_dict` files of the reference
-//! implementations import through [`import_pytorch`].
+//! implementations import through [`import_pytorch`]; any PyTorch classifier, as a state dict
+//! of a known architecture or as a TorchScript module, becomes a checkpoint directory through
+//! [`import::import_model`], and [`load_model`] loads either kind of checkpoint.
 
+pub mod import;
 mod torch_pickle;
+mod torchscript;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,10 +23,17 @@ use tch::{Device, Kind, Tensor};
 
 use crate::models::{self, ModelError, ModelSpec, Network};
 
+pub use torchscript::{load_model, TORCHSCRIPT_FILE};
+
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// Bumped when the manifest changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest manifest format this build reads; bumped when the manifest changes
+/// incompatibly. 1: checkpoints with `model.safetensors` (what [`save`] writes; an optional
+/// `source` records imported weights, which older readers ignore). 2: TorchScript checkpoints
+/// (architecture `torchscript`, weights in `model.pt`), which older builds cannot serve.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version [`save`] writes.
+const SAFETENSORS_FORMAT_VERSION: u32 = 1;
 
 /// Why a checkpoint could not be written, read or imported.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +65,31 @@ pub enum CheckpointError {
     NonFinite { path: PathBuf, names: Vec<String> },
     #[error("{path}: cannot read weights: {message}")]
     BadWeights { path: PathBuf, message: String },
+    #[error("{path}: refused: the pickle asks for the Python global `{global}`, and only tensors in plain containers (dicts, lists, tuples, numbers, strings) are read; nothing from the file is executed. {}", unsafe_pickle_hint(.global))]
+    UnsafePickle { path: PathBuf, global: String },
+    #[error("{path} is neither a PyTorch state dict nor a TorchScript module: {reason}")]
+    NotAModelFile { path: PathBuf, reason: String },
+    #[error("{path}: {problem}")]
+    TorchScript { path: PathBuf, problem: crate::models::TorchScriptError },
+    #[error("{path} holds a TorchScript module, which only the evaluator serves (checkpoint::load_model); it cannot be trained on or used as a teacher")]
+    TorchScriptNotNative { path: PathBuf },
+    #[error("{0}")]
+    InvalidImport(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+fn unsafe_pickle_hint(global: &str) -> &'static str {
+    let name = global.rsplit('.').next().unwrap_or("");
+    if global.starts_with("torch.nn.") || global.starts_with("__main__.") || name.starts_with(|c: char| c.is_ascii_uppercase()) {
+        "It looks like a whole model (or another Python object) saved with torch.save: save model.state_dict() instead, or export the model with torch.jit.script/trace and .save()."
+    } else {
+        "Save model.state_dict() (optionally in a dict of plain values), or export the model with torch.jit.script/trace and .save()."
+    }
 }
 
 fn describe_mismatch(
@@ -121,6 +151,37 @@ pub struct Manifest {
     pub libtorch_version: String,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// Where imported weights came from; absent for checkpoints our trainer wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+impl Manifest {
+    /// Whether the checkpoint holds a TorchScript module (`model.pt`) rather than weights of
+    /// one of our architectures (`model.safetensors`).
+    pub fn is_torchscript(&self) -> bool {
+        self.model.architecture == crate::models::TORCHSCRIPT_ARCHITECTURE
+    }
+
+    /// The file whose sha256 is `weights_sha256`: `model.pt` or `model.safetensors`.
+    pub fn weights_file(&self) -> &'static str {
+        if self.is_torchscript() {
+            TORCHSCRIPT_FILE
+        } else {
+            WEIGHTS_FILE
+        }
+    }
+}
+
+/// Provenance of imported weights (`evaluator import`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// The imported file's name (without its directory).
+    pub file: String,
+    /// sha256 of the imported file, hex.
+    pub sha256: String,
+    /// `state_dict` or `torchscript`.
+    pub format: String,
 }
 
 /// What the caller knows about a checkpoint it is about to write; the rest is filled in.
@@ -268,6 +329,16 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointEr
 
 /// Saves `network` as a checkpoint directory `dir` (created if needed) and returns its manifest.
 pub fn save(dir: &Path, network: &Network, info: CheckpointInfo) -> Result<Manifest, CheckpointError> {
+    save_with_source(dir, network, info, None)
+}
+
+/// [`save`], recording where imported weights came from.
+pub(crate) fn save_with_source(
+    dir: &Path,
+    network: &Network,
+    info: CheckpointInfo,
+    source: Option<Source>,
+) -> Result<Manifest, CheckpointError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     // One metadata key only: the safetensors crate writes its metadata map in hash order, so two
     // keys would make the bytes (and the checksum) of identical weights differ between saves.
@@ -279,7 +350,7 @@ pub fn save(dir: &Path, network: &Network, info: CheckpointInfo) -> Result<Manif
     let variables: Vec<(String, Tensor)> = network.var_store.variables().into_iter().collect();
     let bytes = tensors_to_safetensors(&variables, Some(metadata))?;
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: SAFETENSORS_FORMAT_VERSION,
         model: network.spec.clone(),
         class_names: info.class_names,
         dataset: info.dataset,
@@ -292,13 +363,23 @@ pub fn save(dir: &Path, network: &Network, info: CheckpointInfo) -> Result<Manif
         parameter_count: network.parameter_count(),
         code_version: code_version(),
         libtorch_version: libtorch_version(),
-        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        created_at: now_rfc3339(),
+        source,
     };
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| CheckpointError::BadManifest { path: dir.join(MANIFEST_FILE), message: e.to_string() })?;
-    write_atomic(&dir.join(MANIFEST_FILE), &json)?;
+    write_manifest(dir, &manifest)?;
     Ok(manifest)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Writes `manifest.json` atomically (after the weights).
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), CheckpointError> {
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| CheckpointError::BadManifest { path: dir.join(MANIFEST_FILE), message: e.to_string() })?;
+    write_atomic(&dir.join(MANIFEST_FILE), &json)
 }
 
 /// Reads and validates `manifest.json` without touching the weights (cheap: for listings).
@@ -345,6 +426,9 @@ pub struct Expectation {
 pub fn load(dir: &Path, device: Device, expect: &Expectation) -> Result<(Network, Manifest), CheckpointError> {
     let manifest = read_manifest(dir)?;
     let manifest_path = dir.join(MANIFEST_FILE);
+    if manifest.is_torchscript() {
+        return Err(CheckpointError::TorchScriptNotNative { path: dir.to_path_buf() });
+    }
     if let Some(expected) = &expect.architecture {
         let wanted: models::Architecture = expected.parse()?;
         let found: models::Architecture = manifest.model.architecture.parse()?;
@@ -448,6 +532,16 @@ pub fn import_pytorch(path: &Path, spec: &ModelSpec, device: Device) -> Result<N
         return Err(CheckpointError::MissingFile { path: path.to_path_buf(), what: "a PyTorch state_dict (.pt/.pth)" });
     }
     let tensors = read_pytorch_tensors(path)?;
+    network_from_pytorch_tensors(tensors, spec, device, path)
+}
+
+/// The second half of [`import_pytorch`]: the tensors read from `path` into a network.
+pub(crate) fn network_from_pytorch_tensors(
+    tensors: Vec<(String, Tensor)>,
+    spec: &ModelSpec,
+    device: Device,
+    path: &Path,
+) -> Result<Network, CheckpointError> {
     let named = state_dict_entries(tensors);
     let mut network = models::build(spec, device)?;
     assign_weights(&mut network, named, path, &["num_batches_tracked"])?;
@@ -456,8 +550,10 @@ pub fn import_pytorch(path: &Path, spec: &ModelSpec, device: Device) -> Result<N
 
 /// Reads every tensor of a `torch.save` file, named by its dotted path in nested dicts.
 pub fn read_pytorch_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    torch_pickle::read_tensors(path)
-        .map_err(|message| CheckpointError::BadWeights { path: path.to_path_buf(), message })
+    torch_pickle::read_tensors(path).map_err(|error| match error {
+        torch_pickle::ReadError::Refused(global) => CheckpointError::UnsafePickle { path: path.to_path_buf(), global },
+        torch_pickle::ReadError::Malformed(message) => CheckpointError::BadWeights { path: path.to_path_buf(), message },
+    })
 }
 
 /// Picks the state dict out of the tensors found in a pickled object and normalises names.

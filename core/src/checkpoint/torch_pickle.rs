@@ -4,8 +4,15 @@
 //! (a pickle whose tensors refer to storages by key through persistent ids) and one raw
 //! little-endian file per storage under `<name>/data/<key>`. We run the small subset of the
 //! pickle machine that state dicts use and build tensors from the storages; anything else in
-//! the pickle (optimiser state, arbitrary objects) is kept as opaque values and ignored.
+//! the pickle (optimiser state, numbers, strings) is kept as plain values and ignored.
 //! libtorch's C++ API cannot read these files, hence this module.
+//!
+//! Nothing in the file is ever executed: the machine only builds values. Beyond that, a pickle
+//! that asks for any Python global other than the few a state dict needs (`OrderedDict`,
+//! torch's tensor and storage rebuilders, the storage types, `_codecs.encode` for bytes, and
+//! a handful of harmless builtins) is refused with [`ReadError::Refused`] naming the global,
+//! before the reader goes on: a `torch.save(model)` of a whole module (`__main__.Net`,
+//! `torch.nn.modules...`) or a crafted pickle (`posix.system`) never gets further than that.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -62,13 +69,57 @@ fn storage_kind(name: &str) -> Option<Kind> {
     })
 }
 
+/// Why a `torch.save` file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The pickle asks for a Python global outside the allow-list (`module.name`).
+    Refused(String),
+    /// Anything else: not a zip, a malformed pickle, a storage of the wrong size, ...
+    Malformed(String),
+}
+
+impl From<String> for ReadError {
+    fn from(message: String) -> Self {
+        ReadError::Malformed(message)
+    }
+}
+
+impl From<&str> for ReadError {
+    fn from(message: &str) -> Self {
+        ReadError::Malformed(message.to_string())
+    }
+}
+
+/// Whether a state dict may ask for the global `module.name`: containers, tensor and storage
+/// rebuilders, storage types, and constructors of plain values. Everything else is refused.
+pub(crate) fn allowed_global(module: &str, name: &str) -> bool {
+    match module {
+        "collections" => name == "OrderedDict",
+        "torch._utils" => matches!(
+            name,
+            "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+        ),
+        "torch" => storage_kind(name).is_some() || name == "Size",
+        "_codecs" => name == "encode",
+        "builtins" | "__builtin__" => {
+            matches!(name, "dict" | "list" | "tuple" | "set" | "frozenset" | "bytearray" | "int" | "float" | "bool" | "str")
+        }
+        _ => false,
+    }
+}
+
 /// Reads every tensor reachable from the pickled object, keyed by its dotted path in nested
 /// dicts (`model.conv1.weight` for `{'model': {'conv1.weight': ...}}`).
-pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, ReadError> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
         format!("not a PyTorch zip checkpoint (torch.save of PyTorch >= 1.6 expected): {e}")
     })?;
+    if archive.file_names().any(|name| name.ends_with("constants.pkl") || name.contains("/code/")) {
+        return Err(ReadError::Malformed(
+            "this is a TorchScript module (torch.jit.save), not a state dict".into(),
+        ));
+    }
     let pickle_name = (0..archive.len())
         .filter_map(|i| archive.name_for_index(i).map(str::to_string))
         .find(|name| name.ends_with("data.pkl"))
@@ -98,18 +149,18 @@ pub(crate) fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String>
         let bytes = &storages[&tensor.key];
         let element_size = tensor.kind.elt_size_in_bytes() as i64;
         if bytes.len() as i64 != tensor.storage_numel * element_size {
-            return Err(format!(
+            return Err(ReadError::Malformed(format!(
                 "storage {} of '{name}' has {} bytes, expected {} elements of {element_size} bytes",
                 tensor.key,
                 bytes.len(),
                 tensor.storage_numel
-            ));
+            )));
         }
         let needed = tensor.offset
             + tensor.size.iter().zip(&tensor.stride).map(|(n, s)| (n - 1).max(0) * s).sum::<i64>()
             + 1;
         if !tensor.size.contains(&0) && needed > tensor.storage_numel {
-            return Err(format!("tensor '{name}' reaches past the end of its storage"));
+            return Err(ReadError::Malformed(format!("tensor '{name}' reaches past the end of its storage")));
         }
         let storage = Tensor::f_from_data_size(bytes, &[tensor.storage_numel], tensor.kind)
             .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -150,6 +201,15 @@ struct Machine<'a> {
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8]) -> Self {
         Machine { data, pos: 0, stack: Vec::new(), memo: HashMap::new() }
+    }
+
+    /// Pushes a global after checking it against the allow-list.
+    fn push_global(&mut self, module: String, name: String) -> Result<(), ReadError> {
+        if !allowed_global(&module, &name) {
+            return Err(ReadError::Refused(format!("{module}.{name}")));
+        }
+        self.stack.push(Value::Global { module, name });
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -213,7 +273,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn run(mut self) -> Result<Value, String> {
+    fn run(mut self) -> Result<Value, ReadError> {
         loop {
             let op = self.u8()?;
             match op {
@@ -223,7 +283,7 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.take(8)?; // FRAME
                 }
-                b'.' => return self.pop(),
+                b'.' => return Ok(self.pop()?),
                 b'(' => self.stack.push(Value::Mark),
                 b'N' => self.stack.push(Value::None),
                 0x88 => self.stack.push(Value::Bool(true)),
@@ -349,15 +409,13 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global { module, name });
+                    self.push_global(module, name)?;
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (Value::Str(module), Value::Str(name)) => {
-                            self.stack.push(Value::Global { module, name })
-                        }
+                        (Value::Str(module), Value::Str(name)) => self.push_global(module, name)?,
                         _ => return Err("STACK_GLOBAL without names".into()),
                     }
                 }
@@ -382,10 +440,10 @@ impl<'a> Machine<'a> {
                     self.pop()?;
                 }
                 other => {
-                    return Err(format!(
+                    return Err(ReadError::Malformed(format!(
                         "unsupported pickle opcode 0x{other:02x} at byte {}",
                         self.pos - 1
-                    ))
+                    )))
                 }
             }
         }
@@ -466,5 +524,79 @@ fn reduce(callable: Value, args: Value) -> Result<Value, String> {
             Ok(args.into_iter().next().unwrap_or(Value::Opaque))
         }
         _ => Ok(Value::Opaque),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A `torch.save`-shaped zip archive whose `data.pkl` is `pickle`.
+    fn archive(pickle: &[u8]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut zip = zip::ZipWriter::new(file.reopen().unwrap());
+        zip.start_file("archive/data.pkl", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(pickle).unwrap();
+        zip.start_file("archive/version", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(b"3\n").unwrap();
+        zip.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn globals_outside_the_allow_list_are_refused_before_anything_is_built() {
+        // pickle.dumps(os.system-calling object, protocol=2): GLOBAL, then the call.
+        let protocol2 = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.";
+        // The same with protocol 4's STACK_GLOBAL.
+        let protocol4 = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.";
+        // A whole model: torch.nn classes.
+        let module = b"\x80\x02ctorch.nn.modules.linear\nLinear\nq\x00)\x81q\x01.";
+        for (pickle, global) in [
+            (&protocol2[..], "posix.system"),
+            (&protocol4[..], "posix.system"),
+            (&module[..], "torch.nn.modules.linear.Linear"),
+        ] {
+            let file = archive(pickle);
+            assert_eq!(read_tensors(file.path()).map(|_| ()), Err(ReadError::Refused(global.to_string())));
+        }
+    }
+
+    #[test]
+    fn plain_containers_of_numbers_and_strings_read_as_no_tensors() {
+        // {'epoch': 3, 'name': 'x', 'lrs': [0.1, 0.01], 'flags': (True, None)}, protocol 2.
+        let pickle = b"\x80\x02}q\x00(X\x05\x00\x00\x00epochq\x01K\x03X\x04\x00\x00\x00nameq\x02X\x01\x00\x00\x00xq\x03X\x03\x00\x00\x00lrsq\x04]q\x05(G?\xb9\x99\x99\x99\x99\x99\x9aG?\x84z\xe1G\xae\x14{eX\x05\x00\x00\x00flagsq\x06\x88N\x86q\x07u.";
+        let file = archive(pickle);
+        assert_eq!(read_tensors(file.path()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_allow_list_is_what_state_dicts_need() {
+        for (module, name) in [
+            ("collections", "OrderedDict"),
+            ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"),
+            ("torch", "FloatStorage"),
+            ("torch", "BFloat16Storage"),
+            ("_codecs", "encode"),
+            ("builtins", "set"),
+        ] {
+            assert!(allowed_global(module, name), "{module}.{name}");
+        }
+        for (module, name) in [
+            ("posix", "system"),
+            ("os", "system"),
+            ("builtins", "eval"),
+            ("builtins", "getattr"),
+            ("builtins", "__import__"),
+            ("torch", "load"),
+            ("torch._tensor", "_rebuild_from_type_v2"),
+            ("numpy.core.multiarray", "scalar"),
+            ("__main__", "Net"),
+            ("argparse", "Namespace"),
+        ] {
+            assert!(!allowed_global(module, name), "{module}.{name}");
+        }
     }
 }

@@ -7,9 +7,11 @@
 
 use std::path::Path;
 
+use std::io::Read;
+
 use super::{
-    dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir, DataError,
-    Dataset, DatasetKind, Split,
+    count_labels, dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir,
+    split_counts, CompactDataset, DataError, DatasetKind, Split,
 };
 
 /// Pixel bytes of one CIFAR image (3 x 32 x 32).
@@ -51,6 +53,19 @@ struct Records {
     pixels: Vec<u8>,
 }
 
+/// A file of `len` bytes must hold a positive whole number of `rb`-byte records.
+fn check_whole_records(path: &Path, len: usize, rb: usize) -> Result<(), DataError> {
+    if len == 0 || !len.is_multiple_of(rb) {
+        let whole = len.div_ceil(rb).max(1);
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            expected_bytes: (whole * rb) as u64,
+            found_bytes: len as u64,
+        });
+    }
+    Ok(())
+}
+
 fn read_records(
     path: &Path,
     expected: &str,
@@ -60,14 +75,7 @@ fn read_records(
     let bytes = read_file(path, expected)?;
     let rb = fmt.record_bytes();
     let len = bytes.len();
-    if len == 0 || len % rb != 0 {
-        let whole = len.div_ceil(rb).max(1);
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected_bytes: (whole * rb) as u64,
-            found_bytes: len as u64,
-        });
-    }
+    check_whole_records(path, len, rb)?;
     let n = len / rb;
     out.labels.reserve(n);
     out.pixels.reserve(n * CIFAR_IMAGE_BYTES);
@@ -131,7 +139,7 @@ fn finish(
     fmt: &RecordFormat,
     class_names: Vec<String>,
     kind: DatasetKind,
-) -> Dataset {
+) -> CompactDataset {
     let records = match split {
         Split::Test => records,
         Split::Train | Split::Validation => {
@@ -149,34 +157,110 @@ fn finish(
     )
 }
 
-/// Load CIFAR-10 from `dir` or `dir/cifar-10-batches-bin`.
-pub(crate) fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
-    let dir = resolve_subdir(dir, "cifar-10-batches-bin");
-    let fmt = RecordFormat {
-        header: 1,
-        label_at: 0,
-        num_classes: 10,
-    };
-    let mut records = Records::default();
+const CIFAR10_FORMAT: RecordFormat = RecordFormat {
+    header: 1,
+    label_at: 0,
+    num_classes: 10,
+};
+
+const CIFAR100_FORMAT: RecordFormat = RecordFormat {
+    header: 2,
+    label_at: 1,
+    num_classes: 100,
+};
+
+/// The CIFAR-10 files of a split, with what each is expected to be.
+fn cifar10_files(dir: &Path, split: Split) -> Vec<(std::path::PathBuf, String)> {
     match split {
-        Split::Test => read_records(
-            &dir.join("test_batch.bin"),
-            "the CIFAR-10 test batch (records of 1 label byte + 3072 pixel bytes)",
-            &fmt,
-            &mut records,
-        )?,
-        Split::Train | Split::Validation => {
-            for b in 1..=5 {
-                read_records(
-                    &dir.join(format!("data_batch_{b}.bin")),
-                    &format!(
+        Split::Test => vec![(
+            dir.join("test_batch.bin"),
+            "the CIFAR-10 test batch (records of 1 label byte + 3072 pixel bytes)".to_string(),
+        )],
+        Split::Train | Split::Validation => (1..=5)
+            .map(|b| {
+                (
+                    dir.join(format!("data_batch_{b}.bin")),
+                    format!(
                         "CIFAR-10 training batch {b} of 5 (records of 1 label byte + 3072 pixel bytes)"
                     ),
-                    &fmt,
-                    &mut records,
-                )?;
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The CIFAR-100 file of a split, with what it is expected to be.
+fn cifar100_file(dir: &Path, split: Split) -> (std::path::PathBuf, String) {
+    let (file, what) = match split {
+        Split::Test => ("test.bin", "the CIFAR-100 test set"),
+        Split::Train | Split::Validation => ("train.bin", "the CIFAR-100 training set"),
+    };
+    (
+        dir.join(file),
+        format!("{what} (records of coarse label, fine label, 3072 pixel bytes)"),
+    )
+}
+
+/// The labels of a file's records, checked as [`read_records`] checks them (whole records,
+/// labels in range), reading one record at a time: no pixel is kept.
+fn read_labels(path: &Path, expected: &str, fmt: &RecordFormat, out: &mut Vec<i64>) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            DataError::MissingFile {
+                path: path.to_path_buf(),
+                expected: expected.to_string(),
             }
+        } else {
+            DataError::io(path, e)
         }
+    })?;
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len() as usize;
+    let rb = fmt.record_bytes();
+    check_whole_records(path, len, rb)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut record = vec![0u8; rb];
+    for i in 0..len / rb {
+        reader.read_exact(&mut record).map_err(|e| DataError::io(path, e))?;
+        let label = record[fmt.label_at] as i64;
+        if label >= fmt.num_classes {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                record: i as u64,
+                label,
+                num_classes: fmt.num_classes,
+            });
+        }
+        out.push(label);
+    }
+    Ok(())
+}
+
+/// Examples per class of a CIFAR-10 split, from the label bytes only.
+pub(crate) fn cifar10_class_counts(dir: &Path, split: Split) -> Result<Vec<i64>, DataError> {
+    let dir = resolve_subdir(dir, "cifar-10-batches-bin");
+    let mut labels = Vec::new();
+    for (path, expected) in cifar10_files(&dir, split) {
+        read_labels(&path, &expected, &CIFAR10_FORMAT, &mut labels)?;
+    }
+    Ok(split_counts(count_labels(&labels, 10), split))
+}
+
+/// Examples per class of a CIFAR-100 split (fine labels), from the label bytes only.
+pub(crate) fn cifar100_class_counts(dir: &Path, split: Split) -> Result<Vec<i64>, DataError> {
+    let dir = resolve_subdir(dir, "cifar-100-binary");
+    let (path, expected) = cifar100_file(&dir, split);
+    let mut labels = Vec::new();
+    read_labels(&path, &expected, &CIFAR100_FORMAT, &mut labels)?;
+    Ok(split_counts(count_labels(&labels, 100), split))
+}
+
+/// Load CIFAR-10 from `dir` or `dir/cifar-10-batches-bin`.
+pub(crate) fn load_cifar10(dir: &Path, split: Split) -> Result<CompactDataset, DataError> {
+    let dir = resolve_subdir(dir, "cifar-10-batches-bin");
+    let fmt = CIFAR10_FORMAT;
+    let mut records = Records::default();
+    for (path, expected) in cifar10_files(&dir, split) {
+        read_records(&path, &expected, &fmt, &mut records)?;
     }
     let names = class_names_from(&dir.join("batches.meta.txt"), 10)?
         .unwrap_or_else(|| CIFAR10_CLASS_NAMES.iter().map(|s| s.to_string()).collect());
@@ -184,24 +268,12 @@ pub(crate) fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataErro
 }
 
 /// Load CIFAR-100 (fine labels) from `dir` or `dir/cifar-100-binary`.
-pub(crate) fn load_cifar100(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+pub(crate) fn load_cifar100(dir: &Path, split: Split) -> Result<CompactDataset, DataError> {
     let dir = resolve_subdir(dir, "cifar-100-binary");
-    let fmt = RecordFormat {
-        header: 2,
-        label_at: 1,
-        num_classes: 100,
-    };
-    let (file, what) = match split {
-        Split::Test => ("test.bin", "the CIFAR-100 test set"),
-        Split::Train | Split::Validation => ("train.bin", "the CIFAR-100 training set"),
-    };
+    let fmt = CIFAR100_FORMAT;
+    let (path, expected) = cifar100_file(&dir, split);
     let mut records = Records::default();
-    read_records(
-        &dir.join(file),
-        &format!("{what} (records of coarse label, fine label, 3072 pixel bytes)"),
-        &fmt,
-        &mut records,
-    )?;
+    read_records(&path, &expected, &fmt, &mut records)?;
     let names = class_names_from(&dir.join("fine_label_names.txt"), 100)?
         .unwrap_or_else(|| (0..100).map(|i| format!("class_{i}")).collect());
     Ok(finish(records, split, &fmt, names, DatasetKind::Cifar100))

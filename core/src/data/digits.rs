@@ -1,13 +1,13 @@
 //! The UCI handwritten digits embedded in smartcore: 1797 grey 8x8 images, values 0..16.
 //!
-//! Images are scaled by 1/16 to `[0, 1]` and shaped `[N, 1, 8, 8]`. The split is fixed and
-//! stratified: per class, in data-set order, the first `count * 3 / 5` are train, up to
-//! `count * 4 / 5` validation, the rest test (integer division), which gives
+//! Images are scaled by 1/16 to `[0, 1]` (held as bytes until then) and shaped `[N, 1, 8, 8]`.
+//! The split is fixed and stratified: per class, in data-set order, the first `count * 3 / 5`
+//! are train, up to `count * 4 / 5` validation, the rest test (integer division), which gives
 //! [`DIGITS_TRAIN_SIZE`] / [`DIGITS_VAL_SIZE`] / [`DIGITS_TEST_SIZE`] = 1074 / 359 / 364.
 
 use tch::{Kind, Tensor};
 
-use super::{DataError, Dataset, DatasetKind, Split};
+use super::{CompactDataset, DataError, DatasetKind, Split};
 
 /// Number of images in the embedded set.
 pub const DIGITS_TOTAL: i64 = 1797;
@@ -42,7 +42,7 @@ fn split_of_each(labels: &[i64], num_classes: usize) -> Vec<Split> {
         .collect()
 }
 
-pub(crate) fn load_digits(split: Split) -> Result<Dataset, DataError> {
+pub(crate) fn load_digits(split: Split) -> Result<CompactDataset, DataError> {
     let ds = smartcore::dataset::digits::load_dataset();
     let n = ds.num_samples;
     let f = ds.num_features;
@@ -71,21 +71,27 @@ pub(crate) fn load_digits(split: Split) -> Result<Dataset, DataError> {
         labels.push(l);
     }
     let which = split_of_each(&labels, 10);
-    let mut pixels = Vec::new();
+    let mut pixels: Vec<u8> = Vec::new();
     let mut kept = Vec::new();
     for (i, s) in which.iter().enumerate() {
         if *s == split {
-            pixels.extend(ds.data[i * f..(i + 1) * f].iter().map(|v| v / 16.0));
+            for (j, &v) in ds.data[i * f..(i + 1) * f].iter().enumerate() {
+                // The values are the counts 0..16 of the original 4x4 blocks.
+                if !(0.0..=16.0).contains(&v) || v.fract() != 0.0 {
+                    return Err(DataError::format(
+                        origin,
+                        format!("sample {i}, feature {j}: value {v} is not an integer in 0..=16"),
+                    ));
+                }
+                pixels.push(v as u8);
+            }
             kept.push(labels[i]);
         }
     }
     let m = kept.len() as i64;
-    let images = Tensor::from_slice(&pixels)
-        .view([m, 1, 8, 8])
-        .to_kind(Kind::Float)
-        .clamp(0.0, 1.0);
-    Ok(Dataset {
-        images,
+    Ok(CompactDataset {
+        pixels: Tensor::from_slice(&pixels).view([m, 1, 8, 8]),
+        divisor: 16.0,
         labels: Tensor::from_slice(&kept),
         ids: Tensor::arange(m, (Kind::Int64, tch::Device::Cpu)),
         class_names: (0..10).map(|d| d.to_string()).collect(),

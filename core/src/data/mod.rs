@@ -3,7 +3,10 @@
 //! Every loader returns a [`Dataset`]: `images` is an `f32` tensor `[N, C, H, W]` with values in
 //! `[0, 1]` on the CPU, `labels` an `i64` tensor `[N]`. Nothing is normalised beyond the scaling
 //! to `[0, 1]`; models are expected to work on `[0, 1]` inputs (the attacks' eps is in that
-//! scale).
+//! scale). [`load_compact`] returns the same split as its bytes ([`CompactDataset`], a quarter
+//! of the memory), for holders of whole splits that only need `f32` subsets at a time, and
+//! [`class_counts`] the examples per class of a split from its labels alone (to check a
+//! request against the data before anything is loaded).
 //!
 //! # Where the files come from
 //!
@@ -42,12 +45,13 @@ mod augment;
 mod cifar;
 mod digits;
 mod subset;
+pub mod synthetic;
 mod tiny_imagenet;
 
 pub use augment::{augment_crop_flip, random_crop_flip};
 pub use cifar::{CIFAR10_CLASS_NAMES, CIFAR_IMAGE_BYTES};
 pub use digits::{DIGITS_TEST_SIZE, DIGITS_TOTAL, DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE};
-pub use subset::{holdout_indices, VALIDATION_PERCENT};
+pub use subset::{holdout_counts, holdout_indices, VALIDATION_PERCENT};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -283,9 +287,52 @@ pub fn load(
     split: Split,
     data_dir: Option<&Path>,
 ) -> Result<Dataset, DataError> {
+    Ok(load_compact(kind, split, data_dir)?.into_dataset())
+}
+
+/// Load one split as the bytes it is stored in ([`CompactDataset`]: a quarter of the memory of
+/// [`load`]'s `f32` images); [`CompactDataset::to_dataset`] and its subsets give the same
+/// tensors as [`load`].
+pub fn load_compact(
+    kind: DatasetKind,
+    split: Split,
+    data_dir: Option<&Path>,
+) -> Result<CompactDataset, DataError> {
     if kind == DatasetKind::Digits {
         return digits::load_digits(split);
     }
+    let dir = data_dir_of(kind, data_dir)?;
+    match kind {
+        DatasetKind::Cifar10 => cifar::load_cifar10(dir, split),
+        DatasetKind::Cifar100 => cifar::load_cifar100(dir, split),
+        DatasetKind::TinyImageNet => tiny_imagenet::load_tiny_imagenet(dir, split),
+        DatasetKind::Digits => unreachable!("handled above"),
+    }
+}
+
+/// The number of examples of each class in one split, from the labels alone (no pixel is
+/// decoded or kept): what [`Dataset::class_counts`] of the loaded split would say, for checking
+/// a request against the data before loading it. Reads the CIFAR files' label bytes, or lists
+/// the Tiny-ImageNet folders and annotations; the files are checked as the loaders check them
+/// (sizes, labels), except that Tiny-ImageNet images are not decoded.
+pub fn class_counts(
+    kind: DatasetKind,
+    split: Split,
+    data_dir: Option<&Path>,
+) -> Result<Vec<i64>, DataError> {
+    if kind == DatasetKind::Digits {
+        return Ok(digits::load_digits(split)?.class_counts());
+    }
+    let dir = data_dir_of(kind, data_dir)?;
+    match kind {
+        DatasetKind::Cifar10 => cifar::cifar10_class_counts(dir, split),
+        DatasetKind::Cifar100 => cifar::cifar100_class_counts(dir, split),
+        DatasetKind::TinyImageNet => tiny_imagenet::tiny_imagenet_class_counts(dir, split),
+        DatasetKind::Digits => unreachable!("handled above"),
+    }
+}
+
+fn data_dir_of(kind: DatasetKind, data_dir: Option<&Path>) -> Result<&Path, DataError> {
     let dir = data_dir.ok_or_else(|| DataError::NoDataDir {
         dataset: kind.name().to_string(),
     })?;
@@ -295,11 +342,27 @@ pub fn load(
             expected: format!("a directory holding the {} files", kind.name()),
         });
     }
-    match kind {
-        DatasetKind::Cifar10 => cifar::load_cifar10(dir, split),
-        DatasetKind::Cifar100 => cifar::load_cifar100(dir, split),
-        DatasetKind::TinyImageNet => tiny_imagenet::load_tiny_imagenet(dir, split),
-        DatasetKind::Digits => unreachable!("handled above"),
+    Ok(dir)
+}
+
+/// Per-class counts of `labels` over `num_classes` classes (labels outside are not counted).
+pub(crate) fn count_labels(labels: &[i64], num_classes: usize) -> Vec<i64> {
+    let mut counts = vec![0i64; num_classes];
+    for &l in labels {
+        if l >= 0 && (l as usize) < num_classes {
+            counts[l as usize] += 1;
+        }
+    }
+    counts
+}
+
+/// Class counts of a split of a training set whose whole-set counts are `full` (the hold-out
+/// of [`holdout_indices`]); the test split is the set itself.
+pub(crate) fn split_counts(full: Vec<i64>, split: Split) -> Vec<i64> {
+    match split {
+        Split::Test => full,
+        Split::Train => subset::holdout_counts(&full).0,
+        Split::Validation => subset::holdout_counts(&full).1,
     }
 }
 
@@ -341,8 +404,8 @@ pub(crate) fn read_optional_text(path: &Path) -> Result<Option<String>, DataErro
     }
 }
 
-/// Build a data set from `u8` pixels laid out `[N, C, H, W]` (scaled by 1/255) and labels.
-/// Takes the buffer by value so that it is freed before the `f32` copy is made.
+/// Build a compact split from `u8` pixels laid out `[N, C, H, W]` (pixel value = byte / 255)
+/// and labels. Takes the buffer by value so that it is freed once it is in the tensor.
 pub(crate) fn dataset_from_u8(
     pixels: Vec<u8>,
     shape: [i64; 3],
@@ -350,20 +413,135 @@ pub(crate) fn dataset_from_u8(
     class_names: Vec<String>,
     name: &str,
     split: Split,
-) -> Dataset {
+) -> CompactDataset {
     let n = labels.len() as i64;
     let [c, h, w] = shape;
     debug_assert_eq!(pixels.len() as i64, n * c * h * w);
     let bytes = Tensor::from_slice(&pixels).view([n, c, h, w]);
     drop(pixels);
-    let images = bytes.to_kind(Kind::Float) / 255.0;
-    Dataset {
-        images,
+    CompactDataset {
+        pixels: bytes,
+        divisor: 255.0,
         labels: Tensor::from_slice(labels),
         ids: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)),
         class_names,
         name: name.to_string(),
         split,
+    }
+}
+
+/// A split held as the bytes it is stored in (every data set here is 8-bit): `u8` pixels, a
+/// quarter of the memory of [`Dataset`]'s `f32` images. Long-lived holders of whole splits
+/// (the evaluator's data cache) keep this and make `f32` [`Dataset`]s of the examples a job
+/// needs ([`CompactDataset::class_balanced_subset`], [`CompactDataset::select`],
+/// [`CompactDataset::to_dataset`]); those are exactly the tensors [`load`] returns.
+pub struct CompactDataset {
+    /// `u8 [N, C, H, W]` on the CPU; a pixel's value in `[0, 1]` is its byte / `divisor`.
+    pub pixels: Tensor,
+    /// 255 for the image files, 16 for the digits (values 0..16).
+    pub divisor: f64,
+    /// `i64 [N]`, values in `0..num_classes`.
+    pub labels: Tensor,
+    /// `i64 [N]`: each example's index in its split (see [`Dataset::ids`]).
+    pub ids: Tensor,
+    pub class_names: Vec<String>,
+    pub name: String,
+    pub split: Split,
+}
+
+impl fmt::Debug for CompactDataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompactDataset")
+            .field("name", &self.name)
+            .field("split", &self.split)
+            .field("pixels", &self.pixels.size())
+            .field("num_classes", &self.class_names.len())
+            .finish()
+    }
+}
+
+impl CompactDataset {
+    /// Number of examples.
+    pub fn len(&self) -> i64 {
+        self.labels.size().first().copied().unwrap_or(0)
+    }
+
+    /// True when the split has no examples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        self.class_names.len() as i64
+    }
+
+    /// `[C, H, W]` of one image.
+    pub fn input_shape(&self) -> [i64; 3] {
+        let s = self.pixels.size();
+        [s[1], s[2], s[3]]
+    }
+
+    /// Bytes of pixel memory held.
+    pub fn pixel_bytes(&self) -> i64 {
+        self.pixels.numel() as i64
+    }
+
+    /// The labels as a host vector.
+    pub fn labels_vec(&self) -> Vec<i64> {
+        let n = self.len() as usize;
+        let mut v = vec![0i64; n];
+        self.labels.to_kind(Kind::Int64).contiguous().copy_data(&mut v, n);
+        v
+    }
+
+    /// Number of examples of each class, indexed by class.
+    pub fn class_counts(&self) -> Vec<i64> {
+        count_labels(&self.labels_vec(), self.class_names.len())
+    }
+
+    fn with_images(&self, images: Tensor, labels: Tensor, ids: Tensor) -> Dataset {
+        Dataset {
+            images,
+            labels,
+            ids,
+            class_names: self.class_names.clone(),
+            name: self.name.clone(),
+            split: self.split,
+        }
+    }
+
+    fn to_f32(&self, pixels: &Tensor) -> Tensor {
+        pixels.to_kind(Kind::Float) / self.divisor
+    }
+
+    /// The whole split with `f32` images (a new copy).
+    pub fn to_dataset(&self) -> Dataset {
+        self.with_images(self.to_f32(&self.pixels), self.labels.copy(), self.ids.copy())
+    }
+
+    /// The whole split with `f32` images, freeing the bytes.
+    pub fn into_dataset(self) -> Dataset {
+        let images = self.to_f32(&self.pixels);
+        let CompactDataset { labels, ids, class_names, name, split, .. } = self;
+        Dataset { images, labels, ids, class_names, name, split }
+    }
+
+    /// The examples at `indices`, in that order, with `f32` images (only those are converted).
+    /// Panics if an index is out of range (the indices come from the caller, not a file).
+    pub fn select(&self, indices: &[i64]) -> Dataset {
+        let idx = Tensor::from_slice(indices);
+        self.with_images(
+            self.to_f32(&self.pixels.index_select(0, &idx)),
+            self.labels.index_select(0, &idx),
+            self.ids.index_select(0, &idx),
+        )
+    }
+
+    /// The first `per_class` examples of every class (in file order), as
+    /// [`Dataset::class_balanced_subset`] takes them; only those are converted to `f32`.
+    pub fn class_balanced_subset(&self, per_class: i64) -> Result<Dataset, DataError> {
+        let indices = subset::first_per_class(&self.labels_vec(), self.num_classes(), per_class)?;
+        Ok(self.select(&indices))
     }
 }
 
@@ -401,13 +579,7 @@ impl Dataset {
 
     /// Number of examples of each class, indexed by class.
     pub fn class_counts(&self) -> Vec<i64> {
-        let mut counts = vec![0i64; self.class_names.len()];
-        for l in self.labels_vec() {
-            if l >= 0 && (l as usize) < counts.len() {
-                counts[l as usize] += 1;
-            }
-        }
-        counts
+        count_labels(&self.labels_vec(), self.class_names.len())
     }
 
     /// A data set sharing nothing with `self` that holds the examples at `indices`, in that

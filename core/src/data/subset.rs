@@ -48,6 +48,23 @@ pub fn holdout_indices(labels: &[i64], num_classes: i64) -> (Vec<i64>, Vec<i64>)
     (train, val)
 }
 
+/// Per-class sizes of the `(train, validation)` halves that [`holdout_indices`] makes from a
+/// training set with `counts[k]` examples of class `k`: the same arithmetic, without the labels.
+pub fn holdout_counts(counts: &[i64]) -> (Vec<i64>, Vec<i64>) {
+    let validation: Vec<i64> = counts
+        .iter()
+        .map(|&c| {
+            if c <= 0 {
+                0
+            } else {
+                ((c as usize * VALIDATION_PERCENT / 100).max(1)) as i64
+            }
+        })
+        .collect();
+    let train = counts.iter().zip(&validation).map(|(&c, &v)| c.max(0) - v).collect();
+    (train, validation)
+}
+
 /// Indices of the first `per_class` examples of every class, in increasing order.
 pub(crate) fn first_per_class(
     labels: &[i64],
@@ -61,7 +78,9 @@ pub(crate) fn first_per_class(
     }
     let k = num_classes.max(0) as usize;
     let mut taken = vec![0i64; k];
-    let mut out = Vec::with_capacity(per_class as usize * k);
+    // Never sized by the request alone: `per_class` may be absurd (it is checked below, after
+    // counting), and a capacity overflow would abort the process.
+    let mut out = Vec::with_capacity((per_class as usize).saturating_mul(k).min(labels.len()));
     for (i, &l) in labels.iter().enumerate() {
         if l >= 0 && (l as usize) < k && taken[l as usize] < per_class {
             taken[l as usize] += 1;

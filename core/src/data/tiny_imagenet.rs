@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir, DataError,
-    Dataset, DatasetKind, Split,
+    count_labels, dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir,
+    split_counts, CompactDataset, DataError, DatasetKind, Split,
 };
 
 const SIDE: u32 = 64;
@@ -231,8 +231,28 @@ fn val_files(dir: &Path, wnids: &[String]) -> Result<(Vec<PathBuf>, Vec<i64>), D
     Ok((paths, labels))
 }
 
+/// Examples per class of a split, from `wnids.txt`, the training folders' listings and the
+/// validation annotations (no image is decoded).
+pub(crate) fn tiny_imagenet_class_counts(dir: &Path, split: Split) -> Result<Vec<i64>, DataError> {
+    let dir = resolve_subdir(dir, "tiny-imagenet-200");
+    let wnids = read_wnids(&dir)?;
+    match split {
+        Split::Test => {
+            let (_, labels) = val_files(&dir, &wnids)?;
+            Ok(count_labels(&labels, wnids.len()))
+        }
+        Split::Train | Split::Validation => {
+            let mut full = Vec::with_capacity(wnids.len());
+            for w in &wnids {
+                full.push(list_class_images(&dir, w)?.len() as i64);
+            }
+            Ok(split_counts(full, split))
+        }
+    }
+}
+
 /// Load Tiny-ImageNet from `dir` or `dir/tiny-imagenet-200`.
-pub(crate) fn load_tiny_imagenet(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+pub(crate) fn load_tiny_imagenet(dir: &Path, split: Split) -> Result<CompactDataset, DataError> {
     let dir = resolve_subdir(dir, "tiny-imagenet-200");
     let wnids = read_wnids(&dir)?;
     let names = class_names(&dir, &wnids)?;

@@ -5,16 +5,14 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv3x3};
+use super::conv_bn::ConvBn;
+use super::Body;
 
 #[derive(Debug)]
 pub struct DigitsCnn {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    conv3: nn::Conv2D,
-    bn3: nn::BatchNorm,
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
     linear: nn::Linear,
 }
 
@@ -25,12 +23,9 @@ impl DigitsCnn {
     pub fn new(root: &nn::Path, in_channels: i64, num_classes: i64, width_multiplier: i64) -> Self {
         let [c1, c2, c3] = [16, 32, 64].map(|c| c * width_multiplier);
         DigitsCnn {
-            conv1: conv3x3(root / "conv1", in_channels, c1, 1),
-            bn1: batch_norm(root / "bn1", c1),
-            conv2: conv3x3(root / "conv2", c1, c2, 1),
-            bn2: batch_norm(root / "bn2", c2),
-            conv3: conv3x3(root / "conv3", c2, c3, 1),
-            bn3: batch_norm(root / "bn3", c3),
+            conv1: ConvBn::conv3x3(root / "conv1", root / "bn1", in_channels, c1, 1),
+            conv2: ConvBn::conv3x3(root / "conv2", root / "bn2", c1, c2, 1),
+            conv3: ConvBn::conv3x3(root / "conv3", root / "bn3", c2, c3, 1),
             linear: nn::linear(root / "linear", c3, num_classes, Default::default()),
         }
     }
@@ -38,18 +33,19 @@ impl DigitsCnn {
 
 impl ModuleT for DigitsCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv3)
-            .apply_t(&self.bn3, train)
+        let out = self.conv1.forward_t(x, train).relu();
+        let out = self.conv2.forward_t(&out, train).relu().max_pool2d_default(2);
+        self.conv3
+            .forward_t(&out, train)
             .relu()
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.linear)
+    }
+}
+
+impl Body for DigitsCnn {
+    fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
+        vec![&mut self.conv1, &mut self.conv2, &mut self.conv3]
     }
 }

@@ -5,7 +5,8 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv};
+use super::conv_bn::ConvBn;
+use super::Body;
 
 /// (expansion, output channels, blocks, stride of the first block) per stage.
 const STAGES: [(i64, i64, i64, i64); 7] = [
@@ -20,30 +21,23 @@ const STAGES: [(i64, i64, i64, i64); 7] = [
 
 #[derive(Debug)]
 struct InvertedResidual {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    conv3: nn::Conv2D,
-    bn3: nn::BatchNorm,
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
     stride: i64,
     /// Projection used when the block keeps the resolution but changes the width.
-    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+    shortcut: Option<ConvBn>,
 }
 
 impl InvertedResidual {
     fn new(path: nn::Path, c_in: i64, c_out: i64, expansion: i64, stride: i64) -> Self {
         let hidden = expansion * c_in;
-        let shortcut = (stride == 1 && c_in != c_out).then(|| {
-            (conv(&path / "shortcut" / 0, c_in, c_out, 1, 1, 0, 1), batch_norm(&path / "shortcut" / 1, c_out))
-        });
+        let shortcut = (stride == 1 && c_in != c_out)
+            .then(|| ConvBn::new(&path / "shortcut" / 0, &path / "shortcut" / 1, c_in, c_out, 1, 1, 0, 1));
         InvertedResidual {
-            conv1: conv(&path / "conv1", c_in, hidden, 1, 1, 0, 1),
-            bn1: batch_norm(&path / "bn1", hidden),
-            conv2: conv(&path / "conv2", hidden, hidden, 3, stride, 1, hidden),
-            bn2: batch_norm(&path / "bn2", hidden),
-            conv3: conv(&path / "conv3", hidden, c_out, 1, 1, 0, 1),
-            bn3: batch_norm(&path / "bn3", c_out),
+            conv1: ConvBn::new(&path / "conv1", &path / "bn1", c_in, hidden, 1, 1, 0, 1),
+            conv2: ConvBn::new(&path / "conv2", &path / "bn2", hidden, hidden, 3, stride, 1, hidden),
+            conv3: ConvBn::new(&path / "conv3", &path / "bn3", hidden, c_out, 1, 1, 0, 1),
             stride,
             shortcut,
         }
@@ -52,14 +46,14 @@ impl InvertedResidual {
 
 impl ModuleT for InvertedResidual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let out = out.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let out = out.apply(&self.conv3).apply_t(&self.bn3, train);
+        let out = self.conv1.forward_t(x, train).relu();
+        let out = self.conv2.forward_t(&out, train).relu();
+        let out = self.conv3.forward_t(&out, train);
         if self.stride != 1 {
             return out;
         }
         match &self.shortcut {
-            Some((conv, bn)) => out + x.apply(conv).apply_t(bn, train),
+            Some(projection) => out + projection.forward_t(x, train),
             None => out + x,
         }
     }
@@ -67,11 +61,9 @@ impl ModuleT for InvertedResidual {
 
 #[derive(Debug)]
 pub struct MobileNetV2 {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    conv1: ConvBn,
     layers: Vec<InvertedResidual>,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    conv2: ConvBn,
     linear: nn::Linear,
 }
 
@@ -88,11 +80,9 @@ impl MobileNetV2 {
             }
         }
         MobileNetV2 {
-            conv1: conv(root / "conv1", in_channels, 32, 3, 1, 1, 1),
-            bn1: batch_norm(root / "bn1", 32),
+            conv1: ConvBn::new(root / "conv1", root / "bn1", in_channels, 32, 3, 1, 1, 1),
             layers,
-            conv2: conv(root / "conv2", 320, 1280, 1, 1, 0, 1),
-            bn2: batch_norm(root / "bn2", 1280),
+            conv2: ConvBn::new(root / "conv2", root / "bn2", 320, 1280, 1, 1, 0, 1),
             linear: nn::linear(root / "linear", 1280, num_classes, Default::default()),
         }
     }
@@ -100,15 +90,28 @@ impl MobileNetV2 {
 
 impl ModuleT for MobileNetV2 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let mut out = self.conv1.forward_t(x, train).relu();
         for layer in &self.layers {
             out = layer.forward_t(&out, train);
         }
-        out.apply(&self.conv2)
-            .apply_t(&self.bn2, train)
+        self.conv2
+            .forward_t(&out, train)
             .relu()
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.linear)
+    }
+}
+
+impl Body for MobileNetV2 {
+    fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
+        let mut layers = vec![&mut self.conv1, &mut self.conv2];
+        for layer in &mut self.layers {
+            layers.push(&mut layer.conv1);
+            layers.push(&mut layer.conv2);
+            layers.push(&mut layer.conv3);
+            layers.extend(layer.shortcut.as_mut());
+        }
+        layers
     }
 }

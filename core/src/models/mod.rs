@@ -5,11 +5,15 @@
 //! (DESIGN.md section 6). Parameter names follow the common PyTorch CIFAR definitions
 //! (DESIGN.md section 9) so that reference `state_dict`s load without renaming.
 
+mod conv_bn;
 mod digits_cnn;
+mod loaded;
 mod mobilenet_v2;
 mod preact_resnet18;
+mod preact_resnet34;
 mod precision;
 mod resnet18;
+mod torchscript;
 mod wide_resnet;
 
 use std::fmt;
@@ -20,10 +24,13 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 pub use digits_cnn::DigitsCnn;
+pub use loaded::{LoadedModel, PreparedModel};
 pub use mobilenet_v2::MobileNetV2;
 pub use preact_resnet18::PreActResNet18;
+pub use preact_resnet34::PreActResNet34;
 pub use precision::{channels_last, Precision, PreparedNetwork};
 pub use resnet18::ResNet18;
+pub use torchscript::{TorchScriptBf16, TorchScriptError, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
 pub use wide_resnet::WideResNet;
 
 /// Errors raised when a model cannot be built as asked.
@@ -33,6 +40,8 @@ pub enum ModelError {
     UnknownArchitecture { name: String, known: String },
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
+    #[error("TorchScript module: {0}")]
+    TorchScript(#[from] TorchScriptError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -42,6 +51,8 @@ pub enum ModelError {
 pub enum Architecture {
     ResNet18,
     PreActResNet18,
+    /// The Tiny-ImageNet teacher of the ABSLD paper (A.5, A.7).
+    PreActResNet34,
     MobileNetV2,
     /// The TRADES WideResNet definition; `depth` = 6n + 4.
     WideResNet { depth: i64, width: i64 },
@@ -55,6 +66,7 @@ pub enum Architecture {
 pub const ARCHITECTURE_NAMES: &[&str] = &[
     "resnet18",
     "preact-resnet18",
+    "preact-resnet34",
     "mobilenet-v2",
     "wrn-34-10",
     "wrn-70-16",
@@ -75,6 +87,9 @@ impl FromStr for Architecture {
             "resnet18" | "resnet-18" => Architecture::ResNet18,
             "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => {
                 Architecture::PreActResNet18
+            }
+            "preact-resnet34" | "preactresnet34" | "preact-resnet-34" => {
+                Architecture::PreActResNet34
             }
             "mobilenet-v2" | "mobilenetv2" => Architecture::MobileNetV2,
             "digits-cnn" => Architecture::DigitsCnn,
@@ -103,6 +118,7 @@ impl fmt::Display for Architecture {
         match self {
             Architecture::ResNet18 => write!(f, "resnet18"),
             Architecture::PreActResNet18 => write!(f, "preact-resnet18"),
+            Architecture::PreActResNet34 => write!(f, "preact-resnet34"),
             Architecture::MobileNetV2 => write!(f, "mobilenet-v2"),
             Architecture::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
             Architecture::DigitsCnn => write!(f, "digits-cnn"),
@@ -147,7 +163,7 @@ pub struct Network {
     pub var_store: nn::VarStore,
     pub spec: ModelSpec,
     pub architecture: Architecture,
-    body: Box<dyn ModuleT + Send>,
+    body: Box<dyn Body>,
     /// Mean and 1/std as [1, C, 1, 1] tensors on the model's device.
     normalization: Option<(Tensor, Tensor)>,
 }
@@ -183,6 +199,21 @@ impl Network {
         self.var_store.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
     }
 
+    /// Folds every convolution that is directly followed by batch norm into one convolution
+    /// with a bias, for eval-mode passes only, and passes the folded weights and biases through
+    /// `prepare` (a cast, a memory layout; see `conv_bn.rs`). For a frozen copy that attacks
+    /// query: after folding, changes to the weights are not seen by eval-mode passes until the
+    /// next fold. Returns the number of layers folded.
+    pub fn fold_batch_norm(&mut self, prepare: &dyn Fn(&Tensor) -> Tensor) -> usize {
+        let layers = self.body.conv_bn_layers();
+        let count = layers.len();
+        for layer in layers {
+            layer.fold();
+            layer.prepare_folded(prepare);
+        }
+        count
+    }
+
     /// Turns gradient tracking of every parameter on or off (attacks switch it off).
     pub fn set_trainable(&mut self, trainable: bool) {
         if trainable {
@@ -191,6 +222,12 @@ impl Network {
             self.var_store.freeze();
         }
     }
+}
+
+/// What every architecture is: a module that can list its foldable conv-then-batch-norm
+/// layers ([`Network::fold_batch_norm`]).
+pub(crate) trait Body: ModuleT + Send {
+    fn conv_bn_layers(&mut self) -> Vec<&mut conv_bn::ConvBn>;
 }
 
 /// Builds the network `spec` names on `device`, with freshly initialised weights.
@@ -212,9 +249,10 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
     let var_store = nn::VarStore::new(device);
     let root = var_store.root();
     let classes = spec.num_classes;
-    let body: Box<dyn ModuleT + Send> = match architecture {
+    let body: Box<dyn Body> = match architecture {
         Architecture::ResNet18 => Box::new(ResNet18::new(&root, channels, classes)),
         Architecture::PreActResNet18 => Box::new(PreActResNet18::new(&root, channels, classes)),
+        Architecture::PreActResNet34 => Box::new(PreActResNet34::new(&root, channels, classes)),
         Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
         Architecture::WideResNet { depth, width } => {
             Box::new(WideResNet::new(&root, channels, classes, depth, width))
@@ -222,34 +260,34 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
         Architecture::DigitsCnn => Box::new(DigitsCnn::new(&root, channels, classes, 1)),
         Architecture::DigitsCnnWide => Box::new(DigitsCnn::new(&root, channels, classes, 2)),
     };
-    let normalization = match &spec.normalization {
-        None => None,
-        Some(norm) => {
-            if norm.mean.len() != channels as usize || norm.std.len() != channels as usize {
-                return Err(ModelError::InvalidConfig(format!(
-                    "normalisation has {} means and {} stds for {channels} channels",
-                    norm.mean.len(),
-                    norm.std.len()
-                )));
-            }
-            if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
-                return Err(ModelError::InvalidConfig(
-                    "normalisation std must be positive and finite".into(),
-                ));
-            }
-            let mean = Tensor::from_slice(&norm.mean)
-                .to_kind(Kind::Float)
-                .view([1, channels, 1, 1])
-                .to_device(device);
-            let inv_std = Tensor::from_slice(&norm.std)
-                .to_kind(Kind::Float)
-                .reciprocal()
-                .view([1, channels, 1, 1])
-                .to_device(device);
-            Some((mean, inv_std))
-        }
-    };
+    let normalization = normalization_tensors(spec, device)?;
     Ok(Network { var_store, spec: spec.clone(), architecture, body, normalization })
+}
+
+/// The normalisation of `spec` as mean and 1/std `[1, C, 1, 1]` tensors on `device`, after
+/// checking it (one mean and one positive, finite std per input channel).
+pub(crate) fn normalization_tensors(spec: &ModelSpec, device: Device) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+    let Some(norm) = &spec.normalization else {
+        return Ok(None);
+    };
+    let channels = spec.input_shape[0];
+    if norm.mean.len() != channels as usize || norm.std.len() != channels as usize {
+        return Err(ModelError::InvalidConfig(format!(
+            "normalisation has {} means and {} stds for {channels} channels",
+            norm.mean.len(),
+            norm.std.len()
+        )));
+    }
+    if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) || norm.mean.iter().any(|m| !m.is_finite()) {
+        return Err(ModelError::InvalidConfig("normalisation mean must be finite and std positive and finite".into()));
+    }
+    let mean = Tensor::from_slice(&norm.mean).to_kind(Kind::Float).view([1, channels, 1, 1]).to_device(device);
+    let inv_std = Tensor::from_slice(&norm.std)
+        .to_kind(Kind::Float)
+        .reciprocal()
+        .view([1, channels, 1, 1])
+        .to_device(device);
+    Ok(Some((mean, inv_std)))
 }
 
 /// 3x3 convolution without bias, padding 1: the building brick of every CIFAR network here.

@@ -7,25 +7,26 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::resnet18::STAGES;
-use super::{batch_norm, conv, conv3x3};
+use super::conv_bn::ConvBn;
+use super::{batch_norm, conv, conv3x3, Body};
 
+/// One pre-activation basic block (also the brick of [`super::PreActResNet34`]).
 #[derive(Debug)]
-struct PreActBlock {
+pub(super) struct PreActBlock {
     bn1: nn::BatchNorm,
-    conv1: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    /// `conv1` and `bn2`: the block's one convolution directly followed by batch norm.
+    pub(super) conv1: ConvBn,
     conv2: nn::Conv2D,
     shortcut: Option<nn::Conv2D>,
 }
 
 impl PreActBlock {
-    fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+    pub(super) fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let shortcut = (stride != 1 || c_in != c_out)
             .then(|| conv(&path / "shortcut" / 0, c_in, c_out, 1, stride, 0, 1));
         PreActBlock {
             bn1: batch_norm(&path / "bn1", c_in),
-            conv1: conv3x3(&path / "conv1", c_in, c_out, stride),
-            bn2: batch_norm(&path / "bn2", c_out),
+            conv1: ConvBn::conv3x3(&path / "conv1", &path / "bn2", c_in, c_out, stride),
             conv2: conv3x3(&path / "conv2", c_out, c_out, 1),
             shortcut,
         }
@@ -40,7 +41,7 @@ impl ModuleT for PreActBlock {
             Some(conv) => pre.apply(conv),
             None => x.shallow_clone(),
         };
-        let out = pre.apply(&self.conv1).apply_t(&self.bn2, train).relu().apply(&self.conv2);
+        let out = self.conv1.forward_t(&pre, train).relu().apply(&self.conv2);
         out + skip
     }
 }
@@ -83,5 +84,11 @@ impl ModuleT for PreActResNet18 {
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.linear)
+    }
+}
+
+impl Body for PreActResNet18 {
+    fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
+        self.blocks.iter_mut().map(|block| &mut block.conv1).collect()
     }
 }

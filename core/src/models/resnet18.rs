@@ -5,27 +5,23 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, conv3x3};
+use super::conv_bn::ConvBn;
+use super::Body;
 
 #[derive(Debug)]
 struct BasicBlock {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+    conv1: ConvBn,
+    conv2: ConvBn,
+    shortcut: Option<ConvBn>,
 }
 
 impl BasicBlock {
     fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        let shortcut = (stride != 1 || c_in != c_out).then(|| {
-            (conv(&path / "shortcut" / 0, c_in, c_out, 1, stride, 0, 1), batch_norm(&path / "shortcut" / 1, c_out))
-        });
+        let shortcut = (stride != 1 || c_in != c_out)
+            .then(|| ConvBn::new(&path / "shortcut" / 0, &path / "shortcut" / 1, c_in, c_out, 1, stride, 0, 1));
         BasicBlock {
-            conv1: conv3x3(&path / "conv1", c_in, c_out, stride),
-            bn1: batch_norm(&path / "bn1", c_out),
-            conv2: conv3x3(&path / "conv2", c_out, c_out, 1),
-            bn2: batch_norm(&path / "bn2", c_out),
+            conv1: ConvBn::conv3x3(&path / "conv1", &path / "bn1", c_in, c_out, stride),
+            conv2: ConvBn::conv3x3(&path / "conv2", &path / "bn2", c_out, c_out, 1),
             shortcut,
         }
     }
@@ -33,10 +29,10 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let out = self.conv1.forward_t(x, train).relu();
+        let out = self.conv2.forward_t(&out, train);
         let skip = match &self.shortcut {
-            Some((conv, bn)) => x.apply(conv).apply_t(bn, train),
+            Some(projection) => projection.forward_t(x, train),
             None => x.shallow_clone(),
         };
         (out + skip).relu()
@@ -48,8 +44,7 @@ pub(crate) const STAGES: [(i64, i64); 4] = [(64, 1), (128, 2), (256, 2), (512, 2
 
 #[derive(Debug)]
 pub struct ResNet18 {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    conv1: ConvBn,
     blocks: Vec<BasicBlock>,
     linear: nn::Linear,
 }
@@ -65,8 +60,7 @@ impl ResNet18 {
             c_in = *c_out;
         }
         ResNet18 {
-            conv1: conv3x3(root / "conv1", in_channels, 64, 1),
-            bn1: batch_norm(root / "bn1", 64),
+            conv1: ConvBn::conv3x3(root / "conv1", root / "bn1", in_channels, 64, 1),
             blocks,
             linear: nn::linear(root / "linear", 512, num_classes, Default::default()),
         }
@@ -75,12 +69,24 @@ impl ResNet18 {
 
 impl ModuleT for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let mut out = self.conv1.forward_t(x, train).relu();
         for block in &self.blocks {
             out = block.forward_t(&out, train);
         }
         // Global average pooling equals the reference avg_pool2d(4) on 32x32 inputs and keeps
         // other input sizes (8x8 digits, 64x64 Tiny-ImageNet) working.
         out.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.linear)
+    }
+}
+
+impl Body for ResNet18 {
+    fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
+        let mut layers = vec![&mut self.conv1];
+        for block in &mut self.blocks {
+            layers.push(&mut block.conv1);
+            layers.push(&mut block.conv2);
+            layers.extend(block.shortcut.as_mut());
+        }
+        layers
     }
 }

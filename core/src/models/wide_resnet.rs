@@ -7,13 +7,14 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, conv3x3};
+use super::conv_bn::ConvBn;
+use super::{batch_norm, conv, conv3x3, Body};
 
 #[derive(Debug)]
 struct WideBlock {
     bn1: nn::BatchNorm,
-    conv1: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    /// `conv1` and `bn2`: the block's one convolution directly followed by batch norm.
+    conv1: ConvBn,
     conv2: nn::Conv2D,
     /// Present when input and output widths differ (first block of a stage).
     conv_shortcut: Option<nn::Conv2D>,
@@ -25,8 +26,7 @@ impl WideBlock {
             (c_in != c_out).then(|| conv(&path / "convShortcut", c_in, c_out, 1, stride, 0, 1));
         WideBlock {
             bn1: batch_norm(&path / "bn1", c_in),
-            conv1: conv3x3(&path / "conv1", c_in, c_out, stride),
-            bn2: batch_norm(&path / "bn2", c_out),
+            conv1: ConvBn::conv3x3(&path / "conv1", &path / "bn2", c_in, c_out, stride),
             conv2: conv3x3(&path / "conv2", c_out, c_out, 1),
             conv_shortcut,
         }
@@ -36,7 +36,7 @@ impl WideBlock {
 impl ModuleT for WideBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let pre = x.apply_t(&self.bn1, train).relu();
-        let out = pre.apply(&self.conv1).apply_t(&self.bn2, train).relu().apply(&self.conv2);
+        let out = self.conv1.forward_t(&pre, train).relu().apply(&self.conv2);
         match &self.conv_shortcut {
             // In the reference, a width-changing block projects the pre-activated input.
             Some(conv) => out + pre.apply(conv),
@@ -95,5 +95,11 @@ impl ModuleT for WideResNet {
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.fc)
+    }
+}
+
+impl Body for WideResNet {
+    fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
+        self.blocks.iter_mut().map(|block| &mut block.conv1).collect()
     }
 }

@@ -6,17 +6,30 @@
 //!
 //! We implement the paper's equations: the clean soft labels use tau and the adversarial ones
 //! tau~. (The authors' public script divides one logits tensor in place twice, so both of its
-//! soft labels end up at tau~ * tau; see docs/absld.md.)
+//! soft labels end up at tau~ * tau; see docs/absld.md.) Where the paper is silent we follow
+//! the script (zhaoshiji123/ABSLD, `resnet18_absld_cifar10.py`): the loss is at the script's
+//! scale (see `distillation.rs`), and at an epoch after which the learning rate drops, beta is
+//! divided by 10 *before* that epoch's temperature update (the script divides both, then
+//! updates the temperatures).
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::distillation::distillation_step;
+use super::distillation::{distillation_step, DistillationSettings};
 use crate::method::{EpochEnd, StepContext, StepOutput, Temperatures, TrainingMethod};
 use crate::temperature::{update_temperatures, TemperatureSchedule};
 
+/// ABSLD's settings: the distillation loss (Eq. 11) and the temperature update (Eq. 10).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AbsldSettings {
+    pub alpha: f64,
+    pub kl_scale: f64,
+    pub temperature: TemperatureSchedule,
+}
+
 pub struct Absld {
-    alpha: f64,
+    loss: DistillationSettings,
     schedule: TemperatureSchedule,
     /// beta before any decay, for the record.
     initial_beta: f64,
@@ -27,9 +40,10 @@ pub struct Absld {
 }
 
 impl Absld {
-    pub fn new(num_classes: usize, alpha: f64, schedule: TemperatureSchedule) -> Self {
+    pub fn new(num_classes: usize, settings: AbsldSettings) -> Self {
+        let schedule = settings.temperature;
         Absld {
-            alpha,
+            loss: DistillationSettings { alpha: settings.alpha, kl_scale: settings.kl_scale },
             schedule,
             initial_beta: schedule.beta,
             clean: vec![1.0; num_classes],
@@ -55,18 +69,19 @@ impl TrainingMethod for Absld {
                 |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
             (as_tensor(&self.clean), as_tensor(&self.adversarial))
         });
-        distillation_step(context, images, labels, clean, adversarial, self.alpha)
+        distillation_step(context, images, labels, clean, adversarial, self.loss)
     }
 
     fn end_epoch(&mut self, end: &EpochEnd) {
+        // The script's order: beta drops with the learning rate, then the update uses it.
+        if end.lr_decayed {
+            self.schedule.beta /= 10.0;
+        }
         update_temperatures(&mut self.clean, &end.risks.clean, &self.schedule);
         if let Some(adversarial_risks) = &end.risks.adversarial {
             update_temperatures(&mut self.adversarial, adversarial_risks, &self.schedule);
         }
         self.tensors = None;
-        if end.lr_decayed {
-            self.schedule.beta /= 10.0;
-        }
     }
 
     fn temperatures(&self) -> Option<Temperatures> {
@@ -103,7 +118,8 @@ impl TrainingMethod for Absld {
 
     fn hyperparameters(&self) -> serde_json::Value {
         json!({
-            "alpha": self.alpha,
+            "alpha": self.loss.alpha,
+            "kl_scale": self.loss.kl_scale,
             "temperature_beta": self.initial_beta,
             "temperature_min": self.schedule.min,
             "temperature_max": self.schedule.max,

@@ -8,24 +8,49 @@
 //!
 //! Defaults, from the authors' public code (boyellow/AdaAD, `AT_helper.py`, `main.py` and the
 //! README's CIFAR-10 command): alpha = 1, temperature 1, start x + 0.001 N(0, 1), 10 steps of
-//! 2/255 within 8/255, student and teacher in eval mode while attacking. We average the KL
-//! over the batch (the code's CIFAR-10 path also divides by the number of classes).
+//! 2/255 within 8/255, student and teacher in eval mode while attacking. The KL is at the
+//! code's scale, which differs by data set: its CIFAR-10 path uses `nn.KLDivLoss()` (the mean
+//! over batch and classes: `kl_scale` = 1/10), its CIFAR-100 path sums over classes and divides
+//! by the batch (`kl_scale` = 1).
 
 use rfb_core::attacks::{self, losses, Classifier, Start};
 use rfb_core::models::Network;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
-pub struct AdaAd {
+/// AdaAD's loss weight and KL scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdaAdSettings {
     pub alpha: f64,
+    /// Factor on the batch mean of the class-summed KL.
+    pub kl_scale: f64,
 }
 
-impl Default for AdaAd {
-    fn default() -> Self {
-        AdaAd { alpha: 1.0 }
+pub struct AdaAd {
+    pub settings: AdaAdSettings,
+}
+
+impl AdaAd {
+    pub fn new(settings: AdaAdSettings) -> Self {
+        AdaAd { settings }
     }
+}
+
+/// AdaAD's outer loss: kl_scale * (alpha * mean KL(T(x') || S(x')) + (1 - alpha) * mean
+/// KL(T(x) || S(x))), the teacher's logits given without gradient.
+pub fn adaad_loss(
+    student_adversarial: &Tensor,
+    student_clean: &Tensor,
+    teacher_adversarial: &Tensor,
+    teacher_clean: &Tensor,
+    settings: AdaAdSettings,
+) -> Tensor {
+    let adversarial = disagreement(student_adversarial, teacher_adversarial).mean(Kind::Float);
+    let clean = disagreement(student_clean, teacher_clean).mean(Kind::Float);
+    (adversarial * settings.alpha + clean * (1.0 - settings.alpha)) * settings.kl_scale
 }
 
 /// The inner objective per example, KL(softmax(teacher) || softmax(student)); differentiable
@@ -78,14 +103,15 @@ impl TrainingMethod for AdaAd {
             tch::no_grad(|| (teacher.forward_t(&adversarial, false), teacher.forward_t(images, false)));
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let clean_logits = context.student.forward_t(images, true);
-        let adversarial_loss = disagreement(&adversarial_logits, &teacher_adversarial).mean(Kind::Float);
-        let clean_loss = disagreement(&clean_logits, &teacher_clean).mean(Kind::Float);
-        let loss = adversarial_loss * self.alpha + clean_loss * (1.0 - self.alpha);
+        let loss = adaad_loss(&adversarial_logits, &clean_logits, &teacher_adversarial, &teacher_clean, self.settings);
         StepOutput { loss, clean_logits: clean_logits.detach(), adversarial_logits: Some(adversarial_logits.detach()) }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {
-        json!({"alpha": self.alpha, "temperature": 1.0, "start": "gaussian 0.001", "inner_loss": "KL(teacher(x') || student(x'))"})
+        json!({
+            "alpha": self.settings.alpha, "kl_scale": self.settings.kl_scale, "temperature": 1.0,
+            "start": "gaussian 0.001", "inner_loss": "KL(teacher(x') || student(x'))",
+        })
     }
 }
 

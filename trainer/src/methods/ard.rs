@@ -7,45 +7,55 @@
 //!
 //! Defaults, from the authors' public code (goldblum/AdversariallyRobustDistillation,
 //! `main.py`): t = 30, alpha = 1 (the clean term is off), PGD-10 of 2/255 within 8/255 on
-//! CIFAR. Our choices where the code differs from the formula: the KL is averaged over the
-//! batch (the formula's reading; the code's `KLDivLoss()` also divides by the number of
-//! classes), and the student is in eval mode while attacked, as in every method here (the code
-//! leaves batch norm in train mode during the attack).
+//! CIFAR, and the KL at the code's scale: `nn.KLDivLoss()` averages over the batch *and* the
+//! classes, so the class-summed KL's batch mean is multiplied by `kl_scale` = 1/C (the recipe
+//! sets it per data set). Our choice where the code differs: the student is in eval mode while
+//! attacked, as in every method here (the code leaves batch norm in train mode during the
+//! attack).
 
 use rfb_core::attacks::losses;
 
 use super::sat::madry_adversarial;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
-pub struct Ard {
+/// ARD's temperature, loss weight and KL scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ArdSettings {
     pub temperature: f64,
     pub alpha: f64,
+    /// Factor on the batch mean of the class-summed KL (1/C: `nn.KLDivLoss()`'s mean).
+    pub kl_scale: f64,
 }
 
-impl Default for Ard {
-    fn default() -> Self {
-        Ard { temperature: 30.0, alpha: 1.0 }
+pub struct Ard {
+    pub settings: ArdSettings,
+}
+
+impl Ard {
+    pub fn new(settings: ArdSettings) -> Self {
+        Ard { settings }
     }
 }
 
-/// ARD's loss, averaged over the batch: alpha * t^2 * KL(softmax(teacher/t) ||
-/// softmax(student_adversarial/t)) + (1 - alpha) * CE(student_clean, labels).
+/// ARD's loss: alpha * t^2 * kl_scale * mean_i KL(softmax(teacher_i/t) ||
+/// softmax(student_adversarial_i/t)) + (1 - alpha) * mean_i CE(student_clean_i, y_i).
 pub fn ard_loss(
     student_adversarial_logits: &Tensor,
     student_clean_logits: &Tensor,
     teacher_clean_logits: &Tensor,
     labels: &Tensor,
-    temperature: f64,
-    alpha: f64,
+    settings: ArdSettings,
 ) -> Tensor {
+    let ArdSettings { temperature, alpha, kl_scale } = settings;
     let teacher_soft = (teacher_clean_logits / temperature).softmax(-1, Kind::Float);
     let distillation =
         losses::kl_to_soft_labels(&(student_adversarial_logits / temperature), &teacher_soft).mean(Kind::Float);
     let clean = losses::cross_entropy(student_clean_logits, labels).mean(Kind::Float);
-    distillation * (alpha * temperature * temperature) + clean * (1.0 - alpha)
+    distillation * (alpha * temperature * temperature * kl_scale) + clean * (1.0 - alpha)
 }
 
 impl TrainingMethod for Ard {
@@ -63,12 +73,15 @@ impl TrainingMethod for Ard {
         let adversarial = madry_adversarial(context, images, labels);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let clean_logits = context.student.forward_t(images, true);
-        let loss = ard_loss(&adversarial_logits, &clean_logits, &teacher_logits, labels, self.temperature, self.alpha);
+        let loss = ard_loss(&adversarial_logits, &clean_logits, &teacher_logits, labels, self.settings);
         StepOutput { loss, clean_logits: clean_logits.detach(), adversarial_logits: Some(adversarial_logits.detach()) }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {
-        json!({"temperature": self.temperature, "alpha": self.alpha, "start": "uniform", "inner_loss": "student CE"})
+        json!({
+            "temperature": self.settings.temperature, "alpha": self.settings.alpha, "kl_scale": self.settings.kl_scale,
+            "start": "uniform", "inner_loss": "student CE",
+        })
     }
 }
 
@@ -86,14 +99,25 @@ mod tests {
         let student_clean = Tensor::from_slice(&[0.5f32, -0.5]).view([1, 2]);
         let teacher = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
         let labels = Tensor::from_slice(&[0i64]);
-        let loss = f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, 2.0, 0.9)).unwrap();
+        let settings = |temperature: f64, alpha: f64, kl_scale: f64| ArdSettings { temperature, alpha, kl_scale };
+        let loss =
+            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 0.9, 1.0)))
+                .unwrap();
         assert!((loss - 0.131964).abs() < 1e-5, "{loss}");
-        // With alpha = 1 (the default) only the distillation term is left: t^2 KL.
-        let loss = f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, 2.0, 1.0)).unwrap();
+        // With alpha = 1 (the default) only the distillation term is left: t^2 KL, and at the
+        // code's scale (1/C, here C = 2) half of it.
+        let loss =
+            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 1.0)))
+                .unwrap();
         assert!((loss - 0.111820).abs() < 1e-5, "{loss}");
+        let loss =
+            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 0.5)))
+                .unwrap();
+        assert!((loss - 0.055910).abs() < 1e-5, "{loss}");
         // A student that matches the teacher has no distillation loss (up to float rounding,
         // which t^2 = 900 magnifies).
-        let loss = f64::try_from(ard_loss(&teacher, &student_clean, &teacher, &labels, 30.0, 1.0)).unwrap();
+        let loss =
+            f64::try_from(ard_loss(&teacher, &student_clean, &teacher, &labels, settings(30.0, 1.0, 1.0))).unwrap();
         assert!(loss.abs() < 1e-3, "{loss}");
     }
 }

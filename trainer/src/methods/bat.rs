@@ -13,25 +13,35 @@
 //! Defaults, from the public code released for the paper
 //! (silvercherry/Improving-Robust-Fairness-via-Balance-Adversarial-Training, `train.py`):
 //! beta = 6, the TRADES KL-PGD of 10 steps from x + 0.001 N(0, 1), weight 1 on the uniform
-//! terms. Our choice: both points come from one trajectory of that attack (the code runs the
+//! terms, and the KL terms summed over classes and averaged over the batch (`KLDivLoss(size_average
+//! =False)` divided by the batch size; no 1/C factor). Its schedule (200 epochs, drops at 75, 90
+//! and 100, weight decay 2e-4, inherited from TRADES' script) is in the recipes. Our choice: both points come from one trajectory of that attack (the code runs the
 //! attack twice with independent starts); an example never misclassified uses the final
 //! iterate for both, one misclassified from the start uses the start as x_lc.
 
 use rfb_core::attacks::losses;
 
 use super::trades::{trades_adversarial, uniform_per_example};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
+/// BAT's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BatSettings {
+    /// Weight of the TRADES term.
+    pub beta: f64,
+}
+
 pub struct Bat {
     pub beta: f64,
 }
 
-impl Default for Bat {
-    fn default() -> Self {
-        Bat { beta: 6.0 }
+impl Bat {
+    pub fn new(settings: BatSettings) -> Self {
+        Bat { beta: settings.beta }
     }
 }
 

@@ -16,14 +16,18 @@
 //! sum_i w_bndy[y_i], KL_i = KL(f(x_i) || f(x'_i)) as in TRADES.
 //!
 //! Defaults, from the authors' public code (hannxu123/fair_robust, `frlrmrw.py` and
-//! `utils_frl2.py`): r1 = 0.05 (halved every 40 epochs), r2 = 0.2, limit 0.5, beta = 1.5, the
-//! inner step the largest radius of the batch over 4 (our presets' step is eps / 4, scaled the
-//! same way), and FRL fine-tunes a robust model (pass `--init`, e.g. a TRADES run's `best`; the
-//! code trains 40 epochs at lr 0.001). Our choices: the multipliers move after each epoch
-//! (the code moves them before each, from the starting model, which is the same sequence
-//! shifted by one epoch), the split's PGD is the loop's selection PGD (20 steps), and
-//! 1/C replaces the code's hard-coded 1/10.
+//! `utils_frl2.py`): r1 = 0.05 (halved at every 40th epoch), r2 = 0.2, limit 0.5, beta = 1.5,
+//! the inner step the largest radius of the batch over 4 (our recipes' step is eps / 4, scaled
+//! the same way). FRL fine-tunes a robust model: the code loads `hot_start.pt` and trains 40
+//! epochs at lr 0.001 with weight decay 5e-4 (its recipe; `--init` gives the model). The
+//! multipliers are fitted on a validation hold-out of the training set, never on the test set
+//! (the loop guarantees it). Our choices: the multipliers move after each epoch (the code moves
+//! them before each, from the starting model, which is the same sequence shifted by one epoch;
+//! the halving of r1 is aligned with the code's, before its 40th update), the hold-out's PGD is
+//! the loop's selection PGD (20 steps of 2/255, as the code's validation attack), and 1/C
+//! replaces the code's hard-coded 1/10.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -33,6 +37,25 @@ use super::trades::trades_adversarial;
 
 use crate::method::{EpochEnd, StepContext, StepOutput, TrainingMethod};
 
+/// FRL's settings (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FrlSettings {
+    /// Fairness threshold of the constraints (0.05 in the ABSLD paper's A.3).
+    pub tau: f64,
+    /// Step of the reweighting multipliers (r1); the boundary ones move at twice it.
+    pub rate: f64,
+    /// Step of the remargin multipliers (r2).
+    pub margin_rate: f64,
+    /// Largest sum of each reweighting multiplier vector.
+    pub limit: f64,
+    /// Weight of the boundary term, as TRADES' beta.
+    pub beta: f64,
+    /// r1 is halved at every this many epochs.
+    pub rate_halving_every: i64,
+    pub margin_min: f64,
+    pub margin_max: f64,
+}
+
 pub struct Frl {
     pub tau: f64,
     pub rate: f64,
@@ -40,20 +63,22 @@ pub struct Frl {
     pub limit: f64,
     pub beta: f64,
     pub margin_bounds: (f64, f64),
+    rate_halving_every: i64,
     natural_multipliers: Vec<f64>,
     boundary_multipliers: Vec<f64>,
     margin_multipliers: Vec<f64>,
 }
 
 impl Frl {
-    pub fn new(num_classes: usize) -> Self {
+    pub fn new(num_classes: usize, settings: FrlSettings) -> Self {
         Frl {
-            tau: 0.05,
-            rate: 0.05,
-            margin_rate: 0.2,
-            limit: 0.5,
-            beta: 1.5,
-            margin_bounds: (0.98, 3.0),
+            tau: settings.tau,
+            rate: settings.rate,
+            margin_rate: settings.margin_rate,
+            limit: settings.limit,
+            beta: settings.beta,
+            margin_bounds: (settings.margin_min, settings.margin_max),
+            rate_halving_every: settings.rate_halving_every,
             natural_multipliers: vec![0.0; num_classes],
             boundary_multipliers: vec![0.0; num_classes],
             margin_multipliers: vec![0.0; num_classes],
@@ -141,6 +166,11 @@ impl TrainingMethod for Frl {
     }
 
     fn end_epoch(&mut self, end: &EpochEnd) {
+        // The code halves r1 before its n-th update when n is a multiple of 40 (1-based);
+        // our update after epoch e (0-based) is its update n = e + 2.
+        if self.rate_halving_every > 0 && (end.epoch + 2) % self.rate_halving_every == 0 {
+            self.rate /= 2.0;
+        }
         if let Some((clean, robust)) = end.validation {
             let fraction = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(|a| if a.is_nan() { 0.0 } else { a / 100.0 }).collect() };
             let clean_accuracy = fraction(clean.class_accuracy());
@@ -150,9 +180,6 @@ impl TrainingMethod for Frl {
             let overall_clean = clean.overall_accuracy() / 100.0;
             let overall_robust = robust.overall_accuracy() / 100.0;
             self.update(&natural_errors, 1.0 - overall_clean, &boundary_errors, overall_clean - overall_robust);
-        }
-        if (end.epoch + 1) % 40 == 0 {
-            self.rate /= 2.0;
         }
     }
 
@@ -185,7 +212,7 @@ impl TrainingMethod for Frl {
         json!({
             "tau": self.tau, "rate": self.rate, "margin_rate": self.margin_rate, "limit": self.limit,
             "beta": self.beta, "margin_min": self.margin_bounds.0, "margin_max": self.margin_bounds.1,
-            "variant": "reweight+remargin",
+            "rate_halving_every": self.rate_halving_every, "variant": "reweight+remargin",
         })
     }
 }
@@ -200,9 +227,22 @@ mod tests {
         }
     }
 
+    pub(crate) fn defaults() -> FrlSettings {
+        FrlSettings {
+            tau: 0.05,
+            rate: 0.05,
+            margin_rate: 0.2,
+            limit: 0.5,
+            beta: 1.5,
+            rate_halving_every: 40,
+            margin_min: 0.98,
+            margin_max: 3.0,
+        }
+    }
+
     #[test]
     fn multipliers_weights_and_margins_follow_the_constraints() {
-        let mut frl = Frl::new(3);
+        let mut frl = Frl::new(3, defaults());
         // Clean errors (0.10, 0.20, 0.45), overall 0.25: violations (-0.20, -0.10, 0.15);
         // phi_nat = clamp(0.05 v, 0) = (0, 0, 0.0075); w = 1/3 + phi - mean(phi).
         // Boundary errors (0.2, 0.3, 0.4), overall 0.3: violations (-0.15, -0.05, 0.05);
@@ -225,5 +265,36 @@ mod tests {
         close(&normalise_multipliers(&[0.4, 0.3, -0.2], 0.5), &[0.285714, 0.214286, 0.0]);
         close(&normalise_multipliers(&[0.1, 0.2, -0.2], 0.5), &[0.1, 0.2, 0.0]);
         close(&weights_from_multipliers(&[0.285714, 0.214286, 0.0]), &[0.452381, 0.380952, 0.166667]);
+    }
+
+    #[test]
+    fn the_rate_halves_before_the_codes_fortieth_update() {
+        // The code halves r1 at its (1-based) epoch 40, before that epoch's update; that update
+        // is ours after epoch 38 (0-based), so the rate is halved from then on.
+        let student = rfb_core::models::build(
+            &rfb_core::models::ModelSpec::new("digits-cnn", 3, [1, 8, 8]),
+            tch::Device::Cpu,
+        )
+        .unwrap();
+        let risks = crate::method::EpochRisks { clean: vec![1.0; 3], adversarial: None };
+        let mut frl = Frl::new(3, defaults());
+        let mut rates = Vec::new();
+        for epoch in 0..80 {
+            frl.end_epoch(&EpochEnd {
+                epoch,
+                epochs: 80,
+                risks: &risks,
+                train_clean_accuracy: &[0.5; 3],
+                train_adversarial_accuracy: None,
+                validation: None,
+                lr_decayed: false,
+                student: &student,
+            });
+            rates.push(frl.rate);
+        }
+        assert_eq!(rates[37], 0.05);
+        assert_eq!(rates[38], 0.025);
+        assert_eq!(rates[77], 0.025);
+        assert_eq!(rates[78], 0.0125);
     }
 }

@@ -1,8 +1,12 @@
 //! TRADES (Zhang et al., ICML 2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), with x_adv
 //! maximising that KL from x + 0.001 N(0, 1). beta = 6 as in the paper's CIFAR setting; the
-//! teachers of RSLAD and ABSLD are trained this way.
+//! teachers of RSLAD and ABSLD are trained this way. The KL is summed over classes and averaged
+//! over the batch (yaodongyu/TRADES `trades.py`: `KLDivLoss(size_average=False)` divided by the
+//! batch size); the schedule of `train_trades_cifar10.py` (76 epochs, one drop at 75) is in the
+//! recipes.
 
 use rfb_core::attacks::{self, losses, Start};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -34,6 +38,13 @@ pub fn trades_adversarial(
 /// The same radius and step for every example of the batch, as [N] tensors.
 pub fn uniform_per_example(images: &Tensor, value: f64) -> Tensor {
     Tensor::full([images.size()[0]], value, (Kind::Float, images.device()))
+}
+
+/// TRADES' settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TradesSettings {
+    /// Weight of the robust (KL) term.
+    pub beta: f64,
 }
 
 pub struct Trades {

@@ -1,0 +1,41 @@
+//! Checkpoints holding a TorchScript module, and loading any checkpoint as a [`LoadedModel`].
+//!
+//! A TorchScript checkpoint is a directory with `model.pt` (the module exactly as PyTorch
+//! saved it) and `manifest.json` (architecture `torchscript`, classes, input shape, optional
+//! normalisation applied before the module, and `weights_sha256` = the sha256 of `model.pt`).
+
+use std::path::Path;
+
+use tch::Device;
+
+use super::{io_error, load, read_manifest, sha256_hex, CheckpointError, Expectation, Manifest};
+use crate::models::{LoadedModel, ModelError, TorchScriptModel};
+
+/// The module file of a TorchScript checkpoint.
+pub const TORCHSCRIPT_FILE: &str = "model.pt";
+
+/// Loads a checkpoint directory of either kind onto `device`: our architectures through
+/// [`load`] (every check it makes), TorchScript modules after checking the file's sha256
+/// against the manifest and the module against the manifest's classes and input shape (see
+/// [`TorchScriptModel::from_bytes`]). The module is loaded from the bytes that were hashed.
+pub fn load_model(dir: &Path, device: Device) -> Result<(LoadedModel, Manifest), CheckpointError> {
+    let manifest = read_manifest(dir)?;
+    if !manifest.is_torchscript() {
+        let (network, manifest) = load(dir, device, &Expectation::default())?;
+        return Ok((LoadedModel::Native(network), manifest));
+    }
+    let path = dir.join(TORCHSCRIPT_FILE);
+    if !path.is_file() {
+        return Err(CheckpointError::MissingFile { path, what: "model.pt with the TorchScript module" });
+    }
+    let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    let found = sha256_hex(&bytes);
+    if found != manifest.weights_sha256 {
+        return Err(CheckpointError::ChecksumMismatch { path, expected: manifest.weights_sha256.clone(), found });
+    }
+    let module = TorchScriptModel::from_bytes(bytes, &manifest.model, device).map_err(|e| match e {
+        ModelError::TorchScript(problem) => CheckpointError::TorchScript { path: path.clone(), problem },
+        other => CheckpointError::Model(other),
+    })?;
+    Ok((LoadedModel::TorchScript(module), manifest))
+}

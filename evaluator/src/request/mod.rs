@@ -1,0 +1,364 @@
+//! A request's one way through the evaluator: **validate** (this module: every field against
+//! the limits, every attack spec into its canonical form, the cost against the server's
+//! budget), **prepare** ([`crate::catalog`]: the model, its weights and the data it will touch),
+//! **queue** ([`crate::worker`]), **compute** ([`crate::engine`]) and **store**
+//! ([`crate::cache`]). The limits, the errors (one variant per gRPC status) and the prepared
+//! forms live here, so that the catalog and the engine both depend on this module and not on
+//! each other.
+
+mod cost;
+mod error;
+mod spec;
+
+use std::path::PathBuf;
+
+use rfb_core::checkpoint::{self, Manifest};
+use rfb_core::data::{DatasetKind, Split};
+use rfb_proto::v1::{AttackResult, ClassResult, ComponentResult, EvaluateRequest, Metrics, Precision, SanityFlags};
+use tch::Device;
+
+use crate::cache::StoredResult;
+
+pub use cost::{passes_per_example, CostEstimate, DEFAULT_MAX_JOB_COST};
+pub use error::{is_out_of_memory, EngineError};
+pub use spec::{
+    attack_display_name, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
+    AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
+    DEFAULT_STEP_SIZE, SQUARE_QUERIES,
+};
+
+/// Largest number of steps (iterations, or Square queries) a request may ask for.
+pub const MAX_STEPS: i64 = 10_000;
+pub const MAX_RESTARTS: i64 = 100;
+pub const MAX_KAPPA: f64 = 10_000.0;
+/// Largest batch size a request may ask for.
+pub const MAX_BATCH_SIZE: i64 = 4096;
+/// Largest number of attacks in one request.
+pub const MAX_ATTACKS: usize = 64;
+/// Largest number of components of one AUTOATTACK_CUSTOM spec.
+pub const MAX_COMPONENTS: usize = 16;
+/// Longest model name, in bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 1024;
+/// Longest data set or component name, in bytes.
+pub const MAX_FIELD_BYTES: usize = 64;
+/// Default of `--max-queue`: jobs that may wait (the running one not counted).
+pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// Default of `--max-queue-per-client`.
+pub const DEFAULT_MAX_QUEUE_PER_CLIENT: usize = 16;
+
+/// What a server admits; `evaluator eval` has none of these limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest estimated cost of a job, in forward+backward passes ([`CostEstimate`]).
+    pub max_job_cost: u64,
+    /// Jobs that may wait in the queue, all clients together.
+    pub max_queue: usize,
+    /// Jobs one client (one token, else one peer address) may have waiting.
+    pub max_queue_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_job_cost: DEFAULT_MAX_JOB_COST,
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_queue_per_client: DEFAULT_MAX_QUEUE_PER_CLIENT,
+        }
+    }
+}
+
+pub fn split_from_proto(split: i32) -> Result<Split, EngineError> {
+    use rfb_proto::v1::Split as P;
+    match P::try_from(split) {
+        Ok(P::Unspecified | P::Test) => Ok(Split::Test),
+        Ok(P::Validation) => Ok(Split::Validation),
+        Ok(P::Train) => Ok(Split::Train),
+        Err(_) => Err(EngineError::InvalidArgument(format!("unknown split {split}"))),
+    }
+}
+
+pub fn split_to_proto(split: Split) -> rfb_proto::v1::Split {
+    use rfb_proto::v1::Split as P;
+    match split {
+        Split::Test => P::Test,
+        Split::Validation => P::Validation,
+        Split::Train => P::Train,
+    }
+}
+
+pub fn precision_from_proto(precision: i32) -> Result<Precision, EngineError> {
+    match Precision::try_from(precision) {
+        Ok(Precision::Unspecified | Precision::Fp32) => Ok(Precision::Fp32),
+        Ok(Precision::Bf16) => Ok(Precision::Bf16),
+        Ok(Precision::Fp32Fast) => Ok(Precision::Fp32Fast),
+        Err(_) => Err(EngineError::InvalidArgument(format!("unknown precision {precision}"))),
+    }
+}
+
+/// The batch size a request asks for (0: `default`).
+pub fn batch_size(requested: i64, default: i64) -> Result<i64, EngineError> {
+    match requested {
+        0 => Ok(default),
+        b if (1..=MAX_BATCH_SIZE).contains(&b) => Ok(b),
+        b => Err(EngineError::InvalidArgument(format!(
+            "batch_size must be in 1..={MAX_BATCH_SIZE} (0: the server's default), got {b}"
+        ))),
+    }
+}
+
+/// The checks that need nothing but the request: the size of every field and repeated field,
+/// the enumerations, the batch size, and the sign of examples_per_class. The first thing done
+/// with a request, before any file is read or anything sized by the request is allocated.
+pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
+    let invalid = |message: String| Err(EngineError::InvalidArgument(message));
+    if request.model.len() > MAX_MODEL_NAME_BYTES {
+        return invalid(format!("the model name is {} bytes; at most {MAX_MODEL_NAME_BYTES}", request.model.len()));
+    }
+    if request.dataset.len() > MAX_FIELD_BYTES {
+        return invalid(format!("the data set name is {} bytes; at most {MAX_FIELD_BYTES}", request.dataset.len()));
+    }
+    split_from_proto(request.split)?;
+    precision_from_proto(request.precision)?;
+    batch_size(request.batch_size, 1)?;
+    if request.examples_per_class < 0 {
+        return invalid(format!("examples_per_class must not be negative, got {}", request.examples_per_class));
+    }
+    if request.attacks.is_empty() {
+        return invalid("no attacks requested; list at least one AttackSpec".into());
+    }
+    if request.attacks.len() > MAX_ATTACKS {
+        return invalid(format!("{} attacks requested; at most {MAX_ATTACKS} per request", request.attacks.len()));
+    }
+    for (index, attack) in request.attacks.iter().enumerate() {
+        if attack.components.len() > MAX_COMPONENTS {
+            return invalid(format!(
+                "attack {index}: {} AutoAttack components listed; at most {MAX_COMPONENTS}",
+                attack.components.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// INVALID_ARGUMENT unless every class of the split (`counts`, from its labels) has
+/// `examples_per_class` examples (0: the whole split).
+pub fn check_examples_per_class(
+    examples_per_class: i64,
+    counts: &[i64],
+    dataset: DatasetKind,
+    split: Split,
+) -> Result<(), EngineError> {
+    if examples_per_class < 0 {
+        return Err(EngineError::InvalidArgument(format!(
+            "examples_per_class must not be negative, got {examples_per_class}"
+        )));
+    }
+    if let Some((class, &available)) =
+        counts.iter().enumerate().filter(|(_, &c)| c < examples_per_class).min_by_key(|(_, &c)| c)
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "examples_per_class is {examples_per_class} but class {class} of {dataset} ({split}) has only {available} examples"
+        )));
+    }
+    if counts.is_empty() || counts.iter().sum::<i64>() == 0 {
+        return Err(EngineError::FailedPrecondition(format!("data set {dataset} ({split}) has no examples")));
+    }
+    Ok(())
+}
+
+/// One attack of a validated request.
+#[derive(Debug, Clone)]
+pub struct PreparedAttack {
+    /// The spec with every default filled in.
+    pub spec: rfb_proto::v1::AttackSpec,
+    /// Display name, e.g. `PGD-20`.
+    pub name: String,
+    /// What determines the result; its sha256 is `cache_key`.
+    pub key_material: serde_json::Value,
+    pub cache_key: String,
+}
+
+/// A request that passed every check that needs no tensors, against the model and the data it
+/// will touch.
+#[derive(Debug, Clone)]
+pub struct PreparedEvaluation {
+    /// The model's name as given (relative to the models directory, `/`-separated).
+    pub model: String,
+    /// Canonical checkpoint directory.
+    pub model_dir: PathBuf,
+    pub manifest: Manifest,
+    /// sha256 of the weights file as read now (equal to the manifest's).
+    pub weights_sha256: String,
+    pub dataset: DatasetKind,
+    pub split: Split,
+    /// Examples of each class in the split (from its labels).
+    pub class_counts: Vec<i64>,
+    /// 0: the whole split.
+    pub examples_per_class: i64,
+    pub batch_size: i64,
+    pub precision: Precision,
+    pub attacks: Vec<PreparedAttack>,
+}
+
+impl PreparedEvaluation {
+    /// Number of examples the evaluation covers.
+    pub fn examples(&self) -> i64 {
+        if self.examples_per_class > 0 {
+            self.examples_per_class.saturating_mul(self.class_counts.len() as i64)
+        } else {
+            self.class_counts.iter().sum()
+        }
+    }
+}
+
+/// Everything that determines one attack's result, as JSON (its sha256 is the cache key):
+/// besides the request, the hash of the sources that decide attack results (so that no result
+/// of older code is ever served) and the kind of device (a GPU rounds differently from a CPU).
+/// The batch size is not part of it: attacks draw their randomness per example and keep their
+/// state per point, so the batch a point is in does not change its result.
+pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
+    let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
+    let mut material = serde_json::json!({
+        "schema": crate::cache::CACHE_SCHEMA,
+        "weights_sha256": job.weights_sha256,
+        "dataset": job.dataset.name(),
+        "split": job.split.as_str(),
+        "examples_per_class": job.examples_per_class,
+        "attack": {
+            "kind": kind,
+            "eps": spec.eps,
+            "steps": spec.steps,
+            "step_size": spec.step_size,
+            "restarts": spec.restarts,
+            "kappa": spec.kappa,
+            "components": spec.components,
+        },
+        "seed": spec.seed,
+        "precision": job.precision.as_str_name(),
+        "device": if device.is_cuda() { "cuda" } else { "cpu" },
+        "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
+        "attack_source": rfb_core::attacks::SOURCE_HASH,
+    });
+    // The normalisation lives in the manifest, not in the weights file: the same weights
+    // imported with and without one are different models. (Absent when there is none, so that
+    // the keys of other checkpoints do not change.)
+    if let Some(normalization) = &job.manifest.model.normalization {
+        material["normalization"] = serde_json::json!(normalization);
+    }
+    material
+}
+
+/// Assembles the wire result of one attack from its stored form.
+pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: &StoredResult, cached: bool) -> AttackResult {
+    let accuracy = rfb_proto::metrics::class_accuracy(&stored.correct, &stored.total);
+    let summary = rfb_proto::metrics::summarize(&accuracy);
+    AttackResult {
+        attack: Some(attack.spec.clone()),
+        attack_name: stored.attack_name.clone(),
+        classes: stored
+            .class_names
+            .iter()
+            .zip(stored.correct.iter().zip(&stored.total))
+            .map(|(name, (&correct, &total))| ClassResult { class_name: name.clone(), correct, total })
+            .collect(),
+        metrics: Some(Metrics {
+            average: summary.average,
+            worst: summary.worst,
+            worst_10_percent: summary.worst_10_percent,
+            nsd: summary.nsd,
+        }),
+        sanity: stored.sanity.map(|s| SanityFlags {
+            randomised: s.randomised,
+            probabilities_not_logits: s.probabilities_not_logits,
+            zero_gradient_fraction: s.zero_gradient_fraction,
+            possible_gradient_masking: s.possible_gradient_masking,
+        }),
+        device: stored.device.clone(),
+        elapsed_seconds: stored.elapsed_seconds,
+        cached,
+        versions: Some(crate::versions()),
+        model: job.model.clone(),
+        weights_sha256: job.weights_sha256.clone(),
+        dataset: job.dataset.name().to_string(),
+        split: split_to_proto(job.split) as i32,
+        examples_per_class: job.examples_per_class,
+        precision: job.precision as i32,
+        components: stored
+            .components
+            .iter()
+            .map(|c| ComponentResult {
+                name: c.name.clone(),
+                seconds: c.seconds,
+                attacked: c.attacked,
+                robust_after: c.robust_after.correct.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rfb_proto::v1::{AttackKind, AttackSpec};
+
+    fn spec(kind: AttackKind) -> AttackSpec {
+        AttackSpec { kind: kind as i32, ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let pgd = canonical_spec(&AttackSpec { seed: 3, ..spec(AttackKind::Pgd) }).unwrap();
+        assert_eq!(pgd.eps, Some(8.0 / 255.0));
+        assert_eq!(pgd.steps, Some(20));
+        assert_eq!(pgd.step_size, Some(2.0 / 255.0));
+        assert_eq!(pgd.restarts, Some(1));
+        assert_eq!(pgd.seed, 3);
+        let cw = canonical_spec(&spec(AttackKind::CwInf)).unwrap();
+        assert_eq!((cw.steps, cw.kappa), (Some(30), Some(50.0)));
+        let clean = canonical_spec(&AttackSpec { eps: Some(0.1), seed: 9, ..spec(AttackKind::Clean) }).unwrap();
+        assert_eq!(clean, spec(AttackKind::Clean));
+        assert_eq!(attack_display_name(&pgd, 10).unwrap(), "PGD-20");
+        assert_eq!(attack_display_name(&clean, 10).unwrap(), "Clean");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_their_name() {
+        let cases = [
+            (AttackSpec { eps: Some(-0.1), ..spec(AttackKind::Pgd) }, "eps"),
+            (AttackSpec { eps: Some(1.5), ..spec(AttackKind::Fgsm) }, "eps"),
+            (AttackSpec { steps: Some(0), ..spec(AttackKind::Pgd) }, "steps"),
+            (AttackSpec { steps: Some(10_001), ..spec(AttackKind::CwInf) }, "steps"),
+            (AttackSpec { kappa: Some(1.0), ..spec(AttackKind::Pgd) }, "kappa"),
+            (AttackSpec { components: vec!["fab".into()], ..spec(AttackKind::AutoattackCustom) }, "component"),
+            (spec(AttackKind::AutoattackCustom), "components"),
+            (spec(AttackKind::Unspecified), "unspecified"),
+            (AttackSpec { kind: 42, ..Default::default() }, "kind"),
+        ];
+        for (spec, word) in cases {
+            let error = canonical_spec(&spec).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{spec:?}");
+            assert!(error.to_string().contains(word), "{error} should name {word}");
+        }
+    }
+
+    #[test]
+    fn custom_components_build_in_order() {
+        let custom = canonical_spec(&AttackSpec {
+            components: vec!["APGD-CE".into(), "square".into()],
+            steps: Some(10),
+            ..spec(AttackKind::AutoattackCustom)
+        })
+        .unwrap();
+        assert_eq!(custom.components, vec!["apgd-ce", "square"]);
+        assert_eq!(attack_display_name(&custom, 10).unwrap(), "AutoAttack(APGD-CE+Square)");
+    }
+
+    #[test]
+    fn out_of_memory_messages_are_recognised() {
+        let oom = EngineError::from_torch_message("PGD-20", "CUDA out of memory. Tried to allocate 2.00 GiB");
+        assert_eq!(oom.code(), tonic::Code::ResourceExhausted);
+        let cpu = EngineError::from_torch_message("x", "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory");
+        assert_eq!(cpu.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(EngineError::from_torch_message("x", "shape mismatch").code(), tonic::Code::Internal);
+    }
+}

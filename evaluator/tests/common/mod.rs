@@ -1,0 +1,226 @@
+//! Helpers shared by the evaluator's integration tests: a small digits model trained once per
+//! target directory, fresh models directories, and the real `evaluator` binary on loopback.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rfb_proto::v1::evaluator_client::EvaluatorClient;
+use rfb_proto::v1::{evaluate_event::Event, AttackKind, AttackResult, AttackSpec, EvaluateRequest};
+use rfb_trainer::presets::Preset;
+use rfb_trainer::run::{self, RunConfig};
+use tonic::transport::Channel;
+use tonic::Status;
+
+pub const MODEL: &str = "natural-s0/best";
+
+/// A natural digits-cnn (2 quick epochs), trained once and kept under Cargo's target tmp dir so
+/// that test processes (nextest runs one per test) share it. A lock file keeps two processes
+/// from training at once; a kept run that no longer loads (the format changed) is retrained.
+pub fn trained_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rfb-evaluator-tests");
+        let version: String = rfb_core::checkpoint::code_version().chars().filter(char::is_ascii_alphanumeric).collect();
+        let done = root.join(format!("natural-digits-{version}"));
+        let usable = |dir: &Path| {
+            ["best", "last"].iter().all(|which| {
+                rfb_core::checkpoint::load(&dir.join(which), tch::Device::Cpu, &Default::default()).is_ok()
+            })
+        };
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = root.join("training.lock");
+        let waiting_since = Instant::now();
+        loop {
+            if done.exists() && usable(&done) {
+                return done;
+            }
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(_) => break,
+                Err(_) => {
+                    let stale = std::fs::metadata(&lock)
+                        .and_then(|m| m.modified())
+                        .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(300))
+                        .unwrap_or(true);
+                    if stale || waiting_since.elapsed() > Duration::from_secs(600) {
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&done);
+        let scratch = root.join(format!("training-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let mut preset = Preset::for_dataset(rfb_core::data::DatasetKind::Digits);
+        preset.epochs = 2;
+        preset.lr_milestones = vec![1];
+        preset.eval_every = 2;
+        preset.selection_pgd_steps = 3;
+        preset.attack.steps = 3;
+        let config = RunConfig {
+            method: "natural".into(),
+            dataset: rfb_core::data::DatasetKind::Digits,
+            data_dir: None,
+            teacher: None,
+            init: None,
+            seed: 0,
+            out: scratch.clone(),
+            preset,
+            select_on: rfb_core::data::Split::Validation,
+            device: tch::Device::Cpu,
+            resume: false,
+            progress: false,
+            stop_after: None,
+        };
+        let trained = run::run(&config);
+        let moved = trained.as_ref().ok().map(|_| std::fs::rename(&scratch, &done));
+        let _ = std::fs::remove_file(&lock);
+        trained.unwrap();
+        moved.unwrap().unwrap();
+        done
+    })
+}
+
+pub fn copy_checkpoint(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["manifest.json", "model.safetensors"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+}
+
+/// A fresh models directory holding `natural-s0/best` and `natural-s0/last`.
+pub fn models_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for which in ["best", "last"] {
+        copy_checkpoint(&trained_run().join(which), &dir.path().join("natural-s0").join(which));
+    }
+    dir
+}
+
+/// The evaluator binary serving on a free loopback port; killed on drop (its log printed if
+/// the test failed).
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+    pub log: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    pub fn start(models: &Path, extra: &[&str]) -> Server {
+        let log = models.join(".server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evaluator"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--models-dir"])
+            .arg(models)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let address = line.trim().to_string();
+        if address.is_empty() {
+            let _ = child.kill();
+            panic!("the server did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        assert!(address.starts_with("127.0.0.1:"), "bound to {address}");
+        Server { child, address, log, _stdout: stdout }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn client(&self) -> EvaluatorClient<Channel> {
+        EvaluatorClient::connect(self.url()).await.unwrap()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server log ---\n{}", self.log());
+        }
+    }
+}
+
+pub fn spec(kind: AttackKind) -> AttackSpec {
+    AttackSpec { kind: kind as i32, ..Default::default() }
+}
+
+pub fn request(per_class: i64, attacks: Vec<AttackSpec>) -> EvaluateRequest {
+    EvaluateRequest { model: MODEL.into(), examples_per_class: per_class, attacks, ..Default::default() }
+}
+
+pub async fn events(client: &mut EvaluatorClient<Channel>, request: EvaluateRequest) -> Result<Vec<Event>, Status> {
+    let mut stream = client.evaluate(request).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await? {
+        events.push(event.event.expect("every event has a payload"));
+    }
+    Ok(events)
+}
+
+pub fn results(events: &[Event]) -> Vec<AttackResult> {
+    events.iter().filter_map(|e| if let Event::Result(r) = e { Some(r.clone()) } else { None }).collect()
+}
+
+pub fn correct(result: &AttackResult) -> Vec<i64> {
+    result.classes.iter().map(|c| c.correct).collect()
+}
+
+pub fn total_correct(result: &AttackResult) -> i64 {
+    correct(result).iter().sum()
+}
+
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident and peak resident memory of the server, in KiB (from /proc).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// Waits until the server's log contains `text` (the worker logs after the client's status).
+pub fn wait_for_log(server: &Server, text: &str, within: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if server.log().contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
