@@ -24,10 +24,12 @@ rfb_build() {
         echo "== Python environment (libtorch), in the background (log: $log); meanwhile the crates that do not need libtorch"
         bash "$root/scripts/setup-env.sh" >"$log" 2>&1 &
         local env_pid=$!
-        # torch-sys cannot build before libtorch is there: point it nowhere so that it fails at
-        # once, and let --keep-going build everything else. Errors here are expected; the
-        # second build below reports any real one.
-        (cd "$root" && LIBTORCH_USE_PYTORCH='' LIBTORCH=/nonexistent-until-the-environment-is-ready \
+        # torch-sys cannot build before libtorch is there: point it nowhere (and not at the
+        # half-installed Python environment: torch-sys asks Python whenever
+        # LIBTORCH_USE_PYTORCH is set at all, even empty) so that it fails at once, and let
+        # --keep-going build everything else. Errors here are expected; the second build below
+        # reports any real one.
+        (cd "$root" && env -u LIBTORCH_USE_PYTORCH LIBTORCH=/nonexistent-until-the-environment-is-ready \
             cargo build --locked --keep-going -q "$@" >"$root/target/early-build.log" 2>&1) || true
         echo "   crates without libtorch compiled after $((SECONDS - started)) s; waiting for the environment"
         if ! wait "$env_pid"; then
