@@ -46,8 +46,7 @@ impl Mode {
     /// else bars when stderr is a terminal and lines when it is not. The lines come every
     /// `RFB_PROGRESS_SECONDS` seconds (default 15).
     pub fn detect(quiet: bool) -> Mode {
-        let every = std::env::var("RFB_PROGRESS_SECONDS").ok().as_deref().and_then(parse_seconds).unwrap_or(DEFAULT_INTERVAL);
-        Mode::choose(quiet, std::env::var("RFB_PROGRESS").ok().as_deref(), std::io::stderr().is_terminal(), every)
+        Mode::choose(quiet, std::env::var("RFB_PROGRESS").ok().as_deref(), std::io::stderr().is_terminal(), interval_from_env())
     }
 
     /// The decision of [`Mode::detect`] from its inputs.
@@ -63,6 +62,12 @@ impl Mode {
             _ => Mode::Lines { every },
         }
     }
+}
+
+/// The pace of plain lines: `RFB_PROGRESS_SECONDS`, else [`DEFAULT_INTERVAL`]. For logs that
+/// report progress their own way (the evaluator's server log) at the same pace.
+pub fn interval_from_env() -> Duration {
+    std::env::var("RFB_PROGRESS_SECONDS").ok().as_deref().and_then(parse_seconds).unwrap_or(DEFAULT_INTERVAL)
 }
 
 fn parse_seconds(text: &str) -> Option<Duration> {
