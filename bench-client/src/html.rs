@@ -107,7 +107,7 @@ const STYLE: &str = r#"
 *{box-sizing:border-box}
 html{-webkit-text-size-adjust:100%}
 body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--ink);background:#fff}
-main{max-width:1180px;margin:0 auto;padding:12px 16px 48px}
+main{max-width:1320px;margin:0 auto;padding:12px 16px 48px}
 header{margin-bottom:4px}
 h1{font-size:1.5rem;line-height:1.25;margin:.4rem 0}
 h2{font-size:1.2rem;margin:2rem 0 .4rem;padding-top:.4rem;border-top:1px solid var(--line)}
@@ -117,7 +117,9 @@ p{margin:.4rem 0}
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:.95rem;margin:.5rem 0}
 nav a{color:var(--accent);text-decoration:none;padding:4px 0}
 .note{color:var(--muted);font-size:.9rem;max-width:75ch}
-.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px;max-width:100%}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px;width:fit-content;max-width:100%}
+.heat .scroll{width:auto}
+.hint{display:none;color:var(--muted);font-size:.85rem;margin:.2rem 0}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:var(--soft);font-weight:600}
@@ -130,7 +132,8 @@ tbody tr:last-child td{border-bottom:0}
 .t1 td{vertical-align:top}
 .best{font-weight:700}
 .star{color:var(--accent);font-size:.75em;margin-right:2px}
-.t1 th,.t1 td{padding:5px 6px}
+.t1{font-size:.93rem}
+.t1 th,.t1 td{padding:4px 5px}
 .heatmaps{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,330px),1fr));gap:14px}
 figure{margin:0}
 .heat table{width:100%}
@@ -156,6 +159,7 @@ table.text th,table.text td{text-align:left}
 td.hash{white-space:normal;word-break:break-all;min-width:16em;font-size:.75em}
 figure.wide{grid-column:1/-1}
 footer{margin-top:2.5rem;color:var(--muted);font-size:.85rem}
+@media (max-width:1100px){.hint{display:block}}
 @media (max-width:640px){body{font-size:14px}main{padding:8px 10px 40px}h1{font-size:1.25rem}th,td{padding:4px 6px}dl.kv{grid-template-columns:1fr}dl.kv dt{margin-top:6px}}
 "#;
 
@@ -332,7 +336,8 @@ fn differences(out: &mut String, summary: &Summary) {
         out,
         "<p class=\"note\">Each model against <b>{}</b>: difference of the means over seeds, its {c}% interval and Welch's \
          two-sided p (unequal variances). Green: better than the baseline (higher Avg and Worst, lower NSD), red: worse; \
-         bold: p &lt; 0.05. With few seeds a large difference can still have a large p.</p>",
+         bold: p &lt; 0.05. With few seeds a large difference can still have a large p. A dash instead of an interval \
+         and p: neither model's seeds vary (nothing to test the difference against), or a model has one seed.</p>",
         escape(&baseline)
     );
     let metrics = [Metric::Avg, Metric::Worst, Metric::Nsd];
@@ -395,12 +400,7 @@ fn provenance(out: &mut String, results: &Results) {
     facts.push(("client".into(), escape(&results.client_version)));
     facts.push(("proto".into(), escape(&results.proto_version)));
     for (key, value) in &results.run {
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let shown = if key.ends_with("sha256") || key == "sources" { format!("<span class=\"mono\">{}</span>", escape(&text)) } else { escape(&text) };
-        facts.push((escape(key), shown));
+        facts.push((escape(&run_key(key)), run_value(key, value)));
     }
     out.push_str("<h3>Run</h3><dl class=\"kv\">");
     for (k, v) in facts {
@@ -483,6 +483,38 @@ fn provenance(out: &mut String, results: &Results) {
     }
 }
 
+/// How a key of the run record (`--run-info`) reads on the page.
+fn run_key(key: &str) -> String {
+    match key {
+        "code" => "commit".into(),
+        "job" => "job".into(),
+        "sources_sha256" => "sources sha256".into(),
+        "sources" => "sources (sha256 per path)".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// A value of the run record as HTML: text as is, an object as one `key: value` line per entry
+/// (the per-path hashes), hashes and commands in a fixed-width font.
+fn run_value(key: &str, value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mono = key.contains("sha256") || key == "sources" || key == "code" || key == "job";
+    let shown = match value {
+        serde_json::Value::Object(entries) => {
+            entries.iter().map(|(k, v)| format!("{}: {}", escape(k), escape(&text(v)))).collect::<Vec<_>>().join("<br>")
+        }
+        other => escape(&text(other)),
+    };
+    if mono {
+        format!("<span class=\"mono\">{shown}</span>")
+    } else {
+        shown
+    }
+}
+
 /// The whole page.
 pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> String {
     let mut out = String::with_capacity(64 * 1024 + figures.iter().map(|f| f.png.len() * 4 / 3 + 512).sum::<usize>());
@@ -509,9 +541,7 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     };
     let _ = write!(
         out,
-        "<header><h1>{}</h1><p class=\"lead\">{} models × {} seeds ({}), {} attacks, {per_class}; {evaluated} evaluations{}.</p>\
-         <nav><a href=\"#table\">Table</a><a href=\"#heatmaps\">Class heatmaps</a><a href=\"#differences\">Against the baseline</a>\
-         <a href=\"#plots\">Plots</a><a href=\"#provenance\">Provenance</a></nav></header>",
+        "<header><h1>{}</h1><p class=\"lead\">{} models × {} seeds ({}), {} attacks, {per_class}; {evaluated} evaluations{}.</p>",
         escape(&title),
         summary.models.len(),
         seeds.len(),
@@ -519,8 +549,24 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
         summary.attacks.len(),
         if results.failures.is_empty() { String::new() } else { format!(", <b>{} failed</b> (see Provenance)", results.failures.len()) }
     );
+    if let Some(serde_json::Value::String(code)) = results.run.get("code") {
+        let made = match results.run.get("cpu") {
+            Some(serde_json::Value::String(cpu)) => format!(" on {}", escape(cpu)),
+            _ => String::new(),
+        };
+        // Under the title: which code made these numbers (check-results compares it).
+        let _ = write!(out, "<p class=\"lead\">Made by commit <span class=\"mono\">{}</span>{made}; details under <a href=\"#provenance\">Provenance</a>.</p>", escape(code));
+    }
+    out.push_str(
+        "<nav><a href=\"#table\">Table</a><a href=\"#heatmaps\">Class heatmaps</a><a href=\"#differences\">Against the baseline</a>\
+         <a href=\"#plots\">Plots</a><a href=\"#provenance\">Provenance</a></nav></header>",
+    );
 
     out.push_str("<section id=\"table\"><h2>Robust fairness (the paper's Table 1)</h2>");
+    if summary.attacks.len() >= 3 {
+        // Shown on narrow screens only (CSS), where the table scrolls inside its box.
+        out.push_str("<p class=\"hint\">On a narrow screen the table scrolls sideways: swipe it for every attack.</p>");
+    }
     table_one(&mut out, summary);
     let _ = write!(
         out,

@@ -128,7 +128,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Rebuild tables, plots and index.html from a results.json, without a server.
+    /// Rebuild tables, plots and index.html from a results.json, without a server. The page
+    /// also shows the training plots (risk-sd.png, temperatures-*.png) found in OUT when no
+    /// --logs are given.
     Report {
         #[arg(long)]
         from: PathBuf,
@@ -166,8 +168,9 @@ enum Command {
         hash_only: bool,
     },
     /// Check that committed results were made from the sources checked out now: every
-    /// run.json under the results directories must record their hash. Exits with failure, naming
-    /// what changed and the command that regenerates it, when one does not.
+    /// run.json under the results directories must record their hash (or say "archived" and
+    /// why). Exits with failure, naming what changed and the command that regenerates it, when
+    /// one does not.
     CheckResults {
         /// Repository root; default: found above the current directory.
         #[arg(long)]
@@ -218,6 +221,24 @@ fn logs_next_to_checkpoints(models_dir: &Path, selections: &[Selection]) -> Vec<
         }
     }
     runs
+}
+
+/// The training-log plots (risk-sd.png, temperatures-*.png) already in `dir`, in name order.
+fn training_plots_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    name == "risk-sd.png" || (name.starts_with("temperatures-") && name.ends_with(".png"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 fn read_run_info(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
@@ -361,10 +382,16 @@ fn run() -> anyhow::Result<ExitCode> {
             let results = Results::load(&from)?;
             let mut files = report::write_report(&results, &out)?;
             let log_runs = labelled_runs(&log_dirs)?;
+            let mut page_files = files.clone();
             if !log_runs.is_empty() {
-                files.extend(plots::plot_logs(&log_runs, normalise, &out)?);
+                let plotted = plots::plot_logs(&log_runs, normalise, &out)?;
+                page_files.extend(plotted.iter().cloned());
+                files.extend(plotted);
+            } else {
+                // The training plots a compare run left in OUT still belong on the page.
+                page_files.extend(training_plots_in(&out));
             }
-            let page = html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &files, &out)?;
+            let page = html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &page_files, &out)?;
             files.push(page);
             println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
             print_files(&files);
@@ -394,7 +421,7 @@ fn run() -> anyhow::Result<ExitCode> {
             for dir in &dirs {
                 for report in provenance::check_all(&root, dir)? {
                     println!("{}", report.describe(&root));
-                    stale += usize::from(!report.is_current());
+                    stale += usize::from(!report.passes());
                 }
             }
             if stale > 0 {
