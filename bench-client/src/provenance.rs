@@ -6,6 +6,11 @@
 //! with the sources checked out now: a results directory made from other sources is stale, and
 //! so is one whose `run.json` records no hash, or a `results.json` with no `run.json` beside or
 //! above it. `bench-client check-results` and the test `tests/results_current.rs` use it.
+//!
+//! A results directory kept for the record although newer code would give other numbers says
+//! so in its `run.json` (`"archived": "why"`): it is reported as archived, with the commit that
+//! made it, and does not fail the check. The main results (`results/digits`) may not be
+//! archived; the test requires them current.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +43,10 @@ pub struct RunRecord {
     /// The same per path.
     #[serde(default)]
     pub sources: BTreeMap<String, String>,
+    /// Set (to the reason) on results kept for the record that the current code would not
+    /// reproduce; such a directory is not checked against the sources.
+    #[serde(default)]
+    pub archived: Option<String>,
 }
 
 impl RunRecord {
@@ -59,6 +68,8 @@ pub enum Status {
     Unrecorded,
     /// A `results.json` with no `run.json` in its directory or above it (below `results/`).
     NoRunRecord,
+    /// Kept for the record (`run.json` says `"archived"` and why); not tied to this code.
+    Archived { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +82,11 @@ pub struct DirReport {
 impl DirReport {
     pub fn is_current(&self) -> bool {
         self.status == Status::Current
+    }
+
+    /// Current, or declared archived: what `check-results` accepts.
+    pub fn passes(&self) -> bool {
+        matches!(self.status, Status::Current | Status::Archived { .. })
     }
 
     /// One line for people: what is wrong and the command that regenerates it.
@@ -88,12 +104,16 @@ impl DirReport {
             Status::Stale { changed } => format!("{dir}: stale{made}: {} changed since{again}", changed.join(", ")),
             Status::Unrecorded => format!("{dir}: its run.json records no sources hash{made}, so it cannot be tied to this code{again}"),
             Status::NoRunRecord => format!("{dir}: results.json without a run.json that says how it was made"),
+            Status::Archived { reason } => format!("{dir}: archived{made}, not tied to this code: {reason}"),
         }
     }
 }
 
 /// Compares a run record with the current hashes.
 pub fn status_of(record: &RunRecord, current: &SourceHashes) -> Status {
+    if let Some(reason) = &record.archived {
+        return Status::Archived { reason: reason.clone() };
+    }
     match &record.sources_sha256 {
         None => Status::Unrecorded,
         Some(total) if *total == current.total => Status::Current,
@@ -177,5 +197,7 @@ mod tests {
         );
         assert_eq!(status_of(&record(Some("t1"), &[]), &now), Status::Stale { changed: vec!["core/src".into(), "trainer/src".into()] });
         assert_eq!(status_of(&record(None, &[]), &now), Status::Unrecorded);
+        let archived = RunRecord { archived: Some("older attacks".into()), ..record(Some("t2"), &[]) };
+        assert_eq!(status_of(&archived, &now), Status::Archived { reason: "older attacks".into() });
     }
 }
