@@ -38,6 +38,8 @@ for setting in SEEDS METHODS PER_CLASS EPS ATTACKS OUT WORK; do
     [ -n "${!setting:-}" ] && command="$setting=${!setting} $command"
 done
 models=$work/models
+# The binaries, where Cargo puts them (CARGO_TARGET_DIR, if set, moves them).
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 # The environment and the build (the crates without libtorch compile while libtorch downloads).
 source scripts/build.sh
@@ -45,7 +47,7 @@ rfb_build --bins
 built=$(date +%s)
 
 # Finished runs are reused only if the code that trained them is the code checked out now.
-training_sources=$(target/debug/bench-client sources --training --hash-only)
+training_sources=$("$bin"/bench-client sources --training --hash-only)
 if [ -d "$models" ] || [ -d "$work/teacher" ]; then
     if [ "$(cat "$work/training-sources" 2>/dev/null)" != "$training_sources" ]; then
         echo "== the training code changed since the runs in $work were trained: training again (old runs in $work/stale/)"
@@ -73,7 +75,7 @@ train() {
     trained=$((trained + 1))
     local resume=()
     [ -f "$dir/resume.json" ] && resume=(--resume)
-    target/debug/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
+    "$bin"/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
 }
 
 echo "== teacher: TRADES, digits-cnn-wide"
@@ -101,7 +103,7 @@ echo "== evaluate"
 server_log=$work/server.log
 addr_file=$work/server.addr
 rm -f "$addr_file"
-target/debug/evaluator serve --listen 127.0.0.1:0 --models-dir "$models" --cache-dir "$work/cache" \
+"$bin"/evaluator serve --listen 127.0.0.1:0 --models-dir "$models" --cache-dir "$work/cache" \
     >"$addr_file" 2>"$server_log" &
 server=$!
 stop_server() {
@@ -126,7 +128,7 @@ code_version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- . ':(exclude)results' 2>/dev/null || code_version="$code_version-dirty"
 run_info=$work/run-info.json
 "$RFB_PYTHON" - "$run_info" "$command" "$code_version" "$(rustc --version)" \
-    "$(target/debug/bench-client sources)" <<'PY'
+    "$("$bin"/bench-client sources)" <<'PY'
 import json, os, platform, sys
 import torch
 path, command, code, rustc, sources = sys.argv[1:6]
@@ -146,14 +148,14 @@ json.dump(info, open(path, "w"), indent=2)
 PY
 
 step_size=$("$RFB_PYTHON" -c "print($eps / 4)")
-target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
+"$bin"/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
     --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
     --examples-per-class "$per_class" --out "$out" --models-dir "$models" --run-info "$run_info"
 case ",$methods," in
     ,rslad,absld,) ;; # already RSLAD against ABSLD
     *,rslad,*absld,* | *,absld,*rslad,*)
         echo "== ABSLD against RSLAD (from the evaluator's cache)"
-        target/debug/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
+        "$bin"/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
             --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
             --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models" \
             --run-info "$run_info"
