@@ -504,6 +504,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         // FRL's and CFA's class-wise adaptation: always on the validation hold-out.
         let student_evaluation = match &adaptation_split {
             Some(split) => {
+                bar.set_message(format!("epoch {}/{}: measuring the classes on the validation split", epoch + 1, preset.epochs));
                 student.set_trainable(false);
                 let evaluation = evaluate(&student, split, preset, config.seed)?;
                 student.set_trainable(true);
@@ -536,6 +537,14 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             let (clean, robust, score) = match (reusable, student_evaluation) {
                 (true, Some(done)) => done,
                 _ => {
+                    // In a log the progress line says so instead of repeating 100% for as long
+                    // as the evaluation (PGD on the selection split) takes.
+                    bar.set_message(format!(
+                        "epoch {}/{}: evaluating on the {} split (clean and PGD)",
+                        epoch + 1,
+                        preset.epochs,
+                        config.select_on.as_str()
+                    ));
                     student.set_trainable(false);
                     let result = evaluate(
                         averaged.as_ref().unwrap_or(&student),
@@ -581,6 +590,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                     ),
                 )?;
             }
+            bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, loss_sum / batches.max(1) as f64));
             progress.println(format!(
                 "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  selection score {:.2}",
                 epoch + 1,
