@@ -5,8 +5,16 @@
 # 2. trains a TRADES teacher (digits-cnn-wide), then Natural, SAT, TRADES, RSLAD and ABSLD
 #    students (digits-cnn) for every seed; finished runs are reused, killed ones resumed;
 # 3. starts `evaluator serve` on loopback, runs `bench-client compare` with Clean, FGSM,
-#    PGD-20, CW-inf and AutoAttack, and writes tables and plots to results/digits/;
-# 4. stops the server, also on failure or Ctrl-C.
+#    PGD-20, CW-inf and AutoAttack, and writes tables, plots and index.html to results/digits/
+#    (with a screenshot of the page, index.png, when Chromium is installed);
+# 4. stops the server, also on failure or Ctrl-C;
+# 5. writes run.json: settings, the time of every phase, host and versions, the commit, and the
+#    hash of the sources that decide the results (`bench-client check-results` compares it with
+#    the checkout; the tests do too).
+#
+# Trained runs are reused only while the training code is unchanged (the hash of
+# core/src, trainer/src, this script and python/requirements.txt in WORK/training-sources);
+# after a change they are moved to WORK/stale/ and trained again.
 #
 # Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld; `all`
 # adds the other baselines ard,adaad,fair-ard,frl,bat,cfa), PER_CLASS (test examples per class,
@@ -16,7 +24,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$(date +%s)
-source scripts/setup-env.sh
 
 seeds=${SEEDS:-0,1,2}
 methods=${METHODS:-natural,sat,trades,rslad,absld}
@@ -31,10 +38,28 @@ for setting in SEEDS METHODS PER_CLASS EPS ATTACKS OUT WORK; do
     [ -n "${!setting:-}" ] && command="$setting=${!setting} $command"
 done
 models=$work/models
-mkdir -p "$models"
+# The binaries, where Cargo puts them (CARGO_TARGET_DIR, if set, moves them).
+bin=${CARGO_TARGET_DIR:-target}/debug
 
-echo "== build"
-cargo build --locked --bins
+# The environment and the build (the crates without libtorch compile while libtorch downloads).
+source scripts/build.sh
+rfb_build --bins
+built=$(date +%s)
+
+# Finished runs are reused only if the code that trained them is the code checked out now.
+training_sources=$("$bin"/bench-client sources --training --hash-only)
+if [ -d "$models" ] || [ -d "$work/teacher" ]; then
+    if [ "$(cat "$work/training-sources" 2>/dev/null)" != "$training_sources" ]; then
+        echo "== the training code changed since the runs in $work were trained: training again (old runs in $work/stale/)"
+        rm -rf "$work/stale"
+        mkdir -p "$work/stale"
+        for old in "$models" "$work/teacher"; do
+            if [ -d "$old" ]; then mv "$old" "$work/stale/"; fi
+        done
+    fi
+fi
+mkdir -p "$models"
+echo "$training_sources" >"$work/training-sources"
 
 trained=0
 reused=0
@@ -50,7 +75,7 @@ train() {
     trained=$((trained + 1))
     local resume=()
     [ -f "$dir/resume.json" ] && resume=(--resume)
-    target/debug/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
+    "$bin"/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
 }
 
 echo "== teacher: TRADES, digits-cnn-wide"
@@ -73,11 +98,12 @@ for method in ${methods//,/ }; do
     done
 done
 
+trained_at=$(date +%s)
 echo "== evaluate"
 server_log=$work/server.log
 addr_file=$work/server.addr
 rm -f "$addr_file"
-target/debug/evaluator serve --listen 127.0.0.1:0 --models-dir "$models" --cache-dir "$work/cache" \
+"$bin"/evaluator serve --listen 127.0.0.1:0 --models-dir "$models" --cache-dir "$work/cache" \
     >"$addr_file" 2>"$server_log" &
 server=$!
 stop_server() {
@@ -95,37 +121,80 @@ addr=$(head -n 1 "$addr_file" | grep -oE '[0-9.]+:[0-9]+' | head -n 1)
 [ -n "$addr" ] || { echo "the evaluator printed no address" >&2; exit 1; }
 echo "   evaluator at $addr (log: $server_log)"
 
-target/debug/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
-    --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
-    --examples-per-class "$per_class" --out "$out" --models-dir "$models"
+# What the page and run.json say about how these numbers came about.
+mkdir -p "$out"
+code_version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The commit, marked -dirty when code (anything outside results/) differs from it.
+git diff --quiet HEAD -- . ':(exclude)results' 2>/dev/null || code_version="$code_version-dirty"
+run_info=$work/run-info.json
+"$RFB_PYTHON" - "$run_info" "$command" "$code_version" "$(rustc --version)" \
+    "$("$bin"/bench-client sources)" <<'PY'
+import json, os, platform, sys
+import torch
+path, command, code, rustc, sources = sys.argv[1:6]
+cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+info = {
+    "job": command,
+    "code": code,
+    **json.loads(sources),
+    "host": f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} cores",
+    "cpu": cpu,
+    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    "torch_threads": torch.get_num_threads(),
+    "rustc": rustc,
+    "torch": torch.__version__,
+}
+json.dump(info, open(path, "w"), indent=2)
+PY
+
+step_size=$("$RFB_PYTHON" -c "print($eps / 4)")
+"$bin"/bench-client compare --server "$addr" --models "$methods" --seeds "$seeds" \
+    --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
+    --examples-per-class "$per_class" --out "$out" --models-dir "$models" --run-info "$run_info"
 case ",$methods," in
     ,rslad,absld,) ;; # already RSLAD against ABSLD
     *,rslad,*absld,* | *,absld,*rslad,*)
         echo "== ABSLD against RSLAD (from the evaluator's cache)"
-        target/debug/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
-            --attacks "$attacks" --eps "$eps" --step-size "$(python3 -c "print($eps / 4)")" \
-            --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models"
+        "$bin"/bench-client compare --server "$addr" --models rslad,absld --seeds "$seeds" \
+            --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
+            --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models" \
+            --run-info "$run_info"
         ;;
 esac
 
 stop_server
 trap - EXIT INT TERM
+evaluated_at=$(date +%s)
+
+# A screenshot of the report page, when Chromium is installed (scripts/test.sh installs it).
+chromium_bin=$(command -v chromium || command -v chromium-browser || true)
+if [ -n "$chromium_bin" ]; then
+    profile=$(mktemp -d)
+    timeout 120 "$chromium_bin" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+        --disable-background-networking --disable-component-update --disable-sync --hide-scrollbars \
+        --user-data-dir="$profile" --window-size=1280,2000 --screenshot="$out/index.png" \
+        "file://$(cd "$out" && pwd)/index.html" >/dev/null 2>&1 || echo "   (no screenshot: Chromium failed)"
+    rm -rf "$profile"
+else
+    echo "   (no screenshot of index.html: Chromium is not installed)"
+fi
+
 elapsed=$(($(date +%s) - started))
-# The commit, marked -dirty when code (anything outside results/) differs from it.
-code_version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- . ':(exclude)results' 2>/dev/null || code_version="$code_version-dirty"
-cat >"$out/run.json" <<JSON
-{
-  "command": "$command",
-  "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks"},
-  "wall_seconds": $elapsed,
-  "runs_trained": $trained,
-  "runs_reused": $reused,
-  "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "host": "$(uname -srm), $(nproc) cores",
-  "rustc": "$(rustc --version)",
-  "torch": "$("$RFB_PYTHON" -c 'import torch; print(torch.__version__)')",
-  "code": "$code_version"
+"$RFB_PYTHON" - "$run_info" "$out/run.json" <<PY
+import json, sys
+info = json.load(open(sys.argv[1]))
+record = {
+    "command": info.pop("job"),
+    "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks"},
+    "wall_seconds": $elapsed,
+    "phase_seconds": {"environment_and_build": $((built - started)), "training": $((trained_at - built)), "evaluation": $((evaluated_at - trained_at))},
+    "runs_trained": $trained,
+    "runs_reused": $reused,
+    "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+    **info,
 }
-JSON
-echo "== done in ${elapsed}s: see $out/table.md and $out/*.png"
+with open(sys.argv[2], "w") as f:
+    json.dump(record, f, indent=2)
+    f.write("\n")
+PY
+echo "== done in ${elapsed}s: see $out/index.html, $out/table.md and $out/*.png"

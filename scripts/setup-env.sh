@@ -4,11 +4,19 @@
 # changed since the last install it only checks and returns (well under a second).
 #
 # Use it sourced (`source scripts/setup-env.sh`) to get the environment in your shell, or run it
-# (`bash scripts/setup-env.sh`) just to install.
+# (`bash scripts/setup-env.sh`) just to install; `bash scripts/setup-env.sh --check` only says
+# (exit status) whether the environment is ready.
 RFB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RFB_VENV="$RFB_ROOT/.venv"
 requirements="$RFB_ROOT/python/requirements.txt"
 stamp="$RFB_VENV/.requirements.sha256"
+
+if [ "${1:-}" = "--check" ]; then
+    rfb_ready=1
+    [ -x "$RFB_VENV/bin/python" ] && "$RFB_VENV/bin/python" -c 'import sys' 2>/dev/null \
+        && [ "$(cat "$stamp" 2>/dev/null)" = "$(sha256sum "$requirements" | cut -d' ' -f1)" ] && rfb_ready=0
+    return $rfb_ready 2>/dev/null || exit $rfb_ready
+fi
 
 rfb_install() (
 set -euo pipefail
@@ -32,7 +40,9 @@ wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "setup-env: installing python/requirements.txt (torch 2.13.0 is ~4.7 GB the first time)"
     log="$RFB_VENV/pip-install.log"
-    if ! "$RFB_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements" >"$log" 2>&1; then
+    # --no-compile: no byte-compiling of torch's thousands of modules at install time (Python
+    # does it on first import, for the few the tests import).
+    if ! "$RFB_VENV/bin/python" -m pip install --disable-pip-version-check --no-compile -q -r "$requirements" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         if grep -qiE "connection|resolve|network|timed out|proxy|No matching distribution" "$log"; then
             fail "could not reach the Python package registry to install torch==2.13.0 and the test tools; check the network or a pip mirror (PIP_INDEX_URL), then run again. Full log: $log"

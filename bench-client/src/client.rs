@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rfb_progress::{Mode, Progress, Task};
 use rfb_proto::v1::evaluate_event::Event;
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
 use rfb_proto::v1::{AttackKind, AttackResult, EvaluateRequest, ListModelsRequest, ModelInfo, Precision, Split};
@@ -188,7 +188,7 @@ async fn evaluate_one(
     job: &Job,
     settings: &Settings,
     deadline: Option<Duration>,
-    bar: &ProgressBar,
+    bar: &Task,
     label: &str,
     versions: &Mutex<ServerInfo>,
 ) -> Result<Result<SeedRun, String>, Status> {
@@ -220,9 +220,10 @@ async fn evaluate_one(
         match event.event {
             Some(Event::Queued(q)) => bar.set_message(format!("{label} seed {}: queued, {} ahead", job.seed, q.ahead)),
             Some(Event::Progress(p)) => {
-                bar.set_length(p.examples_total.max(1) as u64);
+                bar.set_total(p.examples_total.max(1) as u64);
                 bar.set_position(p.examples_done.max(0) as u64);
-                bar.set_message(format!("{label} seed {}: {} ({}/{n})", job.seed, p.attack, p.attack_index + 1));
+                let component = if p.components > 1 && !p.component.is_empty() { format!(" {}", p.component) } else { String::new() };
+                bar.set_message(format!("{label} seed {}: {}{component} ({}/{n})", job.seed, p.attack, p.attack_index + 1));
             }
             Some(Event::Result(r)) => answers.push(r),
             Some(Event::Done(_)) => break,
@@ -273,17 +274,11 @@ async fn worker(
     labels: Arc<Vec<String>>,
     servers_alive: usize,
     deadline: Option<Duration>,
-    multi: MultiProgress,
-    overall: ProgressBar,
+    progress: Progress,
+    overall: Arc<Task>,
     versions: Arc<Mutex<ServerInfo>>,
 ) -> Vec<Outcome> {
-    let bar = multi.add(ProgressBar::new(1));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>24} [{bar:30.cyan/blue}] {pos}/{len} examples  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(server.endpoint.clone());
+    let bar = progress.task(server.endpoint.clone(), 1, "examples");
     let mut outcomes = Vec::new();
     while let Some(job) = take_job(&queue, &server.models) {
         let label = labels[job.model_index].clone();
@@ -296,14 +291,16 @@ async fn worker(
                 outcomes.push(Outcome::Done { job, run });
             }
             Ok(Err(error)) => {
-                multi.suspend(|| eprintln!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                progress.eprintln(format!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
                 overall.inc(1);
                 outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
             }
             Err(status) if matches!(status.code(), Code::Unavailable) && job.attempts + 1 < servers_alive => {
-                multi.suspend(|| {
-                    eprintln!("bench-client: {} is unavailable ({}); its remaining work goes to the other servers", server.endpoint, status.message())
-                });
+                progress.eprintln(format!(
+                    "bench-client: {} is unavailable ({}); its remaining work goes to the other servers",
+                    server.endpoint,
+                    status.message()
+                ));
                 let mut job = job;
                 job.attempts += 1;
                 queue.lock().unwrap_or_else(|e| e.into_inner()).push_front(job);
@@ -311,13 +308,13 @@ async fn worker(
             }
             Err(status) => {
                 let error = status_text(&status);
-                multi.suspend(|| eprintln!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                progress.eprintln(format!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
                 overall.inc(1);
                 outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
             }
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     outcomes
 }
 
@@ -370,14 +367,10 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
     }
     let total_jobs = queue.len();
     let queue = Arc::new(Mutex::new(queue));
-    let multi = MultiProgress::with_draw_target(if config.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-    let overall = multi.add(ProgressBar::new(total_jobs as u64));
-    overall.set_style(
-        ProgressStyle::with_template("{prefix:>24} [{bar:30.green/white}] {pos}/{len} evaluations  {elapsed_precise}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    overall.set_prefix("all");
+    // Bars on a terminal; in a log, a plain line per server and one for the whole every few
+    // seconds (rfb_progress).
+    let progress = Progress::new(Mode::detect(!config.progress));
+    let overall = Arc::new(progress.task("compare", total_jobs as u64, "evaluations"));
     let settings = Arc::new(config.settings.clone());
     let labels = Arc::new(selections.iter().map(|s| s.request.label.clone()).collect::<Vec<_>>());
     let alive = servers.len();
@@ -393,7 +386,7 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
             labels.clone(),
             alive,
             config.deadline,
-            multi.clone(),
+            progress.clone(),
             overall.clone(),
             slot,
         )));
@@ -402,7 +395,9 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
     for handle in handles {
         outcomes.extend(handle.await.context("an evaluation worker panicked")?);
     }
-    overall.finish_and_clear();
+    if let Ok(overall) = Arc::try_unwrap(overall) {
+        overall.finish();
+    }
     for slot in version_slots {
         let info = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(existing) = server_infos.iter_mut().find(|s| s.endpoint == info.endpoint) {
@@ -455,6 +450,7 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
         servers: server_infos,
         models,
         failures,
+        run: Default::default(),
     };
     Ok((results, selections))
 }

@@ -5,8 +5,10 @@
 
 pub mod attacks;
 pub mod client;
+pub mod html;
 pub mod logs;
 pub mod plots;
+pub mod provenance;
 pub mod report;
 pub mod results;
 pub mod selection;

@@ -14,6 +14,8 @@ use rfb_bench_client::plots::{self, LabelledRun};
 use rfb_bench_client::results::{Results, Settings};
 use rfb_bench_client::selection::{self, name_parts, Selection};
 use rfb_bench_client::report;
+use rfb_bench_client::{html, provenance};
+use rfb_build_support::sources;
 
 #[derive(Parser)]
 #[command(name = "bench-client", version, about = "Compare robust models across seeds: class-wise statistics, tables and plots from evaluator servers")]
@@ -117,11 +119,18 @@ enum Command {
         /// Exit with failure when any evaluation failed (default: only when all did).
         #[arg(long)]
         strict: bool,
-        /// No progress bars.
+        /// A JSON object describing the run (commit, sources hash, host, versions), kept in
+        /// results.json and shown on the report page.
+        #[arg(long)]
+        run_info: Option<PathBuf>,
+        /// No progress: neither bars (terminal) nor the plain lines written every 15 s when
+        /// stderr is not a terminal (RFB_PROGRESS_SECONDS sets that pace).
         #[arg(long)]
         quiet: bool,
     },
-    /// Rebuild tables and plots from a results.json, without a server.
+    /// Rebuild tables, plots and index.html from a results.json, without a server. The page
+    /// also shows the training plots (risk-sd.png, temperatures-*.png) found in OUT when no
+    /// --logs are given.
     Report {
         #[arg(long)]
         from: PathBuf,
@@ -144,6 +153,30 @@ enum Command {
         out: PathBuf,
         #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
         normalise: Normalisation,
+    },
+    /// Print the hash of the sources that decide the results (JSON, as run.json records it).
+    Sources {
+        /// Repository root; default: found above the current directory.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Only the sources that decide trained weights (the main job reuses a trained run only
+        /// while these are unchanged).
+        #[arg(long)]
+        training: bool,
+        /// Print the hash alone instead of JSON.
+        #[arg(long)]
+        hash_only: bool,
+    },
+    /// Check that committed results were made from the sources checked out now: every
+    /// run.json under the results directories must record their hash (or say "archived" and
+    /// why). Exits with failure, naming what changed and the command that regenerates it, when
+    /// one does not.
+    CheckResults {
+        /// Repository root; default: found above the current directory.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Results directories to check; default: ROOT/results.
+        dirs: Vec<PathBuf>,
     },
     /// List the checkpoints a server offers, with method and seed.
     List {
@@ -190,6 +223,39 @@ fn logs_next_to_checkpoints(models_dir: &Path, selections: &[Selection]) -> Vec<
     runs
 }
 
+/// The training-log plots (risk-sd.png, temperatures-*.png) already in `dir`, in name order.
+fn training_plots_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    name == "risk-sd.png" || (name.starts_with("temperatures-") && name.ends_with(".png"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn read_run_info(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --run-info {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("--run-info {} must hold a JSON object", path.display()))
+}
+
+fn repository_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(root) => Ok(root),
+        None => {
+            let here = std::env::current_dir().context("the current directory")?;
+            sources::find_root(&here).with_context(|| format!("no repository root above {} (give --root)", here.display()))
+        }
+    }
+}
+
 fn print_files(files: &[PathBuf]) {
     for f in files {
         println!("wrote {}", f.display());
@@ -222,6 +288,7 @@ fn run() -> anyhow::Result<ExitCode> {
             connect_timeout_s,
             deadline_s,
             strict,
+            run_info,
             quiet,
         } => {
             if !(confidence > 0.0 && confidence < 1.0) {
@@ -254,6 +321,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 attacks: attacks::parse_attacks(&attack_list, &common)?,
                 confidence,
             };
+            let run = run_info.as_deref().map(read_run_info).transpose()?.unwrap_or_default();
             let token = token_file.as_deref().map(client::read_token).transpose()?;
             let config = CompareConfig {
                 servers,
@@ -269,7 +337,8 @@ fn run() -> anyhow::Result<ExitCode> {
             };
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let (results, selections) = runtime.block_on(client::compare(&config))?;
+            let (mut results, selections) = runtime.block_on(client::compare(&config))?;
+            results.run = run;
             let json = out.join("results.json");
             results.save(&json)?;
             let mut files = vec![json];
@@ -294,6 +363,10 @@ fn run() -> anyhow::Result<ExitCode> {
                     Err(e) => eprintln!("bench-client: could not plot the training logs: {e:#}"),
                 }
             }
+            match html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &files, &out) {
+                Ok(page) => files.push(page),
+                Err(e) => eprintln!("bench-client: could not write index.html: {e}"),
+            }
             println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
             print_files(&files);
             let evaluated: usize = results.models.iter().map(|m| m.runs.len()).sum();
@@ -309,9 +382,17 @@ fn run() -> anyhow::Result<ExitCode> {
             let results = Results::load(&from)?;
             let mut files = report::write_report(&results, &out)?;
             let log_runs = labelled_runs(&log_dirs)?;
+            let mut page_files = files.clone();
             if !log_runs.is_empty() {
-                files.extend(plots::plot_logs(&log_runs, normalise, &out)?);
+                let plotted = plots::plot_logs(&log_runs, normalise, &out)?;
+                page_files.extend(plotted.iter().cloned());
+                files.extend(plotted);
+            } else {
+                // The training plots a compare run left in OUT still belong on the page.
+                page_files.extend(training_plots_in(&out));
             }
+            let page = html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &page_files, &out)?;
+            files.push(page);
             println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
             print_files(&files);
             Ok(ExitCode::SUCCESS)
@@ -320,6 +401,33 @@ fn run() -> anyhow::Result<ExitCode> {
             let log_runs = labelled_runs(&runs)?;
             let files = plots::plot_logs(&log_runs, normalise, &out)?;
             print_files(&files);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sources { root, training, hash_only } => {
+            let root = repository_root(root)?;
+            let paths = if training { sources::TRAINING_SOURCES } else { sources::RESULT_SOURCES };
+            let hashes = sources::hash_sources(&root, paths)?;
+            if hash_only {
+                println!("{}", hashes.total);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&provenance::sources_json(&hashes))?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckResults { root, dirs } => {
+            let root = repository_root(root)?;
+            let dirs = if dirs.is_empty() { vec![root.join("results")] } else { dirs };
+            let mut stale = 0;
+            for dir in &dirs {
+                for report in provenance::check_all(&root, dir)? {
+                    println!("{}", report.describe(&root));
+                    stale += usize::from(!report.passes());
+                }
+            }
+            if stale > 0 {
+                eprintln!("bench-client: {stale} results directories do not match the checked-out sources (see results/digits/README.md)");
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::List { servers, token_file } => {

@@ -43,7 +43,7 @@ fn number(value: f64, decimals: usize) -> String {
     }
 }
 
-fn p_value(p: f64) -> String {
+pub(crate) fn p_value(p: f64) -> String {
     if !p.is_finite() {
         "–".into()
     } else if p < 0.001 {
@@ -95,7 +95,7 @@ pub fn table1_markdown(summary: &Summary) -> String {
     out
 }
 
-fn caption(summary: &Summary) -> String {
+pub(crate) fn caption(summary: &Summary) -> String {
     format!(
         "Avg and Worst: class-wise accuracy (%) averaged over classes and of the worst class; NSD = SD / Avg with SD the \
          population standard deviation of the class-wise accuracies (lower is fairer). Each cell is the mean ± sample \
@@ -104,7 +104,7 @@ fn caption(summary: &Summary) -> String {
     )
 }
 
-fn fmt_confidence(c: f64) -> String {
+pub(crate) fn fmt_confidence(c: f64) -> String {
     let pct = c * 100.0;
     if (pct - pct.round()).abs() < 1e-9 {
         format!("{}", pct.round() as i64)
@@ -122,7 +122,7 @@ pub fn table_file(results: &Results, summary: &Summary) -> String {
     out
 }
 
-fn describe_dataset(results: &Results) -> String {
+pub(crate) fn describe_dataset(results: &Results) -> String {
     let mut datasets: Vec<String> =
         results.models.iter().flat_map(|m| m.runs.iter().map(|r| r.dataset.clone())).filter(|d| !d.is_empty()).collect();
     if !results.settings.dataset.is_empty() {
@@ -253,23 +253,7 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         if s.precision.is_empty() { "fp32" } else { &s.precision }
     );
     for a in &s.attacks {
-        let mut parts = vec![format!("kind {}", a.kind)];
-        if let Some(eps) = a.eps {
-            parts.push(format!("eps {eps:.6} ({:.2}/255)", eps * 255.0));
-        }
-        if let Some(steps) = a.steps {
-            parts.push(format!("{steps} steps"));
-        }
-        if let Some(step) = a.step_size {
-            parts.push(format!("step {step:.6}"));
-        }
-        if !a.components.is_empty() {
-            parts.push(format!("components {}", a.components.join("+")));
-        }
-        if a.kind != "CLEAN" {
-            parts.push(format!("seed {}", a.seed));
-        }
-        let _ = writeln!(out, "- {}: {}", a.label, parts.join(", "));
+        let _ = writeln!(out, "- {}: {}", a.label, attack_parameters(a));
     }
     out.push_str("- attack parameters not listed take the evaluator's defaults (the paper's: PGD and CW step 2/255, CW-inf 30 steps, kappa 50)\n");
     for server in &results.servers {
@@ -291,6 +275,27 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         let _ = writeln!(out, "\nMade by:\n\n```sh\n{}\n```", results.command);
     }
     out
+}
+
+/// An attack's settings in words: `kind PGD, eps 0.100000 (25.50/255), 20 steps, seed 0`.
+pub fn attack_parameters(a: &crate::results::AttackSetting) -> String {
+    let mut parts = vec![format!("kind {}", a.kind)];
+    if let Some(eps) = a.eps {
+        parts.push(format!("eps {eps:.6} ({:.2}/255)", eps * 255.0));
+    }
+    if let Some(steps) = a.steps {
+        parts.push(format!("{steps} steps"));
+    }
+    if let Some(step) = a.step_size {
+        parts.push(format!("step {step:.6}"));
+    }
+    if !a.components.is_empty() {
+        parts.push(format!("components {}", a.components.join("+")));
+    }
+    if a.kind != "CLEAN" {
+        parts.push(format!("seed {}", a.seed));
+    }
+    parts.join(", ")
 }
 
 fn csv_field(text: &str) -> String {

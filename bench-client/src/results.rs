@@ -36,6 +36,10 @@ pub struct Results {
     /// Evaluations that failed (the rest of the comparison went on without them).
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// How the models and the run came about, as the caller told it (`--run-info`): for the
+    /// main job the commit, the hash of the result-deciding sources, host, CPU, rustc, torch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub run: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

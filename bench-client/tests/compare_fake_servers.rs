@@ -284,10 +284,25 @@ async fn the_binary_writes_the_whole_report() {
         token.display().to_string(),
         "--out".into(),
         out.display().to_string(),
-        "--quiet".into(),
     ];
-    let output = tokio::task::spawn_blocking(move || std::process::Command::new(env!("CARGO_BIN_EXE_bench-client")).args(&args).output().unwrap()).await.unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // stderr is a pipe here, as in a log: plain progress lines, no bars (RFB_PROGRESS unset).
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bench-client"))
+            .args(&args)
+            .env_remove("RFB_PROGRESS")
+            .env("RFB_PROGRESS_SECONDS", "0.05")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("compare: done, 6 evaluations, in ")), "{stderr}");
+    for server in [a, b] {
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("http://{server}: done, "))), "{stderr}");
+    }
+    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "no bar redrawing in a log: {stderr:?}");
     let results = Results::load(&out.join("results.json")).unwrap();
     assert_eq!(results.models.iter().map(|m| m.runs.len()).sum::<usize>(), 6);
     assert!(results.command.contains("--models rslad,absld"), "{}", results.command);
@@ -304,7 +319,9 @@ async fn the_binary_writes_the_whole_report() {
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     let row = table.lines().find(|l| l.starts_with("| rslad |")).unwrap();
     assert!(row.starts_with(&format!("| rslad | 0, 1, 2 | {mean:.2} ± {sd:.2} |")), "{row}");
-    for name in ["report.md", "summary.csv", "comparison.csv", "per_seed.csv", "classwise.png", "metrics.png"] {
+    for name in ["report.md", "summary.csv", "comparison.csv", "per_seed.csv", "classwise.png", "metrics.png", "index.html"] {
         assert!(out.join(name).is_file(), "{name}");
     }
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(page.contains(&format!("{mean:.2}")), "the page shows rslad's Clean Avg");
 }

@@ -61,6 +61,7 @@ fn hand_results() -> Results {
             },
         ],
         failures: Vec::new(),
+        run: Default::default(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Build-script helper shared by every crate that links libtorch.
+//! Build-script helper shared by every crate that links libtorch, and the hash of the sources
+//! that decide the benchmark's results ([`sources`]).
 //!
 //! `torch-sys` declares `links = "tch"` and publishes the libtorch library directory as
 //! `DEP_TCH_LIBTORCH_LIB` to the crates that depend on it directly. Baking that directory into
@@ -60,3 +61,5 @@ fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+pub mod sources;

@@ -339,27 +339,25 @@ fn eval(args: EvalArgs) -> Result<()> {
     let catalog = Arc::new(Catalog::new(&args.engine.config(args.batch_size)?).map_err(anyhow::Error::msg)?);
     let job = catalog.prepare(&request)?;
     let mut engine = Engine::new(catalog.clone());
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} examples, {elapsed}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar
-    };
+    // A bar on a terminal; in a log, a plain line every few seconds (rfb_progress).
+    let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(args.quiet));
+    let bar = progress.task(format!("eval {}", job.model), 0, "examples");
+    let attacks = job.attacks.len();
     let mut results = Vec::new();
     engine.run(&job, &mut |event| {
         match event {
-            Event::Progress(progress) => {
-                bar.set_message(progress.attack);
-                bar.set_length(progress.examples_total as u64);
-                bar.set_position(progress.examples_done as u64);
+            Event::Progress(p) => {
+                let component = if p.components > 1 && !p.component.is_empty() {
+                    format!(": {} ({} of {})", p.component, p.component_index + 1, p.components)
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!("{}{component}, attack {} of {attacks}", p.attack, p.attack_index + 1));
+                bar.set_total(p.examples_total.max(0) as u64);
+                bar.set_position(p.examples_done.max(0) as u64);
             }
             Event::Result(result) => {
-                bar.println(format!(
+                progress.println(format!(
                     "{}: {:.2}% average{}",
                     result.attack_name,
                     result.metrics.as_ref().map(|m| m.average).unwrap_or(f64::NAN),
@@ -371,7 +369,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     let first = &results[0];
     println!(
         "model {} ({}), {} {} split, {} examples per class, device {}",

@@ -404,11 +404,29 @@ fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
         "evaluation started"
     );
     let job = &job;
+    // The server's log says how far a long evaluation is, at the pace of the clients' plain
+    // progress lines (RFB_PROGRESS_SECONDS, default 15 s), not at every batch.
+    let log_every = rfb_progress::interval_from_env();
+    let mut last_logged = Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let stop = || job.stop_reason(queue);
         engine.run_until(&job.prepared, &stop, &mut |event| {
             if let Some(reason) = job.stop_reason(queue) {
                 return Err(reason);
+            }
+            if let Event::Progress(p) = &event {
+                if last_logged.elapsed() >= log_every {
+                    last_logged = Instant::now();
+                    tracing::info!(
+                        model = %job.prepared.model,
+                        attack = %p.attack,
+                        component = %p.component,
+                        done = p.examples_done,
+                        of = p.examples_total,
+                        seconds = started.elapsed().as_secs_f64().round(),
+                        "evaluation progress"
+                    );
+                }
             }
             queue.refresh();
             if job.send(event) {

@@ -720,6 +720,37 @@ async fn tls_with_a_self_signed_certificate() {
 }
 
 #[test]
+fn eval_writes_plain_progress_lines_when_stderr_is_a_log() {
+    let models = models_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_evaluator"))
+        .args(["eval", "--device", "cpu", "--model", MODEL, "--per-class", "4"])
+        .args(["--attacks", "clean,pgd", "--eps", "8/255", "--models-dir"])
+        .arg(models.path())
+        .env_remove("RFB_PROGRESS")
+        .env("RFB_PROGRESS_SECONDS", "0.05")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Each attack's result, and the task's last line: what, how many, the last step, how long.
+    assert!(stderr.lines().any(|l| l.starts_with("Clean: ") && l.ends_with("% average")), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("PGD-20: ") && l.ends_with("% average")), "{stderr}");
+    let done = stderr.lines().find(|l| l.starts_with(&format!("eval {MODEL}: done, 40 examples, PGD-20"))).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(done.contains("attack 2 of 2, in "), "{done}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "no bar redrawing in a log: {stderr:?}");
+
+    // --quiet: nothing but the table on stdout.
+    let quiet = Command::new(env!("CARGO_BIN_EXE_evaluator"))
+        .args(["eval", "--device", "cpu", "--quiet", "--model", MODEL, "--per-class", "4"])
+        .args(["--attacks", "clean", "--models-dir"])
+        .arg(models.path())
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("eval "), "{}", String::from_utf8_lossy(&quiet.stderr));
+}
+
+#[test]
 fn eval_prints_the_per_class_table() {
     let models = models_dir();
     let output = Command::new(env!("CARGO_BIN_EXE_evaluator"))

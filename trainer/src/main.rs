@@ -143,7 +143,9 @@ enum Command {
         /// Continue the run in --out from its last saved epoch.
         #[arg(long)]
         resume: bool,
-        /// Hide the progress bar.
+        /// No progress: neither the bar (terminal) nor the epoch lines and the plain progress
+        /// line written every 15 s when stderr is a log or a pipe (RFB_PROGRESS_SECONDS sets
+        /// that pace, RFB_PROGRESS=bars|lines|off chooses).
         #[arg(long)]
         quiet: bool,
         /// Stop after this many epochs of this invocation (as if killed; for testing --resume).

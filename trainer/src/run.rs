@@ -437,19 +437,13 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
 
     let batches_per_epoch = (train.len() + preset.batch_size - 1) / preset.batch_size;
     let remaining = (preset.epochs - state.epochs_done).max(0);
-    let bar = if config.progress {
-        indicatif::ProgressBar::new((remaining * batches_per_epoch) as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {percent:>3}% epoch {msg} elapsed {elapsed} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    // A bar on a terminal; in a log, a plain line every few seconds (rfb_progress).
+    let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(!config.progress));
+    let bar = progress.task(
+        format!("{} seed {}", method.name(), config.seed),
+        (remaining * batches_per_epoch) as u64,
+        "batches",
     );
-    bar.set_prefix(format!("{} seed {}", method.name(), config.seed));
 
     for (epochs_this_run, epoch) in (state.epochs_done..preset.epochs).enumerate() {
         let started = Instant::now();
@@ -498,7 +492,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             loss_sum += loss_value;
             batches += 1;
             bar.set_message(format!(
-                "{}/{} loss {:.4}",
+                "epoch {}/{} loss {:.4}",
                 epoch + 1,
                 preset.epochs,
                 loss_value
@@ -510,6 +504,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
         // FRL's and CFA's class-wise adaptation: always on the validation hold-out.
         let student_evaluation = match &adaptation_split {
             Some(split) => {
+                bar.set_message(format!("epoch {}/{}: measuring the classes on the validation split", epoch + 1, preset.epochs));
                 student.set_trainable(false);
                 let evaluation = evaluate(&student, split, preset, config.seed)?;
                 student.set_trainable(true);
@@ -542,6 +537,14 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             let (clean, robust, score) = match (reusable, student_evaluation) {
                 (true, Some(done)) => done,
                 _ => {
+                    // In a log the progress line says so instead of repeating 100% for as long
+                    // as the evaluation (PGD on the selection split) takes.
+                    bar.set_message(format!(
+                        "epoch {}/{}: evaluating on the {} split (clean and PGD)",
+                        epoch + 1,
+                        preset.epochs,
+                        config.select_on.as_str()
+                    ));
                     student.set_trainable(false);
                     let result = evaluate(
                         averaged.as_ref().unwrap_or(&student),
@@ -587,7 +590,8 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                     ),
                 )?;
             }
-            bar.println(format!(
+            bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, loss_sum / batches.max(1) as f64));
+            progress.println(format!(
                 "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  selection score {:.2}",
                 epoch + 1,
                 loss_sum / batches.max(1) as f64,
@@ -660,7 +664,8 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             .is_some_and(|n| epochs_this_run as i64 + 1 >= n)
             && !is_last
         {
-            bar.abandon_with_message("stopped early as asked");
+            bar.abandon();
+            progress.println(format!("stopped after {} epochs as asked", epochs_this_run + 1));
             return Ok(RunSummary {
                 best_epoch: state.best_epoch,
                 best_score: state.best_score,
@@ -671,7 +676,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
             });
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
 
     // The selected checkpoint, measured on the test split.
     let (mut selected, _) =

@@ -317,6 +317,36 @@ fn resume_after_a_kill_gives_identical_weights() {
 }
 
 #[test]
+fn a_log_gets_epoch_lines_and_plain_progress_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run").display().to_string();
+    let args = [
+        "train", "--method", "natural", "--dataset", "digits", "--seed", "3", "--epochs", "2", "--eval-every", "1",
+        "--attack-steps", "1", "--device", "cpu", "--out", &out,
+    ];
+    // stderr is a pipe here, as in a log: no bar, plain lines.
+    let output = trainer(&args).env_remove("RFB_PROGRESS").env("RFB_PROGRESS_SECONDS", "0.05").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for epoch in 1..=2 {
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("epoch {epoch:>3}: loss "))), "epoch {epoch}: {stderr}");
+    }
+    let done = stderr.lines().find(|l| l.starts_with("natural seed 3: done, ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(done.contains(" batches, epoch 2/2 loss ") && done.contains(", in "), "{done}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "no bar redrawing in a log: {stderr:?}");
+
+    // --quiet: none of it.
+    let quiet_out = dir.path().join("quiet").display().to_string();
+    let mut quiet_args: Vec<&str> = args.to_vec();
+    *quiet_args.last_mut().unwrap() = &quiet_out;
+    quiet_args.push("--quiet");
+    let output = trainer(&quiet_args).output().unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("epoch") && !stderr.contains("natural seed 3"), "{stderr}");
+}
+
+#[test]
 fn a_run_directory_is_not_overwritten_without_resume() {
     let dir = tempfile::tempdir().unwrap();
     run::run(&config("natural", dir.path(), quick_preset(1), None, 1)).unwrap();

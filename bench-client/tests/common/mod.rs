@@ -90,6 +90,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
         servers: vec![ServerInfo { endpoint: "http://127.0.0.1:1".into(), evaluator_version: "test".into(), ..Default::default() }],
         models: out,
         failures: Vec::new(),
+        run: Default::default(),
     }
 }
 

@@ -1,0 +1,218 @@
+//! The report page in a real browser: `bench-client report` makes index.html from the committed
+//! digits results, and headless Chromium (Debian's package, which scripts/test.sh installs)
+//! loads it at a laptop's width and at a phone's. The page must load without a script error, a
+//! failed resource or any request outside the page, decode every embedded plot, show the table
+//! and a coloured heatmap cell for every class, model and attack, keep everything but the
+//! scrolling tables within the screen's width, and make a non-blank screenshot.
+//!
+//! Without Chromium the test says so and passes, unless RFB_REQUIRE_BROWSER=1 (scripts/test.sh
+//! sets it once Chromium is installed), when it fails. RFB_CHROMIUM names another binary.
+//! RFB_SCREENSHOT_DIR=DIR keeps the screenshots there (index.png at 1280 px, index-phone.png).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rfb_bench_client::results::Results;
+use rfb_bench_client::summary;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RFB_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in ["chromium", "chromium-browser", "google-chrome"] {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// Runs headless Chromium with the flags that work on a machine without network or display.
+fn headless(chrome: &Path, profile: &Path, args: &[String]) -> std::process::Output {
+    let mut command = Command::new("timeout");
+    command
+        .arg("120")
+        .arg(chrome)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            // Nothing may be fetched: every host name fails to resolve.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args);
+    command.output().expect("running chromium")
+}
+
+/// Goes at the top of the page's <head>: records errors, then reports what the page looks like
+/// to the checking page around it.
+const PROBE: &str = r#"<script>(function(){
+var errors=[];
+window.addEventListener('error',function(e){errors.push(e.message||('failed to load '+((e.target&&(e.target.src||e.target.href))||'?')).slice(0,100));},true);
+window.addEventListener('unhandledrejection',function(e){errors.push('unhandled rejection: '+e.reason);});
+var original=console.error;console.error=function(){errors.push('console.error: '+Array.prototype.join.call(arguments,' '));original.apply(console,arguments);};
+window.addEventListener('load',function(){
+  var d=document.documentElement;
+  var images=Array.prototype.slice.call(document.images);
+  // At 'load' every image has loaded (or failed): a decoded PNG has its natural width, a
+  // broken one 0. Synchronous on purpose: headless Chromium's virtual time does not wait for
+  // asynchronous image decoding, so a promise could still be pending when the DOM is dumped.
+  (function(widths){
+    var outside=Array.prototype.slice.call(document.querySelectorAll('body *')).filter(function(e){
+      var r=e.getBoundingClientRect();return r.width>0&&r.right>d.clientWidth+1&&!e.closest('.scroll');
+    }).slice(0,5).map(function(e){return e.tagName+'.'+e.className;});
+    var table=document.querySelector('#table table');
+    var cells=Array.prototype.slice.call(document.querySelectorAll('.heat td.cell'));
+    parent.postMessage({
+      width:innerWidth,errors:errors,images:widths,
+      requests:performance.getEntriesByType('resource').map(function(r){return r.name;}).filter(function(n){return n.indexOf('data:')!==0;}),
+      scrollWidth:d.scrollWidth,clientWidth:d.clientWidth,outside:outside,
+      tableRows:table?table.tBodies[0].rows.length:0,
+      tableHeight:table?table.getBoundingClientRect().height:0,
+      heatCells:cells.length,
+      colouredCells:cells.filter(function(td){var c=getComputedStyle(td).backgroundColor;return c!=='rgba(0, 0, 0, 0)'&&c!=='rgb(255, 255, 255)';}).length,
+      fontSize:parseFloat(getComputedStyle(document.body).fontSize),
+      title:document.title
+    },'*');
+  })(images.map(function(i){return i.complete?i.naturalWidth:0;}));
+});})();</script>"#;
+
+const CHECK_PAGE: &str = r#"<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
+<iframe src="page.html" style="width:1280px;height:900px;border:0"></iframe>
+<iframe src="page.html" style="width:390px;height:844px;border:0"></iframe>
+<pre id="result">waiting</pre>
+<script>var seen={};window.addEventListener('message',function(e){seen[e.data.width]=e.data;
+if(Object.keys(seen).length===2){document.getElementById('result').textContent=JSON.stringify(seen);}});</script>
+</body></html>"#;
+
+fn skip(reason: &str) {
+    if std::env::var("RFB_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+        panic!("the browser test must run here (RFB_REQUIRE_BROWSER=1) but {reason}");
+    }
+    eprintln!("SKIPPED the browser test of the report page: {reason}. scripts/test.sh installs Debian's chromium where apt-get can be used.");
+}
+
+#[test]
+fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
+    let Some(chrome) = chromium() else {
+        skip("no Chromium on PATH (chromium, chromium-browser, google-chrome) and RFB_CHROMIUM is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let page_dir = tmp.path().join("page");
+    let from = repository().join("results/digits/results.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["report", "--from"])
+        .arg(&from)
+        .arg("--out")
+        .arg(&page_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let html = std::fs::read_to_string(page_dir.join("index.html")).unwrap();
+
+    // Self-contained: no script, no stylesheet or font to fetch, every image inline.
+    assert!(!html.contains("<script"), "the page needs no script");
+    assert!(!html.contains("<link"), "nothing linked");
+    for attribute in [" src=\"", " href=\"", "url("] {
+        for (i, _) in html.match_indices(attribute) {
+            let value = &html[i + attribute.len()..(i + attribute.len() + 40).min(html.len())];
+            assert!(value.starts_with("data:") || value.starts_with('#'), "{attribute}{value}…: only inline data and anchors");
+        }
+    }
+
+    // Expected content, from the same results.
+    let results = Results::load(&from).unwrap();
+    let summary = summary::summarize(&results);
+    let classes = results.models[0].class_names.len();
+    let expected_cells = summary.models.len() * classes * summary.attacks.len();
+    let expected_images = summary.attacks.len() + 1; // one class-wise picture per attack, metrics
+
+    let probe_dir = tmp.path().join("probe");
+    std::fs::create_dir_all(&probe_dir).unwrap();
+    let instrumented = html.replacen("<head>", &format!("<head>{PROBE}"), 1);
+    assert_ne!(instrumented, html);
+    std::fs::write(probe_dir.join("page.html"), instrumented).unwrap();
+    std::fs::write(probe_dir.join("check.html"), CHECK_PAGE).unwrap();
+    let profile = tmp.path().join("profile");
+    let run = headless(
+        &chrome,
+        &profile,
+        &[
+            "--window-size=1700,1000".into(),
+            "--virtual-time-budget=15000".into(),
+            "--dump-dom".into(),
+            format!("file://{}", probe_dir.join("check.html").display()),
+        ],
+    );
+    let dom = String::from_utf8_lossy(&run.stdout);
+    if !run.status.success() && dom.trim().is_empty() {
+        skip(&format!("{} did not start: {}", chrome.display(), String::from_utf8_lossy(&run.stderr).lines().last().unwrap_or("")));
+        return;
+    }
+    let start = dom.find("<pre id=\"result\">").map(|i| i + "<pre id=\"result\">".len()).expect("the check page");
+    let end = start + dom[start..].find("</pre>").unwrap();
+    let text = dom[start..end].replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+    assert_ne!(text, "waiting", "the page never finished loading in Chromium:\n{}", String::from_utf8_lossy(&run.stderr));
+    let views: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    for width in ["1280", "390"] {
+        let v = &views[width];
+        let what = format!("at {width} px: {v}");
+        assert_eq!(v["errors"], serde_json::json!([]), "errors {what}");
+        assert_eq!(v["requests"], serde_json::json!([]), "requests outside the page {what}");
+        let images = v["images"].as_array().unwrap();
+        assert_eq!(images.len(), expected_images, "{what}");
+        assert!(images.iter().all(|w| w.as_f64().unwrap() >= 400.0), "every plot decodes, {what}");
+        assert_eq!(v["tableRows"].as_u64().unwrap() as usize, summary.models.len(), "{what}");
+        assert!(v["tableHeight"].as_f64().unwrap() > 50.0, "the table shows, {what}");
+        assert_eq!(v["heatCells"].as_u64().unwrap() as usize, expected_cells, "{what}");
+        assert_eq!(v["colouredCells"].as_u64().unwrap() as usize, expected_cells, "every heatmap cell coloured, {what}");
+        assert!(v["scrollWidth"].as_f64().unwrap() <= v["clientWidth"].as_f64().unwrap(), "no sideways scrolling of the page, {what}");
+        assert_eq!(v["outside"], serde_json::json!([]), "everything but the scrolling tables fits the width, {what}");
+        assert!(v["fontSize"].as_f64().unwrap() >= 14.0, "readable text, {what}");
+        assert!(v["title"].as_str().unwrap().contains("digits"), "{what}");
+    }
+
+    // Screenshots: the laptop view, and the narrowest window headless Chromium lays out (500 px;
+    // the 390 px checks above ran in a frame).
+    let keep = std::env::var_os("RFB_SCREENSHOT_DIR").map(PathBuf::from);
+    for (name, size) in [("index.png", (1280u32, 2000u32)), ("index-phone.png", (500, 1400))] {
+        let shot = tmp.path().join(name);
+        let run = headless(
+            &chrome,
+            &profile,
+            &[
+                format!("--window-size={},{}", size.0, size.1),
+                format!("--screenshot={}", shot.display()),
+                format!("file://{}", page_dir.join("index.html").display()),
+            ],
+        );
+        assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&run.stderr));
+        let image = image::open(&shot).unwrap().to_rgb8();
+        assert_eq!((image.width(), image.height()), size);
+        // Not blank: the heatmaps' colours and dark text are in it.
+        let dark = image.pixels().filter(|p| p.0.iter().all(|&c| c < 80)).count();
+        let violet = image.pixels().filter(|p| u16::from(p.0[2]) > u16::from(p.0[1]) + 30 && p.0[0] < 120).count();
+        assert!(dark > 2000, "{name}: little text ({dark} dark pixels)");
+        assert!(violet > 500, "{name}: no heatmap colours ({violet} pixels)");
+        if let Some(dir) = &keep {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(&shot, dir.join(name)).unwrap();
+        }
+    }
+}
