@@ -3,7 +3,8 @@
 #
 # 1. sets up the Python environment (libtorch) and builds the binaries;
 # 2. trains a TRADES teacher (digits-cnn-wide), then Natural, SAT, TRADES, RSLAD and ABSLD
-#    students (digits-cnn) for every seed; finished runs are reused, killed ones resumed;
+#    students (digits-cnn) for every seed, as a grid (work/grid.toml, run with `trainer grid
+#    run` index by index); finished runs are reused, killed ones resumed;
 # 3. starts `evaluator serve` on loopback, runs `bench-client compare` with Clean, FGSM,
 #    PGD-20, CW-inf and AutoAttack, and writes tables, plots and index.html to results/digits/
 #    (with a screenshot of the page, index.png, when Chromium is installed);
@@ -61,41 +62,41 @@ fi
 mkdir -p "$models"
 echo "$training_sources" >"$work/training-sources"
 
+# The training runs are a grid (docs/scale-out.md): written from SEEDS and METHODS, planned,
+# and run index by index with `trainer grid run`, which skips finished runs and resumes
+# interrupted ones (the same command a Slurm array task or a Kubernetes pod runs).
+grid=$work/grid.toml
+quoted_methods=$(printf '"%s", ' ${methods//,/ })
+cat >"$grid.tmp" <<TOML
+# Written by scripts/digits-benchmark.sh from its settings (SEEDS, METHODS); see grids/digits.toml.
+datasets = ["digits"]
+methods = [${quoted_methods%, }]
+seeds = [$seeds]
+
+[teacher]
+method = "trades"
+arch = "digits-cnn-wide"
+seed = 0
+
+# FRL fine-tunes a robust model (its paper's setting): the same seed's TRADES student, for half
+# the epochs at a tenth of the learning rate.
+[method.frl]
+init-from = "trades"
+overrides = { epochs = 10, lr = 0.01 }
+TOML
+mv "$grid.tmp" "$grid"
+echo "== training grid $grid"
+"$bin"/trainer grid plan "$grid" --out "$work"
+runs=$("$bin"/trainer grid plan "$grid" --out "$work" --count)
 trained=0
 reused=0
-# Trains one run unless it finished before; resumes one that was interrupted.
-train() {
-    local dir=$1
-    shift
-    if [ -f "$dir/summary.json" ]; then
-        echo "   reusing $dir"
-        reused=$((reused + 1))
-        return
-    fi
-    trained=$((trained + 1))
-    local resume=()
-    [ -f "$dir/resume.json" ] && resume=(--resume)
-    "$bin"/trainer train "$@" --dataset digits --out "$dir" "${resume[@]}"
-}
-
-echo "== teacher: TRADES, digits-cnn-wide"
-train "$work/teacher" --method trades --arch digits-cnn-wide --seed 0
-
-for method in ${methods//,/ }; do
-    for seed in ${seeds//,/ }; do
-        echo "== $method, seed $seed"
-        extra=()
-        case $method in
-            rslad | absld | ard | adaad | fair-ard) extra=(--teacher "$work/teacher/best") ;;
-            frl)
-                # FRL fine-tunes a robust model (its paper's setting): the same seed's TRADES
-                # student, for half the epochs at a tenth of the learning rate.
-                train "$models/trades-s$seed" --method trades --seed "$seed"
-                extra=(--init "$models/trades-s$seed/best" --epochs 10 --lr 0.01)
-                ;;
-        esac
-        train "$models/$method-s$seed" --method "$method" --seed "$seed" "${extra[@]}"
-    done
+for index in $(seq 0 $((runs - 1))); do
+    result=$("$bin"/trainer grid run "$grid" --out "$work" --index "$index" --device auto)
+    echo "   $result"
+    case $result in
+        *skipped*) reused=$((reused + 1)) ;;
+        *) trained=$((trained + 1)) ;;
+    esac
 done
 
 trained_at=$(date +%s)

@@ -1,11 +1,20 @@
 //! Talking to evaluators: connecting (with an optional bearer token), listing checkpoints, and
-//! running one evaluation per model and seed, spread over every server with one evaluation in
+//! running one evaluation per model and seed, spread over every server with one request in
 //! flight per server (each evaluator owns one accelerator).
 //!
-//! A failed evaluation is recorded in `Results::failures` and the rest goes on. A server that
-//! becomes unreachable stops taking work; its evaluation is handed to another server.
+//! With several servers each evaluation is split into shards (by default one per server; see
+//! the proto's `Shard`): every server takes the next shard from a common queue, and the
+//! shards' per-class counts are added up into the evaluation's result
+//! ([`results::merge_shards`]), which equals the unsharded one exactly at fp32 and bf16.
+//!
+//! A failed evaluation is recorded in `Results::failures` and the rest goes on. A shard that
+//! fails for a reason of the server's (unreachable, shut down, out of memory, an internal
+//! error) is redone on another server that has not failed it yet; a server that becomes
+//! unreachable stops taking work. `Results::servers` and each run's `shards` record who did
+//! what.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,14 +22,14 @@ use anyhow::{bail, Context};
 use rfb_progress::{Mode, Progress, Task};
 use rfb_proto::v1::evaluate_event::Event;
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
-use rfb_proto::v1::{AttackKind, AttackResult, EvaluateRequest, ListModelsRequest, ModelInfo, Precision, Split};
+use rfb_proto::v1::{AttackKind, AttackResult, EvaluateRequest, ListModelsRequest, ModelInfo, Precision, Shard, Split};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::attacks;
-use crate::results::{self, AttackRun, Failure, ModelResults, Results, Sanity, SeedRun, ServerInfo, Settings};
+use crate::results::{self, AttackRun, Failure, ModelResults, Results, Sanity, SeedRun, ServerInfo, Settings, ShardFailure, ShardRun};
 use crate::selection::{self, ModelRequest, Selection};
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.
@@ -103,21 +112,61 @@ pub struct CompareConfig {
     pub progress: bool,
     pub command: String,
     pub connect_timeout: Duration,
-    /// Deadline of one evaluation (all its attacks), if any.
+    /// Deadline of one request (all its attacks; one shard's when sharded), if any.
     pub deadline: Option<Duration>,
+    /// Shards per evaluation: 0 = one per reachable server (no sharding with one server);
+    /// 1 = no sharding.
+    pub shards: usize,
 }
 
+/// One request to make: an evaluation (one model and seed), or one shard of it.
 #[derive(Debug, Clone)]
 struct Job {
+    /// Which evaluation (index into the list of evaluations).
+    evaluation: usize,
     model_index: usize,
     seed: u64,
     info: ModelInfo,
-    attempts: usize,
+    /// `(index, count)` when the evaluation is sharded.
+    shard: Option<(i64, i64)>,
+    /// Servers it failed on, with the error.
+    failed_on: Vec<ShardFailure>,
 }
 
 enum Outcome {
-    Done { job: Job, run: SeedRun },
+    Done { job: Job, run: SeedRun, server: String },
     Failed { job: Job, server: String, error: String },
+    /// Failed on `server` for a reason of the server's, and queued again for another.
+    Requeued { server: String },
+}
+
+/// The work queue shared by the servers' workers. A worker leaves only when no job it could
+/// take is queued and no job is running anywhere (a running one may come back to be redone).
+struct WorkQueue {
+    jobs: Mutex<VecDeque<Job>>,
+    running: AtomicUsize,
+}
+
+/// Errors that say nothing about the server (the request itself is wrong, or the checkpoint
+/// is): redoing the job elsewhere would fail the same way.
+fn is_request_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unimplemented
+            | Code::OutOfRange
+            | Code::AlreadyExists
+            | Code::DeadlineExceeded
+    )
+}
+
+/// Errors after which the server is taken for gone (the connection failed or broke).
+fn server_is_gone(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown)
 }
 
 struct Server {
@@ -208,10 +257,16 @@ async fn evaluate_one(
         attacks: specs,
         batch_size: settings.batch_size,
         precision: precision as i32,
+        shard: job.shard.map(|(index, count)| Shard { index, count }),
     });
     if let Some(d) = deadline {
         request.set_timeout(d);
     }
+    let label = match job.shard {
+        Some((index, count)) => format!("{label} [shard {}/{count}]", index + 1),
+        None => label.to_string(),
+    };
+    let label = label.as_str();
     bar.set_message(format!("{label} seed {}: starting", job.seed));
     let mut stream = client.evaluate(request).await?.into_inner();
     let mut answers: Vec<AttackResult> = Vec::new();
@@ -232,6 +287,10 @@ async fn evaluate_one(
     }
     if answers.len() != n {
         return Ok(Err(format!("the server sent {} attack results for {n} attacks", answers.len())));
+    }
+    let asked = job.shard.map(|(index, count)| Shard { index, count });
+    if let Some(wrong) = answers.iter().find(|a| a.shard != asked) {
+        return Ok(Err(format!("asked for shard {asked:?}, the server answered for {:?}", wrong.shard)));
     }
     if let Some(v) = answers.iter().find_map(|a| a.versions.clone()) {
         let mut info = versions.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,22 +316,40 @@ async fn evaluate_one(
         weights_sha256: weights,
         server: String::new(),
         attacks: runs,
+        shards: Vec::new(),
     }))
 }
 
-fn take_job(queue: &Mutex<VecDeque<Job>>, models: &HashSet<String>) -> Option<Job> {
-    let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-    let pos = queue.iter().position(|j| models.contains(&j.info.name))?;
-    queue.remove(pos)
+/// The next job `server` can do (it lists the model and has not failed the job yet), counted
+/// as running.
+fn take_job(queue: &WorkQueue, server: &Server) -> Option<Job> {
+    let mut jobs = queue.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    let pos = jobs
+        .iter()
+        .position(|j| server.models.contains(&j.info.name) && !j.failed_on.iter().any(|f| f.server == server.endpoint))?;
+    queue.running.fetch_add(1, Ordering::SeqCst);
+    jobs.remove(pos)
+}
+
+/// Waits for a job `server` can do; `None` once there is none and none is running.
+async fn next_job(queue: &WorkQueue, server: &Server) -> Option<Job> {
+    loop {
+        if let Some(job) = take_job(queue, server) {
+            return Some(job);
+        }
+        if queue.running.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     mut server: Server,
-    queue: Arc<Mutex<VecDeque<Job>>>,
+    queue: Arc<WorkQueue>,
     settings: Arc<Settings>,
     labels: Arc<Vec<String>>,
-    servers_alive: usize,
     deadline: Option<Duration>,
     progress: Progress,
     overall: Arc<Task>,
@@ -280,38 +357,50 @@ async fn worker(
 ) -> Vec<Outcome> {
     let bar = progress.task(server.endpoint.clone(), 1, "examples");
     let mut outcomes = Vec::new();
-    while let Some(job) = take_job(&queue, &server.models) {
+    while let Some(job) = next_job(&queue, &server).await {
         let label = labels[job.model_index].clone();
+        let what = match job.shard {
+            Some((index, count)) => format!("{label} seed {} shard {}/{count} ({})", job.seed, index + 1, job.info.name),
+            None => format!("{label} seed {} ({})", job.seed, job.info.name),
+        };
         bar.set_position(0);
         let answer = evaluate_one(&mut server.client, &job, &settings, deadline, &bar, &label, &versions).await;
+        let mut gone = false;
         match answer {
-            Ok(Ok(mut run)) => {
-                run.server = server.endpoint.clone();
+            Ok(Ok(run)) => {
                 overall.inc(1);
-                outcomes.push(Outcome::Done { job, run });
+                outcomes.push(Outcome::Done { job, run, server: server.endpoint.clone() });
             }
             Ok(Err(error)) => {
-                progress.eprintln(format!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                progress.eprintln(format!("bench-client: {what} on {}: {error}", server.endpoint));
                 overall.inc(1);
                 outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
             }
-            Err(status) if matches!(status.code(), Code::Unavailable) && job.attempts + 1 < servers_alive => {
+            Err(status) if !is_request_error(status.code()) => {
+                // The server's trouble, not the request's: another server redoes the job (it
+                // stays queued until every server that lists the model has failed it).
+                let error = status_text(&status);
+                gone = server_is_gone(status.code());
                 progress.eprintln(format!(
-                    "bench-client: {} is unavailable ({}); its remaining work goes to the other servers",
-                    server.endpoint,
-                    status.message()
-                ));
+                        "bench-client: {what} failed on {} ({error}){}; another server will redo it",
+                        server.endpoint,
+                        if gone { ", which stops taking work" } else { "" }
+                    ));
+                outcomes.push(Outcome::Requeued { server: server.endpoint.clone() });
                 let mut job = job;
-                job.attempts += 1;
-                queue.lock().unwrap_or_else(|e| e.into_inner()).push_front(job);
-                break;
+                job.failed_on.push(ShardFailure { server: server.endpoint.clone(), error });
+                queue.jobs.lock().unwrap_or_else(|e| e.into_inner()).push_front(job);
             }
             Err(status) => {
                 let error = status_text(&status);
-                progress.eprintln(format!("bench-client: {label} seed {} ({}) on {}: {error}", job.seed, job.info.name, server.endpoint));
+                progress.eprintln(format!("bench-client: {what} on {}: {error}", server.endpoint));
                 overall.inc(1);
                 outcomes.push(Outcome::Failed { job, server: server.endpoint.clone(), error });
             }
+        }
+        queue.running.fetch_sub(1, Ordering::SeqCst);
+        if gone {
+            break;
         }
     }
     bar.finish();
@@ -359,21 +448,34 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
     }
     let selections = selection::select(&config.requests, &available, config.seeds.as_deref(), &config.checkpoint)?;
 
+    // One evaluation per model and seed; with several servers, each is split into shards that
+    // the servers take in turn.
+    let shard_count = match config.shards {
+        0 => servers.len(),
+        n => n,
+    } as i64;
+    let mut evaluations = Vec::new();
     let mut queue = VecDeque::new();
     for (model_index, selection) in selections.iter().enumerate() {
         for run in &selection.runs {
-            queue.push_back(Job { model_index, seed: run.seed, info: run.info.clone(), attempts: 0 });
+            let evaluation = evaluations.len();
+            evaluations.push((model_index, run.seed, run.info.clone()));
+            let job = |shard| Job { evaluation, model_index, seed: run.seed, info: run.info.clone(), shard, failed_on: Vec::new() };
+            if shard_count > 1 {
+                queue.extend((0..shard_count).map(|index| job(Some((index, shard_count)))));
+            } else {
+                queue.push_back(job(None));
+            }
         }
     }
     let total_jobs = queue.len();
-    let queue = Arc::new(Mutex::new(queue));
+    let queue = Arc::new(WorkQueue { jobs: Mutex::new(queue), running: AtomicUsize::new(0) });
     // Bars on a terminal; in a log, a plain line per server and one for the whole every few
     // seconds (rfb_progress).
     let progress = Progress::new(Mode::detect(!config.progress));
     let overall = Arc::new(progress.task("compare", total_jobs as u64, "evaluations"));
     let settings = Arc::new(config.settings.clone());
     let labels = Arc::new(selections.iter().map(|s| s.request.label.clone()).collect::<Vec<_>>());
-    let alive = servers.len();
     let mut handles = Vec::new();
     let mut version_slots = Vec::new();
     for server in servers {
@@ -384,7 +486,6 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
             queue.clone(),
             settings.clone(),
             labels.clone(),
-            alive,
             config.deadline,
             progress.clone(),
             overall.clone(),
@@ -411,23 +512,83 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
         .iter()
         .map(|s| ModelResults { label: s.request.label.clone(), class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(), runs: Vec::new() })
         .collect();
-    let mut failures = Vec::new();
+    // Per evaluation: the parts done (with their shard records) and the first failure.
+    let mut parts: Vec<Vec<(SeedRun, ShardRun)>> = vec![Vec::new(); evaluations.len()];
+    let mut failed: Vec<Option<(String, String)>> = vec![None; evaluations.len()];
+    let count_for = |infos: &mut Vec<ServerInfo>, server: &str, f: &mut dyn FnMut(&mut ServerInfo)| {
+        if let Some(info) = infos.iter_mut().find(|s| s.endpoint == server) {
+            f(info);
+        }
+    };
     for outcome in outcomes {
         match outcome {
-            Outcome::Done { job, run } => models[job.model_index].runs.push(run),
-            Outcome::Failed { job, server, error } => {
-                failures.push(Failure { label: labels[job.model_index].clone(), model: job.info.name.clone(), seed: Some(job.seed), server, error })
+            Outcome::Done { job, mut run, server } => {
+                let examples = run.examples();
+                let seconds: f64 = run.attacks.iter().filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
+                count_for(&mut server_infos, &server, &mut |info| {
+                    info.evaluations_done += 1;
+                    info.examples += examples;
+                    info.compute_seconds += seconds;
+                });
+                run.server = server.clone();
+                let (index, count) = job.shard.unwrap_or((0, 1));
+                let record = ShardRun { index, count, server, examples, compute_seconds: seconds, failed_on: job.failed_on };
+                parts[job.evaluation].push((run, record));
             }
+            Outcome::Failed { job, server, error } => {
+                count_for(&mut server_infos, &server, &mut |info| info.evaluations_failed += 1);
+                failed[job.evaluation].get_or_insert((server, error));
+            }
+            Outcome::Requeued { server } => count_for(&mut server_infos, &server, &mut |info| info.evaluations_failed += 1),
         }
     }
-    for job in queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-        failures.push(Failure {
-            label: labels[job.model_index].clone(),
-            model: job.info.name.clone(),
-            seed: Some(job.seed),
-            server: String::new(),
-            error: "no reachable server lists this checkpoint".into(),
-        });
+    // Jobs still queued: every server that lists the model failed them (or none does).
+    for job in queue.jobs.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let error = match job.failed_on.last() {
+            Some(last) => (
+                last.server.clone(),
+                format!(
+                    "failed on every server that lists the checkpoint: {}",
+                    job.failed_on.iter().map(|f| format!("{}: {}", f.server, f.error)).collect::<Vec<_>>().join("; ")
+                ),
+            ),
+            None => (String::new(), "no reachable server lists this checkpoint".into()),
+        };
+        failed[job.evaluation].get_or_insert(error);
+    }
+    let mut failures = Vec::new();
+    for (evaluation, (model_index, seed, info)) in evaluations.iter().enumerate() {
+        let done = std::mem::take(&mut parts[evaluation]);
+        let failure = |server: String, error: String| Failure { label: labels[*model_index].clone(), model: info.name.clone(), seed: Some(*seed), server, error };
+        if let Some((server, error)) = failed[evaluation].take() {
+            failures.push(failure(server, error));
+            continue;
+        }
+        let run = if shard_count > 1 {
+            let mut done = done;
+            done.sort_by_key(|(_, record)| record.index);
+            if done.len() as i64 != shard_count {
+                failures.push(failure(String::new(), format!("{} of {shard_count} shards came back", done.len())));
+                continue;
+            }
+            let (runs, records): (Vec<SeedRun>, Vec<ShardRun>) = done.into_iter().unzip();
+            match results::merge_shards(&runs, records) {
+                Ok(run) => run,
+                Err(e) => {
+                    failures.push(failure(String::new(), format!("{e:#}")));
+                    continue;
+                }
+            }
+        } else {
+            match done.into_iter().next() {
+                Some((run, _)) => run,
+                None => {
+                    failures.push(failure(String::new(), "no result came back".into()));
+                    continue;
+                }
+            }
+        };
+        models[*model_index].runs.push(run);
     }
     for model in &mut models {
         model.runs.sort_by_key(|r| r.seed);

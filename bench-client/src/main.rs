@@ -53,7 +53,9 @@ enum Command {
     /// baseline of the differences and Welch tests.
     Compare {
         /// Evaluator address (host:port or http://host:port); repeat or comma-separate to share
-        /// the work, one evaluation in flight per server.
+        /// the work, one request in flight per server. With several servers each evaluation is
+        /// split into shards (see --shards) that the servers take in turn; a shard that fails on
+        /// one server (unreachable, out of memory) is redone on another.
         #[arg(long = "server", required = true, value_delimiter = ',')]
         servers: Vec<String>,
         /// Models to compare, comma-separated: NAME or LABEL=NAME.
@@ -113,9 +115,15 @@ enum Command {
         /// Seconds to wait for a server connection.
         #[arg(long, default_value_t = 10)]
         connect_timeout_s: u64,
-        /// Deadline of one evaluation in seconds (all its attacks); none by default.
+        /// Deadline of one request in seconds (all its attacks; one shard's when sharded); none
+        /// by default.
         #[arg(long)]
         deadline_s: Option<u64>,
+        /// Shards per evaluation: 0 = one per reachable server; 1 = no sharding (each server
+        /// takes whole evaluations). The shards' per-class counts add up to the unsharded
+        /// result exactly at fp32 and bf16.
+        #[arg(long, default_value_t = 0)]
+        shards: usize,
         /// Exit with failure when any evaluation failed (default: only when all did).
         #[arg(long)]
         strict: bool,
@@ -287,6 +295,7 @@ fn run() -> anyhow::Result<ExitCode> {
             normalise,
             connect_timeout_s,
             deadline_s,
+            shards,
             strict,
             run_info,
             quiet,
@@ -334,6 +343,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 command: std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "),
                 connect_timeout: Duration::from_secs(connect_timeout_s.max(1)),
                 deadline: deadline_s.map(Duration::from_secs),
+                shards,
             };
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -368,6 +378,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 Err(e) => eprintln!("bench-client: could not write index.html: {e}"),
             }
             println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
+            print!("{}", report::work_by_server(&results));
             print_files(&files);
             let evaluated: usize = results.models.iter().map(|m| m.runs.len()).sum();
             if !results.failures.is_empty() {

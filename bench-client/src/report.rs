@@ -268,6 +268,12 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         }
         if let Some(e) = &server.error {
             let _ = write!(line, " (not used: {e})");
+        } else if server.evaluations_done + server.evaluations_failed > 0 {
+            let _ = write!(
+                line,
+                "; answered {}, failed {}, {} examples, {:.1} s of computation",
+                server.evaluations_done, server.evaluations_failed, server.examples, server.compute_seconds
+            );
         }
         let _ = writeln!(out, "{line}");
     }
@@ -296,6 +302,43 @@ pub fn attack_parameters(a: &crate::results::AttackSetting) -> String {
         parts.push(format!("seed {}", a.seed));
     }
     parts.join(", ")
+}
+
+/// Who did what: per server, the evaluations (or shards) it answered and failed, the examples
+/// and the seconds of computation; then every shard that was redone on another server.
+pub fn work_by_server(results: &Results) -> String {
+    let mut out = String::from("Work by server:\n");
+    for server in &results.servers {
+        if let Some(e) = &server.error {
+            let _ = writeln!(out, "- {}: not used ({e})", server.endpoint);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "- {}: {} answered, {} failed, {} examples, {:.1} s of computation",
+            server.endpoint, server.evaluations_done, server.evaluations_failed, server.examples, server.compute_seconds
+        );
+    }
+    for model in &results.models {
+        for run in &model.runs {
+            for shard in &run.shards {
+                for failure in &shard.failed_on {
+                    let _ = writeln!(
+                        out,
+                        "- {} seed {} shard {}/{}: failed on {} ({}), redone on {}",
+                        model.label,
+                        run.seed,
+                        shard.index + 1,
+                        shard.count,
+                        failure.server,
+                        failure.error,
+                        shard.server
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 fn csv_field(text: &str) -> String {

@@ -95,6 +95,19 @@ pub struct ServerInfo {
     /// Why the server could not be used, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Evaluations (or shards of one) this server answered.
+    #[serde(default)]
+    pub evaluations_done: u64,
+    /// Evaluations (or shards) that failed on it; a shard that failed for a reason of the
+    /// server's (unreachable, out of memory, shut down) was redone on another server.
+    #[serde(default)]
+    pub evaluations_failed: u64,
+    /// Examples it evaluated (each counted once per evaluation, not per attack).
+    #[serde(default)]
+    pub examples: i64,
+    /// Seconds of computation it reported (cached results count 0).
+    #[serde(default)]
+    pub compute_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,10 +133,38 @@ pub struct SeedRun {
     pub dataset: String,
     #[serde(default)]
     pub weights_sha256: String,
-    /// Endpoint of the evaluator that ran it.
+    /// Endpoint of the evaluator that ran it (of every one that ran a shard of it,
+    /// comma-separated, when it was sharded).
     #[serde(default)]
     pub server: String,
     pub attacks: Vec<AttackRun>,
+    /// When the evaluation was split over servers: who did each shard (the attacks' counts are
+    /// the sums over the shards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRun>,
+}
+
+/// One shard of a sharded evaluation: shard `index` of `count` (the examples at positions
+/// `index`, `index + count`, ... of the class-balanced subset).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardRun {
+    pub index: i64,
+    pub count: i64,
+    /// The server that answered it.
+    pub server: String,
+    /// Examples in the shard.
+    pub examples: i64,
+    /// Seconds of computation the server reported for it, all attacks together.
+    pub compute_seconds: f64,
+    /// Servers it failed on before, with the error (it was then redone on `server`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_on: Vec<ShardFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardFailure {
+    pub server: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -195,6 +236,76 @@ impl SeedRun {
     pub fn attack(&self, label: &str) -> Option<&AttackRun> {
         self.attacks.iter().find(|a| a.attack == label)
     }
+
+    /// Examples evaluated (those of its first attack).
+    pub fn examples(&self) -> i64 {
+        self.attacks.first().map(|a| a.total.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Adds the per-class counts of the shards of one evaluation into the unsharded result: per
+/// attack, correct and total per class add up, and so do AutoAttack's per-component counts (a
+/// component missing from a shard did not run there because no point of it was left, which
+/// counts as attacked 0, robust 0). Seconds add up (computation, not wall-clock); the result is
+/// cached only when every shard's was; a sanity flag is raised when any shard raised it (each
+/// shard checks its own first batch), the zero-gradient fraction is the largest. The parts must
+/// be of the same model and attacks; `shards` records who did what.
+pub fn merge_shards(parts: &[SeedRun], shards: Vec<ShardRun>) -> anyhow::Result<SeedRun> {
+    let Some(first) = parts.first() else { bail!("no shards to merge") };
+    let mut merged = first.clone();
+    for part in &parts[1..] {
+        if part.model != first.model || part.weights_sha256 != first.weights_sha256 || part.attacks.len() != first.attacks.len() {
+            bail!("shards of {} disagree on the model, its weights or the attacks", first.model);
+        }
+        for (into, from) in merged.attacks.iter_mut().zip(&part.attacks) {
+            if into.attack != from.attack || into.class_names != from.class_names {
+                bail!("shards of {} disagree on attack {} or its classes", first.model, into.attack);
+            }
+            for k in 0..into.correct.len() {
+                into.correct[k] += from.correct[k];
+                into.total[k] += from.total[k];
+            }
+            into.elapsed_seconds += from.elapsed_seconds;
+            into.cached &= from.cached;
+            into.sanity = match (into.sanity.take(), &from.sanity) {
+                (Some(a), Some(b)) => Some(Sanity {
+                    randomised: a.randomised || b.randomised,
+                    probabilities_not_logits: a.probabilities_not_logits || b.probabilities_not_logits,
+                    zero_gradient_fraction: a.zero_gradient_fraction.max(b.zero_gradient_fraction),
+                    possible_gradient_masking: a.possible_gradient_masking || b.possible_gradient_masking,
+                }),
+                (a, b) => a.or_else(|| b.clone()),
+            };
+            for (position, component) in from.components.iter().enumerate() {
+                match into.components.get_mut(position) {
+                    Some(existing) if existing.name == component.name => {
+                        existing.seconds += component.seconds;
+                        existing.attacked += component.attacked;
+                        for (a, b) in existing.robust_after.iter_mut().zip(&component.robust_after) {
+                            *a += b;
+                        }
+                    }
+                    Some(existing) => bail!("shards of {} ran AutoAttack components in different orders ({} and {})", first.model, existing.name, component.name),
+                    None => into.components.push(component.clone()),
+                }
+            }
+        }
+    }
+    if parts.len() > 1 {
+        // The servers' metrics were of their shards; the report recomputes them from the counts.
+        for attack in &mut merged.attacks {
+            attack.server_metrics = None;
+        }
+    }
+    let mut servers: Vec<&str> = Vec::new();
+    for shard in &shards {
+        if !servers.contains(&shard.server.as_str()) {
+            servers.push(&shard.server);
+        }
+    }
+    merged.server = servers.join(",");
+    merged.shards = shards;
+    Ok(merged)
 }
 
 impl Results {

@@ -116,6 +116,9 @@ impl Evaluator for Fake {
                     model: request.model.clone(),
                     weights_sha256: "ab".repeat(32),
                     dataset: "digits".into(),
+                    // Sharded requests (compare shards over several servers by default) are
+                    // answered as shards; each shard reports the same counts.
+                    shard: request.shard,
                     ..Default::default()
                 };
                 let _ = tx.send(Ok(send(Event::Result(result)))).await;
@@ -189,6 +192,7 @@ async fn work_is_shared_counts_are_kept_failures_are_reported() {
         command: "test".into(),
         connect_timeout: Duration::from_secs(5),
         deadline: Some(Duration::from_secs(60)),
+        shards: 1,
     };
     let (results, selections) = compare(&config).await.unwrap();
     assert_eq!(selections.len(), 2);
@@ -199,7 +203,10 @@ async fn work_is_shared_counts_are_kept_failures_are_reported() {
     let served_a = stats_a.served.lock().unwrap().clone();
     let served_b = stats_b.served.lock().unwrap().clone();
     assert!(!served_a.is_empty() && !served_b.is_empty(), "a: {served_a:?}, b: {served_b:?}");
-    assert_eq!(served_a.len() + served_b.len(), 6, "each of the six checkpoints once");
+    // Each of the six checkpoints once, and the one that fails (an internal error, a reason of
+    // the server's) once more on the other server.
+    assert_eq!(served_a.len() + served_b.len(), 7, "a: {served_a:?}, b: {served_b:?}");
+    assert_eq!(served_a.iter().chain(&served_b).filter(|m| *m == "absld-s1/best").count(), 2);
 
     // The failure is recorded, the rest is there with every count.
     assert_eq!(results.failures.len(), 1, "{:?}", results.failures);
@@ -244,6 +251,7 @@ async fn wrong_token_and_unknown_models_are_clear_errors() {
         command: String::new(),
         connect_timeout: Duration::from_secs(5),
         deadline: None,
+        shards: 1,
     };
     let err = compare(&config).await.unwrap_err().to_string();
     assert!(err.contains("Unauthenticated") && err.contains("--token-file"), "{err}");

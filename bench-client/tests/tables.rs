@@ -38,6 +38,7 @@ fn hand_results() -> Results {
                 components: Vec::new(),
             })
             .collect(),
+        shards: Vec::new(),
     };
     Results {
         format: FORMAT.into(),

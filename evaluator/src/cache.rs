@@ -161,4 +161,56 @@ mod tests {
         cache.store(&key, &material, &bad).unwrap();
         assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)));
     }
+
+    /// Replicas sharing one cache directory: many writers store the same key (and others)
+    /// while readers look them up. A reader finds a whole entry or none, never a torn or mixed
+    /// one, and no temporary file is left behind.
+    #[test]
+    fn concurrent_writers_and_readers_share_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let material = serde_json::json!({"attack": "pgd", "seed": 1});
+        let key = cache_key(&material);
+        let writers = 6;
+        let rounds = 40;
+        std::thread::scope(|scope| {
+            for w in 0..writers {
+                let (dir, material, key) = (dir.path(), &material, &key);
+                scope.spawn(move || {
+                    // Each writer opens the directory as a replica would.
+                    let cache = ResultCache::open(dir).unwrap();
+                    for round in 0..rounds {
+                        let mut stored = result();
+                        stored.elapsed_seconds = (w * rounds + round) as f64;
+                        stored.created_at = "x".repeat(1 + (w * 997 + round * 131) % 4000);
+                        cache.store(key, material, &stored).unwrap();
+                        let own = serde_json::json!({"writer": w, "round": round});
+                        cache.store(&cache_key(&own), &own, &stored).unwrap();
+                    }
+                });
+            }
+            for _ in 0..2 {
+                let (dir, material, key) = (dir.path(), &material, &key);
+                scope.spawn(move || {
+                    let cache = ResultCache::open(dir).unwrap();
+                    for _ in 0..writers * rounds {
+                        match cache.load(key, material) {
+                            Lookup::Miss => {}
+                            Lookup::Hit(found) => {
+                                // Whole: the padding matches the writer and round it came from.
+                                let n = found.elapsed_seconds as usize;
+                                let (w, round) = (n / rounds, n % rounds);
+                                assert_eq!(found.created_at.len(), 1 + (w * 997 + round * 131) % 4000);
+                            }
+                            Lookup::Corrupt(why) => panic!("a reader saw a torn entry: {why}"),
+                        }
+                    }
+                });
+            }
+        });
+        let cache = ResultCache::open(dir.path()).unwrap();
+        assert!(matches!(cache.load(&key, &material), Lookup::Hit(_)));
+        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 1 + writers * rounds, "one file per key and nothing else: {names:?}");
+        assert!(names.iter().all(|n| n.ends_with(".json") && !n.starts_with('.')), "{names:?}");
+    }
 }

@@ -386,6 +386,7 @@ impl Catalog {
         request::check_examples_per_class(request.examples_per_class, &class_counts, dataset, split)?;
         let batch_size = request::batch_size(request.batch_size, self.default_batch_size)?;
         let precision = request::precision_from_proto(request.precision)?;
+        let shard = request::shard_from_proto(request.shard.as_ref())?;
 
         let mut job = PreparedEvaluation {
             model,
@@ -398,8 +399,10 @@ impl Catalog {
             examples_per_class: request.examples_per_class,
             batch_size,
             precision,
+            shard,
             attacks: Vec::with_capacity(request.attacks.len()),
         };
+        request::check_shard(shard, job.all_examples())?;
         for (index, spec) in request.attacks.iter().enumerate() {
             let spec = request::canonical_spec(spec).map_err(|e| match e {
                 EngineError::InvalidArgument(message) => {

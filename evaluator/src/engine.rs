@@ -109,12 +109,18 @@ impl Engine {
             )));
         }
         // Only the examples the job needs become f32, for the job's duration.
-        if job.examples_per_class > 0 {
+        let subset = if job.examples_per_class > 0 {
             full.class_balanced_subset(job.examples_per_class)
-                .map_err(|e| EngineError::from_data(job.dataset.name(), e))
+                .map_err(|e| EngineError::from_data(job.dataset.name(), e))?
         } else {
-            Ok(full.to_dataset())
-        }
+            full.to_dataset()
+        };
+        // A shard keeps every count-th example of the subset; each keeps its id (its index in
+        // the split), from which attacks draw its random stream.
+        Ok(match job.shard {
+            Some(shard) => subset.select(&shard.positions(subset.len())),
+            None => subset,
+        })
     }
 
     /// Runs every attack of `job` in order. `emit` receives progress and one result per

@@ -224,9 +224,19 @@ struct EvalArgs {
     /// arithmetic stays fp32).
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp32-fast", "bf16"])]
     precision: String,
+    /// Evaluate only shard I of N (I/N, 0 <= I < N): every N-th example of the class-balanced
+    /// subset, starting from the I-th. The per-class counts of all N shards add up to the
+    /// unsharded result.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<rfb_proto::v1::Shard>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_shard(text: &str) -> Result<rfb_proto::v1::Shard> {
+    let (index, count) = text.split_once('/').context("expected I/N, e.g. 0/3")?;
+    Ok(rfb_proto::v1::Shard { index: index.trim().parse().context("shard index")?, count: count.trim().parse().context("shard count")? })
 }
 
 fn init_logging(default_level: &str) {
@@ -335,6 +345,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             "fp32-fast" => rfb_proto::v1::Precision::Fp32Fast,
             _ => rfb_proto::v1::Precision::Fp32,
         } as i32,
+        shard: args.shard,
     };
     let catalog = Arc::new(Catalog::new(&args.engine.config(args.batch_size)?).map_err(anyhow::Error::msg)?);
     let job = catalog.prepare(&request)?;
@@ -380,6 +391,9 @@ fn eval(args: EvalArgs) -> Result<()> {
         if job.examples_per_class > 0 { job.examples_per_class.to_string() } else { "all".into() },
         first.device
     );
+    if let Some(shard) = job.shard {
+        println!("shard {} of {} ({} of {} examples)", shard.index, shard.count, job.examples(), job.all_examples());
+    }
     for result in &results {
         let spec = result.attack.clone().unwrap_or_default();
         if let Some(eps) = spec.eps {

@@ -518,6 +518,7 @@ mod tests {
             examples_per_class: 1,
             batch_size: 1,
             precision: rfb_proto::v1::Precision::Fp32,
+            shard: None,
             attacks: Vec::new(),
         }
     }

@@ -2,13 +2,16 @@
 //!
 //! One method per file in [`methods`] behind [`method::TrainingMethod`]; the loop, logs,
 //! resume in [`run`]; checkpoint selection (A.3) in [`selection`]; per-method and per-data-set
-//! recipes, with the source of every value, in [`presets`].
+//! recipes, with the source of every value, in [`presets`]; settings that override a recipe in
+//! [`overrides`]; grids of runs (the paper's comparison as data) in [`grid`].
 
 // `!(x > bound)` is deliberate: a NaN must fail the check.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod grid;
 pub mod method;
 pub mod methods;
+pub mod overrides;
 pub mod presets;
 pub mod run;
 pub mod selection;

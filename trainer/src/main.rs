@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use rfb_core::data::{DatasetKind, Split};
 use rfb_trainer::methods::fair_ard::FairArdVariant;
+use rfb_trainer::overrides::Overrides;
 use rfb_trainer::presets::{Recipe, RecipeOptions};
 use rfb_trainer::run::{self, RunConfig, TeacherSource};
 
@@ -152,6 +153,12 @@ enum Command {
         #[arg(long, hide = true)]
         stop_after: Option<i64>,
     },
+    /// Grids of runs as data (a TOML file: data sets, architectures, methods, seeds, overrides;
+    /// see docs/scale-out.md): plan them, run one by index, emit cluster job scripts.
+    Grid {
+        #[command(subcommand)]
+        command: GridCommand,
+    },
     /// Print a method's recipe on a data set as JSON: every setting with its source (paper
     /// section or the authors' code), and the preset as a run records it.
     Preset {
@@ -169,9 +176,195 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum GridCommand {
+    /// Print every run of the grid (index, directory, method, data set, architecture, seed, the
+    /// runs it needs first, status).
+    Plan {
+        grid: PathBuf,
+        /// Output directory of the runs (default: the grid's `out`, else its directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print only the number of runs.
+        #[arg(long)]
+        count: bool,
+    },
+    /// Run one run of the grid idempotently: skip it when finished, resume it when interrupted,
+    /// start it when new. SIGTERM or SIGUSR1 stops it after the current batch and exits with
+    /// code 75 (requeue); running the same index again continues it.
+    Run {
+        grid: PathBuf,
+        /// Which run (see `grid plan`); default: $RFB_GRID_INDEX, $SLURM_ARRAY_TASK_ID or
+        /// $JOB_COMPLETION_INDEX (Kubernetes indexed jobs), the first one set.
+        #[arg(long)]
+        index: Option<usize>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write cluster job files for the grid: a Slurm job-array script and its submit script
+    /// (`--slurm`), or a Kubernetes Indexed Job manifest (`--kubernetes`). Runs that need others
+    /// (students of a teacher) go in a later array or Job that waits for the earlier ones.
+    Emit {
+        grid: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Directory the files are written to.
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, required_unless_present = "kubernetes")]
+        slurm: bool,
+        #[arg(long)]
+        kubernetes: bool,
+        /// Slurm: wall-clock limit of one task (requeued tasks continue where they stopped).
+        #[arg(long, default_value = "24:00:00")]
+        time: String,
+        /// Slurm: partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Slurm: GPUs per task (0: none).
+        #[arg(long, default_value_t = 1)]
+        gpus: u32,
+        /// Seconds before the time limit at which Slurm sends USR1 (the trainer stops after its
+        /// batch, and the task is requeued).
+        #[arg(long, default_value_t = 120)]
+        signal_before_s: u32,
+        /// Kubernetes: container image with the trainer (see docs/scale-out.md).
+        #[arg(long, default_value = "rfb-trainer:latest")]
+        image: String,
+        /// Path of the trainer binary the jobs run (default: this one).
+        #[arg(long)]
+        trainer: Option<PathBuf>,
+    },
+}
+
+/// Exit code of a run stopped by SIGTERM/SIGUSR1 with its resume state saved: run it again.
+const REQUEUE_EXIT_CODE: i32 = 75;
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    run::request_stop();
+}
+
+/// SIGTERM and SIGUSR1 ask the run to stop after its current batch.
+fn install_stop_signals() {
+    for signal in [libc::SIGTERM, libc::SIGUSR1] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn device_of(choice: DeviceChoice) -> Result<tch::Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        DeviceChoice::Cpu => tch::Device::Cpu,
+        DeviceChoice::Cuda => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda but no CUDA device is visible");
+            }
+            tch::Device::Cuda(0)
+        }
+    })
+}
+
+/// A run stopped on request exits with [`REQUEUE_EXIT_CODE`].
+fn exit_if_stopped<T>(result: Result<T, run::TrainError>) -> Result<T> {
+    match result {
+        Err(e @ run::TrainError::StopRequested { .. }) => {
+            eprintln!("trainer: {e}");
+            std::process::exit(REQUEUE_EXIT_CODE);
+        }
+        other => Ok(other?),
+    }
+}
+
+fn grid(command: GridCommand) -> Result<()> {
+    use rfb_trainer::grid::{self, GridError, Outcome, Plan};
+    match command {
+        GridCommand::Plan { grid, out, count } => {
+            let plan = Plan::load(&grid, out.as_deref())?;
+            if count {
+                println!("{}", plan.runs.len());
+            } else {
+                print!("{}", plan.render());
+            }
+        }
+        GridCommand::Run { grid, index, out, device, quiet } => {
+            let index = match index {
+                Some(i) => i,
+                None => ["RFB_GRID_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().map(|value| (v, value)))
+                    .map(|(v, value)| value.trim().parse::<usize>().with_context(|| format!("${v} is {value:?}, not an index")))
+                    .transpose()?
+                    .context("give --index (or set RFB_GRID_INDEX, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)")?,
+            };
+            let plan = Plan::load(&grid, out.as_deref())?;
+            let device = device_of(device)?;
+            let run = plan.run(index)?.clone();
+            install_stop_signals();
+            let outcome = grid::run_one(&plan, index, |config| {
+                config.device = device;
+                config.progress = !quiet;
+            });
+            let outcome = match outcome {
+                Err(GridError::Train(e)) => Err(e),
+                Err(other) => return Err(other.into()),
+                Ok(outcome) => Ok(outcome),
+            };
+            match exit_if_stopped(outcome)? {
+                Outcome::Skipped => println!("run {index} ({}) finished before: skipped", run.name),
+                Outcome::Trained { resumed, .. } => println!(
+                    "run {index} ({}) {}: {}",
+                    run.name,
+                    if resumed { "resumed and finished" } else { "finished" },
+                    plan.dir(&run).join("best").display()
+                ),
+                Outcome::Stopped { summary } => println!("run {index} ({}) stopped after {} epochs", run.name, summary.epochs_done),
+            }
+        }
+        GridCommand::Emit { grid, out, to, slurm, kubernetes, time, partition, gpus, signal_before_s, image, trainer } => {
+            let plan = Plan::load(&grid, out.as_deref())?;
+            let trainer = match trainer {
+                Some(t) => t,
+                None => std::env::current_exe().context("finding the trainer binary")?,
+            };
+            let grid_path = std::path::absolute(&grid).context("the grid file's path")?;
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            let mut written = Vec::new();
+            if slurm {
+                let options = grid::SlurmOptions { time, partition, gpus, signal_before_s };
+                for (name, text, executable) in grid::slurm_files(&plan, &grid_path, &trainer, &options)? {
+                    let path = to.join(name);
+                    rfb_core::checkpoint::write_atomic(&path, text.as_bytes())?;
+                    if executable {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+                    }
+                    written.push(path);
+                }
+            }
+            if kubernetes {
+                let path = to.join("grid-jobs.yaml");
+                rfb_core::checkpoint::write_atomic(&path, grid::kubernetes_manifest(&plan, &grid_path, &image).as_bytes())?;
+                written.push(path);
+            }
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
     match Cli::parse().command {
+        Command::Grid { command } => grid(command),
         Command::Preset { method, dataset, arch, fair_ard_variant } => {
             let kind: DatasetKind = dataset
                 .parse()
@@ -212,89 +405,27 @@ fn main() -> Result<()> {
             let kind: DatasetKind = dataset
                 .parse()
                 .with_context(|| format!("data set '{dataset}'"))?;
-            let options = RecipeOptions { architecture: arch, fair_ard_variant: fair_ard_variant.map(Into::into) };
-            let mut preset = Recipe::new(&method, kind, &options)?.preset;
-            if let Some(teacher_arch) = teacher_arch {
-                preset.teacher_architecture = teacher_arch;
-            }
-            if let Some(epochs) = epochs {
-                if epochs < 1 {
-                    bail!("--epochs must be at least 1");
-                }
-                // Keep the learning-rate drops at the same fractions of the run.
-                let old = preset.epochs as f64;
-                preset.lr_milestones = preset
-                    .lr_milestones
-                    .iter()
-                    .map(|m| ((*m as f64) * epochs as f64 / old).round() as i64)
-                    .collect();
-                preset.epochs = epochs;
-            }
-            if let Some(batch_size) = batch_size {
-                preset.batch_size = batch_size;
-            }
-            if let Some(lr) = lr {
-                preset.learning_rate = lr;
-            }
-            if let Some(weight_decay) = weight_decay {
-                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-                    bail!("--weight-decay must be a finite number >= 0, got {weight_decay}");
-                }
-                preset.weight_decay = weight_decay;
-            }
-            if let Some(eps) = eps {
-                if !(0.0..=1.0).contains(&eps) {
-                    bail!("--eps must be in [0, 1], got {eps}");
-                }
-                preset.attack.step_size *= eps / preset.attack.eps.max(f64::MIN_POSITIVE);
-                preset.attack.eps = eps;
-            }
-            if let Some(steps) = attack_steps {
-                if !(1..=1000).contains(&steps) {
-                    bail!("--attack-steps must be in 1..=1000, got {steps}");
-                }
-                preset.attack.steps = steps;
-            }
-            if let Some(scale) = kl_scale {
-                if !(scale > 0.0 && scale.is_finite()) {
-                    bail!("--kl-scale must be a positive number, got {scale}");
-                }
-                let methods = &mut preset.methods;
-                match method.as_str() {
-                    "rslad" => methods.rslad.kl_scale = scale,
-                    "absld" => methods.absld.kl_scale = scale,
-                    "fair-ard" => methods.fair_ard.kl_scale = scale,
-                    "ard" => methods.ard.kl_scale = scale,
-                    "adaad" => methods.adaad.kl_scale = scale,
-                    other => bail!("--kl-scale applies to the distillation methods (rslad, absld, fair-ard, ard, adaad), not {other}"),
-                }
-            }
-            let temperature = &mut preset.methods.absld.temperature;
-            if let Some(beta) = temperature_beta {
-                temperature.beta = beta;
-            }
-            if let Some(min) = temperature_min {
-                temperature.min = min;
-            }
-            if let Some(max) = temperature_max {
-                temperature.max = max;
-            }
-            if temperature.min <= 0.0 || temperature.min > temperature.max {
-                bail!("temperature bounds must satisfy 0 < min <= max");
-            }
-            if let Some(every) = eval_every {
-                preset.eval_every = every.max(1);
-            }
-            let device = match device {
-                DeviceChoice::Auto => tch::Device::cuda_if_available(),
-                DeviceChoice::Cpu => tch::Device::Cpu,
-                DeviceChoice::Cuda => {
-                    if !tch::Cuda::is_available() {
-                        bail!("--device cuda but no CUDA device is visible");
-                    }
-                    tch::Device::Cuda(0)
-                }
+            let overrides = Overrides {
+                arch,
+                teacher_arch,
+                fair_ard_variant: fair_ard_variant.map(|v| match v {
+                    VariantChoice::Ard => "ard".to_string(),
+                    VariantChoice::Rslad => "rslad".to_string(),
+                }),
+                epochs,
+                batch_size,
+                lr,
+                weight_decay,
+                eps,
+                attack_steps,
+                kl_scale,
+                temperature_beta,
+                temperature_min,
+                temperature_max,
+                eval_every,
             };
+            let preset = overrides.preset(&method, kind)?;
+            let device = device_of(device)?;
             let teacher = teacher.map(|path| TeacherSource {
                 path,
                 architecture: preset.teacher_architecture.clone(),
@@ -318,7 +449,8 @@ fn main() -> Result<()> {
                 progress: !quiet,
                 stop_after,
             };
-            let summary = run::run(&config)?;
+            install_stop_signals();
+            let summary = exit_if_stopped(run::run(&config))?;
             if let (Some(clean), Some(pgd)) = (&summary.test_clean, &summary.test_pgd) {
                 println!(
                     "selected epoch {} of {}; test split, class-wise accuracy (%):",

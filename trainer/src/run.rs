@@ -63,6 +63,24 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// [`request_stop`] was called (SIGTERM/SIGUSR1 in the binary): the run stopped after its
+    /// current batch. Its resume state is that of the last finished epoch (on disk since that
+    /// epoch ended); `--resume` redoes the unfinished epoch and ends with the same weights as
+    /// an uninterrupted run.
+    #[error("stopped on request after {epochs_done} finished epochs; the resume state in {out} continues it")]
+    StopRequested { epochs_done: i64, out: PathBuf },
+}
+
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every running [`run`] to stop after its current batch (async-signal-safe: one atomic
+/// store, so a signal handler may call it).
+pub fn request_stop() {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -498,6 +516,11 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
                 loss_value
             ));
             bar.inc(1);
+            if stop_requested() {
+                bar.set_message("stopped on request");
+                bar.abandon();
+                return Err(TrainError::StopRequested { epochs_done: state.epochs_done, out: out.clone() });
+            }
         }
         let epoch_risks = risks.risks();
         let (train_clean_accuracy, train_adversarial_accuracy) = risks.accuracies();

@@ -75,6 +75,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                 weights_sha256: format!("{:064x}", seed + 17 * mi as u64),
                 server: "http://127.0.0.1:1".into(),
                 attacks,
+                shards: Vec::new(),
             });
         }
         out.push(ModelResults { label: model.to_string(), class_names: CIFAR10.iter().map(|c| c.to_string()).collect(), runs });

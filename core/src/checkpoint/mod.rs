@@ -210,11 +210,16 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ 
     move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes `bytes` to `path` atomically: a sibling temporary file, fsync, rename.
+/// Writes `bytes` to `path` atomically: a sibling temporary file, fsync, rename. The temporary
+/// file's name is unique to this process and call, so that any number of writers (threads, or
+/// processes sharing the directory, e.g. evaluator replicas sharing a result cache) can write
+/// the same `path` at once: each rename is atomic, and the last one wins whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = dir.join(format!(".{file_name}.tmp-{}-{write}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;

@@ -33,6 +33,8 @@ pub const MAX_RESTARTS: i64 = 100;
 pub const MAX_KAPPA: f64 = 10_000.0;
 /// Largest batch size a request may ask for.
 pub const MAX_BATCH_SIZE: i64 = 4096;
+/// Largest shard count of a request.
+pub const MAX_SHARDS: i64 = 65_536;
 /// Largest number of attacks in one request.
 pub const MAX_ATTACKS: usize = 64;
 /// Largest number of components of one AUTOATTACK_CUSTOM spec.
@@ -123,6 +125,7 @@ pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
     if request.examples_per_class < 0 {
         return invalid(format!("examples_per_class must not be negative, got {}", request.examples_per_class));
     }
+    shard_from_proto(request.shard.as_ref())?;
     if request.attacks.is_empty() {
         return invalid("no attacks requested; list at least one AttackSpec".into());
     }
@@ -138,6 +141,65 @@ pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// One shard of an evaluation's examples: the j-th example of the class-balanced subset (in
+/// file order, counting from 0) belongs to shard `j mod count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub index: i64,
+    pub count: i64,
+}
+
+impl ShardSpec {
+    /// Positions (in the class-balanced subset of `examples`) of this shard's examples.
+    pub fn positions(&self, examples: i64) -> Vec<i64> {
+        (self.index..examples).step_by(self.count as usize).collect()
+    }
+
+    /// Number of this shard's examples out of `examples`.
+    pub fn len(&self, examples: i64) -> i64 {
+        if examples <= self.index {
+            0
+        } else {
+            (examples - self.index - 1) / self.count + 1
+        }
+    }
+
+    pub fn is_empty(&self, examples: i64) -> bool {
+        self.len(examples) == 0
+    }
+
+    pub fn to_proto(self) -> rfb_proto::v1::Shard {
+        rfb_proto::v1::Shard { index: self.index, count: self.count }
+    }
+}
+
+/// The shard a request asks for: `None` for the whole evaluation (no shard, or a count of 1).
+pub fn shard_from_proto(shard: Option<&rfb_proto::v1::Shard>) -> Result<Option<ShardSpec>, EngineError> {
+    let Some(shard) = shard else { return Ok(None) };
+    if !(1..=MAX_SHARDS).contains(&shard.count) {
+        return Err(EngineError::InvalidArgument(format!("shard.count must be in 1..={MAX_SHARDS}, got {}", shard.count)));
+    }
+    if !(0..shard.count).contains(&shard.index) {
+        return Err(EngineError::InvalidArgument(format!(
+            "shard.index must be in 0..{} (the count), got {}",
+            shard.count, shard.index
+        )));
+    }
+    Ok((shard.count > 1).then_some(ShardSpec { index: shard.index, count: shard.count }))
+}
+
+/// INVALID_ARGUMENT when a shard count is larger than the evaluation's examples (some shard
+/// would be empty).
+pub fn check_shard(shard: Option<ShardSpec>, examples: i64) -> Result<(), EngineError> {
+    match shard {
+        Some(s) if s.count > examples => Err(EngineError::InvalidArgument(format!(
+            "shard.count is {} but the evaluation has only {examples} examples; every shard must have one",
+            s.count
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// INVALID_ARGUMENT unless every class of the split (`counts`, from its labels) has
@@ -197,12 +259,23 @@ pub struct PreparedEvaluation {
     pub examples_per_class: i64,
     pub batch_size: i64,
     pub precision: Precision,
+    /// The shard evaluated (`None`: every example).
+    pub shard: Option<ShardSpec>,
     pub attacks: Vec<PreparedAttack>,
 }
 
 impl PreparedEvaluation {
-    /// Number of examples the evaluation covers.
+    /// Number of examples the evaluation covers (its shard's, when it is one).
     pub fn examples(&self) -> i64 {
+        let all = self.all_examples();
+        match self.shard {
+            Some(shard) => shard.len(all),
+            None => all,
+        }
+    }
+
+    /// Number of examples of the unsharded evaluation.
+    pub fn all_examples(&self) -> i64 {
         if self.examples_per_class > 0 {
             self.examples_per_class.saturating_mul(self.class_counts.len() as i64)
         } else {
@@ -215,7 +288,9 @@ impl PreparedEvaluation {
 /// besides the request, the hash of the sources that decide attack results (so that no result
 /// of older code is ever served) and the kind of device (a GPU rounds differently from a CPU).
 /// The batch size is not part of it: attacks draw their randomness per example and keep their
-/// state per point, so the batch a point is in does not change its result.
+/// state per point, so the batch a point is in does not change its result. A shard is (its
+/// counts are of other examples); absent for an unsharded request, so that those keys are the
+/// same as before shards existed.
 pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
     let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
     let mut material = serde_json::json!({
@@ -244,6 +319,9 @@ pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, 
     // the keys of other checkpoints do not change.)
     if let Some(normalization) = &job.manifest.model.normalization {
         material["normalization"] = serde_json::json!(normalization);
+    }
+    if let Some(shard) = job.shard {
+        material["shard"] = serde_json::json!({"index": shard.index, "count": shard.count});
     }
     material
 }
@@ -283,6 +361,7 @@ pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: 
         split: split_to_proto(job.split) as i32,
         examples_per_class: job.examples_per_class,
         precision: job.precision as i32,
+        shard: job.shard.map(ShardSpec::to_proto),
         components: stored
             .components
             .iter()
@@ -351,6 +430,31 @@ mod tests {
         .unwrap();
         assert_eq!(custom.components, vec!["apgd-ce", "square"]);
         assert_eq!(attack_display_name(&custom, 10).unwrap(), "AutoAttack(APGD-CE+Square)");
+    }
+
+    #[test]
+    fn shards_are_checked_and_cover_every_example_once() {
+        use rfb_proto::v1::Shard;
+        for (index, count, word) in [(0, 0, "count"), (0, -1, "count"), (3, 3, "index"), (-1, 2, "index"), (0, MAX_SHARDS + 1, "count")] {
+            let error = shard_from_proto(Some(&Shard { index, count })).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+            assert!(error.to_string().contains(word), "{error}");
+        }
+        assert_eq!(shard_from_proto(None).unwrap(), None);
+        assert_eq!(shard_from_proto(Some(&Shard { index: 0, count: 1 })).unwrap(), None, "one shard is the whole");
+        let examples = 23;
+        let mut seen = Vec::new();
+        for index in 0..4 {
+            let shard = shard_from_proto(Some(&Shard { index, count: 4 })).unwrap().unwrap();
+            let positions = shard.positions(examples);
+            assert_eq!(positions.len() as i64, shard.len(examples));
+            seen.extend(positions);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..examples).collect::<Vec<_>>());
+        let big = ShardSpec { index: 0, count: 24 };
+        assert_eq!(check_shard(Some(big), examples).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(check_shard(Some(ShardSpec { index: 22, count: 23 }), examples).is_ok());
     }
 
     #[test]

@@ -113,12 +113,19 @@ pub struct Server {
 
 impl Server {
     pub fn start(models: &Path, extra: &[&str]) -> Server {
-        let log = models.join(".server.log");
+        Server::start_logging_to(models, extra, &models.join(".server.log"), &[])
+    }
+
+    /// [`Server::start`] with its own log file and environment (several servers on one models
+    /// directory).
+    pub fn start_logging_to(models: &Path, extra: &[&str], log: &Path, env: &[(&str, &str)]) -> Server {
+        let log = log.to_path_buf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_evaluator"))
             .args(["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--models-dir"])
             .arg(models)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
