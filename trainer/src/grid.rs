@@ -336,6 +336,7 @@ impl Plan {
             device,
             progress,
             stop_after: None,
+            stop_after_batches: None,
         })
     }
 
@@ -453,7 +454,7 @@ pub fn slurm_files(plan: &Plan, grid: &Path, trainer: &Path, options: &SlurmOpti
     sbatch.push_str(&format!(
         r#"set -u
 # The trainer stops after its current batch on USR1 (sent before the time limit) and on TERM
-# (preemption, scontrol requeue), keeps the resume state of its last finished epoch and exits
+# (preemption, scontrol requeue), saves its resume state after that batch and exits
 # with 75; the task then requeues itself and, run again, continues where it stopped.
 {trainer} grid run {grid} --out {out} --index "$SLURM_ARRAY_TASK_ID" --quiet &
 child=$!

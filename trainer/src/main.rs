@@ -448,6 +448,7 @@ fn main() -> Result<()> {
                 resume,
                 progress: !quiet,
                 stop_after,
+                stop_after_batches: None,
             };
             install_stop_signals();
             let summary = exit_if_stopped(run::run(&config))?;

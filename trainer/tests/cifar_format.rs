@@ -106,6 +106,7 @@ fn config(method: &str, kind: DatasetKind, data: &Path, out: PathBuf, preset: Pr
         resume: false,
         progress: false,
         stop_after: None,
+        stop_after_batches: None,
     }
 }
 

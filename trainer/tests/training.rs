@@ -46,6 +46,7 @@ fn config(
         resume: false,
         progress: false,
         stop_after: None,
+        stop_after_batches: None,
     }
 }
 
@@ -420,4 +421,58 @@ fn the_preset_command_prints_each_recipe_with_the_source_of_every_value() {
     let unknown = trainer(&["preset", "--method", "fancy", "--dataset", "cifar10"]).output().unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown method"));
+}
+
+/// A stop on request (SIGTERM/SIGUSR1 in the binary) saves the state after the batch it
+/// finished, within the epoch; resuming from there ends with the weights, the log and the
+/// method's state of an uninterrupted run. ABSLD (temperatures from the epoch's class-wise
+/// sums) and CFA (a weight average and class-wise state) are the methods whose state is most
+/// spread over an epoch.
+#[test]
+fn a_stop_within_an_epoch_resumes_from_that_batch_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["absld", "cfa"] {
+        let teacher = (method == "absld").then(teacher);
+        let mut preset = quick_preset(2);
+        preset.eval_every = 1;
+        let straight = dir.path().join(format!("{method}-straight"));
+        run::run(&config(method, &straight, preset.clone(), teacher, 4)).unwrap();
+
+        let stopped = dir.path().join(format!("{method}-stopped"));
+        let batches_per_epoch = (rfb_core::data::DIGITS_TRAIN_SIZE as usize).div_ceil(preset.batch_size as usize);
+        // 5 batches into the first epoch, then 1 epoch and 7 batches later: both stops fall
+        // within an epoch.
+        for (stop_after_batches, epochs_done) in [(5, 0), (batches_per_epoch + 2, 1)] {
+            let mut stopping = config(method, &stopped, preset.clone(), teacher, 4);
+            stopping.resume = true;
+            stopping.stop_after_batches = Some(stop_after_batches);
+            match run::run(&stopping) {
+                Err(run::TrainError::StopRequested { epochs_done: done, batches_done, .. }) => {
+                    assert_eq!(done, epochs_done, "{method}");
+                    assert!(batches_done > 0, "{method}: stopped within the epoch");
+                }
+                other => panic!("{method}: expected a stop, got {other:?}"),
+            }
+            let pointer = std::fs::read_to_string(stopped.join("resume.json")).unwrap();
+            assert!(pointer.contains("-b0"), "{method}: the resume state is within the epoch: {pointer}");
+        }
+        let mut resuming = config(method, &stopped, preset.clone(), teacher, 4);
+        resuming.resume = true;
+        let summary = run::run(&resuming).unwrap();
+        assert_eq!(summary.epochs_done, 2);
+
+        let a = weights(&straight.join("last"));
+        let b = weights(&stopped.join("last"));
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x.equal(y), "{method}: {name} differs after two stops within epochs");
+        }
+        let (x, y) = (log_lines(&straight), log_lines(&stopped));
+        assert_eq!(x.len(), y.len());
+        for (x, y) in x.iter().zip(&y) {
+            for key in ["loss", "risk_clean", "risk_adversarial", "method_state", "temperatures", "evaluation"] {
+                assert_eq!(x[key], y[key], "{method}: {key} of epoch {}", x["epoch"]);
+            }
+        }
+    }
 }
