@@ -188,6 +188,10 @@ enum GridCommand {
         /// Print only the number of runs.
         #[arg(long)]
         count: bool,
+        /// Print the run indices level by level, one line per level: a level's runs need only
+        /// runs of earlier lines, so each line may run all at once.
+        #[arg(long, conflicts_with = "count")]
+        levels: bool,
     },
     /// Run one run of the grid idempotently: skip it when finished, resume it when interrupted,
     /// start it when new. SIGTERM or SIGUSR1 stops it after the current batch and exits with
@@ -285,10 +289,14 @@ fn exit_if_stopped<T>(result: Result<T, run::TrainError>) -> Result<T> {
 fn grid(command: GridCommand) -> Result<()> {
     use rfb_trainer::grid::{self, GridError, Outcome, Plan};
     match command {
-        GridCommand::Plan { grid, out, count } => {
+        GridCommand::Plan { grid, out, count, levels } => {
             let plan = Plan::load(&grid, out.as_deref())?;
             if count {
                 println!("{}", plan.runs.len());
+            } else if levels {
+                for level in plan.levels() {
+                    println!("{}", level.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+                }
             } else {
                 print!("{}", plan.render());
             }

@@ -770,8 +770,11 @@ fn finish_epoch(
             checkpoint::save(&out.join("best"), evaluated, info)?;
         }
         bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, mean_loss));
+        // Named, so that the lines of runs side by side in one log can be told apart.
         progress.println(format!(
-            "epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  selection score {:.2}",
+            "{} seed {}, epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  selection score {:.2}",
+            method.name(),
+            config.seed,
             epoch + 1,
             mean_loss,
             config.select_on.as_str(),

@@ -100,6 +100,10 @@ overrides = { kl-scale = 0.5 }
 
     // Levels: what needs nothing, then what needs those.
     assert_eq!(plan.levels(), vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8]]);
+    // The same for scripts (the main job runs each line's runs side by side).
+    let levels = Command::new(env!("CARGO_BIN_EXE_trainer")).args(["grid", "plan", "--levels"]).arg(&grid).output().unwrap();
+    assert!(levels.status.success());
+    assert_eq!(String::from_utf8_lossy(&levels.stdout), "0 1 2 3 4\n5 6 7 8\n");
     assert_eq!(grid::array_spec(&[0, 1, 2, 4, 6, 7]), "0-2,4,6-7");
     let options = grid::SlurmOptions { time: "02:00:00".into(), partition: Some("gpu".into()), gpus: 1, signal_before_s: 120 };
     let files = grid::slurm_files(&plan, &grid, Path::new("/opt/rfb/trainer"), &options).unwrap();

@@ -330,7 +330,7 @@ fn a_log_gets_epoch_lines_and_plain_progress_lines() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     for epoch in 1..=2 {
-        assert!(stderr.lines().any(|l| l.starts_with(&format!("epoch {epoch:>3}: loss "))), "epoch {epoch}: {stderr}");
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("natural seed 3, epoch {epoch:>3}: loss "))), "epoch {epoch}: {stderr}");
     }
     let done = stderr.lines().find(|l| l.starts_with("natural seed 3: done, ")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(done.contains(" batches, epoch 2/2 loss ") && done.contains(", in "), "{done}");

@@ -76,6 +76,7 @@ pub fn trained_run() -> &'static Path {
             resume: false,
             progress: false,
             stop_after: None,
+            stop_after_batches: None,
         };
         let trained = run::run(&config);
         let moved = trained.as_ref().ok().map(|_| std::fs::rename(&scratch, &done));
