@@ -473,7 +473,9 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
     // Bars on a terminal; in a log, a plain line per server and one for the whole every few
     // seconds (rfb_progress).
     let progress = Progress::new(Mode::detect(!config.progress));
-    let overall = Arc::new(progress.task("compare", total_jobs as u64, "evaluations"));
+    // Sharded, the work comes back shard by shard, and that is what the count follows.
+    let unit = if shard_count > 1 { "shards" } else { "evaluations" };
+    let overall = Arc::new(progress.task("compare", total_jobs as u64, unit));
     let settings = Arc::new(config.settings.clone());
     let labels = Arc::new(selections.iter().map(|s| s.request.label.clone()).collect::<Vec<_>>());
     let mut handles = Vec::new();

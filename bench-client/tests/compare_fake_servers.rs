@@ -294,6 +294,7 @@ async fn the_binary_writes_the_whole_report() {
         out.display().to_string(),
     ];
     // stderr is a pipe here, as in a log: plain progress lines, no bars (RFB_PROGRESS unset).
+    // Two servers: each of the 6 evaluations is split into 2 shards.
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_bench-client"))
             .args(&args)
@@ -306,7 +307,7 @@ async fn the_binary_writes_the_whole_report() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.lines().any(|l| l.starts_with("compare: done, 6 evaluations, in ")), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("compare: done, 12 shards, in ")), "{stderr}");
     for server in [a, b] {
         assert!(stderr.lines().any(|l| l.starts_with(&format!("http://{server}: done, "))), "{stderr}");
     }
