@@ -9,8 +9,7 @@ mod conv_bn;
 mod digits_cnn;
 mod loaded;
 mod mobilenet_v2;
-mod preact_resnet18;
-mod preact_resnet34;
+mod preact_resnet;
 mod precision;
 mod resnet18;
 mod torchscript;
@@ -26,8 +25,7 @@ use tch::{Device, Kind, Tensor};
 pub use digits_cnn::DigitsCnn;
 pub use loaded::{LoadedModel, PreparedModel};
 pub use mobilenet_v2::MobileNetV2;
-pub use preact_resnet18::PreActResNet18;
-pub use preact_resnet34::PreActResNet34;
+pub use preact_resnet::{PreActResNet, PREACT_RESNET18_BLOCKS, PREACT_RESNET34_BLOCKS};
 pub use precision::{channels_last, Precision, PreparedNetwork};
 pub use resnet18::ResNet18;
 pub use torchscript::{TorchScriptBf16, TorchScriptError, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
@@ -251,8 +249,8 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
     let classes = spec.num_classes;
     let body: Box<dyn Body> = match architecture {
         Architecture::ResNet18 => Box::new(ResNet18::new(&root, channels, classes)),
-        Architecture::PreActResNet18 => Box::new(PreActResNet18::new(&root, channels, classes)),
-        Architecture::PreActResNet34 => Box::new(PreActResNet34::new(&root, channels, classes)),
+        Architecture::PreActResNet18 => Box::new(PreActResNet::new(&root, channels, classes, PREACT_RESNET18_BLOCKS)),
+        Architecture::PreActResNet34 => Box::new(PreActResNet::new(&root, channels, classes, PREACT_RESNET34_BLOCKS)),
         Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
         Architecture::WideResNet { depth, width } => {
             Box::new(WideResNet::new(&root, channels, classes, depth, width))
