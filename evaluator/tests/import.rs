@@ -12,9 +12,12 @@
 //!
 //! PyTorch and the evaluator both run with OMP_NUM_THREADS=1 so that they compute alike.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use common::{correct, events, results, spec, Server};
 
 use rfb_core::attacks::{self, Fgsm, Interrupt};
 use rfb_core::checkpoint;
@@ -22,8 +25,7 @@ use rfb_core::data::{self, DatasetKind, Split};
 use rfb_core::models::{ModelSpec, Normalization};
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
 use rfb_proto::v1::{
-    evaluate_event::Event, AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest,
-    Precision,
+    AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision,
 };
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -72,74 +74,13 @@ fn sha256_file(path: &Path) -> String {
     Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `evaluator serve` on a free loopback port; killed on drop (its log printed on failure).
-struct Server {
-    child: Child,
-    address: String,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(models: &Path, extra: &[&str]) -> Server {
-        let log = models.join(".server.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evaluator"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--models-dir"])
-            .arg(models)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("OMP_NUM_THREADS", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let address = line.trim().to_string();
-        if address.is_empty() {
-            let _ = child.kill();
-            panic!("the server did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        Server { child, address, log, _stdout: stdout }
-    }
-
-    async fn client(&self) -> EvaluatorClient<Channel> {
-        EvaluatorClient::connect(format!("http://{}", self.address)).await.unwrap()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- server log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-fn spec(kind: AttackKind) -> AttackSpec {
-    AttackSpec { kind: kind as i32, ..Default::default() }
+/// `evaluator serve` with one libtorch thread, as PyTorch runs here.
+fn start_server(models: &Path, extra: &[&str]) -> Server {
+    Server::start_logging_to(models, extra, &models.join(".server.log"), &[("OMP_NUM_THREADS", "1")])
 }
 
 async fn evaluate(client: &mut EvaluatorClient<Channel>, request: EvaluateRequest) -> Result<Vec<AttackResult>, Status> {
-    let mut stream = client.evaluate(request).await?.into_inner();
-    let mut results = Vec::new();
-    while let Some(event) = stream.message().await? {
-        if let Some(Event::Result(result)) = event.event {
-            results.push(result);
-        }
-    }
-    Ok(results)
-}
-
-fn correct(result: &AttackResult) -> Vec<i64> {
-    result.classes.iter().map(|c| c.correct).collect()
+    Ok(results(&events(client, request).await?))
 }
 
 fn counts(reference: &serde_json::Value, model: &str, attack: &str) -> Vec<i64> {
@@ -192,7 +133,7 @@ async fn a_torchscript_convnext_and_a_state_dict_evaluate_as_in_pytorch() {
     assert_eq!((cnn_manifest.model.architecture.as_str(), cnn_manifest.method.as_str()), ("digits-cnn", "imported"));
     assert_eq!(cnn_manifest.source.as_ref().unwrap().sha256, sha256_file(&state_dict));
 
-    let mut server = Server::start(&models, &["--data-dir", data_dir.to_str().unwrap()]);
+    let mut server = start_server(&models, &["--data-dir", data_dir.to_str().unwrap()]);
     let mut client = server.client().await;
 
     // Listing and description show imported models with their provenance.
@@ -352,7 +293,7 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
     std::fs::copy(models.join("good/manifest.json"), models.join("tampered/manifest.json")).unwrap();
     std::fs::copy(file("ts_fp32_only.pt"), models.join("tampered/model.pt")).unwrap();
 
-    let mut server = Server::start(&models, &[]);
+    let mut server = start_server(&models, &[]);
     let mut client = server.client().await;
     let clean = |model: &str, precision: Precision| EvaluateRequest {
         model: model.into(),
