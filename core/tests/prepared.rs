@@ -110,3 +110,23 @@ fn folding_only_changes_eval_mode_and_counts_the_pairs() {
     assert_eq!(preact.fold_batch_norm(&|t: &Tensor| t.shallow_clone()), 8, "one pair per pre-activation block");
 }
 
+
+/// digits-cnn pools in channels-last layout when no gradient is asked for (libtorch's NCHW
+/// max-pool kernel is the slow one) and in NCHW otherwise: both must give the same logits bit
+/// for bit, for the network as it is and for its folded channels-last copy, at any batch size.
+#[test]
+fn digits_cnn_gives_the_same_logits_with_and_without_a_gradient() {
+    tch::set_num_threads(1);
+    let source = network("digits-cnn", [1, 8, 8]);
+    let fast = PreparedNetwork::new(&source, Precision::Fp32Fast).unwrap();
+    let test = rfb_core::data::load(rfb_core::data::DatasetKind::Digits, rfb_core::data::Split::Test, None).unwrap();
+    for batch in [1i64, 7, 64] {
+        let images = test.images.narrow(0, 0, batch);
+        for (name, model) in [("fp32", &source as &dyn Classifier), ("fp32-fast", &fast as &dyn Classifier)] {
+            let without = tch::no_grad(|| model.logits(&images));
+            let with = model.logits(&images.detach().set_requires_grad(true));
+            assert!(with.requires_grad(), "{name}: the gradient pass did not record a graph");
+            assert!(without.equal(&with.detach()), "{name}, batch {batch}: logits differ by {}", relative_gap(&without, &with.detach()));
+        }
+    }
+}

@@ -114,14 +114,42 @@ impl ExampleStreams {
     fn hashes(&self, label: u32, shape: &[i64]) -> Tensor {
         let n = self.len();
         let per_example: i64 = shape.iter().product();
+        let mut full = vec![n];
+        full.extend_from_slice(shape);
+        if self.first.device() == Device::Cpu {
+            if let Some(hashes) = self.host_hashes(label, per_example) {
+                return Tensor::from_slice(&hashes).view(full.as_slice());
+            }
+        }
+        self.tensor_hashes(label, per_example).view(full.as_slice())
+    }
+
+    /// [`ExampleStreams::hashes`] as integer tensor operations on the streams' device, `[N, per_example]`.
+    fn tensor_hashes(&self, label: u32, per_example: i64) -> Tensor {
+        let n = self.len();
         let elements = Tensor::arange(per_example, (Kind::Int64, self.first.device())).view([1, per_example]);
         let label = i64::from(mix32(label ^ 0x1b87_3593));
         let h = mix_tensor(&elements.bitwise_xor_tensor(&self.first.view([n, 1])));
         let h = mix_tensor(&h.bitwise_xor(label));
-        let h = mix_tensor(&h.bitwise_xor_tensor(&self.second.view([n, 1])));
-        let mut full = vec![n];
-        full.extend_from_slice(shape);
-        h.view(full.as_slice())
+        mix_tensor(&h.bitwise_xor_tensor(&self.second.view([n, 1])))
+    }
+
+    /// The same hashes as the tensor path, computed in a host loop: on the CPU, about fifty
+    /// tensor operations per draw cost more than the draw itself where draws are small and
+    /// frequent (Square draws three per iteration). `None` if the keys cannot be read.
+    fn host_hashes(&self, label: u32, per_example: i64) -> Option<Vec<i64>> {
+        let first = Vec::<i64>::try_from(&self.first.to_kind(Kind::Int64)).ok()?;
+        let second = Vec::<i64>::try_from(&self.second.to_kind(Kind::Int64)).ok()?;
+        let label = mix32(label ^ 0x1b87_3593);
+        let mut hashes = Vec::with_capacity(first.len() * per_example.max(0) as usize);
+        for (&first, &second) in first.iter().zip(&second) {
+            for element in 0..per_example {
+                let h = mix32(element as u32 ^ first as u32);
+                let h = mix32(h ^ label);
+                hashes.push(i64::from(mix32(h ^ second as u32)));
+            }
+        }
+        Some(hashes)
     }
 
     /// Uniform numbers in [0, 1) (multiples of 2^-24), `f32 [N, shape...]`.
@@ -151,6 +179,18 @@ mod tests {
         let hashed = Vec::<i64>::try_from(mix_tensor(&Tensor::from_slice(&values))).unwrap();
         for (v, h) in values.iter().zip(hashed) {
             assert_eq!(h, i64::from(mix32(*v as u32)), "mix32({v:#x})");
+        }
+    }
+
+    #[test]
+    fn host_hashes_equal_the_tensor_hashes() {
+        let ids = Tensor::from_slice(&[0i64, 1, 2, 99, 0xffff_ffff, 0x1_0000_0000, 0x7fff_ffff_ffff_ffff]);
+        for seed in [0u64, 7, u64::MAX] {
+            let streams = ExampleStreams::new(seed, &ids);
+            for (label, per_example) in [(0u32, 1i64), (draw_label(&[3, 5]), 3), (u32::MAX, 1000)] {
+                let host = Tensor::from_slice(&streams.host_hashes(label, per_example).unwrap()).view([ids.size()[0], per_example]);
+                assert_eq!(host, streams.tensor_hashes(label, per_example), "seed {seed}, label {label:#x}");
+            }
         }
     }
 

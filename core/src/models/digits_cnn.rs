@@ -34,7 +34,7 @@ impl DigitsCnn {
 impl ModuleT for DigitsCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let out = self.conv1.forward_t(x, train).relu();
-        let out = self.conv2.forward_t(&out, train).relu().max_pool2d_default(2);
+        let out = max_pool_2x2(&self.conv2.forward_t(&out, train).relu());
         self.conv3
             .forward_t(&out, train)
             .relu()
@@ -47,5 +47,24 @@ impl ModuleT for DigitsCnn {
 impl Body for DigitsCnn {
     fn conv_bn_layers(&mut self) -> Vec<&mut ConvBn> {
         vec![&mut self.conv1, &mut self.conv2, &mut self.conv3]
+    }
+}
+
+/// 2x2 max pooling, stride 2. libtorch's CPU kernel for NCHW tensors is scalar and costs about
+/// four times its channels-last kernel on these small maps (a fifth of AutoAttack's time on this
+/// network went to it, most in Square's forward-only queries). A pass that needs no gradient
+/// therefore pools in channels-last layout and returns NCHW: the same maxima (the maximum is
+/// exact), so the same logits bit for bit. Passes with a gradient keep the NCHW kernel, whose
+/// backward is the faster one at the batch sizes attacks use.
+fn max_pool_2x2(x: &Tensor) -> Tensor {
+    if x.requires_grad() || x.device() != tch::Device::Cpu || x.dim() != 4 {
+        return x.max_pool2d_default(2);
+    }
+    let nchw = x.is_contiguous();
+    let pooled = super::channels_last(x).max_pool2d_default(2);
+    if nchw {
+        pooled.contiguous()
+    } else {
+        pooled
     }
 }
