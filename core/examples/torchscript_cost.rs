@@ -43,10 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tch::manual_seed(0);
     let images = Tensor::rand([batch, 3, 32, 32], (Kind::Float, Device::Cpu)).to_device(device);
-    let reference = tch::no_grad(|| models[0].1.logits(&images));
+    let reference = tch::no_grad(|| models[0].1.logits(&images).unwrap());
     let labels = reference.argmax(-1, false);
     for (name, model) in &models[1..] {
-        let difference = f64::try_from((tch::no_grad(|| model.logits(&images)) - &reference).abs().max())?;
+        let difference = f64::try_from((tch::no_grad(|| model.logits(&images).unwrap()) - &reference).abs().max())?;
         println!("{name}: logits differ from the registry network's by at most {difference:.2e}");
     }
     let pgd = Pgd {
@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let attack = |model: &LoadedModel| -> Result<(f64, i64), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let adversarial = attacks::perturb_batch(&pgd, model, &images, &labels)?;
-        let robust = tch::no_grad(|| model.logits(&adversarial)).argmax(-1, false).eq_tensor(&labels);
+        let robust = tch::no_grad(|| model.logits(&adversarial).unwrap()).argmax(-1, false).eq_tensor(&labels);
         let robust = i64::try_from(robust.sum(Kind::Int64))?;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);

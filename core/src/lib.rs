@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod attacks;
 pub mod checkpoint;
 pub mod data;
+pub mod guard;
 pub mod models;
 
 pub use tch;

@@ -17,8 +17,10 @@ struct Linear {
 }
 
 impl Classifier for Linear {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias
+    })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -32,7 +34,7 @@ fn linear_two_class(seed: i64) -> (Linear, Tensor, Tensor) {
     // Images well inside [0, 1] so that the box never cuts the ball.
     let images = Tensor::rand([64, 1, 4, 4], (Kind::Float, Device::Cpu)) * 0.5 + 0.25;
     let model = Linear { weight, bias };
-    let labels = tch::no_grad(|| model.logits(&images).argmax(-1, false));
+    let labels = tch::no_grad(|| model.logits(&images).unwrap().argmax(-1, false));
     (model, images, labels)
 }
 
@@ -46,7 +48,7 @@ fn fgsm_reaches_the_analytic_worst_case_of_a_linear_model() {
     let w = &model.weight;
     let direction = (w.get(0) - w.get(1)).abs().sum(Kind::Float);
     let margin = |x: &Tensor| {
-        let z = model.logits(x);
+        let z = model.logits(x).unwrap();
         let sign = labels.to_kind(Kind::Float) * -2.0 + 1.0; // +1 for class 0, -1 for class 1
         (z.select(1, 0) - z.select(1, 1)) * sign
     };
@@ -66,7 +68,7 @@ fn ordering_on_a_trained_digits_model_and_bounds_hold() {
     let network = common::train_digits_model("digits-cnn", 5, 11);
     let test = data::load(DatasetKind::Digits, Split::Test, None).unwrap();
     let eps = 0.1;
-    let clean = attacks::clean_accuracy(&network, &test, 128).overall_accuracy();
+    let clean = attacks::clean_accuracy(&network, &test, 128).unwrap().overall_accuracy();
     let fgsm = attacks::robust_accuracy(&Fgsm { eps }, &network, &test, 128, |_, _| true).unwrap();
     let pgd = attacks::robust_accuracy(&Pgd::pgd20(eps, 3), &network, &test, 128, |_, _| true).unwrap();
     let cw = attacks::robust_accuracy(&CarliniWagnerLinf::cw30(eps, 3), &network, &test, 128, |_, _| true).unwrap();

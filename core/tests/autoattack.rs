@@ -53,8 +53,10 @@ fn count_true(mask: &Tensor) -> i64 {
 struct Softmax<'a>(&'a Network);
 
 impl Classifier for Softmax<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.0.forward_t(images, false).softmax(-1, Kind::Float)
+    })
     }
     fn device(&self) -> Device {
         self.0.device()
@@ -68,8 +70,10 @@ struct Noisy<'a> {
 }
 
 impl Classifier for Noisy<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.network.forward_t(&(images + images.randn_like() * self.sigma), false)
+    })
     }
     fn device(&self) -> Device {
         self.network.device()
@@ -81,8 +85,10 @@ impl Classifier for Noisy<'_> {
 struct Quantised<'a>(&'a Network);
 
 impl Classifier for Quantised<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.0.forward_t(&((images * 16.0).round() / 16.0), false)
+    })
     }
     fn device(&self) -> Device {
         self.0.device()
@@ -101,7 +107,7 @@ fn apgd_ce_is_at_least_as_strong_as_pgd20_and_apgd_t_lowers_accuracy() {
     let network = trained_model(3, 11);
     let _generator = shared_generator();
     let test = digits_test();
-    let clean = attacks::clean_accuracy(&network, &test, 200).overall_accuracy();
+    let clean = attacks::clean_accuracy(&network, &test, 200).unwrap().overall_accuracy();
     let pgd = accuracy(&Pgd::pgd20(EPS, 7), &network, &test);
     let apgd_ce = accuracy(&Apgd::ce(EPS, 7), &network, &test);
     println!("test split, eps {EPS}: clean {clean:.2} PGD-20 {pgd:.2} APGD-CE {apgd_ce:.2}");
@@ -110,7 +116,7 @@ fn apgd_ce_is_at_least_as_strong_as_pgd20_and_apgd_t_lowers_accuracy() {
 
     // APGD-T runs 9 x 100 iterations: on a class-balanced subset.
     let subset = test.class_balanced_subset(10).unwrap();
-    let clean = attacks::clean_accuracy(&network, &subset, 200).overall_accuracy();
+    let clean = attacks::clean_accuracy(&network, &subset, 200).unwrap().overall_accuracy();
     let pgd = accuracy(&Pgd::pgd20(EPS, 7), &network, &subset);
     let apgd_t = accuracy(&Apgd::targeted(EPS, 9, 7), &network, &subset);
     let apgd_dlr = accuracy(&Apgd::dlr(EPS, 7), &network, &subset);
@@ -125,7 +131,7 @@ fn ordering_clean_fgsm_pgd20_autoattack() {
     let network = trained_model(3, 12);
     let _generator = shared_generator();
     let subset = digits_test().class_balanced_subset(10).unwrap();
-    let clean = attacks::clean_accuracy(&network, &subset, 200).overall_accuracy();
+    let clean = attacks::clean_accuracy(&network, &subset, 200).unwrap().overall_accuracy();
     let fgsm = accuracy(&Fgsm { eps: EPS }, &network, &subset);
     let pgd = accuracy(&Pgd::pgd20(EPS, 3), &network, &subset);
     let autoattack = AutoAttack::standard(EPS, 3);
@@ -168,7 +174,7 @@ fn every_returned_batch_stays_in_the_ball_and_breaks_points() {
         (Box::new(AutoAttack::custom(EPS, 1, vec![Box::new(Apgd::ce(EPS, 1)), Box::new(Square::new(EPS, 100, 0.8, 1))])), &network),
     ];
     let correct_on = |model: &dyn Classifier, x: &Tensor| {
-        count_true(&tch::no_grad(|| model.logits(x).argmax(-1, false).eq_tensor(&labels)))
+        count_true(&tch::no_grad(|| model.logits(x).unwrap().argmax(-1, false).eq_tensor(&labels)))
     };
     for (attack, model) in cases {
         let adversarial = attacks::perturb_batch(attack.as_ref(), model, &images, &labels).unwrap();
@@ -220,20 +226,20 @@ fn sanity_flags_fire_on_softmax_and_randomised_models_only() {
     let _generator = shared_generator();
     let (images, labels) = digits_test().class_balanced_subset(10).unwrap().batches(100).next().unwrap();
 
-    let plain = sanity_flags(&network, &images, &labels);
+    let plain = sanity_flags(&network, &images, &labels).unwrap();
     println!("plain {plain:?}");
     assert!(!plain.randomised && !plain.probabilities_not_logits && !plain.possible_gradient_masking);
     assert_eq!(plain.zero_gradient_fraction, 0.0);
 
-    let softmax = sanity_flags(&Softmax(&network), &images, &labels);
+    let softmax = sanity_flags(&Softmax(&network), &images, &labels).unwrap();
     println!("softmax {softmax:?}");
     assert!(softmax.probabilities_not_logits && !softmax.randomised);
 
-    let noisy = sanity_flags(&Noisy { network: &network, sigma: 0.05 }, &images, &labels);
+    let noisy = sanity_flags(&Noisy { network: &network, sigma: 0.05 }, &images, &labels).unwrap();
     println!("noisy {noisy:?}");
     assert!(noisy.randomised && !noisy.probabilities_not_logits);
 
-    let quantised = sanity_flags(&Quantised(&network), &images, &labels);
+    let quantised = sanity_flags(&Quantised(&network), &images, &labels).unwrap();
     println!("quantised {quantised:?}");
     assert!(quantised.possible_gradient_masking && !quantised.randomised);
     assert_eq!(quantised.zero_gradient_fraction, 1.0);
@@ -245,7 +251,7 @@ fn rand_version_breaks_a_randomised_model() {
     let _generator = shared_generator();
     let noisy = Noisy { network: &network, sigma: 0.05 };
     let subset = digits_test().class_balanced_subset(3).unwrap();
-    let clean = attacks::clean_accuracy(&noisy, &subset, 100).overall_accuracy();
+    let clean = attacks::clean_accuracy(&noisy, &subset, 100).unwrap().overall_accuracy();
     let rand = accuracy(&AutoAttack::rand(EPS, 4), &noisy, &subset);
     println!("noisy model: clean {clean:.2} AutoAttack-rand {rand:.2}");
     assert!(rand < clean - 30.0, "AutoAttack-rand barely hurts a non-robust model: {clean} -> {rand}");

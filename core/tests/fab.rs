@@ -113,8 +113,10 @@ struct Linear {
 }
 
 impl Classifier for Linear {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias
+    })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -133,9 +135,9 @@ fn finds_the_minimal_perturbation_of_a_two_class_linear_model() {
     let model = Linear { weight: Tensor::randn([2, 16], opts), bias: Tensor::randn([2], opts) * 0.5 };
     // Images inside [0.3, 0.7]: the box cannot bind for perturbations below 0.3.
     let images = Tensor::rand([200, 1, 4, 4], opts) * 0.4 + 0.3;
-    let labels = tch::no_grad(|| model.logits(&images).argmax(-1, false));
+    let labels = tch::no_grad(|| model.logits(&images).unwrap().argmax(-1, false));
     // Closed form: |z_0 - z_1| / ||w_0 - w_1||_1.
-    let z = model.logits(&images);
+    let z = model.logits(&images).unwrap();
     let w_diff = (model.weight.get(0) - model.weight.get(1)).abs().sum(Kind::Float);
     let minimal = to_vec(&((z.select(1, 0) - z.select(1, 1)).abs() / w_diff));
     let mut sorted = minimal.clone();
@@ -145,7 +147,7 @@ fn finds_the_minimal_perturbation_of_a_two_class_linear_model() {
 
     let adversarial = attacks::perturb_batch(&Fab::targeted(eps, 9, 0), &model, &images, &labels).unwrap();
     attacks::verify_adversarial("FAB-T", &images, &adversarial, eps).unwrap();
-    let broken = to_vec(&tch::no_grad(|| model.logits(&adversarial).argmax(-1, false).ne_tensor(&labels)));
+    let broken = to_vec(&tch::no_grad(|| model.logits(&adversarial).unwrap().argmax(-1, false).ne_tensor(&labels)));
     let (mut below, mut above) = (0, 0);
     for (i, (&m, &b)) in minimal.iter().zip(&broken).enumerate() {
         if m < 0.98 * eps {

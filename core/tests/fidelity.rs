@@ -130,14 +130,18 @@ impl SplitJudge {
 }
 
 impl Classifier for SplitJudge {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.judge(images) + &self.bias
+    })
     }
     fn device(&self) -> Device {
         Device::Cpu
     }
-    fn judge_logits(&self, images: &Tensor) -> Tensor {
+    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.judge(images)
+    })
     }
     fn has_separate_judge(&self) -> bool {
         true
@@ -148,8 +152,10 @@ impl Classifier for SplitJudge {
 struct JudgeOnly<'a>(&'a SplitJudge);
 
 impl Classifier for JudgeOnly<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        Ok({
         self.0.judge(images)
+    })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -189,7 +195,7 @@ fn the_judge_decides_every_robustness_question() {
         Box::new(Pgd { restarts: 2, step_size: 0.05, ..Pgd::pgd20(eps, 1) }),
         Box::new(AutoAttack::standard(eps, 1)),
     ];
-    let clean = attacks::clean_accuracy(&model, &dataset, 16);
+    let clean = attacks::clean_accuracy(&model, &dataset, 16).unwrap();
     assert_eq!(clean.correct.iter().sum::<i64>(), 40, "clean accuracy is the judge's");
     for attack in cases {
         let robust = |m: &dyn Classifier| attacks::evaluate(attack.as_ref(), m, &dataset, 16, Interrupt::NEVER, &mut |_| {}).unwrap().counts;
@@ -412,7 +418,7 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
         totals(&our_square),
         totals(&their_square)
     );
-    let clean = attacks::clean_accuracy(&network, &subset, 256).correct.iter().sum::<i64>();
+    let clean = attacks::clean_accuracy(&network, &subset, 256).unwrap().correct.iter().sum::<i64>();
     assert!(our_square[0].iter().sum::<i64>() < clean, "Square broke nothing: the comparison is blind");
     assert!(unexplained.is_empty(), "Square differs at points {unexplained:?} whose outcome no seed changes");
 }
@@ -456,13 +462,13 @@ fn cw_inf_agrees_with_the_reference_loss_on_a_model_with_large_logits() {
     let ours = attacks::run_points(&CarliniWagnerLinf::cw30(EPS, 4), &network, &Batch::from_dataset(&subset, 4), 256, Interrupt::NEVER, false, &mut |_| {})
         .unwrap();
     let (our_flags, their_flags) = (flags(&ours.robust), json_flags(&theirs["robust_flags"]));
-    let clean = attacks::clean_accuracy(&network, &subset, 256).correct.iter().sum::<i64>();
+    let clean = attacks::clean_accuracy(&network, &subset, 256).unwrap().correct.iter().sum::<i64>();
     // The earlier loss, floored at -kappa: zero gradient wherever the true logit leads by more
     // than kappa.
     tch::manual_seed(4);
     let (images, labels) = (&subset.images, &subset.labels);
     let floored = |logits: &Tensor| (-losses::margin(logits, labels)).clamp_min(-50.0);
-    let old = attacks::maximize(&network, images, EPS, 2.0 / 255.0, 30, attacks::Start::Uniform, floored);
+    let old = attacks::maximize(&network, images, EPS, 2.0 / 255.0, 30, attacks::Start::Uniform, floored).unwrap();
     let old_robust = i64::try_from(tch::no_grad(|| network.forward_t(&old, false).argmax(-1, false).eq_tensor(labels)).sum(Kind::Int64)).unwrap();
     let ours_robust = our_flags.iter().sum::<i64>();
     println!(

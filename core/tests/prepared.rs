@@ -66,11 +66,11 @@ fn the_folded_channels_last_copy_computes_the_same_logits_and_gradients() {
         let images = Tensor::rand(&shape, (Kind::Float, Device::Cpu));
         let labels = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]);
         let loss = |logits: &Tensor| losses::cross_entropy(logits, &labels);
-        let (gradient, logits) = input_gradient(&source, &images, loss);
-        let (fast_gradient, fast_logits) = input_gradient(&prepared, &images, loss);
+        let (gradient, logits) = input_gradient(&source, &images, loss).unwrap();
+        let (fast_gradient, fast_logits) = input_gradient(&prepared, &images, loss).unwrap();
         let mut folded = network(architecture, input);
         assert!(folded.fold_batch_norm(&|t: &Tensor| t.shallow_clone()) > 0);
-        let (folded_gradient, folded_logits) = input_gradient(&folded, &images, loss);
+        let (folded_gradient, folded_logits) = input_gradient(&folded, &images, loss).unwrap();
         for (what, other_logits, other_gradient) in [("folded", &folded_logits, &folded_gradient), ("prepared", &fast_logits, &fast_gradient)] {
             let logit_gap = relative_gap(other_logits, &logits);
             assert!(logit_gap < 1e-5, "{architecture}, {what}: logits differ by {logit_gap}");
@@ -89,7 +89,7 @@ fn the_folded_channels_last_copy_computes_the_same_logits_and_gradients() {
             assert!(kinked <= 3, "{architecture}, {what}: {kinked} of 6 input gradients differ by more than 1e-5");
         }
         // The judge is the source itself.
-        assert!(prepared.judge_logits(&images).equal(&source.forward_t(&images, false)));
+        assert!(prepared.judge_logits(&images).unwrap().equal(&source.forward_t(&images, false)));
         assert!(!prepared.has_separate_judge() && prepared.exact().is_some());
     }
 }
@@ -123,8 +123,8 @@ fn digits_cnn_gives_the_same_logits_with_and_without_a_gradient() {
     for batch in [1i64, 7, 64] {
         let images = test.images.narrow(0, 0, batch);
         for (name, model) in [("fp32", &source as &dyn Classifier), ("fp32-fast", &fast as &dyn Classifier)] {
-            let without = tch::no_grad(|| model.logits(&images));
-            let with = model.logits(&images.detach().set_requires_grad(true));
+            let without = tch::no_grad(|| model.logits(&images).unwrap());
+            let with = model.logits(&images.detach().set_requires_grad(true)).unwrap();
             assert!(with.requires_grad(), "{name}: the gradient pass did not record a graph");
             assert!(without.equal(&with.detach()), "{name}, batch {batch}: logits differ by {}", relative_gap(&without, &with.detach()));
         }

@@ -189,6 +189,7 @@ impl Engine {
             .prepare(precision)
             .map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
         let network: &dyn attacks::Classifier = &prepared;
+        let failed = |e: AttackError| EngineError::from_attack_run(&attack.name, &job.model, &precision.to_string(), e);
         let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
             Event::Progress(Progress {
                 attack: attack.name.clone(),
@@ -216,7 +217,7 @@ impl Engine {
                     }
                     let length = batch_size.min(total - start);
                     let batch = subset.narrow(start, length);
-                    let part = attacks::clean_accuracy(network, &batch, batch_size);
+                    let part = attacks::clean_accuracy(network, &batch, batch_size).map_err(failed)?;
                     for k in 0..counts.total.len() {
                         counts.correct[k] += part.correct[k];
                         counts.total[k] += part.total[k];
@@ -231,7 +232,7 @@ impl Engine {
                     let length = batch_size.min(total);
                     let images = subset.images.narrow(0, 0, length).to_device(device);
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
-                    sanity = Some(attacks::sanity_flags(network, &images, &labels));
+                    sanity = Some(attacks::sanity_flags(network, &images, &labels).map_err(failed)?);
                 }
                 // Attacks ask between iterations: the caller's reason to stop, or an error of
                 // the progress stream.
@@ -261,7 +262,7 @@ impl Engine {
                     Err(AttackError::Cancelled) => {
                         return Err(emitted.or_else(stop).unwrap_or(EngineError::Cancelled));
                     }
-                    Err(e) => return Err(EngineError::from_attack(&attack.name, e)),
+                    Err(e) => return Err(failed(e)),
                 }
             }
         };

@@ -191,7 +191,7 @@ async fn a_torchscript_convnext_and_a_state_dict_evaluate_as_in_pytorch() {
     let mut teacher = checkpoint::import_pytorch(&state_dict, &teacher_spec, tch::Device::Cpu).unwrap();
     teacher.set_trainable(false);
     let subset = data::load(DatasetKind::Cifar10, Split::Test, Some(&data_dir)).unwrap().class_balanced_subset(per_class).unwrap();
-    let teacher_clean = attacks::clean_accuracy(&teacher, &subset, 100);
+    let teacher_clean = attacks::clean_accuracy(&teacher, &subset, 100).unwrap();
     let teacher_fgsm = attacks::evaluate(&Fgsm { eps }, &teacher, &subset, 100, Interrupt::NEVER, &mut |_| {}).unwrap().counts;
     assert_eq!(teacher_clean.correct, correct(&cnn[0]), "teacher path, clean");
     assert_eq!(teacher_fgsm.correct, correct(&cnn[1]), "teacher path, FGSM");

@@ -23,6 +23,15 @@ pub struct StepContext<'a> {
     pub attack: TrainingAttack,
 }
 
+/// Ends the training process when libtorch fails inside the inner maximisation. Training runs
+/// our own networks on checked data, where every other forward and backward pass of the loop
+/// panics on a libtorch error in tch's infallible forms too; the run then continues from its
+/// last saved state with `--resume` (the evaluator, which runs other people's models, returns
+/// such failures as errors instead).
+pub fn inner_maximisation_failed(error: rfb_core::attacks::AttackError) -> Tensor {
+    panic!("the inner maximisation failed: {error}")
+}
+
 /// A step's loss (to back-propagate) and the detached student logits the loop turns into the
 /// class-wise error risks R of Eq. 10.
 pub struct StepOutput {

@@ -295,7 +295,7 @@ fn evaluate(
     preset: &Preset,
     seed: u64,
 ) -> Result<(ClassCounts, ClassCounts, f64), TrainError> {
-    let clean = attacks::clean_accuracy(network, dataset, 256);
+    let clean = attacks::clean_accuracy(network, dataset, 256)?;
     let pgd = Pgd {
         steps: preset.selection_pgd_steps,
         ..Pgd::pgd20(preset.attack.eps, seed)

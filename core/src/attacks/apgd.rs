@@ -34,7 +34,7 @@
 //! The random start comes from each point's own stream instead of libtorch's generator, and
 //! every decision on whether a point is still robust is the judge's.
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::expand_mask;
 use super::{
@@ -165,7 +165,7 @@ fn per_example_linf(t: &Tensor) -> Tensor {
     let n = t.size()[0];
     let mut shape = vec![1i64; t.dim().max(1)];
     shape[0] = n;
-    t.abs().view([n, -1]).amax(&[1i64][..], false).view(shape.as_slice())
+    t.abs().reshape([n, -1]).amax(&[1i64][..], false).reshape(shape.as_slice())
 }
 
 /// Per-example loss of one run.
@@ -197,11 +197,17 @@ impl RunLoss {
 
 /// Gradient averaged over `eot_iter` passes, with the logits and per-example loss of the last
 /// pass (as the reference does: for a randomised model they are one draw).
-fn eot_gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor, loss: &RunLoss, eot_iter: i64) -> (Tensor, Tensor, Tensor) {
+fn eot_gradient(
+    model: &dyn Classifier,
+    x: &Tensor,
+    labels: &Tensor,
+    loss: &RunLoss,
+    eot_iter: i64,
+) -> Result<(Tensor, Tensor, Tensor), TchError> {
     let mut total: Option<Tensor> = None;
     let mut last_logits = Tensor::new();
     for _ in 0..eot_iter {
-        let (gradient, logits) = input_gradient(model, x, |z| loss.eval(z, labels));
+        let (gradient, logits) = input_gradient(model, x, |z| loss.eval(z, labels))?;
         total = Some(match total {
             None => gradient,
             Some(sum) => sum + gradient,
@@ -214,7 +220,7 @@ fn eot_gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor, loss: &RunL
         None => x.zeros_like(),
     };
     let values = tch::no_grad(|| loss.eval(&last_logits, labels));
-    (gradient, last_logits, values)
+    Ok((gradient, last_logits, values))
 }
 
 /// Result of one run of Algorithm 1 on a set of points.
@@ -303,8 +309,8 @@ impl Apgd {
         let direction = &t / (per_example_linf(&t) + 1e-12);
         let x_start = (x + direction * eps).clamp(0.0, 1.0);
 
-        let (grad, logits, loss_now) = eot_gradient(model, &x_start, labels, &loss, self.eot_iter);
-        let start_correct = judged_correct(model, &x_start, labels, Some(&logits));
+        let (grad, logits, loss_now) = eot_gradient(model, &x_start, labels, &loss, self.eot_iter)?;
+        let start_correct = judged_correct(model, &x_start, labels, Some(&logits))?;
         // Outputs for the whole batch; the state below holds only the points still attacked.
         let mut robust = start_correct.shallow_clone();
         let mut adversarial = x_start.shallow_clone();
@@ -331,7 +337,7 @@ impl Apgd {
             reduced_at_check: Tensor::ones([n], (Kind::Bool, device)),
         };
         if drop_broken {
-            let keep = start_correct.nonzero().view([-1]);
+            let keep = start_correct.nonzero().reshape([-1]);
             if (keep.numel() as i64) < n {
                 state = state.select(&keep);
             }
@@ -355,11 +361,11 @@ impl Apgd {
                 s.x_adv = project(&(&s.x_adv + (z - &s.x_adv) * alpha + momentum_term * (1.0 - alpha)));
             });
 
-            let (new_grad, logits, loss_now) = eot_gradient(model, &state.x_adv, &state.labels, &state.loss, self.eot_iter);
-            let (correct, iterate) = tch::no_grad(|| {
+            let (new_grad, logits, loss_now) = eot_gradient(model, &state.x_adv, &state.labels, &state.loss, self.eot_iter)?;
+            let (correct, iterate) = tch::no_grad(|| -> Result<(Tensor, Tensor), TchError> {
                 let s = &mut state;
                 s.grad = new_grad;
-                let correct = judged_correct(model, &s.x_adv, &s.labels, Some(&logits));
+                let correct = judged_correct(model, &s.x_adv, &s.labels, Some(&logits))?;
                 // This iterate, before a step-size restart may replace it below.
                 let iterate = s.x_adv.shallow_clone();
                 if !drop_broken {
@@ -396,18 +402,18 @@ impl Apgd {
                     in_window = 0;
                     window = windows.next(window);
                 }
-                (correct, iterate)
-            });
+                Ok((correct, iterate))
+            })?;
             if drop_broken && !bool::try_from(correct.all()).unwrap_or(true) {
                 // Broken points leave with this iterate (before any step-size restart moved it).
                 tch::no_grad(|| {
-                    let broken = correct.logical_not().nonzero().view([-1]);
+                    let broken = correct.logical_not().nonzero().reshape([-1]);
                     let at = state.positions.index_select(0, &broken);
                     robust = robust.index_fill(0, &at, 0);
                     adversarial = adversarial.index_copy(0, &at, &iterate.index_select(0, &broken));
                     best_loss = best_loss.index_copy(0, &at, &state.loss_best.index_select(0, &broken));
                 });
-                let keep = correct.nonzero().view([-1]);
+                let keep = correct.nonzero().reshape([-1]);
                 state = state.select(&keep);
             }
         }
@@ -429,7 +435,7 @@ impl Apgd {
             ApgdLoss::CrossEntropy => (RunLoss::CrossEntropy, 0),
             ApgdLoss::Dlr => (RunLoss::Dlr, 1),
             ApgdLoss::DlrTargeted { .. } => {
-                let order = tch::no_grad(|| model.logits(&batch.images).argsort(-1, true));
+                let order = tch::no_grad(|| model.logits(&batch.images))?.argsort(-1, true);
                 (RunLoss::DlrTargeted(order.select(1, target_rank)), 2)
             }
         };
@@ -447,7 +453,7 @@ impl Apgd {
             return Ok(images.copy());
         }
         let labels = &batch.labels;
-        let clean_logits = tch::no_grad(|| model.logits(images));
+        let clean_logits = tch::no_grad(|| model.logits(images))?;
         let classes = clean_logits.size().last().copied().unwrap_or(0);
         let needed = match self.loss {
             ApgdLoss::CrossEntropy => 2,
@@ -460,7 +466,7 @@ impl Apgd {
                 self.name()
             )));
         }
-        let mut robust = judged_correct(model, images, labels, Some(&clean_logits));
+        let mut robust = judged_correct(model, images, labels, Some(&clean_logits))?;
         let mut adversarial = images.copy();
 
         let (loss_code, targets): (u64, Vec<Option<i64>>) = match self.loss {
@@ -472,7 +478,7 @@ impl Apgd {
         for target_rank in targets {
             for restart in 0..self.restarts {
                 interrupt.check()?;
-                let index = robust.nonzero().view([-1]);
+                let index = robust.nonzero().reshape([-1]);
                 if index.numel() == 0 {
                     return Ok(adversarial);
                 }
@@ -483,7 +489,7 @@ impl Apgd {
                     Some(rank) => {
                         // Ranked on the clean logits of the points being attacked (recomputed as
                         // the reference does, which matters only for randomised models).
-                        let order = tch::no_grad(|| model.logits(&points.images).argsort(-1, true));
+                        let order = tch::no_grad(|| model.logits(&points.images))?.argsort(-1, true);
                         RunLoss::DlrTargeted(order.select(1, rank))
                     }
                 };

@@ -18,7 +18,7 @@
 //! AutoAttack cannot be trusted on: randomised models, models that output probabilities, and
 //! zero input gradients (gradient masking).
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::run_points;
 use super::{
@@ -32,6 +32,9 @@ pub struct AutoAttack {
     /// `standard`, `rand` or `custom`: only used in the name.
     pub version: String,
     pub attacks: Vec<Box<dyn Attack>>,
+    /// Iterations of the APGD and FAB components and queries of Square when they are not the
+    /// reference's (100 and 5000): a quick check, named `AutoAttack@N`, not AutoAttack.
+    pub reduced_iterations: Option<i64>,
 }
 
 impl std::fmt::Debug for AutoAttack {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for AutoAttack {
             .field("seed", &self.seed)
             .field("version", &self.version)
             .field("attacks", &self.attacks.iter().map(|a| a.name()).collect::<Vec<_>>())
+            .field("reduced_iterations", &self.reduced_iterations)
             .finish()
     }
 }
@@ -60,6 +64,7 @@ impl AutoAttack {
                 Box::new(Fab::targeted(eps, 9, seed)),
                 Box::new(Square::new(eps, 5000, 0.8, seed)),
             ],
+            reduced_iterations: None,
         }
     }
 
@@ -71,12 +76,13 @@ impl AutoAttack {
             seed,
             version: "rand".into(),
             attacks: vec![Box::new(Apgd::ce(eps, seed).with_eot(20)), Box::new(Apgd::dlr(eps, seed).with_eot(20))],
+            reduced_iterations: None,
         }
     }
 
     /// Any sequence of attacks, each searching within `eps`.
     pub fn custom(eps: f64, seed: u64, attacks: Vec<Box<dyn Attack>>) -> Self {
-        AutoAttack { eps, seed, version: "custom".into(), attacks }
+        AutoAttack { eps, seed, version: "custom".into(), attacks, reduced_iterations: None }
     }
 
     fn validate(&self) -> Result<(), AttackError> {
@@ -86,10 +92,14 @@ impl AutoAttack {
 
 impl Attack for AutoAttack {
     fn name(&self) -> String {
-        match self.version.as_str() {
+        let name = match self.version.as_str() {
             "standard" => "AutoAttack".into(),
             "rand" => "AutoAttack-rand".into(),
             _ => format!("AutoAttack({})", self.attacks.iter().map(|a| a.name()).collect::<Vec<_>>().join("+")),
+        };
+        match self.reduced_iterations {
+            Some(iterations) => format!("{name}@{iterations}"),
+            None => name,
         }
     }
 
@@ -140,14 +150,23 @@ const RANDOMNESS_TOLERANCE: f64 = 1e-4;
 const PROBABILITY_TOLERANCE: f64 = 1e-5;
 
 /// Runs the reference's checks on a batch: repeated forward passes, the range of the outputs,
-/// and the CE input gradient per point.
-pub fn sanity_flags(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> SanityFlags {
+/// and the CE input gradient per point. A failure of the model or of libtorch comes back as
+/// [`AttackError::Libtorch`] naming the check.
+pub fn sanity_flags(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<SanityFlags, AttackError> {
+    crate::guard::guarded_result(|| checks(model, images, labels)).map_err(|e| AttackError::Libtorch {
+        component: "AutoAttack's sanity checks".into(),
+        message: crate::guard::torch_message(&e.to_string()),
+    })
+}
+
+fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<SanityFlags, TchError> {
     let device = model.device();
     let images = images.detach().to_device(device);
     let labels = labels.to_device(device).to_kind(Kind::Int64);
     let scalar = |t: Tensor| f64::try_from(t).unwrap_or(f64::NAN);
 
-    let outputs: Vec<Tensor> = tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect());
+    let outputs: Vec<Tensor> =
+        tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect::<Result<Vec<_>, _>>())?;
     let correct: Vec<f64> = outputs
         .iter()
         .map(|o| scalar(o.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float)))
@@ -176,14 +195,16 @@ pub fn sanity_flags(model: &dyn Classifier, images: &Tensor, labels: &Tensor) ->
     let zero_gradient_fraction = if n == 0 {
         0.0
     } else {
-        let (gradient, _) = input_gradient(model, &images, |logits| losses::cross_entropy(logits, &labels));
-        let per_point = gradient.abs().view([n, -1]).sum_dim_intlist(1, false, Kind::Float);
+        let (gradient, _) = input_gradient(model, &images, |logits| losses::cross_entropy(logits, &labels))?;
+        // The gradient has the layout the network gave it (channels-last for the fp32-fast and
+        // bf16 copies): reshape, which copies where a view cannot be had.
+        let per_point = gradient.abs().reshape([n, -1]).sum_dim_intlist(1, false, Kind::Float);
         scalar(per_point.eq(0.0).to_kind(Kind::Float).mean(Kind::Float))
     };
-    SanityFlags {
+    Ok(SanityFlags {
         randomised,
         probabilities_not_logits,
         zero_gradient_fraction,
         possible_gradient_masking: zero_gradient_fraction > 0.0,
-    }
+    })
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    counted_correct, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
+    counted_correct, perturb_guarded, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
 };
 use crate::data::Dataset;
 
@@ -100,15 +100,21 @@ pub fn robust_accuracy(
     Ok(evaluate(attack, model, dataset, batch_size, Interrupt::new(&should_stop), &mut progress)?.counts)
 }
 
-/// Clean accuracy per class (no attack), judged as attacks judge.
-pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64) -> ClassCounts {
+/// Clean accuracy per class (no attack), judged as attacks judge. A failure of the model's
+/// forward pass comes back as [`AttackError::Libtorch`] naming `Clean`.
+pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64) -> Result<ClassCounts, AttackError> {
+    if batch_size < 1 {
+        return Err(AttackError::InvalidParameter(format!("batch size must be positive, got {batch_size}")));
+    }
     let mut counts = ClassCounts::new(dataset.num_classes() as usize);
     for (images, labels) in dataset.batches(batch_size) {
         let images = images.to_device(model.device());
         let labels = labels.to_device(model.device());
-        counts.add(&labels, &counted_correct(model, &images, &labels));
+        let correct = crate::guard::guarded_result(|| counted_correct(model, &images, &labels))
+            .map_err(|e| AttackError::Libtorch { component: "Clean".into(), message: crate::guard::torch_message(&e.to_string()) })?;
+        counts.add(&labels, &correct);
     }
-    counts
+    Ok(counts)
 }
 
 /// Per-class counts of `robust` (bool [N]) over `labels`.
@@ -181,7 +187,10 @@ pub fn run_points(
             let length = batch_size.min(n - start);
             let images = points.images.narrow(0, start, length).to_device(device);
             let labels = points.labels.narrow(0, start, length).to_device(device);
-            clean.push(counted_correct(model, &images, &labels).to_device(home));
+            let correct = crate::guard::guarded_result(|| counted_correct(model, &images, &labels)).map_err(|e| {
+                AttackError::Libtorch { component: format!("{} (clean pass)", attack.name()), message: crate::guard::torch_message(&e.to_string()) }
+            })?;
+            clean.push(correct.to_device(home));
         }
         if clean.is_empty() {
             Tensor::zeros([0], (Kind::Bool, home))
@@ -196,7 +205,7 @@ pub fn run_points(
     for (component_index, component) in components.iter().enumerate() {
         let started = Instant::now();
         let name = component.name();
-        let targets = if ensemble { robust.nonzero().view([-1]) } else { Tensor::arange(n, (Kind::Int64, home)) };
+        let targets = if ensemble { robust.nonzero().reshape([-1]) } else { Tensor::arange(n, (Kind::Int64, home)) };
         let total = targets.size()[0];
         if ensemble && total == 0 {
             break;
@@ -209,19 +218,28 @@ pub fn run_points(
             let length = batch_size.min(total - done);
             let index = targets.narrow(0, done, length);
             let batch = points.select(&index).to_device(device);
-            let mut candidate = component.perturb(model, &batch, interrupt)?.detach().to_device(device);
+            let mut candidate = perturb_guarded(*component, model, &batch, interrupt)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
-            let mut correct = counted_correct(model, &candidate, &batch.labels);
+            let judging_failed = |e: tch::TchError| AttackError::Libtorch {
+                component: format!("{name} (judging its output)"),
+                message: crate::guard::torch_message(&e.to_string()),
+            };
+            let mut correct =
+                crate::guard::guarded_result(|| counted_correct(model, &candidate, &batch.labels)).map_err(judging_failed)?;
             if let Some(exact) = model.exact() {
                 // The attack network is a copy of the judge: where it took a point for broken and
                 // the judge does not, attack that point again with the judge itself.
-                let copy_broken = tch::no_grad(|| model.logits(&candidate).argmax(-1, false).ne_tensor(&batch.labels));
-                let disputed = copy_broken.logical_and(&correct).nonzero().view([-1]);
+                let copy_broken = crate::guard::guarded_result(|| {
+                    tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels))
+                })
+                .map_err(judging_failed)?;
+                let disputed = copy_broken.logical_and(&correct).nonzero().reshape([-1]);
                 if disputed.numel() > 0 {
                     let again = batch.select(&disputed);
-                    let retried = component.perturb(exact, &again, interrupt)?.detach().to_device(device);
+                    let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
                     verify_adversarial(&name, &again.images, &retried, component.eps())?;
-                    let retried_correct = counted_correct(model, &retried, &again.labels);
+                    let retried_correct =
+                        crate::guard::guarded_result(|| counted_correct(model, &retried, &again.labels)).map_err(judging_failed)?;
                     candidate = candidate.index_copy(0, &disputed, &retried);
                     correct = correct.index_copy(0, &disputed, &retried_correct);
                 }
@@ -251,5 +269,5 @@ pub fn run_points(
 pub(crate) fn expand_mask(mask: &Tensor, like: &Tensor) -> Tensor {
     let mut shape = vec![1i64; like.dim().max(1)];
     shape[0] = -1;
-    mask.view(shape.as_slice())
+    mask.reshape(shape.as_slice())
 }

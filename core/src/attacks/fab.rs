@@ -206,7 +206,7 @@ impl Fab {
             let difference = |logits: &Tensor| {
                 (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
             };
-            let (gradient, logits) = input_gradient(model, &current.view(row_shape.as_slice()), difference);
+            let (gradient, logits) = input_gradient(model, &current.reshape(row_shape.as_slice()), difference)?;
             let value = difference(&logits);
             let w = gradient.reshape([rows, -1]);
             let b = (&w * &current).sum_dim_intlist(1, false, w.kind()) - value;
@@ -224,7 +224,7 @@ impl Fab {
                 (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
             current = stepped.clamp(0.0, 1.0);
 
-            let fooled = judged_correct(model, &current.view(row_shape.as_slice()), &labels, None).logical_not();
+            let fooled = judged_correct(model, &current.reshape(row_shape.as_slice()), &labels, None)?.logical_not();
             let distance = (&current - &origin).abs().amax(&[1i64][..], false);
             let closer = fooled.logical_and(&distance.lt_tensor(&best_distance));
             best = current.where_self(&closer.unsqueeze(1), &best);
@@ -235,9 +235,9 @@ impl Fab {
             if drop_done {
                 let done = best_distance.le(self.eps);
                 if bool::try_from(done.any()).unwrap_or(false) {
-                    let finished = done.nonzero().view([-1]);
+                    let finished = done.nonzero().reshape([-1]);
                     result = result.index_copy(0, &positions.index_select(0, &finished), &best.index_select(0, &finished));
-                    let keep = done.logical_not().nonzero().view([-1]);
+                    let keep = done.logical_not().nonzero().reshape([-1]);
                     let pick = |t: &Tensor| t.index_select(0, &keep);
                     (positions, origin, current, best, best_distance) =
                         (pick(&positions), pick(&origin), pick(&current), pick(&best), pick(&best_distance));
@@ -248,7 +248,7 @@ impl Fab {
         let found = best_distance.lt(NOT_FOUND).unsqueeze(1);
         let remaining = best.where_self(&found, &origin);
         result = result.index_copy(0, &positions, &remaining);
-        Ok(result.view(shape.as_slice()))
+        Ok(result.reshape(shape.as_slice()))
     }
 }
 
@@ -272,12 +272,12 @@ impl Attack for Fab {
         if batch.is_empty() {
             return Ok(result);
         }
-        let clean_logits = tch::no_grad(|| model.logits(images));
+        let clean_logits = tch::no_grad(|| model.logits(images))?;
         let classes = clean_logits.size()[1];
         // Targets ranked by clean logit; rank 0 is the prediction (the true class for the
         // points attacked, which are the correctly classified ones).
         let ranking = clean_logits.argsort(1, true);
-        let mut robust = judged_correct(model, images, labels, Some(&clean_logits));
+        let mut robust = judged_correct(model, images, labels, Some(&clean_logits))?;
         for rank in 1..=self.n_targets.min(classes - 1) {
             for restart in 0..self.restarts {
                 interrupt.check()?;
@@ -290,7 +290,7 @@ impl Attack for Fab {
                 let start = (restart > 0).then(|| draw_label(&[FAB_DRAWS, rank as u64, restart as u64]));
                 let candidate = self.single_run(model, &points, &targets, start, self.drop_broken, interrupt)?;
                 // Keep only what the judge misclassifies and what lies inside the threat model.
-                let fooled = judged_correct(model, &candidate, &points.labels, None).logical_not();
+                let fooled = judged_correct(model, &candidate, &points.labels, None)?.logical_not();
                 let distance = (&candidate - &points.images).flatten(1, -1).abs().amax(&[1i64][..], false);
                 let broken = fooled.logical_and(&distance.le(self.eps));
                 let broken_index = index.masked_select(&broken);

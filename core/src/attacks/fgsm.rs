@@ -27,7 +27,7 @@ impl Attack for Fgsm {
         check_eps(self.eps)?;
         interrupt.check()?;
         let images = &batch.images;
-        let (gradient, _) = input_gradient(model, images, |logits| losses::cross_entropy(logits, &batch.labels));
+        let (gradient, _) = input_gradient(model, images, |logits| losses::cross_entropy(logits, &batch.labels))?;
         Ok(project_linf(&(images + gradient.sign() * self.eps), images, self.eps).detach())
     }
 }

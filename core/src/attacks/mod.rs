@@ -26,7 +26,7 @@ mod pgd;
 pub mod random;
 mod square;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::models::Network;
 
@@ -63,21 +63,30 @@ pub enum AttackError {
     WrongShape { attack: String, expected: Vec<i64>, found: Vec<i64> },
     #[error("the attack was cancelled")]
     Cancelled,
+    /// libtorch refused an operation of `component` (an attack or one of AutoAttack's
+    /// components), or the model's forward pass failed inside it.
+    #[error("{component}: libtorch failed: {message}")]
+    Libtorch { component: String, message: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
 
 /// What attacks query: logits of a batch of images in [0, 1], in eval mode.
+///
+/// Every forward pass can fail (a user's TorchScript module raises, a layout or an allocation
+/// libtorch refuses): the methods return libtorch's error instead of panicking, and the attacks
+/// pass it up with `?` ([`crate::guard::guarded`] turns the panicking forms of tch into these
+/// errors where no fallible form exists).
 pub trait Classifier {
     /// Logits of the attack network: the model itself, or a faster copy of it (batch norm folded,
     /// channels-last, bf16).
-    fn logits(&self, images: &Tensor) -> Tensor;
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError>;
     fn device(&self) -> Device;
 
     /// Logits of the model as it is evaluated: the points counted robust and the clean accuracy
     /// are decided by these. The same as [`Classifier::logits`] unless the attack network is a
     /// copy ([`crate::models::PreparedNetwork`]).
-    fn judge_logits(&self, images: &Tensor) -> Tensor {
+    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
         self.logits(images)
     }
 
@@ -98,8 +107,8 @@ pub trait Classifier {
 }
 
 impl Classifier for Network {
-    fn logits(&self, images: &Tensor) -> Tensor {
-        self.forward_t(images, false)
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        crate::guard::guarded(|| self.forward_t(images, false))
     }
     fn device(&self) -> Device {
         Network::device(self)
@@ -110,24 +119,29 @@ impl Classifier for Network {
 /// while it runs (which points to keep attacking, which iterate to keep). `attack_logits` are the
 /// attack network's logits on the same images when the caller has them (no extra pass). With a
 /// separate judge (bf16) the judge decides.
-pub fn judged_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor, attack_logits: Option<&Tensor>) -> Tensor {
+pub fn judged_correct(
+    model: &dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+    attack_logits: Option<&Tensor>,
+) -> Result<Tensor, TchError> {
     if model.has_separate_judge() {
         return counted_correct(model, images, labels);
     }
     match attack_logits {
-        Some(logits) => logits.argmax(-1, false).eq_tensor(labels),
-        None => tch::no_grad(|| model.logits(images).argmax(-1, false).eq_tensor(labels)),
+        Some(logits) => logits.f_argmax(-1, false)?.f_eq_tensor(labels),
+        None => tch::no_grad(|| model.logits(images)?.f_argmax(-1, false)?.f_eq_tensor(labels)),
     }
 }
 
 /// Bool [N]: whether the judge classifies `images` as `labels`: what is counted.
-pub fn counted_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
-    tch::no_grad(|| model.judge_logits(images).argmax(-1, false).eq_tensor(labels))
+pub fn counted_correct(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {
+    tch::no_grad(|| model.judge_logits(images)?.f_argmax(-1, false)?.f_eq_tensor(labels))
 }
 
 /// Logits for decisions without gradients (Square's margin): the judge's with a separate judge,
 /// else the attack network's.
-pub fn decision_logits(model: &dyn Classifier, images: &Tensor) -> Tensor {
+pub fn decision_logits(model: &dyn Classifier, images: &Tensor) -> Result<Tensor, TchError> {
     if model.has_separate_judge() {
         model.judge_logits(images)
     } else {
@@ -255,14 +269,14 @@ pub fn input_gradient(
     model: &dyn Classifier,
     images: &Tensor,
     loss: impl Fn(&Tensor) -> Tensor,
-) -> (Tensor, Tensor) {
+) -> Result<(Tensor, Tensor), TchError> {
     let input = images.detach().set_requires_grad(true);
-    let logits = model.logits(&input);
-    let total = loss(&logits).sum(Kind::Float);
-    let gradient = Tensor::run_backward(&[total], &[&input], false, false)
+    let logits = model.logits(&input)?;
+    let total = crate::guard::guarded(|| loss(&logits).sum(Kind::Float))?;
+    let gradient = Tensor::f_run_backward(&[total], &[&input], false, false)?
         .pop()
-        .expect("run_backward returns one gradient per input");
-    (gradient, logits.detach())
+        .ok_or_else(|| TchError::Torch("libtorch returned no input gradient".into()))?;
+    Ok((gradient, logits.detach()))
 }
 
 /// Largest |x_adv - x| over the batch, as a host number (one sync; used by the checks).
@@ -353,10 +367,28 @@ pub(crate) fn check_steps(steps: i64) -> Result<(), AttackError> {
     Ok(())
 }
 
+/// `attack.perturb`, with every libtorch failure inside it — the model's forward pass or the
+/// attack's own arithmetic, in tch's panicking forms included ([`crate::guard::guarded`]) —
+/// returned as [`AttackError::Libtorch`] naming the attack.
+pub fn perturb_guarded(
+    attack: &dyn Attack,
+    model: &dyn Classifier,
+    batch: &Batch,
+    interrupt: Interrupt,
+) -> Result<Tensor, AttackError> {
+    let libtorch = |message: String| AttackError::Libtorch { component: attack.name(), message };
+    match crate::guard::guarded(|| attack.perturb(model, batch, interrupt)) {
+        Ok(Ok(adversarial)) => Ok(adversarial),
+        Ok(Err(AttackError::Torch(error))) => Err(libtorch(crate::guard::torch_message(&error.to_string()))),
+        Ok(Err(other)) => Err(other),
+        Err(error) => Err(libtorch(crate::guard::torch_message(&error.to_string()))),
+    }
+}
+
 /// Attacks `images` as the points `0..N` under the attack's own seed, without interruption:
 /// for tools and tests that attack one batch ([`evaluate`] keys the streams on each point's
 /// index in its split instead).
 pub fn perturb_batch(attack: &dyn Attack, model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, AttackError> {
     let batch = Batch::with_seed(&images.to_device(model.device()), &labels.to_device(model.device()), attack.seed());
-    attack.perturb(model, &batch, Interrupt::NEVER)
+    perturb_guarded(attack, model, &batch, Interrupt::NEVER)
 }

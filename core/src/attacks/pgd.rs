@@ -45,14 +45,14 @@ pub fn maximize(
     steps: i64,
     start: Start,
     loss: impl Fn(&Tensor) -> Tensor,
-) -> Tensor {
+) -> Result<Tensor, AttackError> {
     let images = images.detach();
     let first = match start {
         Start::Clean => images.shallow_clone(),
         Start::Uniform => &images + images.rand_like() * (2.0 * eps) - eps,
         Start::Gaussian(sigma) => &images + images.randn_like() * sigma,
     };
-    ascend(model, &images, first, eps, step_size, steps, loss, Interrupt::NEVER).expect("never interrupted")
+    ascend(model, &images, first, eps, step_size, steps, loss, Interrupt::NEVER)
 }
 
 /// `steps` signed-gradient steps from `start` (projected first), looking at `interrupt` before
@@ -71,7 +71,7 @@ fn ascend(
     let mut current = project_linf(&start, images, eps);
     for _ in 0..steps {
         interrupt.check()?;
-        let (gradient, _) = input_gradient(model, &current, &loss);
+        let (gradient, _) = input_gradient(model, &current, &loss)?;
         current = project_linf(&(current + gradient.sign() * step_size), images, eps);
     }
     Ok(current.detach())
@@ -92,7 +92,7 @@ pub fn maximize_per_example(
     start: Start,
     loss: impl Fn(&Tensor) -> Tensor,
     mut observe: impl FnMut(i64, &Tensor, &Tensor),
-) -> Tensor {
+) -> Result<Tensor, AttackError> {
     let images = images.detach();
     let mut shape = vec![-1i64];
     shape.extend(std::iter::repeat_n(1, images.dim().saturating_sub(1)));
@@ -107,11 +107,11 @@ pub fn maximize_per_example(
     };
     current = current.maximum(&lower).minimum(&upper);
     for step in 0..steps {
-        let (gradient, logits) = input_gradient(model, &current, &loss);
+        let (gradient, logits) = input_gradient(model, &current, &loss)?;
         observe(step, &current, &logits);
         current = (current + gradient.sign() * &step_size).maximum(&lower).minimum(&upper);
     }
-    current.detach()
+    Ok(current.detach())
 }
 
 /// PGD with restarts; a point keeps the first restart's result that fools the model.
@@ -186,9 +186,9 @@ impl Attack for Pgd {
         let mut best = ascend(model, images, start(0), self.eps, self.step_size, self.steps, loss, interrupt)?;
         for restart in 1..self.restarts {
             // A point keeps the first restart whose result the judge misclassifies.
-            let still_correct = judged_correct(model, &best, labels, None);
+            let still_correct = judged_correct(model, &best, labels, None)?;
             let candidate = ascend(model, images, start(restart), self.eps, self.step_size, self.steps, loss, interrupt)?;
-            best = candidate.where_self(&still_correct.view([-1, 1, 1, 1]), &best);
+            best = candidate.where_self(&still_correct.reshape([-1, 1, 1, 1]), &best);
         }
         Ok(best)
     }

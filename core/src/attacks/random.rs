@@ -118,20 +118,20 @@ impl ExampleStreams {
         full.extend_from_slice(shape);
         if self.first.device() == Device::Cpu {
             if let Some(hashes) = self.host_hashes(label, per_example) {
-                return Tensor::from_slice(&hashes).view(full.as_slice());
+                return Tensor::from_slice(&hashes).reshape(full.as_slice());
             }
         }
-        self.tensor_hashes(label, per_example).view(full.as_slice())
+        self.tensor_hashes(label, per_example).reshape(full.as_slice())
     }
 
     /// [`ExampleStreams::hashes`] as integer tensor operations on the streams' device, `[N, per_example]`.
     fn tensor_hashes(&self, label: u32, per_example: i64) -> Tensor {
         let n = self.len();
-        let elements = Tensor::arange(per_example, (Kind::Int64, self.first.device())).view([1, per_example]);
+        let elements = Tensor::arange(per_example, (Kind::Int64, self.first.device())).reshape([1, per_example]);
         let label = i64::from(mix32(label ^ 0x1b87_3593));
-        let h = mix_tensor(&elements.bitwise_xor_tensor(&self.first.view([n, 1])));
+        let h = mix_tensor(&elements.bitwise_xor_tensor(&self.first.reshape([n, 1])));
         let h = mix_tensor(&h.bitwise_xor(label));
-        mix_tensor(&h.bitwise_xor_tensor(&self.second.view([n, 1])))
+        mix_tensor(&h.bitwise_xor_tensor(&self.second.reshape([n, 1])))
     }
 
     /// The same hashes as the tensor path, computed in a host loop: on the CPU, about fifty
@@ -188,7 +188,7 @@ mod tests {
         for seed in [0u64, 7, u64::MAX] {
             let streams = ExampleStreams::new(seed, &ids);
             for (label, per_example) in [(0u32, 1i64), (draw_label(&[3, 5]), 3), (u32::MAX, 1000)] {
-                let host = Tensor::from_slice(&streams.host_hashes(label, per_example).unwrap()).view([ids.size()[0], per_example]);
+                let host = Tensor::from_slice(&streams.host_hashes(label, per_example).unwrap()).reshape([ids.size()[0], per_example]);
                 assert_eq!(host, streams.tensor_hashes(label, per_example), "seed {seed}, label {label:#x}");
             }
         }

@@ -21,7 +21,7 @@
 //! is broken, so with a separate judge (bf16) it queries the judge: under bf16 it runs on the
 //! fp32 weights.
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use super::{check_eps, draw_label, losses, Attack, AttackError, Batch, Classifier, Interrupt};
 
@@ -103,7 +103,7 @@ impl Square {
         let label = |iteration: i64, purpose: u64| draw_label(&[SQUARE_DRAWS, restart as u64, iteration as u64, purpose]);
         let stripes = batch.streams.signs(label(-1, 0), &[c, 1, w]);
         let mut best = (images + stripes * self.eps).clamp(0.0, 1.0);
-        let mut margin = margin_loss(model, &best, labels);
+        let mut margin = margin_loss(model, &best, labels)?;
         for iteration in 0..self.queries {
             interrupt.check()?;
             let active = margin.gt(0.0).nonzero().squeeze_dim(1);
@@ -121,10 +121,10 @@ impl Square {
             let signs = points.streams.signs(label(iteration, 3), &[c, 1, 1]);
             let vertex = (&points.images + signs * self.eps).clamp(0.0, 1.0);
             let candidate = vertex.where_self(&window, &current);
-            let candidate_margin = margin_loss(model, &candidate, &points.labels);
+            let candidate_margin = margin_loss(model, &candidate, &points.labels)?;
             // Active points have margin > 0, so "improves" already covers "misclassified".
             let improved = candidate_margin.lt_tensor(&current_margin);
-            let kept = candidate.where_self(&improved.view([-1, 1, 1, 1]), &current);
+            let kept = candidate.where_self(&improved.reshape([-1, 1, 1, 1]), &current);
             let kept_margin = candidate_margin.where_self(&improved, &current_margin);
             best = best.index_copy(0, &active, &kept);
             margin = margin.index_copy(0, &active, &kept_margin);
@@ -135,8 +135,8 @@ impl Square {
 
 /// Margin z_y - max_{j != y} z_j per example (the reference's untargeted margin loss), on the
 /// logits that decide ([`super::decision_logits`]).
-fn margin_loss(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Tensor {
-    losses::margin(&super::decision_logits(model, images), labels)
+fn margin_loss(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {
+    Ok(losses::margin(&super::decision_logits(model, images)?, labels))
 }
 
 /// Boolean masks [count, 1, h, w], each a `side` x `side` square at a position drawn from its
@@ -147,11 +147,11 @@ fn random_windows(points: &Batch, side: i64, h: i64, w: i64, row_label: u32, col
     let device = points.device();
     let inside = |extent: i64, label: u32| {
         let start = points.streams.below(label, &[1], (extent - side).max(1));
-        let positions = Tensor::arange(extent, (Kind::Int64, device)).view([1, extent]);
+        let positions = Tensor::arange(extent, (Kind::Int64, device)).reshape([1, extent]);
         positions.ge_tensor(&start).logical_and(&positions.lt_tensor(&(start + side)))
     };
-    let rows = inside(h, row_label).view([count, 1, h, 1]);
-    let cols = inside(w, column_label).view([count, 1, 1, w]);
+    let rows = inside(h, row_label).reshape([count, 1, h, 1]);
+    let cols = inside(w, column_label).reshape([count, 1, 1, w]);
     rows.logical_and(&cols)
 }
 
@@ -187,7 +187,7 @@ impl Attack for Square {
         tch::no_grad(|| {
             // Points the judge already gets wrong are returned as they are: starting from the
             // stripes could land on a correctly classified point, which must not count as robust.
-            let clean_correct = super::judged_correct(model, all_images, &batch.labels, None);
+            let clean_correct = super::judged_correct(model, all_images, &batch.labels, None)?;
             let attacked = clean_correct.nonzero().squeeze_dim(1);
             if attacked.size()[0] == 0 {
                 return Ok(all_images.copy());
@@ -203,7 +203,7 @@ impl Attack for Square {
                 let (found, margins) = self.single_run(model, &points.select(&unbroken), restart, interrupt)?;
                 let previous = margin.index_select(0, &unbroken);
                 let better = margins.lt_tensor(&previous);
-                let kept = found.where_self(&better.view([-1, 1, 1, 1]), &best.index_select(0, &unbroken));
+                let kept = found.where_self(&better.reshape([-1, 1, 1, 1]), &best.index_select(0, &unbroken));
                 best = best.index_copy(0, &unbroken, &kept);
                 margin = margin.index_copy(0, &unbroken, &margins.where_self(&better, &previous));
             }

@@ -65,7 +65,7 @@ impl ConvBn {
                 Some(gamma) => gamma / (&self.bn.running_var + BN_EPS).sqrt(),
                 None => (&self.bn.running_var + BN_EPS).rsqrt(),
             };
-            let weight = &self.conv.ws * scale.view([-1, 1, 1, 1]);
+            let weight = &self.conv.ws * scale.reshape([-1, 1, 1, 1]);
             let mut bias = -(&self.bn.running_mean * &scale);
             if let Some(beta) = &self.bn.bs {
                 bias += beta;

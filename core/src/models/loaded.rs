@@ -1,7 +1,7 @@
 //! A model as the evaluator serves it: one of our networks or a TorchScript module, each a
 //! [`Classifier`] (the only thing attacks see), and either one prepared at a precision.
 
-use tch::{Device, Tensor};
+use tch::{Device, TchError, Tensor};
 
 use super::{ModelError, ModelSpec, Network, Precision, PreparedNetwork, TorchScriptBf16, TorchScriptModel};
 use crate::attacks::Classifier;
@@ -39,7 +39,13 @@ impl LoadedModel {
     /// copy with batch norm folded and channels-last, judged by the model ([`PreparedNetwork`]),
     /// and for a TorchScript module the module itself (its layers are opaque to us); bf16 is a
     /// bf16 copy judged by the fp32 weights ([`PreparedNetwork`], [`TorchScriptModel::bf16`]).
+    /// Copying, folding and casting run through [`crate::guard::guarded`]: a libtorch failure
+    /// there (a device without bf16, memory) is an error, not a panic.
     pub fn prepare(&self, precision: Precision) -> Result<PreparedModel<'_>, ModelError> {
+        crate::guard::guarded(|| self.prepare_unguarded(precision))?
+    }
+
+    fn prepare_unguarded(&self, precision: Precision) -> Result<PreparedModel<'_>, ModelError> {
         Ok(match (precision, self) {
             (Precision::Fp32, _) | (Precision::Fp32Fast, LoadedModel::TorchScript(_)) => PreparedModel::Fp32(self),
             (Precision::Fp32Fast, LoadedModel::Native(network)) => {
@@ -54,7 +60,7 @@ impl LoadedModel {
 }
 
 impl Classifier for LoadedModel {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
         match self {
             LoadedModel::Native(network) => network.logits(images),
             LoadedModel::TorchScript(module) => module.logits(images),
@@ -87,7 +93,7 @@ impl PreparedModel<'_> {
 }
 
 impl Classifier for PreparedModel<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
         self.inner().logits(images)
     }
 
@@ -95,7 +101,7 @@ impl Classifier for PreparedModel<'_> {
         self.inner().device()
     }
 
-    fn judge_logits(&self, images: &Tensor) -> Tensor {
+    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
         self.inner().judge_logits(images)
     }
 

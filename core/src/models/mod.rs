@@ -31,6 +31,17 @@ pub use resnet18::ResNet18;
 pub use torchscript::{TorchScriptBf16, TorchScriptError, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
 pub use wide_resnet::WideResNet;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_once_and_small() {
+        let names: Vec<String> = architecture_families().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["resnet18", "preact-resnet18", "mobilenet-v2", "wrn-10-1", "digits-cnn"]);
+    }
+}
+
 /// Errors raised when a model cannot be built as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -109,6 +120,41 @@ impl FromStr for Architecture {
             }
         })
     }
+}
+
+impl Architecture {
+    /// The smallest network of this one's family (the same definition at other depths or
+    /// widths): what a test of every family builds. A new architecture must say here which
+    /// family it joins.
+    pub fn smallest_in_family(self) -> Architecture {
+        match self {
+            Architecture::ResNet18 => Architecture::ResNet18,
+            Architecture::PreActResNet18 | Architecture::PreActResNet34 => Architecture::PreActResNet18,
+            Architecture::MobileNetV2 => Architecture::MobileNetV2,
+            Architecture::WideResNet { .. } => Architecture::WideResNet { depth: 10, width: 1 },
+            Architecture::DigitsCnn | Architecture::DigitsCnnWide => Architecture::DigitsCnn,
+        }
+    }
+}
+
+/// One architecture per family of the registry ([`ARCHITECTURE_NAMES`]), the smallest of each,
+/// in the registry's order: an architecture added to the registry joins every list made from
+/// this.
+pub fn architecture_families() -> Vec<Architecture> {
+    let mut families: Vec<Architecture> = Vec::new();
+    for name in ARCHITECTURE_NAMES {
+        let parsed = match name.parse::<Architecture>() {
+            Ok(architecture) => architecture,
+            // The wide-resnet template names the family without a size.
+            Err(_) if name.starts_with("wide-resnet-") => Architecture::WideResNet { depth: 10, width: 1 },
+            Err(_) => continue,
+        };
+        let smallest = parsed.smallest_in_family();
+        if !families.contains(&smallest) {
+            families.push(smallest);
+        }
+    }
+    families
 }
 
 impl fmt::Display for Architecture {
@@ -279,11 +325,11 @@ pub(crate) fn normalization_tensors(spec: &ModelSpec, device: Device) -> Result<
     if norm.std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) || norm.mean.iter().any(|m| !m.is_finite()) {
         return Err(ModelError::InvalidConfig("normalisation mean must be finite and std positive and finite".into()));
     }
-    let mean = Tensor::from_slice(&norm.mean).to_kind(Kind::Float).view([1, channels, 1, 1]).to_device(device);
+    let mean = Tensor::from_slice(&norm.mean).to_kind(Kind::Float).reshape([1, channels, 1, 1]).to_device(device);
     let inv_std = Tensor::from_slice(&norm.std)
         .to_kind(Kind::Float)
         .reciprocal()
-        .view([1, channels, 1, 1])
+        .reshape([1, channels, 1, 1])
         .to_device(device);
     Ok(Some((mean, inv_std)))
 }

@@ -15,10 +15,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::{build, ModelError, Network};
 use crate::attacks::Classifier;
+use crate::guard::guarded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -134,25 +135,25 @@ impl PreparedNetwork {
 }
 
 impl Classifier for PreparedNetwork {
-    fn logits(&self, images: &Tensor) -> Tensor {
-        match self.precision {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        guarded(|| match self.precision {
             Precision::Fp32 => self.network.forward_t(images, false),
             precision => {
                 let input = channels_last(&images.to_kind(Self::kind_of(precision)));
                 self.network.forward_t(&input, false).to_kind(Kind::Float)
             }
-        }
+        })
     }
 
     fn device(&self) -> Device {
         self.network.device()
     }
 
-    fn judge_logits(&self, images: &Tensor) -> Tensor {
-        match &self.reference {
+    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        guarded(|| match &self.reference {
             Some(reference) => reference.forward_t(images, false),
             None => self.network.forward_t(images, false),
-        }
+        })
     }
 
     fn has_separate_judge(&self) -> bool {

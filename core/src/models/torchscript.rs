@@ -16,13 +16,13 @@
 //! depend on the rest of its batch, and that gradients reach the input.
 
 use std::io::Cursor;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
 use super::{normalization_tensors, ModelError, ModelSpec};
 use crate::attacks::Classifier;
+use crate::guard::{guarded, guarded_result};
 
 /// The architecture name a TorchScript checkpoint records.
 pub const TORCHSCRIPT_ARCHITECTURE: &str = "torchscript";
@@ -51,23 +51,7 @@ pub enum TorchScriptError {
 /// The useful line of a libtorch error: TorchScript errors put the Python-style exception
 /// (`RuntimeError: ...`) after a traceback; others start with it.
 pub(crate) fn torch_message(error: &TchError) -> String {
-    let text = error.to_string();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let chosen = lines
-        .iter()
-        .rev()
-        .find(|l| {
-            let head = l.split(':').next().unwrap_or("");
-            head.ends_with("Error") && !head.contains(' ')
-        })
-        .or(lines.first())
-        .copied()
-        .unwrap_or("unknown libtorch error");
-    let mut chosen = chosen.to_string();
-    if chosen.chars().count() > 400 {
-        chosen = chosen.chars().take(400).collect::<String>() + "...";
-    }
-    chosen
+    crate::guard::torch_message(&error.to_string())
 }
 
 fn describe(value: &IValue) -> String {
@@ -88,7 +72,7 @@ fn probe_images(n: i64, [c, h, w]: [i64; 3], device: Device) -> Tensor {
     (Tensor::arange(n * c * h * w, (Kind::Double, Device::Cpu)) * 0.618_033_988_749_895)
         .frac()
         .to_kind(Kind::Float)
-        .view([n, c, h, w])
+        .reshape([n, c, h, w])
         .to_device(device)
 }
 
@@ -167,14 +151,7 @@ impl TorchScriptModel {
         let mut module = load_module(&self.bytes, self.device)?;
         let device = self.device;
         // `CModule::to` panics on a libtorch error; the module is dropped if it does.
-        catch_unwind(AssertUnwindSafe(|| module.to(device, Kind::BFloat16, false))).map_err(|payload| {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the cast failed".into());
-            TorchScriptError::NoBf16(message.lines().next().unwrap_or("the cast failed").to_string())
-        })?;
+        guarded(|| module.to(device, Kind::BFloat16, false)).map_err(|e| TorchScriptError::NoBf16(torch_message(&e)))?;
         freeze(&module)?;
         self.check(&module, Kind::BFloat16).map_err(|e| match e {
             TorchScriptError::NoBf16(message) => TorchScriptError::NoBf16(message),
@@ -187,11 +164,13 @@ impl TorchScriptModel {
     /// normalisation.
     fn forward(&self, module: &CModule, images: &Tensor, kind: Kind) -> Result<Tensor, TchError> {
         let input = match &self.normalization {
-            Some((mean, inv_std)) => (images - mean) * inv_std,
+            Some((mean, inv_std)) => images.f_sub(mean)?.f_mul(inv_std)?,
             None => images.shallow_clone(),
         };
-        let input = if input.kind() == kind { input } else { input.to_kind(kind) };
-        Ok(module.forward_ts(&[input])?.to_kind(Kind::Float))
+        let input = if input.kind() == kind { input } else { input.f_to_kind(kind)? };
+        // The module's own code runs here: whatever it raises, or a panic inside tch, comes back
+        // as an error.
+        guarded_result(|| module.forward_ts(&[input]))?.f_to_kind(Kind::Float)
     }
 
     fn check(&self, module: &CModule, kind: Kind) -> Result<(), TorchScriptError> {
@@ -268,16 +247,9 @@ impl TorchScriptModel {
     }
 }
 
-fn forward_or_panic(result: Result<Tensor, TchError>) -> Tensor {
-    // Classifier::logits has no error channel: libtorch errors are panics everywhere in tch, and
-    // the evaluator's worker turns a panic into an INTERNAL status. The checks at load make it
-    // unlikely (two batch sizes, bf16 probed before use).
-    result.unwrap_or_else(|e| panic!("the TorchScript module's forward failed: {}", torch_message(&e)))
-}
-
 impl Classifier for TorchScriptModel {
-    fn logits(&self, images: &Tensor) -> Tensor {
-        forward_or_panic(self.forward(&self.module, images, Kind::Float))
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        self.forward(&self.module, images, Kind::Float)
     }
 
     fn device(&self) -> Device {
@@ -293,15 +265,15 @@ pub struct TorchScriptBf16<'a> {
 }
 
 impl Classifier for TorchScriptBf16<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
-        forward_or_panic(self.judge.forward(&self.module, images, Kind::BFloat16))
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        self.judge.forward(&self.module, images, Kind::BFloat16)
     }
 
     fn device(&self) -> Device {
         self.judge.device
     }
 
-    fn judge_logits(&self, images: &Tensor) -> Tensor {
+    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
         self.judge.logits(images)
     }
 

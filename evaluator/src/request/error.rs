@@ -103,6 +103,27 @@ impl EngineError {
         }
     }
 
+    /// An error of an attack run on a model at a precision: the message names all three (and
+    /// the component of AutoAttack that failed), e.g. `AutoAttack (APGD-T) on model "mine" at
+    /// precision fp32-fast: libtorch failed: ...`.
+    pub fn from_attack_run(attack: &str, model: &str, precision: &str, error: AttackError) -> Self {
+        match error {
+            AttackError::Libtorch { component, message } => {
+                let what = if component == attack { attack.to_string() } else { format!("{attack} ({component})") };
+                Self::from_torch_message(&format!("{what} on model {model:?} at precision {precision}: libtorch failed"), &message)
+            }
+            AttackError::Torch(e) => Self::from_torch_message(
+                &format!("{attack} on model {model:?} at precision {precision}: libtorch failed"),
+                &rfb_core::guard::torch_message(&e.to_string()),
+            ),
+            AttackError::InvalidParameter(message) => {
+                EngineError::InvalidArgument(format!("{attack} on model {model:?}: invalid parameter: {message}"))
+            }
+            AttackError::Cancelled => EngineError::Cancelled,
+            other => EngineError::Internal(format!("{attack} on model {model:?} at precision {precision}: {other}")),
+        }
+    }
+
     /// The gRPC status code of this error.
     pub fn code(&self) -> tonic::Code {
         match self {

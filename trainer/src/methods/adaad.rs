@@ -17,7 +17,7 @@ use rfb_core::attacks::{self, losses, Classifier, Start};
 use rfb_core::models::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::method::{StepContext, StepOutput, TrainingMethod};
 
@@ -67,8 +67,10 @@ struct StudentAndTeacher<'a> {
 }
 
 impl Classifier for StudentAndTeacher<'_> {
-    fn logits(&self, images: &Tensor) -> Tensor {
-        Tensor::cat(&[self.student.forward_t(images, false), self.teacher.forward_t(images, false)], 1)
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        rfb_core::guard::guarded(|| {
+            Tensor::cat(&[self.student.forward_t(images, false), self.teacher.forward_t(images, false)], 1)
+        })
     }
     fn device(&self) -> Device {
         self.student.device()
@@ -98,7 +100,8 @@ impl TrainingMethod for AdaAd {
             attack.steps,
             Start::Gaussian(0.001),
             |both| disagreement(&both.narrow(1, 0, classes), &both.narrow(1, classes, classes)),
-        );
+        )
+        .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e));
         let (teacher_adversarial, teacher_clean) =
             tch::no_grad(|| (teacher.forward_t(&adversarial, false), teacher.forward_t(images, false)));
         let adversarial_logits = context.student.forward_t(&adversarial, true);

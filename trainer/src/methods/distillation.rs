@@ -111,7 +111,8 @@ pub fn weighted_distillation_step(
         Start::Gaussian(0.001),
         |logits| losses::kl_to_soft_labels(logits, &adversarial_targets),
         observe,
-    );
+    )
+    .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e));
     let adversarial_logits = context.student.forward_t(&adversarial, true);
     let clean_logits = context.student.forward_t(images, true);
     let loss = distillation_loss(

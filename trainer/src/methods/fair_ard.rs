@@ -137,7 +137,8 @@ impl FairArd {
             Start::Uniform,
             |logits| losses::cross_entropy(logits, labels),
             observe,
-        );
+        )
+        .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e));
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let clean_logits = context.student.forward_t(images, true);
         let loss =

@@ -22,6 +22,7 @@ pub fn madry_adversarial(context: &StepContext, images: &Tensor, labels: &Tensor
         Start::Uniform,
         |logits| losses::cross_entropy(logits, labels),
     )
+    .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e))
 }
 
 pub struct Sat;
