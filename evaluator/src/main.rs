@@ -12,7 +12,7 @@ use rfb_evaluator::catalog::{parse_device, EngineConfig, DEFAULT_BATCH_SIZE};
 use rfb_evaluator::request::{DEFAULT_MAX_JOB_COST, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_PER_CLIENT};
 use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
 use rfb_evaluator::{Catalog, Engine, Limits};
-use rfb_proto::v1::{evaluate_event::Event, AttackKind, AttackSpec, EvaluateRequest};
+use rfb_proto::v1::{evaluate_event::Event, EvaluateRequest};
 
 #[derive(Parser)]
 #[command(
@@ -202,16 +202,23 @@ struct EvalArgs {
     /// Examples per class (the first N of each class); 0 evaluates the whole split.
     #[arg(long, default_value_t = 0)]
     per_class: i64,
-    /// Comma-separated attacks: clean, fgsm, pgd (PGD-20), cw (CW-inf, 30 steps, kappa 50), aa
-    /// (AutoAttack standard), aa-rand.
-    #[arg(long, default_value = "clean,fgsm,pgd,cw,aa", value_delimiter = ',')]
+    /// Comma-separated attacks: clean, fgsm, pgd (PGD-20) or pgd-N, cw (CW-inf, 30 steps, kappa
+    /// 50) or cw-N, aa (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square), aa-rand, and
+    /// aa:COMPONENT+... for any of apgd-ce, apgd-t, apgd-dlr, fab-t, square. Any AutoAttack name
+    /// may end in @N for N iterations (and Square queries) instead of 100 (and 5000), for quick
+    /// checks; such a result is named AutoAttack@N. The same names as `bench-client compare`.
+    #[arg(long, default_value = rfb_proto::attacks::DEFAULT_ATTACKS, value_delimiter = ',')]
     attacks: Vec<String>,
     /// L-inf radius in pixel scale [0, 1], as a number or a fraction such as 8/255 [default: 8/255].
     #[arg(long)]
     eps: Option<String>,
-    /// Steps of PGD and CW-inf [default: 20 and 30].
+    /// Steps of PGD and CW-inf where the attack's name gives none (pgd-N, cw-N) [default: 20
+    /// and 30].
     #[arg(long)]
     steps: Option<i64>,
+    /// Step size of PGD and CW-inf, as a number or a fraction such as 2/255 [default: 2/255].
+    #[arg(long)]
+    step_size: Option<String>,
     /// Seed of the randomised attacks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -232,6 +239,11 @@ struct EvalArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also write the results as JSON to FILE (written atomically): per attack its name, spec,
+    /// precision, per-class counts, metrics, AutoAttack's components and sanity flags, and
+    /// the model, data, device and versions they were computed with.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 fn parse_shard(text: &str) -> Result<rfb_proto::v1::Shard> {
@@ -245,28 +257,6 @@ fn init_logging(default_level: &str) {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
 }
 
-fn parse_eps(text: &str) -> Result<f64> {
-    let value = match text.split_once('/') {
-        Some((a, b)) => a.trim().parse::<f64>()? / b.trim().parse::<f64>()?,
-        None => text.trim().parse::<f64>()?,
-    };
-    Ok(value)
-}
-
-fn attack_spec(name: &str, eps: Option<f64>, steps: Option<i64>, seed: u64) -> Result<AttackSpec> {
-    let kind = match name.trim().to_ascii_lowercase().as_str() {
-        "clean" => AttackKind::Clean,
-        "fgsm" => AttackKind::Fgsm,
-        "pgd" | "pgd20" | "pgd-20" => AttackKind::Pgd,
-        "cw" | "cw-inf" | "cwinf" => AttackKind::CwInf,
-        "aa" | "autoattack" => AttackKind::AutoattackStandard,
-        "aa-rand" => AttackKind::AutoattackRand,
-        other => bail!("unknown attack {other:?} (clean, fgsm, pgd, cw, aa, aa-rand)"),
-    };
-    let eps = if kind == AttackKind::Clean { None } else { eps };
-    let steps = if matches!(kind, AttackKind::Pgd | AttackKind::CwInf) { steps } else { None };
-    Ok(AttackSpec { kind: kind as i32, eps, steps, seed, ..Default::default() })
-}
 
 fn split_proto(text: &str) -> Result<rfb_proto::v1::Split> {
     let split: rfb_core::data::Split = text.parse()?;
@@ -331,8 +321,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let eps = args.eps.as_deref().map(parse_eps).transpose().context("--eps")?;
-    let attacks = args.attacks.iter().map(|a| attack_spec(a, eps, args.steps, args.seed)).collect::<Result<Vec<_>>>()?;
+    let eps = args.eps.as_deref().map(rfb_proto::attacks::parse_eps).transpose().context("--eps")?;
+    let step_size = args.step_size.as_deref().map(rfb_proto::attacks::parse_eps).transpose().context("--step-size")?;
+    let defaults = rfb_proto::attacks::AttackDefaults { eps, step_size, steps: args.steps, seed: args.seed };
+    let attacks: Vec<_> = rfb_proto::attacks::parse_attacks(&args.attacks, &defaults)
+        .context("--attacks")?
+        .into_iter()
+        .map(|attack| attack.spec)
+        .collect();
     let request = EvaluateRequest {
         model: args.model.clone(),
         dataset: args.dataset.clone().unwrap_or_default(),
@@ -411,6 +407,15 @@ fn eval(args: EvalArgs) -> Result<()> {
         println!("* from the cache ({})", catalog.cache_dir().map(|p| p.display().to_string()).unwrap_or_default());
     }
     println!("class-wise accuracy in percent; NSD = population SD / Avg");
+    if let Some(path) = &args.json {
+        let document = serde_json::json!({
+            "model": job.model,
+            "weights_sha256": job.weights_sha256,
+            "results": results.iter().map(rfb_evaluator::table::result_json).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&document)?;
+        rfb_core::checkpoint::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

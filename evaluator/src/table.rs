@@ -76,3 +76,44 @@ mod tests {
         assert!(text.contains("Worst-10%") && text.contains("NSD") && text.contains("0.500"));
     }
 }
+
+/// One result as JSON, for `evaluator eval --json`: what a script needs to read the counts
+/// without parsing the table (the contract's field names).
+pub fn result_json(result: &AttackResult) -> serde_json::Value {
+    let spec = result.attack.clone().unwrap_or_default();
+    let name_of = |value: i32, name: fn(i32) -> Option<&'static str>| name(value).unwrap_or("UNKNOWN");
+    serde_json::json!({
+        "attack_name": result.attack_name,
+        "attack": {
+            "kind": name_of(spec.kind, |k| rfb_proto::v1::AttackKind::try_from(k).ok().map(|k| k.as_str_name())),
+            "eps": spec.eps,
+            "steps": spec.steps,
+            "step_size": spec.step_size,
+            "restarts": spec.restarts,
+            "kappa": spec.kappa,
+            "seed": spec.seed,
+            "components": spec.components,
+        },
+        "precision": name_of(result.precision, |p| rfb_proto::v1::Precision::try_from(p).ok().map(|p| p.as_str_name())),
+        "classes": result.classes.iter().map(|c| serde_json::json!({"class_name": c.class_name, "correct": c.correct, "total": c.total})).collect::<Vec<_>>(),
+        "metrics": result.metrics.as_ref().map(|m| serde_json::json!({
+            "average": m.average, "worst": m.worst, "worst_10_percent": m.worst_10_percent, "nsd": m.nsd,
+        })),
+        "components": result.components.iter().map(|c| serde_json::json!({
+            "name": c.name, "seconds": c.seconds, "attacked": c.attacked, "robust_after": c.robust_after,
+        })).collect::<Vec<_>>(),
+        "sanity": result.sanity.as_ref().map(|s| serde_json::json!({
+            "randomised": s.randomised,
+            "probabilities_not_logits": s.probabilities_not_logits,
+            "zero_gradient_fraction": s.zero_gradient_fraction,
+            "possible_gradient_masking": s.possible_gradient_masking,
+        })),
+        "dataset": result.dataset,
+        "split": name_of(result.split, |s| rfb_proto::v1::Split::try_from(s).ok().map(|s| s.as_str_name())),
+        "examples_per_class": result.examples_per_class,
+        "device": result.device,
+        "elapsed_seconds": result.elapsed_seconds,
+        "cached": result.cached,
+        "versions": result.versions.as_ref().map(|v| serde_json::json!({"evaluator": v.evaluator, "libtorch": v.libtorch, "proto": v.proto})),
+    })
+}

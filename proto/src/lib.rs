@@ -1,6 +1,7 @@
 //! The gRPC contract of the robust-fairness benchmark (`rfb.v1`) and the metric definitions
 //! that the evaluator and every client share. No libtorch here.
 
+pub mod attacks;
 pub mod metrics;
 
 /// Generated messages and services of package `rfb.v1`.

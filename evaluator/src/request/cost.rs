@@ -54,11 +54,9 @@ pub fn passes_per_example(spec: &AttackSpec, num_classes: i64) -> u64 {
         Ok(AttackKind::CwInf) => steps(super::DEFAULT_CW_STEPS) + 1,
         Ok(AttackKind::AutoattackStandard) => ["apgd-ce", "apgd-t", "fab-t", "square"]
             .iter()
-            .map(|c| passes_of_component(c, None, 1, targets))
+            .map(|c| passes_of_component(c, spec.steps, 1, targets))
             .sum(),
-        Ok(AttackKind::AutoattackRand) => {
-            2 * AUTOATTACK_STEPS as u64 * AUTOATTACK_RAND_EOT as u64
-        }
+        Ok(AttackKind::AutoattackRand) => 2 * steps(AUTOATTACK_STEPS) * AUTOATTACK_RAND_EOT as u64,
         Ok(AttackKind::AutoattackCustom) => spec
             .components
             .iter()

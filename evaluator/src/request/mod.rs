@@ -429,7 +429,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(custom.components, vec!["apgd-ce", "square"]);
-        assert_eq!(attack_display_name(&custom, 10).unwrap(), "AutoAttack(APGD-CE+Square)");
+        assert_eq!(attack_display_name(&custom, 10).unwrap(), "AutoAttack(APGD-CE+Square)@10");
+        // Fewer iterations are named so, never plain AutoAttack; the cost follows them.
+        let standard = canonical_spec(&spec(AttackKind::AutoattackStandard)).unwrap();
+        assert_eq!(attack_display_name(&standard, 10).unwrap(), "AutoAttack");
+        let quick = canonical_spec(&AttackSpec { steps: Some(5), ..spec(AttackKind::AutoattackStandard) }).unwrap();
+        assert_eq!(attack_display_name(&quick, 10).unwrap(), "AutoAttack@5");
+        assert_eq!(cost::passes_per_example(&quick, 10), 5 + 45 + 90 + 5);
+        let rand = canonical_spec(&AttackSpec { steps: Some(3), ..spec(AttackKind::AutoattackRand) }).unwrap();
+        assert_eq!(attack_display_name(&rand, 10).unwrap(), "AutoAttack-rand@3");
+        assert_eq!(cost::passes_per_example(&rand, 10), 2 * 3 * 20);
+        assert_eq!(canonical_spec(&AttackSpec { steps: Some(0), ..spec(AttackKind::AutoattackRand) }).unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub const AUTOATTACK_STEPS: i64 = 100;
 pub const SQUARE_QUERIES: i64 = 5000;
 /// Expectation-over-transformation passes of AutoAttack-rand's APGD components.
 pub const AUTOATTACK_RAND_EOT: i64 = 20;
-/// Components an AUTOATTACK_CUSTOM spec may list.
-pub const AUTOATTACK_COMPONENTS: [&str; 5] = ["apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "square"];
+/// Components an AUTOATTACK_CUSTOM spec may list (the contract's list, shared with the
+/// command-line grammar).
+pub use rfb_proto::attacks::AUTOATTACK_COMPONENTS;
 /// Targets of APGD-T and FAB-T (AutoAttack standard; fewer when the model has fewer classes).
 pub const AUTOATTACK_TARGETS: i64 = 9;
 
@@ -118,11 +119,12 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             canonical.kappa = Some(spec.kappa.unwrap_or(DEFAULT_CW_KAPPA));
         }
         AttackKind::AutoattackStandard | AttackKind::AutoattackRand => {
-            refuse("steps", spec.steps.is_some())?;
             refuse("step_size", spec.step_size.is_some())?;
             refuse("restarts", spec.restarts.is_some())?;
             refuse("kappa", spec.kappa.is_some())?;
             canonical.eps = eps;
+            // Set only for a quick check with fewer iterations (named AutoAttack@N).
+            canonical.steps = spec.steps;
         }
         AttackKind::AutoattackCustom => {
             refuse("step_size", spec.step_size.is_some())?;
@@ -154,9 +156,10 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
 }
 
 /// Builds the attack a canonical spec describes (`None` for CLEAN) for a model with
-/// `num_classes` classes. For AUTOATTACK_CUSTOM, `steps` sets the iterations of the APGD and
-/// FAB components and the queries of Square (unset: 100 and 5000, as in the standard version),
-/// and `restarts` the restarts of each component.
+/// `num_classes` classes. For the AutoAttack kinds, `steps` sets the iterations of the APGD and
+/// FAB components and the queries of Square (unset: the reference's 100 and 5000; set, the
+/// attack is named `AutoAttack@N`); for AUTOATTACK_CUSTOM, `restarts` sets the restarts of each
+/// component.
 pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dyn Attack>>, EngineError> {
     let kind = AttackKind::try_from(spec.kind)
         .map_err(|_| EngineError::InvalidArgument(format!("unknown attack kind {}", spec.kind)))?;
@@ -194,17 +197,35 @@ pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dy
         ),
         AttackKind::AutoattackStandard => {
             let mut autoattack = AutoAttack::standard(eps, seed);
-            if num_classes - 1 < AUTOATTACK_TARGETS {
-                autoattack.attacks = vec![
-                    Box::new(Apgd::ce(eps, seed)),
-                    Box::new(Apgd::targeted(eps, targets, seed)),
-                    Box::new(Fab::targeted(eps, targets, seed)),
-                    Box::new(Square::new(eps, SQUARE_QUERIES, 0.8, seed)),
-                ];
+            if num_classes - 1 < AUTOATTACK_TARGETS || spec.steps.is_some() {
+                let iterations = spec.steps.unwrap_or(AUTOATTACK_STEPS);
+                let mut apgd_ce = Apgd::ce(eps, seed);
+                let mut apgd_t = Apgd::targeted(eps, targets, seed);
+                let mut fab_t = Fab::targeted(eps, targets, seed);
+                (apgd_ce.steps, apgd_t.steps, fab_t.steps) = (iterations, iterations, iterations);
+                checked(apgd_ce.validate())?;
+                checked(apgd_t.validate())?;
+                checked(fab_t.validate())?;
+                let square = Square::new(eps, spec.steps.unwrap_or(SQUARE_QUERIES), 0.8, seed);
+                checked(square.validate())?;
+                autoattack.attacks = vec![Box::new(apgd_ce), Box::new(apgd_t), Box::new(fab_t), Box::new(square)];
+                autoattack.reduced_iterations = spec.steps;
             }
             Box::new(autoattack)
         }
-        AttackKind::AutoattackRand => Box::new(AutoAttack::rand(eps, seed)),
+        AttackKind::AutoattackRand => {
+            let mut autoattack = AutoAttack::rand(eps, seed);
+            if let Some(iterations) = spec.steps {
+                let mut apgd_ce = Apgd::ce(eps, seed).with_eot(AUTOATTACK_RAND_EOT);
+                let mut apgd_dlr = Apgd::dlr(eps, seed).with_eot(AUTOATTACK_RAND_EOT);
+                (apgd_ce.steps, apgd_dlr.steps) = (iterations, iterations);
+                checked(apgd_ce.validate())?;
+                checked(apgd_dlr.validate())?;
+                autoattack.attacks = vec![Box::new(apgd_ce), Box::new(apgd_dlr)];
+                autoattack.reduced_iterations = Some(iterations);
+            }
+            Box::new(autoattack)
+        }
         AttackKind::AutoattackCustom => {
             let restarts = spec.restarts.unwrap_or(1);
             let mut components: Vec<Box<dyn Attack>> = Vec::with_capacity(spec.components.len());
@@ -244,7 +265,9 @@ pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dy
                     }
                 });
             }
-            Box::new(AutoAttack::custom(eps, seed, components))
+            let mut autoattack = AutoAttack::custom(eps, seed, components);
+            autoattack.reduced_iterations = spec.steps;
+            Box::new(autoattack)
         }
     };
     Ok(Some(attack))
