@@ -19,72 +19,81 @@ use tonic::Status;
 pub const MODEL: &str = "natural-s0/best";
 
 /// A natural digits-cnn (2 quick epochs), trained once and kept under Cargo's target tmp dir so
-/// that test processes (nextest runs one per test) share it. A lock file keeps two processes
-/// from training at once; a kept run that no longer loads (the format changed) is retrained.
+/// that test processes (nextest runs one per test) share it ([`trained_once`]).
 pub fn trained_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rfb-evaluator-tests");
-        let version: String = rfb_core::checkpoint::code_version().chars().filter(char::is_ascii_alphanumeric).collect();
-        let done = root.join(format!("natural-digits-{version}"));
-        let usable = |dir: &Path| {
-            ["best", "last"].iter().all(|which| {
-                rfb_core::checkpoint::load(&dir.join(which), tch::Device::Cpu, &Default::default()).is_ok()
-            })
-        };
-        std::fs::create_dir_all(&root).unwrap();
-        let lock = root.join("training.lock");
-        let waiting_since = Instant::now();
-        loop {
-            if done.exists() && usable(&done) {
-                return done;
-            }
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
-                Ok(_) => break,
-                Err(_) => {
-                    let stale = std::fs::metadata(&lock)
-                        .and_then(|m| m.modified())
-                        .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(300))
-                        .unwrap_or(true);
-                    if stale || waiting_since.elapsed() > Duration::from_secs(600) {
-                        let _ = std::fs::remove_file(&lock);
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+    RUN.get_or_init(|| trained_once("natural-digits", "digits-cnn", 2, None))
+}
+
+/// A natural `architecture` trained on digits for `epochs` epochs (at `learning_rate`, else the
+/// digits preset's), trained once per code version and kept under Cargo's target tmp dir as
+/// `LABEL-VERSION` so that test processes share it. A lock file keeps two processes from
+/// training at once; a kept run that no longer loads (the format changed) is retrained.
+pub fn trained_once(label: &str, architecture: &str, epochs: i64, learning_rate: Option<f64>) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rfb-evaluator-tests");
+    let version: String = rfb_core::checkpoint::code_version().chars().filter(char::is_ascii_alphanumeric).collect();
+    let done = root.join(format!("{label}-{version}"));
+    let usable = |dir: &Path| {
+        ["best", "last"]
+            .iter()
+            .all(|which| rfb_core::checkpoint::load(&dir.join(which), tch::Device::Cpu, &Default::default()).is_ok())
+    };
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = root.join(format!("{label}.lock"));
+    let waiting_since = Instant::now();
+    loop {
+        if done.exists() && usable(&done) {
+            return done;
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(_) => break,
+            Err(_) => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(300))
+                    .unwrap_or(true);
+                if stale || waiting_since.elapsed() > Duration::from_secs(600) {
+                    let _ = std::fs::remove_file(&lock);
                 }
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let _ = std::fs::remove_dir_all(&done);
-        let scratch = root.join(format!("training-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let mut preset = Preset::for_dataset(rfb_core::data::DatasetKind::Digits);
-        preset.epochs = 2;
-        preset.lr_milestones = vec![1];
-        preset.eval_every = 2;
-        preset.selection_pgd_steps = 3;
-        preset.attack.steps = 3;
-        let config = RunConfig {
-            method: "natural".into(),
-            dataset: rfb_core::data::DatasetKind::Digits,
-            data_dir: None,
-            teacher: None,
-            init: None,
-            seed: 0,
-            out: scratch.clone(),
-            preset,
-            select_on: rfb_core::data::Split::Validation,
-            device: tch::Device::Cpu,
-            resume: false,
-            progress: false,
-            stop_after: None,
-            stop_after_batches: None,
-        };
-        let trained = run::run(&config);
-        let moved = trained.as_ref().ok().map(|_| std::fs::rename(&scratch, &done));
-        let _ = std::fs::remove_file(&lock);
-        trained.unwrap();
-        moved.unwrap().unwrap();
-        done
-    })
+    }
+    let _ = std::fs::remove_dir_all(&done);
+    let scratch = root.join(format!("training-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut preset = Preset::for_dataset(rfb_core::data::DatasetKind::Digits);
+    preset.architecture = architecture.to_string();
+    preset.epochs = epochs;
+    preset.lr_milestones = vec![(epochs - 1).max(1)];
+    if let Some(learning_rate) = learning_rate {
+        preset.learning_rate = learning_rate;
+    }
+    preset.eval_every = epochs;
+    preset.selection_pgd_steps = 3;
+    preset.attack.steps = 3;
+    let config = RunConfig {
+        method: "natural".into(),
+        dataset: rfb_core::data::DatasetKind::Digits,
+        data_dir: None,
+        teacher: None,
+        init: None,
+        seed: 0,
+        out: scratch.clone(),
+        preset,
+        select_on: rfb_core::data::Split::Validation,
+        device: tch::Device::Cpu,
+        resume: false,
+        progress: false,
+        stop_after: None,
+        stop_after_batches: None,
+    };
+    let trained = run::run(&config);
+    let moved = trained.as_ref().ok().map(|_| std::fs::rename(&scratch, &done));
+    let _ = std::fs::remove_file(&lock);
+    trained.unwrap();
+    moved.unwrap().unwrap();
+    done
 }
 
 pub fn copy_checkpoint(from: &Path, to: &Path) {
