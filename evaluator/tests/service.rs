@@ -80,7 +80,8 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
     let names: Vec<&str> = found.iter().map(|r| r.attack_name.as_str()).collect();
     assert_eq!(
         names,
-        ["Clean", "FGSM", "PGD-20", "CW-inf-30", "AutoAttack(APGD-CE+APGD-DLR+FAB-T+Square)"]
+        ["Clean", "FGSM", "PGD-20", "CW-inf-30", "AutoAttack(APGD-CE+APGD-DLR+FAB-T+Square)@20"],
+        "fewer iterations than the reference's are named so"
     );
     // Progress: for every attack and each of its components, from 0 to the points the component
     // runs on, non-decreasing. A single attack runs on all 30 examples; AutoAttack's components
