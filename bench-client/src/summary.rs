@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::results::Results;
 use crate::stats::{self, Description, Welch};
 
-/// The four metrics of DESIGN.md section 7.
+/// The four metrics of `rfb_proto::metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Metric {
     Avg,

@@ -4,7 +4,7 @@
 //! `torch-sys` declares `links = "tch"` and publishes the libtorch library directory as
 //! `DEP_TCH_LIBTORCH_LIB` to the crates that depend on it directly. Baking that directory into
 //! our binaries and test executables as an rpath means nobody has to export
-//! `LD_LIBRARY_PATH` to run them (DESIGN.md section 3).
+//! `LD_LIBRARY_PATH` to run them (README, "Two commands").
 
 /// Emits the linker arguments that put the libtorch directory on the runtime search path.
 /// Call it from `build.rs` of a crate that depends on `torch-sys` directly.

@@ -1,6 +1,6 @@
 //! For every architecture: the PyTorch reference definition (tests/python/reference_models.py)
 //! writes a state_dict with random weights, we import it, and both give the same eval-mode
-//! logits on the same input. Also checks the reference parameter counts of DESIGN.md section 9.
+//! logits on the same input. Also checks the reference parameter counts of docs/checkpoints.md.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Class-wise fairness metrics of DESIGN.md section 7, defined once for server and clients.
+//! Class-wise fairness metrics (Avg, Worst, Worst-10%, NSD), defined once here for server and clients.
 //! Inputs are class-wise accuracies in percent.
 
 /// Avg: the mean of the class-wise accuracies (the overall accuracy on a class-balanced set).

@@ -7,7 +7,7 @@ use tch::Tensor;
 
 use crate::temperature::TemperatureSchedule;
 
-/// The inner maximisation's threat model and steps (DESIGN.md section 4: eps 8/255, 10 steps
+/// The inner maximisation's threat model and steps (docs/absld.md: eps 8/255, 10 steps
 /// of 2/255 on CIFAR).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainingAttack {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum WorstClasses {
     /// The single worst class.
     Class,
-    /// The mean of the lowest ceil(fraction * C) class accuracies (DESIGN.md section 7).
+    /// The mean of the lowest ceil(fraction * C) class accuracies (`rfb_proto::metrics`).
     Fraction(f64),
 }
 

@@ -1,6 +1,6 @@
 //! Auto-PGD under L-inf (Croce and Hein, "Reliable evaluation of adversarial robustness with an
 //! ensemble of diverse parameter-free attacks", ICML 2020, Algorithm 1), the gradient-based
-//! half of AutoAttack (DESIGN.md section 6).
+//! half of AutoAttack (docs/attacks.md).
 //!
 //! APGD is PGD with momentum whose step size is not a parameter: it starts at 2 eps and is
 //! halved, per example, at checkpoints w_j = ceil(p_j N) (p_0 = 0, p_1 = 0.22,

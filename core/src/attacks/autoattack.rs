@@ -1,5 +1,5 @@
 //! AutoAttack (Croce and Hein, ICML 2020): a fixed, parameter-free ensemble whose robust
-//! accuracy is the fraction of points that survive every component (DESIGN.md section 6).
+//! accuracy is the fraction of points that survive every component (docs/attacks.md).
 //!
 //! The components run in sequence, each only on the points still robust after the previous
 //! ones (points misclassified clean are never attacked), so the cost is dominated by the first,
@@ -153,10 +153,7 @@ const PROBABILITY_TOLERANCE: f64 = 1e-5;
 /// and the CE input gradient per point. A failure of the model or of libtorch comes back as
 /// [`AttackError::Libtorch`] naming the check.
 pub fn sanity_flags(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<SanityFlags, AttackError> {
-    crate::guard::guarded_result(|| checks(model, images, labels)).map_err(|e| AttackError::Libtorch {
-        component: "AutoAttack's sanity checks".into(),
-        message: crate::guard::torch_message(&e.to_string()),
-    })
+    super::guarded_in(|| "AutoAttack's sanity checks".into(), || checks(model, images, labels))
 }
 
 fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<SanityFlags, TchError> {

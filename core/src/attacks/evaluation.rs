@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    counted_correct, perturb_guarded, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
+    counted_correct, guarded_in, perturb_guarded, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
 };
 use crate::data::Dataset;
 
@@ -110,8 +110,7 @@ pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64
     for (images, labels) in dataset.batches(batch_size) {
         let images = images.to_device(model.device());
         let labels = labels.to_device(model.device());
-        let correct = crate::guard::guarded_result(|| counted_correct(model, &images, &labels))
-            .map_err(|e| AttackError::Libtorch { component: "Clean".into(), message: crate::guard::torch_message(&e.to_string()) })?;
+        let correct = guarded_in(|| "Clean".into(), || counted_correct(model, &images, &labels))?;
         counts.add(&labels, &correct);
     }
     Ok(counts)
@@ -187,9 +186,8 @@ pub fn run_points(
             let length = batch_size.min(n - start);
             let images = points.images.narrow(0, start, length).to_device(device);
             let labels = points.labels.narrow(0, start, length).to_device(device);
-            let correct = crate::guard::guarded_result(|| counted_correct(model, &images, &labels)).map_err(|e| {
-                AttackError::Libtorch { component: format!("{} (clean pass)", attack.name()), message: crate::guard::torch_message(&e.to_string()) }
-            })?;
+            let correct =
+                guarded_in(|| format!("{} (clean pass)", attack.name()), || counted_correct(model, &images, &labels))?;
             clean.push(correct.to_device(home));
         }
         if clean.is_empty() {
@@ -220,26 +218,20 @@ pub fn run_points(
             let batch = points.select(&index).to_device(device);
             let mut candidate = perturb_guarded(*component, model, &batch, interrupt)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
-            let judging_failed = |e: tch::TchError| AttackError::Libtorch {
-                component: format!("{name} (judging its output)"),
-                message: crate::guard::torch_message(&e.to_string()),
-            };
-            let mut correct =
-                crate::guard::guarded_result(|| counted_correct(model, &candidate, &batch.labels)).map_err(judging_failed)?;
+            let judging = || format!("{name} (judging its output)");
+            let mut correct = guarded_in(judging, || counted_correct(model, &candidate, &batch.labels))?;
             if let Some(exact) = model.exact() {
                 // The attack network is a copy of the judge: where it took a point for broken and
                 // the judge does not, attack that point again with the judge itself.
-                let copy_broken = crate::guard::guarded_result(|| {
+                let copy_broken = guarded_in(judging, || {
                     tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels))
-                })
-                .map_err(judging_failed)?;
+                })?;
                 let disputed = copy_broken.logical_and(&correct).nonzero().reshape([-1]);
                 if disputed.numel() > 0 {
                     let again = batch.select(&disputed);
                     let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
                     verify_adversarial(&name, &again.images, &retried, component.eps())?;
-                    let retried_correct =
-                        crate::guard::guarded_result(|| counted_correct(model, &retried, &again.labels)).map_err(judging_failed)?;
+                    let retried_correct = guarded_in(judging, || counted_correct(model, &retried, &again.labels))?;
                     candidate = candidate.index_copy(0, &disputed, &retried);
                     correct = correct.index_copy(0, &disputed, &retried_correct);
                 }

@@ -1,5 +1,5 @@
 //! Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps along the sign of
-//! the cross-entropy gradient, no random start (DESIGN.md section 6). Optimal for a linear model.
+//! the cross-entropy gradient, no random start (docs/attacks.md). Optimal for a linear model.
 
 use tch::Tensor;
 

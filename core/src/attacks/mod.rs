@@ -1,5 +1,5 @@
 //! Adversarial attacks under the L-inf threat model, one attack per file behind [`Attack`]
-//! (DESIGN.md section 6), and per-class robust accuracy for any of them ([`evaluate`]).
+//! (docs/attacks.md), and per-class robust accuracy for any of them ([`evaluate`]).
 //!
 //! Conventions every attack follows:
 //! - images are in pixel space [0, 1]; any normalisation lives inside the model;
@@ -367,6 +367,24 @@ pub(crate) fn check_steps(steps: i64) -> Result<(), AttackError> {
     Ok(())
 }
 
+impl AttackError {
+    /// libtorch's failure inside `component`, as [`AttackError::Libtorch`] with libtorch's own
+    /// line of the message.
+    pub fn libtorch(component: impl Into<String>, error: &TchError) -> Self {
+        AttackError::Libtorch { component: component.into(), message: crate::guard::torch_message(&error.to_string()) }
+    }
+}
+
+/// Libtorch work that belongs to `component` but runs outside its `perturb` (the clean pass,
+/// judging its output, AutoAttack's checks): a failure, in tch's fallible or panicking forms,
+/// comes back as [`AttackError::Libtorch`] naming `component` (computed only then).
+pub(crate) fn guarded_in<T>(
+    component: impl FnOnce() -> String,
+    work: impl FnOnce() -> Result<T, TchError>,
+) -> Result<T, AttackError> {
+    crate::guard::guarded_result(work).map_err(|error| AttackError::libtorch(component(), &error))
+}
+
 /// `attack.perturb`, with every libtorch failure inside it — the model's forward pass or the
 /// attack's own arithmetic, in tch's panicking forms included ([`crate::guard::guarded`]) —
 /// returned as [`AttackError::Libtorch`] naming the attack.
@@ -376,12 +394,10 @@ pub fn perturb_guarded(
     batch: &Batch,
     interrupt: Interrupt,
 ) -> Result<Tensor, AttackError> {
-    let libtorch = |message: String| AttackError::Libtorch { component: attack.name(), message };
     match crate::guard::guarded(|| attack.perturb(model, batch, interrupt)) {
         Ok(Ok(adversarial)) => Ok(adversarial),
-        Ok(Err(AttackError::Torch(error))) => Err(libtorch(crate::guard::torch_message(&error.to_string()))),
+        Ok(Err(AttackError::Torch(error))) | Err(error) => Err(AttackError::libtorch(attack.name(), &error)),
         Ok(Err(other)) => Err(other),
-        Err(error) => Err(libtorch(crate::guard::torch_message(&error.to_string()))),
     }
 }
 

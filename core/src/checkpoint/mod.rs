@@ -1,4 +1,4 @@
-//! The checkpoint format (DESIGN.md section 9): a directory with `model.safetensors` (every
+//! The checkpoint format (docs/checkpoints.md): a directory with `model.safetensors` (every
 //! variable of the network, batch-norm running statistics included) and `manifest.json`
 //! (what the network is, how it was trained, the sha256 of the weights file, versions).
 //!

@@ -1,4 +1,4 @@
-//! A small CNN sized for the 8x8 digits (DESIGN.md section 10): three 3x3 conv + batch-norm
+//! A small CNN sized for the 8x8 digits (docs/data.md): three 3x3 conv + batch-norm
 //! stages with one 2x2 max-pool, global average pooling and a linear head. The teacher is the
 //! same network at twice the width. Parameter names: `conv1..3`, `bn1..3`, `linear`.
 

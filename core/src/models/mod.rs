@@ -2,8 +2,8 @@
 //!
 //! Every network takes images in [0, 1]; a per-channel normalisation, when a checkpoint asks
 //! for one, is applied inside the model so that attacks always work in pixel space
-//! (DESIGN.md section 6). Parameter names follow the common PyTorch CIFAR definitions
-//! (DESIGN.md section 9) so that reference `state_dict`s load without renaming.
+//! (docs/attacks.md). Parameter names follow the common PyTorch CIFAR definitions
+//! (docs/checkpoints.md) so that reference `state_dict`s load without renaming.
 
 mod conv_bn;
 mod digits_cnn;

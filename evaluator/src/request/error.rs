@@ -62,12 +62,7 @@ impl EngineError {
 
     /// A panic caught on the worker thread.
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".to_string());
-        Self::from_torch_message("the evaluation failed", &message)
+        Self::from_torch_message("the evaluation failed", &rfb_core::guard::panic_message(payload))
     }
 
     pub fn from_checkpoint(model: &str, error: CheckpointError) -> Self {

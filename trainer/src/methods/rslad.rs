@@ -1,5 +1,5 @@
 //! RSLAD (Zi et al., ICCV 2021): robust soft label adversarial distillation. ABSLD with every
-//! teacher temperature fixed at 1 (DESIGN.md section 4); alpha = 5/6, the loss at the scale of
+//! teacher temperature fixed at 1 (docs/absld.md); alpha = 5/6, the loss at the scale of
 //! the authors' scripts (zibojia/RSLAD `resnet18_rslad_cifar10.py` and
 //! `resnet18_rslad_cifar100.py`: the class-summed KL's batch mean divided by 10 on both; see
 //! `distillation.rs`).
