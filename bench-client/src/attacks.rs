@@ -1,7 +1,8 @@
 //! Attack names on the command line and their proto specs: the grammar is
 //! [`rfb_proto::attacks`], shared with `evaluator eval`; here a parsed attack becomes the column
 //! setting that results.json records. Unset parameters take the paper's defaults on the server
-//! (eps 8/255, step 2/255, CW kappa 50); the client sends eps explicitly.
+//! (eps 8/255, step eps/4, CW kappa 50); the client sends eps explicitly, and results record
+//! the spec the server reports having run (every default filled in).
 
 use anyhow::Context;
 use rfb_proto::attacks::{AttackDefaults, NamedAttack};
@@ -31,9 +32,14 @@ impl Common {
 }
 
 fn setting(attack: NamedAttack) -> AttackSetting {
-    let spec = attack.spec;
+    setting_of_spec(&attack.label, attack.spec)
+}
+
+/// A proto spec as a column setting labelled `label` (also how results record the spec the
+/// server reports having run).
+pub fn setting_of_spec(label: &str, spec: AttackSpec) -> AttackSetting {
     AttackSetting {
-        label: attack.label,
+        label: label.to_string(),
         kind: AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("ATTACK_KIND_UNSPECIFIED").to_string(),
         eps: spec.eps,
         steps: spec.steps,

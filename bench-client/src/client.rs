@@ -200,6 +200,7 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             bail!("the server answered attack kind {} where {} was asked for", spec.kind, setting.kind);
         }
     }
+    let ran = result.attack.clone().map(|spec| crate::attacks::setting_of_spec(&setting.label, spec));
     let class_names = result.classes.iter().map(|c| c.class_name.clone()).collect();
     let correct = result.classes.iter().map(|c| c.correct).collect();
     let total = result.classes.iter().map(|c| c.total).collect();
@@ -220,7 +221,14 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             probabilities_not_logits: s.probabilities_not_logits,
             zero_gradient_fraction: s.zero_gradient_fraction,
             possible_gradient_masking: s.possible_gradient_masking,
+            dynamic: s.dynamic,
+            dlr_zero_gradient_points: s.dlr_zero_gradient_points,
+            square_robust_accuracy_drop: s.square_robust_accuracy_drop,
+            square_lowered_robust_accuracy: s.square_lowered_robust_accuracy,
+            targets_requested: s.targets_requested,
+            targets_used: s.targets_used,
         }),
+        ran,
         evaluator_version: result.versions.as_ref().map(|v| v.evaluator.clone()).unwrap_or_default(),
         server_metrics,
         components: result

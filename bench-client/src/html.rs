@@ -117,6 +117,7 @@ p{margin:.4rem 0}
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:.95rem;margin:.5rem 0}
 nav a{color:var(--accent);text-decoration:none;padding:4px 0}
 .note{color:var(--muted);font-size:.9rem;max-width:75ch}
+.warning{border-left:4px solid #c0392b;padding:.2rem .8rem;margin:.8rem 0;max-width:75ch}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px;width:fit-content;max-width:100%}
 .heat .scroll{width:auto}
 .hint{display:none;color:var(--muted);font-size:.85rem;margin:.2rem 0}
@@ -282,6 +283,24 @@ fn table_one(out: &mut String, summary: &Summary) {
     out.push_str("</tbody></table></div>");
 }
 
+/// AutoAttack's warnings under Table 1: every raised flag, or a line that none was.
+fn sanity_warnings(out: &mut String, results: &Results) {
+    let ran_autoattack = results.models.iter().flat_map(|m| &m.runs).flat_map(|r| &r.attacks).any(|a| a.sanity.is_some());
+    if !ran_autoattack {
+        return;
+    }
+    let warnings = results.sanity_warnings();
+    if warnings.is_empty() {
+        out.push_str("<p class=\"note\">AutoAttack's checks (randomness, probabilities, zero gradients, dynamic model, Square after the gradient attacks, targets): no warning raised.</p>");
+        return;
+    }
+    out.push_str("<div class=\"warning\"><p><b>AutoAttack's warnings</b>: its robust accuracy may be too high for these.</p><ul>");
+    for (model, seed, attack, sentences) in warnings {
+        let _ = write!(out, "<li>{} seed {seed}, {}: {}</li>", escape(&model), escape(&attack), escape(&sentences.join("; ")));
+    }
+    out.push_str("</ul></div>");
+}
+
 fn heatmaps(out: &mut String, summary: &Summary) {
     out.push_str("<div class=\"heatmaps\">");
     for attack in &summary.attacks {
@@ -433,9 +452,9 @@ fn provenance(out: &mut String, results: &Results) {
         escape(if s.precision.is_empty() { "fp32" } else { &s.precision })
     );
     for a in &s.attacks {
-        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(&a.label), escape(&report::attack_parameters(a)));
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(&a.label), escape(&report::attack_parameters(&results.attack_as_run(a))));
     }
-    out.push_str("</dl><p class=\"note\">Attack parameters not listed take the evaluator's defaults (the paper's: PGD and CW step 2/255, CW-inf 30 steps, kappa 50).</p>");
+    out.push_str("</dl><p class=\"note\">Attack parameters not listed take the evaluator's defaults (PGD and CW step eps/4, the paper's 2/255 at 8/255; CW-inf 30 steps, kappa 50).</p>");
 
     out.push_str(
         "<h3>Checkpoints</h3><p class=\"note\">Every number above comes from these weights (sha256 of the weights file, as the evaluator checked it).</p>\
@@ -570,9 +589,11 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     table_one(&mut out, summary);
     let _ = write!(
         out,
-        "<p class=\"note\">{} ★: the best mean in its column. Hover or long-press a cell for every seed's value.</p></section>",
+        "<p class=\"note\">{} ★: the best mean in its column. Hover or long-press a cell for every seed's value.</p>",
         escape(&report::caption(summary)).replace("`report.md`", "report.md").replace("`summary.csv`", "summary.csv")
     );
+    sanity_warnings(&mut out, results);
+    out.push_str("</section>");
 
     out.push_str(
         "<section id=\"heatmaps\"><h2>Class by model: accuracy per attack</h2><p class=\"note\">Accuracy (%) of every class, \

@@ -74,7 +74,7 @@ enum Command {
         /// L-inf radius of every attack: a number or a fraction such as 8/255.
         #[arg(long, default_value = "8/255")]
         eps: String,
-        /// Step size of PGD and CW (a number or fraction); default: the server's (2/255).
+        /// Step size of PGD and CW (a number or fraction); default: the server's, eps/4 (2/255 at 8/255).
         #[arg(long)]
         step_size: Option<String>,
         /// Seed of the attacks' random starts.

@@ -119,6 +119,25 @@ pub fn table_file(results: &Results, summary: &Summary) -> String {
     let _ = writeln!(out, "# Robust fairness across seeds{}\n", describe_dataset(results));
     out.push_str(&table1_markdown(summary));
     let _ = writeln!(out, "\n{}", caption(summary));
+    out.push_str(&sanity_markdown(results));
+    out
+}
+
+/// AutoAttack's warnings (the evaluator's sanity flags): every one raised, or a line saying
+/// none was; nothing when no AutoAttack ran.
+pub fn sanity_markdown(results: &Results) -> String {
+    let ran_autoattack = results.models.iter().flat_map(|m| &m.runs).flat_map(|r| &r.attacks).any(|a| a.sanity.is_some());
+    if !ran_autoattack {
+        return String::new();
+    }
+    let warnings = results.sanity_warnings();
+    if warnings.is_empty() {
+        return "\nAutoAttack's checks (randomness, probabilities, zero gradients, dynamic model, Square after the gradient attacks, targets): no warning raised.\n".to_string();
+    }
+    let mut out = String::from("\n**AutoAttack's warnings** (its robust accuracy may be too high for these):\n\n");
+    for (model, seed, attack, sentences) in warnings {
+        let _ = writeln!(out, "- {} seed {seed}, {}: {}", markdown_cell(&model), markdown_cell(&attack), sentences.join("; "));
+    }
     out
 }
 
@@ -227,6 +246,11 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         }
     }
 
+    let sanity = sanity_markdown(results);
+    if !sanity.is_empty() {
+        let _ = write!(out, "\n## AutoAttack's checks\n{sanity}");
+    }
+
     if !results.failures.is_empty() {
         out.push_str("\n## Failed evaluations\n\nThese are missing from every statistic above.\n\n| Model | Checkpoint | Seed | Server | Error |\n| --- | --- | ---: | --- | --- |\n");
         for f in &results.failures {
@@ -253,9 +277,9 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         if s.precision.is_empty() { "fp32" } else { &s.precision }
     );
     for a in &s.attacks {
-        let _ = writeln!(out, "- {}: {}", a.label, attack_parameters(a));
+        let _ = writeln!(out, "- {}: {}", a.label, attack_parameters(&results.attack_as_run(a)));
     }
-    out.push_str("- attack parameters not listed take the evaluator's defaults (the paper's: PGD and CW step 2/255, CW-inf 30 steps, kappa 50)\n");
+    out.push_str("- parameters as the evaluator ran them; any not listed take the evaluator's defaults (PGD and CW step eps/4, the paper's 2/255 at 8/255; CW-inf 30 steps, kappa 50)\n");
     for server in &results.servers {
         let mut line = format!("- server {}", server.endpoint);
         let versions: Vec<String> = [("evaluator", &server.evaluator_version), ("libtorch", &server.libtorch_version), ("proto", &server.proto_version)]

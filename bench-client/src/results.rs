@@ -185,6 +185,10 @@ pub struct AttackRun {
     pub cached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sanity: Option<Sanity>,
+    /// The attack as the server ran it: its canonical spec, every default filled in (the step
+    /// size above all, which defaults to eps/4), so that a result says what made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran: Option<AttackSetting>,
     #[serde(default)]
     pub evaluator_version: String,
     /// What the server reported (percent; NSD a ratio), kept for reference: the report
@@ -212,6 +216,47 @@ pub struct Sanity {
     pub probabilities_not_logits: bool,
     pub zero_gradient_fraction: f64,
     pub possible_gradient_masking: bool,
+    #[serde(default)]
+    pub dynamic: bool,
+    #[serde(default)]
+    pub dlr_zero_gradient_points: i64,
+    #[serde(default)]
+    pub square_robust_accuracy_drop: f64,
+    #[serde(default)]
+    pub square_lowered_robust_accuracy: bool,
+    #[serde(default)]
+    pub targets_requested: i64,
+    #[serde(default)]
+    pub targets_used: i64,
+}
+
+impl Sanity {
+    /// One sentence per raised flag (AutoAttack's warnings; the contract's SanityFlags).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.randomised {
+            out.push("randomised model (outputs differ across passes): use AutoAttack-rand".to_string());
+        }
+        if self.probabilities_not_logits {
+            out.push("the model outputs probabilities, not logits".to_string());
+        }
+        if self.possible_gradient_masking {
+            out.push(format!("{:.1}% of the points have a zero CE gradient (possible gradient masking)", 100.0 * self.zero_gradient_fraction));
+        }
+        if self.dynamic {
+            out.push("the model takes gradients in its forward pass (dynamic defence)".to_string());
+        }
+        if self.dlr_zero_gradient_points > 0 {
+            out.push(format!("{} point(s) with a zero DLR gradient at APGD's start (possible gradient masking)", self.dlr_zero_gradient_points));
+        }
+        if self.square_lowered_robust_accuracy {
+            out.push(format!("Square lowered the robust accuracy by {:.2} points after the gradient attacks", 100.0 * self.square_robust_accuracy_drop));
+        }
+        if self.targets_used < self.targets_requested {
+            out.push(format!("{} targets asked for, only {} possible: targeted attacks weakened", self.targets_requested, self.targets_used));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -229,6 +274,38 @@ impl AttackRun {
     /// Class-wise accuracy in percent.
     pub fn class_accuracy(&self) -> Vec<f64> {
         rfb_proto::metrics::class_accuracy(&self.correct, &self.total)
+    }
+}
+
+impl Results {
+    /// Every AutoAttack warning raised, as (model label, seed, attack label, sentences), in
+    /// model, seed and attack order.
+    pub fn sanity_warnings(&self) -> Vec<(String, u64, String, Vec<String>)> {
+        let mut out = Vec::new();
+        for model in &self.models {
+            for run in &model.runs {
+                for attack in &run.attacks {
+                    let warnings = attack.sanity.as_ref().map(Sanity::warnings).unwrap_or_default();
+                    if !warnings.is_empty() {
+                        out.push((model.label.clone(), run.seed, attack.attack.clone(), warnings));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The attack `label` as the servers ran it (the first run's canonical spec), when the
+    /// results record it; else the setting asked for.
+    pub fn attack_as_run(&self, setting: &AttackSetting) -> AttackSetting {
+        self.models
+            .iter()
+            .flat_map(|m| &m.runs)
+            .flat_map(|r| &r.attacks)
+            .filter(|a| a.attack == setting.label)
+            .find_map(|a| a.ran.clone())
+            .map(|ran| AttackSetting { label: setting.label.clone(), ..ran })
+            .unwrap_or_else(|| setting.clone())
     }
 }
 
@@ -273,6 +350,12 @@ pub fn merge_shards(parts: &[SeedRun], shards: Vec<ShardRun>) -> anyhow::Result<
                     probabilities_not_logits: a.probabilities_not_logits || b.probabilities_not_logits,
                     zero_gradient_fraction: a.zero_gradient_fraction.max(b.zero_gradient_fraction),
                     possible_gradient_masking: a.possible_gradient_masking || b.possible_gradient_masking,
+                    dynamic: a.dynamic || b.dynamic,
+                    dlr_zero_gradient_points: a.dlr_zero_gradient_points + b.dlr_zero_gradient_points,
+                    square_robust_accuracy_drop: a.square_robust_accuracy_drop.max(b.square_robust_accuracy_drop),
+                    square_lowered_robust_accuracy: a.square_lowered_robust_accuracy || b.square_lowered_robust_accuracy,
+                    targets_requested: a.targets_requested.max(b.targets_requested),
+                    targets_used: a.targets_used.min(b.targets_used),
                 }),
                 (a, b) => a.or_else(|| b.clone()),
             };

@@ -33,6 +33,7 @@ fn hand_results() -> Results {
                 elapsed_seconds: 0.1,
                 cached: false,
                 sanity: None,
+                ran: None,
                 evaluator_version: String::new(),
                 server_metrics: None,
                 components: Vec::new(),

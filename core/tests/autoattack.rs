@@ -256,3 +256,76 @@ fn rand_version_breaks_a_randomised_model() {
     println!("noisy model: clean {clean:.2} AutoAttack-rand {rand:.2}");
     assert!(rand < clean - 30.0, "AutoAttack-rand barely hurts a non-robust model: {clean} -> {rand}");
 }
+
+/// Four classes whose logits are constants above every other (10, 9, 8, 7), the other six
+/// squashed below them: everything is class 0, the CE gradient is small but not zero, and the
+/// targeted DLR loss towards classes 1 to 3 does not depend on the input at all (its numerator
+/// and its denominator are those constants): APGD-T's zero-gradient check must see it.
+struct ConstantTop<'a>(&'a Network);
+
+impl Classifier for ConstantTop<'_> {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        let free = self.0.forward_t(images, false).narrow(1, 4, 6).tanh();
+        let n = free.size()[0];
+        let constants = Tensor::from_slice(&[10.0f32, 9.0, 8.0, 7.0]).to_device(free.device()).reshape([1, 4]).expand([n, 4], false);
+        Ok(Tensor::cat(&[constants, free], 1))
+    }
+    fn device(&self) -> Device {
+        self.0.device()
+    }
+}
+
+/// AutoAttack at a few iterations and queries (enough for the checks, cheap enough for a test).
+fn quick_autoattack(seed: u64) -> AutoAttack {
+    let mut autoattack = AutoAttack::standard(EPS, seed);
+    let (mut apgd_ce, mut apgd_t) = (Apgd::ce(EPS, seed), Apgd::targeted(EPS, 9, seed));
+    (apgd_ce.steps, apgd_t.steps) = (10, 10);
+    let mut fab = rfb_core::attacks::Fab::targeted(EPS, 9, seed);
+    fab.steps = 10;
+    autoattack.attacks = vec![Box::new(apgd_ce), Box::new(apgd_t), Box::new(fab), Box::new(Square::new(EPS, 300, 0.8, seed))];
+    autoattack
+}
+
+fn flags_after_run(model: &dyn Classifier, dataset: &Dataset) -> rfb_core::attacks::SanityFlags {
+    let (images, labels) = dataset.batches(dataset.len()).next().unwrap();
+    let before = sanity_flags(model, &images, &labels).unwrap();
+    let evaluation = attacks::evaluate(&quick_autoattack(5), model, dataset, 100, attacks::Interrupt::NEVER, &mut |_| {}).unwrap();
+    before.with_run(&evaluation.components, dataset.len())
+}
+
+#[test]
+fn the_checks_during_and_after_the_run_fire_on_models_built_for_them_only() {
+    let network = trained_model(2, 15);
+    let _generator = shared_generator();
+    let subset = digits_test().class_balanced_subset(10).unwrap();
+
+    let plain = flags_after_run(&network, &subset);
+    println!("plain {plain:?}");
+    assert_eq!(plain.dlr_zero_gradient_points, 0);
+    assert!(!plain.square_lowered_robust_accuracy && !plain.any(), "{plain:?}: {:?}", plain.warnings());
+
+    // Zero gradients at 16 grey levels: the gradient attacks cannot move a point, Square can.
+    let quantised = flags_after_run(&Quantised(&network), &subset);
+    println!("quantised {quantised:?}");
+    assert!(quantised.square_lowered_robust_accuracy && quantised.square_robust_accuracy_drop > 0.002, "{quantised:?}");
+    assert!(quantised.dlr_zero_gradient_points > 0, "{quantised:?}");
+
+    // The targeted DLR loss is flat towards three targets, while the CE gradient is not zero.
+    let constant = flags_after_run(&ConstantTop(&network), &subset);
+    println!("constant top {constant:?}");
+    assert!(!constant.possible_gradient_masking, "{constant:?}");
+    assert!(constant.dlr_zero_gradient_points > 0, "{constant:?}");
+    assert!(constant.warnings().iter().any(|w| w.contains("zero DLR gradient")), "{:?}", constant.warnings());
+}
+
+#[test]
+fn fewer_classes_than_targets_is_a_warning() {
+    let network = trained_model(2, 15);
+    let _generator = shared_generator();
+    let (images, labels) = digits_test().class_balanced_subset(2).unwrap().batches(20).next().unwrap();
+    let flags = sanity_flags(&network, &images, &labels).unwrap();
+    assert!(!flags.with_targets(9, 9).fewer_classes_than_targets());
+    let clamped = flags.with_targets(9, 4);
+    assert!(clamped.fewer_classes_than_targets() && clamped.any());
+    assert!(clamped.warnings().iter().any(|w| w.contains("9 targets asked for")), "{:?}", clamped.warnings());
+}

@@ -232,7 +232,11 @@ impl Engine {
                     let length = batch_size.min(total);
                     let images = subset.images.narrow(0, 0, length).to_device(device);
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
-                    sanity = Some(attacks::sanity_flags(network, &images, &labels).map_err(failed)?);
+                    let (requested, used) =
+                        crate::request::autoattack_targets(&attack.spec, subset.num_classes() as i64);
+                    sanity = Some(
+                        attacks::sanity_flags(network, &images, &labels).map_err(failed)?.with_targets(requested, used),
+                    );
                 }
                 // Attacks ask between iterations: the caller's reason to stop, or an error of
                 // the progress stream.
@@ -288,3 +292,5 @@ impl Engine {
         })
     }
 }
+                        // The checks the reference makes during and after the run.
+                        sanity = sanity.map(|flags| flags.with_run(&evaluation.components, total));

@@ -216,7 +216,7 @@ struct EvalArgs {
     /// and 30].
     #[arg(long)]
     steps: Option<i64>,
-    /// Step size of PGD and CW-inf, as a number or a fraction such as 2/255 [default: 2/255].
+    /// Step size of PGD and CW-inf, as a number or a fraction such as 2/255 [default: eps/4, the paper's 2/255 at 8/255].
     #[arg(long)]
     step_size: Option<String>,
     /// Seed of the randomised attacks.
@@ -396,8 +396,8 @@ fn eval(args: EvalArgs) -> Result<()> {
             println!("  {}: eps {eps:.5}, seed {}", result.attack_name, spec.seed);
         }
         if let Some(sanity) = &result.sanity {
-            if sanity.randomised || sanity.probabilities_not_logits || sanity.possible_gradient_masking {
-                println!("  {}: sanity warning: {sanity:?}", result.attack_name);
+            for warning in rfb_evaluator::table::sanity_warnings(sanity) {
+                println!("  {}: warning: {warning}", result.attack_name);
             }
         }
     }

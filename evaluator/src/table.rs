@@ -107,6 +107,13 @@ pub fn result_json(result: &AttackResult) -> serde_json::Value {
             "probabilities_not_logits": s.probabilities_not_logits,
             "zero_gradient_fraction": s.zero_gradient_fraction,
             "possible_gradient_masking": s.possible_gradient_masking,
+            "dynamic": s.dynamic,
+            "dlr_zero_gradient_points": s.dlr_zero_gradient_points,
+            "square_robust_accuracy_drop": s.square_robust_accuracy_drop,
+            "square_lowered_robust_accuracy": s.square_lowered_robust_accuracy,
+            "targets_requested": s.targets_requested,
+            "targets_used": s.targets_used,
+            "warnings": sanity_warnings(s),
         })),
         "dataset": result.dataset,
         "split": name_of(result.split, |s| rfb_proto::v1::Split::try_from(s).ok().map(|s| s.as_str_name())),
@@ -116,4 +123,21 @@ pub fn result_json(result: &AttackResult) -> serde_json::Value {
         "cached": result.cached,
         "versions": result.versions.as_ref().map(|v| serde_json::json!({"evaluator": v.evaluator, "libtorch": v.libtorch, "proto": v.proto})),
     })
+}
+
+/// AutoAttack's raised warnings in words (the contract's flags read as the core's).
+pub fn sanity_warnings(flags: &rfb_proto::v1::SanityFlags) -> Vec<String> {
+    rfb_core::attacks::SanityFlags {
+        randomised: flags.randomised,
+        probabilities_not_logits: flags.probabilities_not_logits,
+        zero_gradient_fraction: flags.zero_gradient_fraction,
+        possible_gradient_masking: flags.possible_gradient_masking,
+        dynamic: flags.dynamic,
+        dlr_zero_gradient_points: flags.dlr_zero_gradient_points,
+        square_robust_accuracy_drop: flags.square_robust_accuracy_drop,
+        square_lowered_robust_accuracy: flags.square_lowered_robust_accuracy,
+        targets_requested: flags.targets_requested,
+        targets_used: flags.targets_used,
+    }
+    .warnings()
 }

@@ -7,6 +7,11 @@ usage:
       OUT_DIR/state_dict.pt (torch.save of {'state_dict': ...}) and OUT_DIR/scripted.pt
       (torch.jit.script): the same function as our checkpoint, as a state dict and as
       TorchScript, for `evaluator import`.
+  product_matrix.py dynamic CHECKPOINT_DIR ARCH OUT_DIR
+      The checkpoint as TorchScript twice: OUT_DIR/plain.pt, and OUT_DIR/dynamic.pt, which
+      computes the same logits but takes an input gradient of its own inside forward whenever
+      its input requires one (a test-time defence's shape): AutoAttack's dynamic-model flag
+      must be raised for the second only.
   product_matrix.py failing OUT_DIR
       Two TorchScript digits classifiers that pass every import check (batches of 2 and 3,
       gradients reach the input) and fail inside an evaluation, on batches above 3:
@@ -40,6 +45,32 @@ def export(args):
     os.makedirs(args.out, exist_ok=True)
     torch.save({"state_dict": model.state_dict()}, os.path.join(args.out, "state_dict.pt"))
     torch.jit.script(model).save(os.path.join(args.out, "scripted.pt"))
+    print("ok")
+
+
+class Dynamic(nn.Module):
+    """The wrapped model's logits, after a gradient step it takes and throws away."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        if x.requires_grad:
+            probe = x.detach().requires_grad_(True)
+            grads = torch.autograd.grad([self.model(probe).sum()], [probe])
+            assert grads[0] is not None
+        return self.model(x)
+
+
+def dynamic(args):
+    manifest = json.load(open(os.path.join(args.checkpoint, "manifest.json")))
+    model = reference_models.build(args.arch, manifest["num_classes"], manifest["input_shape"][0])
+    model.load_state_dict(load_file(os.path.join(args.checkpoint, "model.safetensors")), strict=False)
+    model.eval()
+    os.makedirs(args.out, exist_ok=True)
+    torch.jit.script(model).save(os.path.join(args.out, "plain.pt"))
+    torch.jit.script(Dynamic(model).eval()).save(os.path.join(args.out, "dynamic.pt"))
     print("ok")
 
 
@@ -81,10 +112,14 @@ def main():
     p.add_argument("checkpoint")
     p.add_argument("arch")
     p.add_argument("out")
+    p = sub.add_parser("dynamic")
+    p.add_argument("checkpoint")
+    p.add_argument("arch")
+    p.add_argument("out")
     p = sub.add_parser("failing")
     p.add_argument("out")
     args = parser.parse_args()
-    {"export": export, "failing": failing}[args.command](args)
+    {"export": export, "dynamic": dynamic, "failing": failing}[args.command](args)
 
 
 if __name__ == "__main__":

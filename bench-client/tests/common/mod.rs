@@ -60,6 +60,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                         elapsed_seconds: 1.0,
                         cached: false,
                         sanity: None,
+                        ran: None,
                         evaluator_version: "test".into(),
                         server_metrics: None,
                         components: Vec::new(),

@@ -38,8 +38,8 @@ use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::expand_mask;
 use super::{
-    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, Attack, AttackError, Batch, Classifier,
-    Interrupt,
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, Attack, AttackError, AttackNotes, Batch,
+    Classifier, Interrupt,
 };
 
 /// Salt of APGD's draw labels.
@@ -298,6 +298,7 @@ impl Apgd {
         label: u32,
         drop_broken: bool,
         interrupt: Interrupt,
+        notes: &mut AttackNotes,
     ) -> Result<ApgdRun, AttackError> {
         let eps = self.eps;
         let (x, labels) = (&batch.images, &batch.labels);
@@ -310,6 +311,10 @@ impl Apgd {
         let x_start = (x + direction * eps).clamp(0.0, 1.0);
 
         let (grad, logits, loss_now) = eot_gradient(model, &x_start, labels, &loss, self.eot_iter)?;
+        if !matches!(loss, RunLoss::CrossEntropy) {
+            // The reference's zero-gradient check on the DLR losses, at every run's start.
+            notes.note_zero_gradients(&grad);
+        }
         let start_correct = judged_correct(model, &x_start, labels, Some(&logits))?;
         // Outputs for the whole batch; the state below holds only the points still attacked.
         let mut robust = start_correct.shallow_clone();
@@ -441,12 +446,18 @@ impl Apgd {
         };
         let rank = if code == 2 { target_rank as u64 } else { 0 };
         let label = draw_label(&[APGD_DRAWS, code, rank, restart as u64]);
-        self.single_run(model, &batch, loss, label, false, Interrupt::NEVER)
+        self.single_run(model, &batch, loss, label, false, Interrupt::NEVER, &mut AttackNotes::default())
     }
 
     /// One run per restart (per target and restart for APGD-T), each only on the points still
     /// robust, so that a point keeps the first run that fooled it and later runs cost less.
-    fn perturb_checked(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
+    fn perturb_checked(
+        &self,
+        model: &dyn Classifier,
+        batch: &Batch,
+        interrupt: Interrupt,
+        notes: &mut AttackNotes,
+    ) -> Result<Tensor, AttackError> {
         self.validate()?;
         let images = &batch.images;
         if batch.is_empty() {
@@ -494,7 +505,7 @@ impl Apgd {
                     }
                 };
                 let label = draw_label(&[APGD_DRAWS, loss_code, target_rank.unwrap_or(0) as u64, restart as u64]);
-                let run = self.single_run(model, &points, loss, label, self.drop_broken, interrupt)?;
+                let run = self.single_run(model, &points, loss, label, self.drop_broken, interrupt, notes)?;
                 let fooled = run.robust.logical_not();
                 let merged = run.adversarial.where_self(&expand_mask(&fooled, &points.images), &points.images);
                 adversarial = adversarial.index_copy(0, &index, &merged);
@@ -523,6 +534,16 @@ impl Attack for Apgd {
     }
 
     fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
-        self.perturb_checked(model, &batch.to_device(model.device()), interrupt)
+        self.perturb_noting(model, batch, interrupt, &mut AttackNotes::default())
+    }
+
+    fn perturb_noting(
+        &self,
+        model: &dyn Classifier,
+        batch: &Batch,
+        interrupt: Interrupt,
+        notes: &mut AttackNotes,
+    ) -> Result<Tensor, AttackError> {
+        self.perturb_checked(model, &batch.to_device(model.device()), interrupt, notes)
     }
 }

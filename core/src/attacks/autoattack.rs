@@ -15,8 +15,11 @@
 //! attack salts its draws, so no two components start from the same numbers.
 //!
 //! [`sanity_flags`] reproduces the reference's checks (`checks.py`) for evaluations that
-//! AutoAttack cannot be trusted on: randomised models, models that output probabilities, and
-//! zero input gradients (gradient masking).
+//! AutoAttack cannot be trusted on: randomised models, models that output probabilities, zero
+//! input gradients (gradient masking) and models that take gradients in their forward pass;
+//! [`SanityFlags::with_run`] adds those the reference makes during and after the run (zero DLR
+//! gradients at APGD's start on every batch, Square lowering the robust accuracy after the
+//! gradient attacks) and [`SanityFlags::with_targets`] the one on too few classes.
 
 use tch::{Kind, TchError, Tensor};
 
@@ -140,6 +143,118 @@ pub struct SanityFlags {
     /// Set when any point has a zero gradient, as in the reference, since gradient-based
     /// attacks cannot move such a point and their robust accuracy is then unreliable.
     pub possible_gradient_masking: bool,
+    /// The model's own code takes gradients inside its forward pass (a TorchScript module that
+    /// calls `torch.autograd.grad` or `backward`): a dynamic, test-time defence, which
+    /// AutoAttack may not evaluate well (the reference's `check_dynamic`).
+    #[serde(default)]
+    pub dynamic: bool,
+    /// Points whose DLR-loss input gradient was exactly zero at the random start of an
+    /// APGD-DLR or APGD-T run, over every batch and run (the reference's zero-gradient check in
+    /// APGD; APGD-T counts a point once per target).
+    #[serde(default)]
+    pub dlr_zero_gradient_points: i64,
+    /// How far (a fraction of the points) Square, which uses no gradient, lowered the robust
+    /// accuracy below the lowest reached without it; 0 when it did not.
+    #[serde(default)]
+    pub square_robust_accuracy_drop: f64,
+    /// Set when that drop exceeds the reference's 0.2 points (`check_square_sr`): the
+    /// gradient-based components missed what a black-box search found, a sign of masking.
+    #[serde(default)]
+    pub square_lowered_robust_accuracy: bool,
+    /// Targets of APGD-T and FAB-T asked for (AutoAttack's 9), 0 without targeted components.
+    #[serde(default)]
+    pub targets_requested: i64,
+    /// Targets they could use: at most the model's classes minus one.
+    #[serde(default)]
+    pub targets_used: i64,
+}
+
+/// Largest drop of the robust accuracy by Square (a fraction of the points) not taken as a
+/// warning (the reference's `alpha` in `check_square_sr`).
+const SQUARE_DROP_TOLERANCE: f64 = 0.002;
+
+impl SanityFlags {
+    /// The model has fewer classes than the targeted components asked to try (the reference's
+    /// `check_n_classes`): they ran with fewer targets, a weaker attack than AutoAttack's.
+    pub fn fewer_classes_than_targets(&self) -> bool {
+        self.targets_used < self.targets_requested
+    }
+
+    /// Whether any check warns.
+    pub fn any(&self) -> bool {
+        self.randomised
+            || self.probabilities_not_logits
+            || self.possible_gradient_masking
+            || self.dynamic
+            || self.dlr_zero_gradient_points > 0
+            || self.square_lowered_robust_accuracy
+            || self.fewer_classes_than_targets()
+    }
+
+    /// One sentence per raised flag, for logs, tables and reports.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.randomised {
+            out.push("outputs differ across passes of the same input: a randomised model; use AutoAttack-rand".into());
+        }
+        if self.probabilities_not_logits {
+            out.push("the outputs are probabilities, not logits".into());
+        }
+        if self.possible_gradient_masking {
+            out.push(format!(
+                "{:.1}% of the points have a zero cross-entropy gradient: possible gradient masking",
+                100.0 * self.zero_gradient_fraction
+            ));
+        }
+        if self.dynamic {
+            out.push("the model computes gradients in its forward pass: a dynamic defence, AutoAttack may be insufficient".into());
+        }
+        if self.dlr_zero_gradient_points > 0 {
+            out.push(format!(
+                "{} point(s) had a zero DLR gradient at APGD's start: possible gradient masking",
+                self.dlr_zero_gradient_points
+            ));
+        }
+        if self.square_lowered_robust_accuracy {
+            out.push(format!(
+                "Square lowered the robust accuracy by {:.2} points after the gradient attacks: the evaluation may be unreliable",
+                100.0 * self.square_robust_accuracy_drop
+            ));
+        }
+        if self.fewer_classes_than_targets() {
+            out.push(format!(
+                "{} targets asked for, the model has only {} other classes: the targeted attacks ran with {}",
+                self.targets_requested, self.targets_used, self.targets_used
+            ));
+        }
+        out
+    }
+
+    /// Completes the flags with what the run itself showed: zero DLR gradients noted by the
+    /// APGD components and what Square found beyond the others (`components` in the order they
+    /// ran; the first one's `attacked` are the points classified correctly clean).
+    pub fn with_run(mut self, components: &[super::ComponentReport], points: i64) -> Self {
+        self.dlr_zero_gradient_points = components.iter().map(|c| c.zero_gradient_points).sum();
+        let robust = |c: &super::ComponentReport| c.robust_after.correct.iter().sum::<i64>();
+        let square = components.iter().find(|c| c.name == "Square");
+        // As the reference: robust accuracy after Square against the lowest of clean and every
+        // other component, when at least one other component ran.
+        if let (Some(square), true, Some(first)) = (square, components.len() > 1, components.first()) {
+            let others = components.iter().filter(|c| c.name != "Square").map(robust).min();
+            let lowest = others.map_or(first.attacked, |o| o.min(first.attacked));
+            if points > 0 && robust(square) < lowest {
+                self.square_robust_accuracy_drop = (lowest - robust(square)) as f64 / points as f64;
+            }
+            self.square_lowered_robust_accuracy = self.square_robust_accuracy_drop > SQUARE_DROP_TOLERANCE;
+        }
+        self
+    }
+
+    /// Records the targets asked for and those the model's classes allowed.
+    pub fn with_targets(mut self, requested: i64, used: i64) -> Self {
+        (self.targets_requested, self.targets_used) = (requested, used);
+        self
+    }
 }
 
 /// Forward passes compared by the randomness check (the reference uses 5).
@@ -203,5 +318,11 @@ fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Sa
         probabilities_not_logits,
         zero_gradient_fraction,
         possible_gradient_masking: zero_gradient_fraction > 0.0,
+        dynamic: model.computes_gradients_in_forward(),
+        dlr_zero_gradient_points: 0,
+        square_robust_accuracy_drop: 0.0,
+        square_lowered_robust_accuracy: false,
+        targets_requested: 0,
+        targets_used: 0,
     })
 }

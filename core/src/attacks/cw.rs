@@ -1,6 +1,6 @@
 //! CW-inf: PGD on the Carlini-Wagner margin loss (Carlini and Wagner 2017) in the L-inf ball,
-//! as the robust-fairness papers evaluate it: uniform random start, 30 steps of 2/255, kappa
-//! (confidence) 50 by default, on the reference evaluation code's loss
+//! as the robust-fairness papers evaluate it: uniform random start, 30 steps of eps/4 (2/255 at
+//! 8/255), kappa (confidence) 50 by default, on the reference evaluation code's loss
 //! -max(z_y - max_{j != y} z_j + kappa, 0) ([`super::losses::cw_loss`]).
 
 use tch::Tensor;
@@ -23,10 +23,10 @@ impl CarliniWagnerLinf {
         Ok(CarliniWagnerLinf { pgd })
     }
 
-    /// The preset of the paper's evaluation: 30 steps of 2/255, kappa 50.
+    /// The preset of the paper's evaluation: 30 steps of eps/4 (2/255 at 8/255), kappa 50.
     pub fn cw30(eps: f64, seed: u64) -> Self {
         CarliniWagnerLinf {
-            pgd: Pgd { eps, step_size: 2.0 / 255.0, steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CarliniWagner { kappa: 50.0 }, seed },
+            pgd: Pgd { eps, step_size: super::pgd::default_step_size(eps), steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CarliniWagner { kappa: 50.0 }, seed },
         }
     }
 }

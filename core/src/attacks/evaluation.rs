@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    counted_correct, guarded_in, perturb_guarded, verify_adversarial, Attack, AttackError, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
+    counted_correct, guarded_in, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
 };
 use crate::data::Dataset;
 
@@ -29,6 +29,10 @@ pub struct ComponentReport {
     pub attacked: i64,
     /// Points still robust after it, per class.
     pub robust_after: ClassCounts,
+    /// Points whose DLR-loss gradient was exactly zero at a run's start (APGD-DLR, APGD-T;
+    /// [`AttackNotes`]).
+    #[serde(default)]
+    pub zero_gradient_points: i64,
 }
 
 /// The result of [`evaluate`].
@@ -76,6 +80,7 @@ pub fn evaluate(
             seconds: c.seconds,
             attacked: c.attacked,
             robust_after: class_counts(classes, &points.labels, &c.robust_after),
+            zero_gradient_points: c.zero_gradient_points,
         })
         .collect();
     Ok(Evaluation { counts, components })
@@ -130,6 +135,8 @@ pub struct ComponentRun {
     pub seconds: f64,
     pub attacked: i64,
     pub robust_after: Tensor,
+    /// [`ComponentReport::zero_gradient_points`].
+    pub zero_gradient_points: i64,
 }
 
 /// What [`run_points`] found, point by point.
@@ -211,12 +218,14 @@ pub fn run_points(
         let report = |done: i64| Progress { component: &name, component_index, components: components.len(), done, total };
         on_progress(&report(0));
         let mut done = 0;
+        let mut notes = AttackNotes::default();
         while done < total {
             interrupt.check()?;
             let length = batch_size.min(total - done);
             let index = targets.narrow(0, done, length);
             let batch = points.select(&index).to_device(device);
-            let mut candidate = perturb_guarded(*component, model, &batch, interrupt)?.detach().to_device(device);
+            let mut candidate =
+                perturb_guarded_noting(*component, model, &batch, interrupt, &mut notes)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
             let judging = || format!("{name} (judging its output)");
             let mut correct = guarded_in(judging, || counted_correct(model, &candidate, &batch.labels))?;
@@ -252,6 +261,7 @@ pub fn run_points(
             seconds: started.elapsed().as_secs_f64(),
             attacked: total,
             robust_after: robust.shallow_clone(),
+            zero_gradient_points: notes.zero_gradient_points(),
         });
     }
     Ok(PointsRun { robust, adversarial, components: reports })

@@ -21,6 +21,7 @@ mod cw;
 mod evaluation;
 mod fab;
 mod fgsm;
+mod notes;
 pub mod losses;
 mod pgd;
 pub mod random;
@@ -38,7 +39,8 @@ pub use evaluation::{
 };
 pub use fab::Fab;
 pub use fgsm::Fgsm;
-pub use pgd::{maximize, maximize_per_example, Pgd, PgdLoss, Start};
+pub use notes::AttackNotes;
+pub use pgd::{default_step_size, maximize, maximize_per_example, Pgd, PgdLoss, Start};
 pub use random::{draw_label, ExampleStreams};
 pub use square::Square;
 
@@ -103,6 +105,12 @@ pub trait Classifier {
     /// [`run_points`] re-attacks with where the copy and the judge disagree.
     fn exact(&self) -> Option<&dyn Classifier> {
         None
+    }
+
+    /// True when the model's own code takes gradients inside its forward pass (a TorchScript
+    /// module calling `torch.autograd.grad` or `backward`): AutoAttack's dynamic-defence flag.
+    fn computes_gradients_in_forward(&self) -> bool {
+        false
     }
 }
 
@@ -248,6 +256,19 @@ pub trait Attack: Send + Sync {
     fn seed(&self) -> u64;
     /// Adversarial versions of `batch.images` (same shape, same device).
     fn perturb(&self, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError>;
+    /// [`Attack::perturb`] that also records in `notes` what makes its result less
+    /// trustworthy (APGD on a DLR loss: points with a zero gradient at the start). The driver
+    /// ([`run_points`]) calls this one.
+    fn perturb_noting(
+        &self,
+        model: &dyn Classifier,
+        batch: &Batch,
+        interrupt: Interrupt,
+        notes: &mut AttackNotes,
+    ) -> Result<Tensor, AttackError> {
+        let _ = notes;
+        self.perturb(model, batch, interrupt)
+    }
     /// An ensemble's components in order (AutoAttack): [`evaluate`] runs each on the points the
     /// previous ones left robust, regrouped into full batches. `None` for a single attack.
     fn components(&self) -> Option<&[Box<dyn Attack>]> {
@@ -394,7 +415,18 @@ pub fn perturb_guarded(
     batch: &Batch,
     interrupt: Interrupt,
 ) -> Result<Tensor, AttackError> {
-    match crate::guard::guarded(|| attack.perturb(model, batch, interrupt)) {
+    perturb_guarded_noting(attack, model, batch, interrupt, &mut AttackNotes::default())
+}
+
+/// [`perturb_guarded`] through [`Attack::perturb_noting`].
+pub fn perturb_guarded_noting(
+    attack: &dyn Attack,
+    model: &dyn Classifier,
+    batch: &Batch,
+    interrupt: Interrupt,
+    notes: &mut AttackNotes,
+) -> Result<Tensor, AttackError> {
+    match crate::guard::guarded(|| attack.perturb_noting(model, batch, interrupt, notes)) {
         Ok(Ok(adversarial)) => Ok(adversarial),
         Ok(Err(AttackError::Torch(error))) | Err(error) => Err(AttackError::libtorch(attack.name(), &error)),
         Ok(Err(other)) => Err(other),

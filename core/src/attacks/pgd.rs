@@ -1,7 +1,7 @@
 //! Projected gradient descent (Madry et al. 2018) under L-inf: signed-gradient ascent steps on
 //! a loss, each followed by projection onto the eps-ball and [0, 1]. The evaluation preset is
-//! the paper's PGD-20 (uniform random start, 20 steps of 2/255 on cross-entropy, final
-//! iterate), with the start drawn from each point's own random stream; [`maximize`] is the same
+//! the paper's PGD-20 (uniform random start, 20 steps of eps/4 on cross-entropy, which is
+//! its 2/255 at 8/255, final iterate), with the start drawn from each point's own random stream; [`maximize`] is the same
 //! loop with any loss and start, which the trainer uses for the inner maximisation of SAT,
 //! TRADES, RSLAD and ABSLD (paper Eq. 12) with libtorch's generator.
 
@@ -33,6 +33,13 @@ pub enum PgdLoss {
     /// Carlini-Wagner loss with confidence kappa ([`losses::cw_loss`], see
     /// [`super::CarliniWagnerLinf`]).
     CarliniWagner { kappa: f64 },
+}
+
+/// The step of PGD and CW-inf when none is given: eps/4. At the paper's eps 8/255 this is its
+/// 2/255; at any other radius a fixed 2/255 is wrong (too short to cross a large ball in 20
+/// steps, too coarse for a small one), so the step follows the radius as it does there.
+pub fn default_step_size(eps: f64) -> f64 {
+    eps / 4.0
 }
 
 /// Runs `steps` signed-gradient steps of size `step_size` on `loss(logits)` (per-example,
@@ -127,9 +134,10 @@ pub struct Pgd {
 }
 
 impl Pgd {
-    /// The paper's PGD-20: eps 8/255 by default, 20 steps of 2/255, uniform random start.
+    /// The paper's PGD-20: 20 steps of [`default_step_size`] (2/255 at the paper's 8/255),
+    /// uniform random start.
     pub fn pgd20(eps: f64, seed: u64) -> Self {
-        Pgd { eps, step_size: 2.0 / 255.0, steps: 20, restarts: 1, random_start: true, loss: PgdLoss::CrossEntropy, seed }
+        Pgd { eps, step_size: default_step_size(eps), steps: 20, restarts: 1, random_start: true, loss: PgdLoss::CrossEntropy, seed }
     }
 
     pub fn validate(&self) -> Result<(), AttackError> {

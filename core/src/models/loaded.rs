@@ -73,6 +73,13 @@ impl Classifier for LoadedModel {
             LoadedModel::TorchScript(module) => Classifier::device(module),
         }
     }
+
+    fn computes_gradients_in_forward(&self) -> bool {
+        match self {
+            LoadedModel::Native(_) => false,
+            LoadedModel::TorchScript(module) => module.computes_gradients_in_forward(),
+        }
+    }
 }
 
 /// A [`LoadedModel`] at a precision, ready for attacks.
@@ -111,5 +118,9 @@ impl Classifier for PreparedModel<'_> {
 
     fn exact(&self) -> Option<&dyn Classifier> {
         self.inner().exact()
+    }
+
+    fn computes_gradients_in_forward(&self) -> bool {
+        self.inner().computes_gradients_in_forward()
     }
 }

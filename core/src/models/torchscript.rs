@@ -67,6 +67,45 @@ fn describe(value: &IValue) -> String {
     }
 }
 
+/// Largest code file read by [`takes_gradients_in_code`], and the most code read in all: a
+/// module's code is small (a ResNet's is a few KB); a file beyond these is not inflated.
+const CODE_FILE_LIMIT: u64 = 4 << 20;
+const CODE_TOTAL_LIMIT: u64 = 32 << 20;
+
+/// Whether the module's serialised code (`code/**.py` in the archive) calls autograd:
+/// `torch.autograd.grad` or `torch.autograd.backward` (how TorchScript writes `x.backward()`).
+/// A module that takes gradients in its forward is a dynamic, test-time defence (AutoAttack's
+/// `check_dynamic` counts such calls while the model runs; the code says the same without
+/// running it). Code too large to read within the limits counts as taking gradients.
+fn takes_gradients_in_code(bytes: &[u8]) -> bool {
+    let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
+        return false;
+    };
+    let mut read_so_far = 0u64;
+    for index in 0..archive.len() {
+        let Ok(entry) = archive.by_index(index) else {
+            continue;
+        };
+        let name = entry.name().to_string();
+        if !(name.contains("/code/") && name.ends_with(".py")) {
+            continue;
+        }
+        if entry.size() > CODE_FILE_LIMIT || read_so_far + entry.size() > CODE_TOTAL_LIMIT {
+            return true;
+        }
+        let mut code = Vec::new();
+        if std::io::Read::read_to_end(&mut std::io::Read::take(entry, CODE_FILE_LIMIT), &mut code).is_err() {
+            continue;
+        }
+        read_so_far += code.len() as u64;
+        let text = String::from_utf8_lossy(&code);
+        if text.contains("torch.autograd.grad(") || text.contains("torch.autograd.backward(") {
+            return true;
+        }
+    }
+    false
+}
+
 /// Deterministic probe images in [0, 1] (a golden-ratio sequence, different in every pixel).
 fn probe_images(n: i64, [c, h, w]: [i64; 3], device: Device) -> Tensor {
     (Tensor::arange(n * c * h * w, (Kind::Double, Device::Cpu)) * 0.618_033_988_749_895)
@@ -103,6 +142,8 @@ pub struct TorchScriptModel {
     /// The file's bytes, for the bf16 copy (loaded from what was checked, not the file again).
     bytes: Arc<[u8]>,
     parameter_count: i64,
+    /// Its code calls autograd inside the module ([`takes_gradients_in_code`]).
+    takes_gradients: bool,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -130,7 +171,9 @@ impl TorchScriptModel {
             .iter()
             .map(|(_, p)| p.numel() as i64)
             .sum();
-        let model = TorchScriptModel { module, spec: spec.clone(), device, normalization, bytes, parameter_count };
+        let takes_gradients = takes_gradients_in_code(&bytes);
+        let model =
+            TorchScriptModel { module, spec: spec.clone(), device, normalization, bytes, parameter_count, takes_gradients };
         model.check(&model.module, Kind::Float)?;
         Ok(model)
     }
@@ -255,6 +298,10 @@ impl Classifier for TorchScriptModel {
     fn device(&self) -> Device {
         self.device
     }
+
+    fn computes_gradients_in_forward(&self) -> bool {
+        self.takes_gradients
+    }
 }
 
 /// A bf16 copy of a TorchScript module; the fp32 module judges (see
@@ -279,5 +326,9 @@ impl Classifier for TorchScriptBf16<'_> {
 
     fn has_separate_judge(&self) -> bool {
         true
+    }
+
+    fn computes_gradients_in_forward(&self) -> bool {
+        self.judge.takes_gradients
     }
 }

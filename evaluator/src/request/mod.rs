@@ -22,9 +22,9 @@ use crate::cache::StoredResult;
 pub use cost::{passes_per_example, CostEstimate, DEFAULT_MAX_JOB_COST};
 pub use error::{is_out_of_memory, EngineError};
 pub use spec::{
-    attack_display_name, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
+    attack_display_name, autoattack_targets, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
     AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
-    DEFAULT_STEP_SIZE, SQUARE_QUERIES,
+    default_step_size, SQUARE_QUERIES,
 };
 
 /// Largest number of steps (iterations, or Square queries) a request may ask for.
@@ -421,6 +421,12 @@ mod tests {
     }
 
     #[test]
+            dynamic: s.dynamic,
+            dlr_zero_gradient_points: s.dlr_zero_gradient_points,
+            square_robust_accuracy_drop: s.square_robust_accuracy_drop,
+            square_lowered_robust_accuracy: s.square_lowered_robust_accuracy,
+            targets_requested: s.targets_requested,
+            targets_used: s.targets_used,
     fn custom_components_build_in_order() {
         let custom = canonical_spec(&AttackSpec {
             components: vec!["APGD-CE".into(), "square".into()],

@@ -11,8 +11,10 @@ use super::{EngineError, MAX_COMPONENTS, MAX_FIELD_BYTES, MAX_KAPPA, MAX_RESTART
 
 /// eps of the paper's evaluation (8/255), used when a spec leaves it unset.
 pub const DEFAULT_EPS: f64 = 8.0 / 255.0;
-/// Step size of PGD and CW-inf when unset (2/255).
-pub const DEFAULT_STEP_SIZE: f64 = 2.0 / 255.0;
+/// Step size of PGD and CW-inf when unset: eps/4 ([`rfb_core::attacks::default_step_size`];
+/// the paper's 2/255 at 8/255). The canonical spec, which every result reports and every cache
+/// key hashes, carries the value used.
+pub use rfb_core::attacks::default_step_size;
 pub const DEFAULT_PGD_STEPS: i64 = 20;
 pub const DEFAULT_CW_STEPS: i64 = 30;
 pub const DEFAULT_CW_KAPPA: f64 = 50.0;
@@ -24,7 +26,8 @@ pub const AUTOATTACK_RAND_EOT: i64 = 20;
 /// Components an AUTOATTACK_CUSTOM spec may list (the contract's list, shared with the
 /// command-line grammar).
 pub use rfb_proto::attacks::AUTOATTACK_COMPONENTS;
-/// Targets of APGD-T and FAB-T (AutoAttack standard; fewer when the model has fewer classes).
+/// Targets of APGD-T and FAB-T (AutoAttack standard; fewer when the model has fewer classes,
+/// which the results flag: [`autoattack_targets`]).
 pub const AUTOATTACK_TARGETS: i64 = 9;
 
 /// Checks a spec and returns it with every default filled in: the canonical form that results
@@ -106,7 +109,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             refuse("kappa", spec.kappa.is_some())?;
             canonical.eps = eps;
             canonical.steps = Some(spec.steps.unwrap_or(DEFAULT_PGD_STEPS));
-            canonical.step_size = Some(spec.step_size.unwrap_or(DEFAULT_STEP_SIZE));
+            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(eps.unwrap_or(DEFAULT_EPS))));
             canonical.restarts = Some(spec.restarts.unwrap_or(1));
         }
         AttackKind::CwInf => {
@@ -115,7 +118,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             }
             canonical.eps = eps;
             canonical.steps = Some(spec.steps.unwrap_or(DEFAULT_CW_STEPS));
-            canonical.step_size = Some(spec.step_size.unwrap_or(DEFAULT_STEP_SIZE));
+            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(eps.unwrap_or(DEFAULT_EPS))));
             canonical.kappa = Some(spec.kappa.unwrap_or(DEFAULT_CW_KAPPA));
         }
         AttackKind::AutoattackStandard | AttackKind::AutoattackRand => {
@@ -175,7 +178,7 @@ pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dy
         AttackKind::Pgd => {
             let pgd = Pgd {
                 eps,
-                step_size: spec.step_size.unwrap_or(DEFAULT_STEP_SIZE),
+                step_size: spec.step_size.unwrap_or_else(|| default_step_size(eps)),
                 steps: spec.steps.unwrap_or(DEFAULT_PGD_STEPS),
                 restarts: spec.restarts.unwrap_or(1),
                 random_start: true,
@@ -188,7 +191,7 @@ pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dy
         AttackKind::CwInf => Box::new(
             CarliniWagnerLinf::new(
                 eps,
-                spec.step_size.unwrap_or(DEFAULT_STEP_SIZE),
+                spec.step_size.unwrap_or_else(|| default_step_size(eps)),
                 spec.steps.unwrap_or(DEFAULT_CW_STEPS),
                 spec.kappa.unwrap_or(DEFAULT_CW_KAPPA),
                 seed,
@@ -281,10 +284,66 @@ pub fn attack_display_name(spec: &AttackSpec, num_classes: i64) -> Result<String
     })
 }
 
+/// Targets an AutoAttack spec's targeted components (APGD-T, FAB-T) ask for and those a model
+/// with `num_classes` classes lets them use, `(requested, used)`; `(0, 0)` without targeted
+/// components. Fewer used than requested is reported ([`SanityFlags::with_targets`]), not
+/// silently clamped.
+///
+/// [`SanityFlags::with_targets`]: rfb_core::attacks::SanityFlags::with_targets
+pub fn autoattack_targets(spec: &AttackSpec, num_classes: i64) -> (i64, i64) {
+    let targeted = match AttackKind::try_from(spec.kind) {
+        Ok(AttackKind::AutoattackStandard) => true,
+        Ok(AttackKind::AutoattackCustom) => spec.components.iter().any(|c| c == "apgd-t" || c == "fab-t"),
+        _ => false,
+    };
+    if targeted {
+        (AUTOATTACK_TARGETS, AUTOATTACK_TARGETS.min(num_classes - 1).max(1))
+    } else {
+        (0, 0)
+    }
+}
+
 /// Whether the kind is one of the AutoAttack versions (which report sanity flags).
 pub fn is_autoattack(kind: i32) -> bool {
     matches!(
         AttackKind::try_from(kind),
         Ok(AttackKind::AutoattackStandard | AttackKind::AutoattackRand | AttackKind::AutoattackCustom)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(kind: AttackKind) -> AttackSpec {
+        AttackSpec { kind: kind as i32, ..Default::default() }
+    }
+
+    #[test]
+    fn the_default_step_follows_the_radius() {
+        for eps in [8.0 / 255.0, 0.1, 32.0 / 255.0] {
+            for kind in [AttackKind::Pgd, AttackKind::CwInf] {
+                let canonical = canonical_spec(&AttackSpec { eps: Some(eps), ..of(kind) }).unwrap();
+                assert_eq!(canonical.step_size, Some(eps / 4.0), "{kind:?} at {eps}");
+            }
+        }
+        // The paper's setting is unchanged: 2/255 at 8/255.
+        assert_eq!(canonical_spec(&of(AttackKind::Pgd)).unwrap().step_size, Some(2.0 / 255.0));
+        // A step given is kept.
+        let given = canonical_spec(&AttackSpec { eps: Some(0.1), step_size: Some(0.01), ..of(AttackKind::Pgd) }).unwrap();
+        assert_eq!(given.step_size, Some(0.01));
+    }
+
+    #[test]
+    fn targets_asked_and_used_follow_the_classes() {
+        assert_eq!(autoattack_targets(&of(AttackKind::AutoattackStandard), 10), (9, 9));
+        assert_eq!(autoattack_targets(&of(AttackKind::AutoattackStandard), 5), (9, 4));
+        assert_eq!(autoattack_targets(&of(AttackKind::AutoattackRand), 5), (0, 0));
+        let custom = |components: &[&str]| AttackSpec {
+            components: components.iter().map(|c| c.to_string()).collect(),
+            ..of(AttackKind::AutoattackCustom)
+        };
+        assert_eq!(autoattack_targets(&custom(&["apgd-ce", "square"]), 5), (0, 0));
+        assert_eq!(autoattack_targets(&custom(&["apgd-ce", "fab-t"]), 4), (9, 3));
+    }
 }

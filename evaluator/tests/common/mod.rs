@@ -30,6 +30,11 @@ pub fn trained_run() -> &'static Path {
 /// `LABEL-VERSION` so that test processes share it. A lock file keeps two processes from
 /// training at once; a kept run that no longer loads (the format changed) is retrained.
 pub fn trained_once(label: &str, architecture: &str, epochs: i64, learning_rate: Option<f64>) -> PathBuf {
+    trained_once_by("natural", label, architecture, epochs, learning_rate)
+}
+
+/// [`trained_once`] with another training method (e.g. "sat" for a robust model).
+pub fn trained_once_by(method: &str, label: &str, architecture: &str, epochs: i64, learning_rate: Option<f64>) -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rfb-evaluator-tests");
     let version: String = rfb_core::checkpoint::code_version().chars().filter(char::is_ascii_alphanumeric).collect();
     let done = root.join(format!("{label}-{version}"));
@@ -73,7 +78,7 @@ pub fn trained_once(label: &str, architecture: &str, epochs: i64, learning_rate:
     preset.selection_pgd_steps = 3;
     preset.attack.steps = 3;
     let config = RunConfig {
-        method: "natural".into(),
+        method: method.into(),
         dataset: rfb_core::data::DatasetKind::Digits,
         data_dir: None,
         teacher: None,
@@ -240,4 +245,16 @@ pub fn wait_for_log(server: &Server, text: &str, within: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// `evaluator ARGS` as a user runs it (one libtorch thread, no backtraces, no log filter).
+pub fn evaluator_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_evaluator"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("start the evaluator")
 }
