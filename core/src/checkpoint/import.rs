@@ -3,8 +3,10 @@
 //!
 //! Two kinds of file are accepted, told apart by their contents:
 //! - a `torch.save`d **state dict** of one of our architectures (every wrapping
-//!   [`super::import_pytorch`] accepts). It is read by our own pickle reader, which executes
-//!   nothing and refuses any pickle that asks for more than tensors in plain containers; its
+//!   [`super::import_pytorch`] accepts), in the zip format of PyTorch >= 1.6 or the legacy
+//!   format before it. It is read by our own pickle reader, which executes nothing, refuses
+//!   any pickle that asks for more than tensors in plain containers and bounds everything a
+//!   file asks for ([`super::TorchFileLimits`]); its
 //!   names and shapes are checked against the architecture, and the checkpoint gets
 //!   `model.safetensors` as the trainer writes it;
 //! - a **TorchScript** module (`torch.jit.script`/`torch.jit.trace`, then `.save`), loaded by
@@ -17,7 +19,6 @@
 //! per-channel normalisation that the evaluator applies in front of the model, so that attack
 //! radii stay in pixel units.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tch::Device;
@@ -35,7 +36,8 @@ const TORCHSCRIPT_FORMAT_VERSION: u32 = 2;
 /// What a model file is, judged from its contents (never from its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFileKind {
-    /// A `torch.save` zip archive (`data.pkl` and storages).
+    /// A `torch.save` file: a zip archive (`data.pkl` and storages), or the legacy format of
+    /// PyTorch < 1.6 (`_use_new_zipfile_serialization=False`).
     StateDict,
     /// A `torch.jit.save` zip archive (`code/`, `constants.pkl`).
     TorchScript,
@@ -50,7 +52,8 @@ impl ModelFileKind {
     }
 }
 
-/// Tells a state dict from a TorchScript module by the archive's entries; anything else is a
+/// Tells a state dict (either `torch.save` format) from a TorchScript module by the file's
+/// first bytes and a zip archive's entries; anything else is a
 /// [`CheckpointError::NotAModelFile`] with a one-line reason.
 pub fn model_file_kind(path: &Path) -> Result<ModelFileKind, CheckpointError> {
     let not_a_model = |reason: &str| CheckpointError::NotAModelFile { path: path.to_path_buf(), reason: reason.to_string() };
@@ -60,18 +63,14 @@ pub fn model_file_kind(path: &Path) -> Result<ModelFileKind, CheckpointError> {
             what: "a PyTorch state dict (.pt/.pth) or a TorchScript module (.pt)",
         });
     }
-    let mut head = [0u8; 2];
-    let read = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
-    if read == 2 && head[0] == 0x80 && head[1] <= 5 {
-        return Err(not_a_model(
-            "it is a legacy (PyTorch < 1.6) torch.save file; load and save it again with a current PyTorch",
-        ));
+    match super::torch_file::sniff(path) {
+        Ok(super::torch_file::Format::Zip) => {}
+        Ok(super::torch_file::Format::Legacy) => return Ok(ModelFileKind::StateDict),
+        Ok(super::torch_file::Format::Tar) => return Err(not_a_model(super::torch_file::TAR_FORMAT)),
+        Err(reason) => return Err(not_a_model(&reason.to_string())),
     }
     let file = std::fs::File::open(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
-    let archive = zip::ZipArchive::new(file)
-        .map_err(|_| not_a_model("it is not a zip archive, which torch.save (PyTorch >= 1.6) and torch.jit.save both write"))?;
+    let archive = zip::ZipArchive::new(file).map_err(|e| not_a_model(&format!("it is not a readable zip archive: {e}")))?;
     let names: Vec<&str> = archive.file_names().collect();
     if names.iter().any(|n| n.ends_with("constants.pkl") || n.contains("/code/")) {
         Ok(ModelFileKind::TorchScript)

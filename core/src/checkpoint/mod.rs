@@ -10,7 +10,7 @@
 //! [`import::import_model`], and [`load_model`] loads either kind of checkpoint.
 
 pub mod import;
-mod torch_pickle;
+mod torch_file;
 mod torchscript;
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::models::{self, ModelError, ModelSpec, Network};
 
+pub use torch_file::{Limit, LimitExceeded, TorchFileLimits};
 pub use torchscript::{load_model, TORCHSCRIPT_FILE};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -67,6 +68,8 @@ pub enum CheckpointError {
     BadWeights { path: PathBuf, message: String },
     #[error("{path}: refused: the pickle asks for the Python global `{global}`, and only tensors in plain containers (dicts, lists, tuples, numbers, strings) are read; nothing from the file is executed. {}", unsafe_pickle_hint(.global))]
     UnsafePickle { path: PathBuf, global: String },
+    #[error("{path}: refused: {limit}; the file is damaged or crafted (limits: rfb_core::checkpoint::TorchFileLimits)")]
+    OverLimit { path: PathBuf, limit: LimitExceeded },
     #[error("{path} is neither a PyTorch state dict nor a TorchScript module: {reason}")]
     NotAModelFile { path: PathBuf, reason: String },
     #[error("{path}: {problem}")]
@@ -553,11 +556,19 @@ pub(crate) fn network_from_pytorch_tensors(
     Ok(network)
 }
 
-/// Reads every tensor of a `torch.save` file, named by its dotted path in nested dicts.
+/// Reads every tensor of a `torch.save` file (the zip format or the legacy one), named by its
+/// dotted path in nested dicts, within [`TorchFileLimits::DEFAULT`].
 pub fn read_pytorch_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    torch_pickle::read_tensors(path).map_err(|error| match error {
-        torch_pickle::ReadError::Refused(global) => CheckpointError::UnsafePickle { path: path.to_path_buf(), global },
-        torch_pickle::ReadError::Malformed(message) => CheckpointError::BadWeights { path: path.to_path_buf(), message },
+    read_pytorch_tensors_with_limits(path, &TorchFileLimits::DEFAULT)
+}
+
+/// [`read_pytorch_tensors`] within other limits (tests use smaller ones).
+pub fn read_pytorch_tensors_with_limits(path: &Path, limits: &TorchFileLimits) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = path.to_path_buf();
+    torch_file::read_tensors(&path, limits).map_err(|error| match error {
+        torch_file::ReadError::Refused(global) => CheckpointError::UnsafePickle { path, global },
+        torch_file::ReadError::OverLimit(limit) => CheckpointError::OverLimit { path, limit },
+        torch_file::ReadError::Malformed(message) => CheckpointError::BadWeights { path, message },
     })
 }
 
