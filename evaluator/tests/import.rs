@@ -7,6 +7,9 @@
 //! * a PyTorch state dict of one of our architectures (`digits-cnn`) imported the same way
 //!   gives PyTorch's per-class counts, and the same counts as its weights loaded through the
 //!   trainer's teacher path (`checkpoint::import_pytorch`);
+//! * a state dict saved in PyTorch's legacy format (`_use_new_zipfile_serialization=False`)
+//!   imports to the same weights as the zip file of the same weights, and `evaluator eval`
+//!   gives both, and the checkpoint they were exported from, the same per-class counts;
 //! * every bad input gets a one-line error from the CLI, and the right gRPC status from the
 //!   service, which goes on to answer the next good request.
 //!
@@ -220,6 +223,11 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
     let file = |name: &str| bad.join(name);
     let models = work.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
+    // The tar format of the first PyTorch releases (a tar header: `ustar` at byte 257).
+    let mut tar = vec![0u8; 1024];
+    tar[..7].copy_from_slice(b"storage");
+    tar[257..263].copy_from_slice(b"ustar\0");
+    std::fs::write(file("old_tar.pt"), tar).unwrap();
 
     // The CLI: each bad file gets one line naming its problem, and nothing is written.
     let digits = ["--dataset", "digits"];
@@ -228,7 +236,7 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
         ("evil.pt", &arch, "refused: the pickle asks for the Python global `posix.system`"),
         ("evil.pt", &digits, "`posix.system`"),
         ("whole_model.pt", &arch, "whole model"),
-        ("legacy.pt", &arch, "neither a PyTorch state dict nor a TorchScript module: it is a legacy"),
+        ("old_tar.pt", &arch, "neither a PyTorch state dict nor a TorchScript module: it is a torch.save file in the tar format"),
         ("notes.txt", &digits, "neither a PyTorch state dict nor a TorchScript module: it is not a zip archive"),
         ("sd_wide.pt", &arch, "wrong shape: bn1.bias (expected [16], found [32])"),
         ("sd_mixed.pt", &arch, "wrong shape: conv1.weight (expected [16, 1, 3, 3], found [16, 1, 5, 5]); missing: bn3.running_var, linear.weight; unexpected: fc.weight"),
@@ -264,6 +272,14 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
     let fp32_only = import_ok(&file("ts_fp32_only.pt"), &models.join("fp32-only"), &digits);
     assert!(fp32_only.contains("fp32 only") && fp32_only.contains("bf16"), "{fp32_only}");
     import_ok(&file("sd_good.pt"), &models.join("state-dict"), &arch);
+    // The same state dict saved in the legacy format imports to the same weights.
+    let legacy = work.path().join("legacy-import");
+    import_ok(&file("legacy.pt"), &legacy, &arch);
+    assert_eq!(
+        sha256_file(&legacy.join("model.safetensors")),
+        sha256_file(&models.join("state-dict/model.safetensors")),
+        "legacy.pt and sd_good.pt hold the same weights"
+    );
     let again = import(&file("ts_good.pt"), &models.join("good"), &digits);
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"), "an existing checkpoint is not replaced silently");
     import_ok(&file("ts_good.pt"), &models.join("good"), &["--dataset", "digits", "--force"]);
@@ -331,4 +347,60 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
     let manifest: serde_json::Value = serde_json::from_str(&state_dict.manifest_json).unwrap();
     assert_eq!(manifest["source"]["format"], "state_dict");
     assert_eq!(manifest["source"]["sha256"], sha256_file(&file("sd_good.pt")).as_str());
+}
+
+/// `evaluator eval --json` of `model` under `models`: per attack, its name and per-class
+/// correct counts.
+fn eval_counts(models: &Path, model: &str, attacks: &str) -> Vec<(String, Vec<i64>)> {
+    let json = models.join(format!("{model}.json"));
+    let output = evaluator(&[
+        "eval", "--models-dir", models.to_str().unwrap(), "--model", model, "--device", "cpu", "--no-cache", "--quiet",
+        "--per-class", "3", "--attacks", attacks, "--json", json.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "eval {model}: {}", String::from_utf8_lossy(&output.stderr));
+    let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    document["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let counts = r["classes"].as_array().unwrap().iter().map(|c| c["correct"].as_i64().unwrap()).collect();
+            (r["attack_name"].as_str().unwrap().to_string(), counts)
+        })
+        .collect()
+}
+
+#[test]
+fn a_legacy_state_dict_evaluates_as_its_zip_twin_and_the_trained_checkpoint() {
+    let trained = common::trained_run().join("best");
+    let work = tempfile::tempdir().unwrap();
+    let models = work.path().join("models");
+    common::copy_checkpoint(&trained, &models.join("trained"));
+    // The trained weights as a model owner saves them, in both torch.save formats.
+    let exported = work.path().join("exported");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/torch_files.py");
+    let output = Command::new(python())
+        .arg(script)
+        .args(["export", trained.to_str().unwrap(), "digits-cnn", exported.to_str().unwrap()])
+        .output()
+        .expect("start python");
+    assert!(output.status.success(), "torch_files.py export: {}", String::from_utf8_lossy(&output.stderr));
+    let legacy_bytes = std::fs::read(exported.join("legacy.pt")).unwrap();
+    assert!(!legacy_bytes.starts_with(b"PK"), "legacy.pt is not a zip archive");
+    for (name, file) in [("zip", "zip.pt"), ("legacy", "legacy.pt")] {
+        let printed = import_ok(&exported.join(file), &models.join(name), &["--arch", "digits-cnn", "--dataset", "digits"]);
+        assert!(printed.contains("state_dict: digits-cnn"), "{printed}");
+    }
+    assert_eq!(
+        sha256_file(&models.join("legacy/model.safetensors")),
+        sha256_file(&models.join("zip/model.safetensors")),
+        "both formats import to the same weights"
+    );
+    let attacks = "clean,pgd-5";
+    let legacy = eval_counts(&models, "legacy", attacks);
+    eprintln!("legacy: {legacy:?}");
+    assert_eq!(legacy.len(), 2);
+    assert_eq!(legacy.iter().map(|(_, c)| c.len()).collect::<Vec<_>>(), [10, 10]);
+    assert_eq!(legacy, eval_counts(&models, "zip", attacks), "legacy against zip");
+    assert_eq!(legacy, eval_counts(&models, "trained", attacks), "legacy against the trained checkpoint");
 }
