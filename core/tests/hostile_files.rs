@@ -285,7 +285,8 @@ fn deep_nesting_is_refused_as_a_plain_pickle_and_inside_a_small_deflated_zip() {
     let chain = |open: &[u8], put_in: &[u8]| {
         let n = 100_000u32;
         let mut pickle = b"\x80\x02".to_vec();
-        for k in 0..n {
+        // Innermost first, so that the outermost container is the last one made.
+        for k in (0..n).rev() {
             pickle.extend(open);
             pickle.push(b'r');
             pickle.extend(k.to_le_bytes());
