@@ -1,13 +1,22 @@
 //! The result cache: one JSON file per attack result, `<dir>/<key>.json`.
 //!
 //! The key is the sha256 of the canonical JSON of everything that determines a result (see
-//! [`crate::catalog::key_material`]): the weights' sha256, the data set, split and examples per
-//! class, the attack spec with its defaults filled in (seed included), the precision, the kind
-//! of device, the code versions and the hash of the sources that decide attack results. The
-//! batch size is deliberately not part of it (it does not change a result). Each file embeds its key and
-//! the material it was computed from; an entry that does not parse, whose key or material does
-//! not hash to the file's name, or whose counts are inconsistent is reported as corrupt and
-//! recomputed, never trusted. Writes are atomic (temporary file, fsync, rename).
+//! [`crate::request::key_material`]): the weights' sha256 and a hash of every manifest field
+//! that changes the function the model computes (architecture, classes, input shape,
+//! normalisation, ...), the data set, split, examples per class and the sha256 of the split's
+//! contents as loaded, the attack spec with its defaults filled in (seed included), the
+//! precision, the kind of device, the code versions and the hash of the sources that decide
+//! attack results. The batch size is part of it at fp32-fast only: fp32 and bf16 results do not
+//! depend on it, but fp32-fast's folded copy rounds differently per batch. Each file embeds its
+//! key and the material it was computed from; an entry that does not parse, whose key or
+//! material does not hash to the file's name, that is a symbolic link, or whose counts are
+//! inconsistent is reported as corrupt and recomputed, never trusted.
+//!
+//! Writes are atomic and safe for replicas sharing the directory (every replica in a container
+//! is PID 1, so names made from a process id collide): the entry goes to a temporary file with an
+//! unpredictable name, created exclusively (`O_EXCL`: an existing file or a planted symbolic
+//! link at that name makes the creation fail instead of being followed), is fsynced, and is
+//! renamed over `<key>.json` (the last writer wins whole; a reader sees one whole entry or none).
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +28,9 @@ use sha2::{Digest, Sha256};
 /// 2: bf16 results are judged by the fp32 weights.
 /// 3: per-example random streams, the reference's CW loss, APGD schedule and Square schedule;
 ///    per-component reports.
-pub const CACHE_SCHEMA: u32 = 3;
+/// 4: keys carry the model's function hash (manifest fields, not only the weights), the data
+///    split's content hash, and at fp32-fast the batch size.
+pub const CACHE_SCHEMA: u32 = 4;
 
 /// One attack's result as the cache stores it (the wire result is assembled from it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +58,9 @@ struct Entry {
     result: StoredResult,
 }
 
-/// What a look-up found.
+/// What a look-up found (short-lived: the size of a whole result in the Hit variant is fine).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     Hit(StoredResult),
     Miss,
@@ -86,6 +98,14 @@ impl ResultCache {
 
     pub fn load(&self, key: &str, material: &serde_json::Value) -> Lookup {
         let path = self.path(key);
+        // A link planted in a shared directory is not followed (it could point anywhere).
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if !metadata.file_type().is_file() => {
+                return Lookup::Corrupt(format!("{} is not a regular file", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
+            _ => {}
+        }
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
@@ -113,8 +133,44 @@ impl ResultCache {
     pub fn store(&self, key: &str, material: &serde_json::Value, result: &StoredResult) -> Result<(), String> {
         let entry = Entry { key: key.to_string(), material: material.clone(), result: result.clone() };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
-        rfb_core::checkpoint::write_atomic(&self.path(key), &bytes).map_err(|e| e.to_string())
+        let path = self.path(key);
+        write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Temporary files: hidden (`.` first, so listings skip them), 16 random characters, and
+/// readable by the other replicas (tempfile's default is 0600).
+fn temporary_names() -> tempfile::Builder<'static, 'static> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".").suffix(".tmp").rand_bytes(16).permissions(std::fs::Permissions::from_mode(0o644));
+    builder
+}
+
+/// Writes `bytes` to `path` atomically and safely in a directory others write to: a sibling
+/// temporary file with an unpredictable name, created exclusively (never through a symbolic
+/// link), fsynced, then renamed over `path` (which replaces a link there, never follows it);
+/// the directory is fsynced after. On failure the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, &temporary_names())
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], names: &tempfile::Builder) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // O_CREAT | O_EXCL (and mode 0600): fails on any existing name, links included.
+    let mut file = names.tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    // Dropping the NamedTempFile on an error removes it.
+    file.persist(path).map_err(|e| e.error)?;
+    if let Ok(dir_handle) = std::fs::File::open(dir) {
+        let _ = dir_handle.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,5 +268,71 @@ mod tests {
         let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 1 + writers * rounds, "one file per key and nothing else: {names:?}");
         assert!(names.iter().all(|n| n.ends_with(".json") && !n.starts_with('.')), "{names:?}");
+    }
+
+    /// A symbolic link planted where the writer creates its temporary file (by someone who
+    /// shares the directory and guessed the name) is never written through: the exclusive
+    /// creation fails and the link's target stays as it was. Links at the names the former
+    /// writer used (`.<key>.json.tmp-<pid>-<n>`, the same in every container's PID 1) are left
+    /// alone, and a link at an entry's own name is neither trusted nor written through.
+    #[test]
+    fn planted_symbolic_links_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+
+        // The temporary name known in advance (no random part): creation fails, nothing is
+        // written through the link, to an existing target or to a dangling one.
+        let dangling = outside.path().join("created-through-the-link");
+        for (name, target) in [(".planted", &victim), (".dangling", &dangling)] {
+            symlink(target, dir.path().join(format!("{name}.tmp"))).unwrap();
+            let mut names = tempfile::Builder::new();
+            names.prefix(name).suffix(".tmp").rand_bytes(0);
+            let error = write_atomic_with(&dir.path().join("entry.json"), b"attacker's choice", &names).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists, "{name}: {error}");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!dangling.exists(), "nothing was created through the dangling link");
+        assert!(!dir.path().join("entry.json").exists());
+
+        // The cache's own writes, with links at every name a process-id scheme would use.
+        let cache = ResultCache::open(dir.path()).unwrap();
+        let material = serde_json::json!({"attack": "pgd", "seed": 1});
+        let key = cache_key(&material);
+        for pid in [1, std::process::id()] {
+            for n in 0..4 {
+                symlink(&victim, dir.path().join(format!(".{key}.json.tmp-{pid}-{n}"))).unwrap();
+            }
+        }
+        cache.store(&key, &material, &result()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(matches!(cache.load(&key, &material), Lookup::Hit(_)));
+
+        // An entry that is a link (to a valid entry elsewhere) is not trusted; storing replaces
+        // the link itself and leaves its target alone.
+        let elsewhere = outside.path().join("entry.json");
+        std::fs::copy(cache.path(&key), &elsewhere).unwrap();
+        std::fs::remove_file(cache.path(&key)).unwrap();
+        symlink(&elsewhere, cache.path(&key)).unwrap();
+        assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)));
+        let before = std::fs::read(&elsewhere).unwrap();
+        let mut changed = result();
+        changed.elapsed_seconds = 9.0;
+        cache.store(&key, &material, &changed).unwrap();
+        assert!(std::fs::symlink_metadata(cache.path(&key)).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), before);
+        match cache.load(&key, &material) {
+            Lookup::Hit(found) => assert_eq!(found, changed),
+            other => panic!("{other:?}"),
+        }
+        // Temporary files are hidden, unpredictable and gone after the writes.
+        let temporary: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert_eq!(temporary.len(), 2, "only the two planted links: {temporary:?}");
     }
 }
