@@ -1,9 +1,12 @@
-//! The models directory and the data a request will touch, checked without tensors: model
-//! names (paths relative to the models directory; anything that resolves outside it is
-//! refused), listings, the weights' checksum, data set compatibility, the split's class counts
-//! (read from its labels before anything is loaded) and cache look-ups. [`Catalog::prepare`]
-//! is the "prepare" step of a request's way (see [`crate::request`]). A [`Catalog`] is shared (`Sync`) between the server's request handlers and
-//! the worker thread.
+//! The models directory and the data a request will touch: model names (paths relative to the
+//! models directory; anything that resolves outside it is refused), listings, the weights'
+//! checksum and the model's function hash, data set compatibility, the split's class counts
+//! (read from its labels before anything is loaded), the split's content hash (once every
+//! field has been checked: the split is loaded once per process and handed to the engine) and
+//! cache look-ups. [`Catalog::prepare`] is the "prepare" step of a request's way (see
+//! [`crate::request`]). A [`Catalog`] is shared (`Sync`) between the server's request handlers
+//! and the worker thread. Its [`PathRedactor`] takes the server's directories out of errors
+//! meant for clients.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -11,13 +14,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use rfb_core::checkpoint::{self, Manifest, MANIFEST_FILE};
-use rfb_core::data::{self, DatasetKind, Split};
+use rfb_core::data::{self, CompactDataset, DatasetKind, Split};
 use rfb_proto::v1::{AttackResult, EvaluateRequest, ModelInfo};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::cache::{cache_key, Lookup, ResultCache, StoredResult};
-use crate::request::{self, key_material, EngineError, MAX_BATCH_SIZE};
+use crate::request::{self, key_material, EngineError, PathRedactor, MAX_BATCH_SIZE};
 
 pub use crate::request::{split_from_proto, split_to_proto, PreparedAttack, PreparedEvaluation};
 
@@ -82,6 +85,9 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
     }
 }
 
+/// A split loaded for its hash: which one, the hash, the bytes.
+type LoadedSplit = ((DatasetKind, Split), String, CompactDataset);
+
 /// The models directory, the data directory, the result cache and a few memos.
 pub struct Catalog {
     models_dir: PathBuf,
@@ -94,6 +100,14 @@ pub struct Catalog {
     hashes: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
     /// Examples per class of the splits loaded so far.
     class_counts: Mutex<HashMap<(DatasetKind, Split), Vec<i64>>>,
+    /// sha256 of each split's contents as this process last loaded it.
+    split_hashes: Mutex<HashMap<(DatasetKind, Split), String>>,
+    /// The split last loaded here for its hash, until the engine takes it: a split is read
+    /// once per process, not once for the hash and again for the work.
+    loaded: Mutex<Option<LoadedSplit>>,
+    /// Held while a split is loaded for its hash, so that concurrent first requests load it once.
+    hashing: Mutex<()>,
+    redactor: PathRedactor,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -125,6 +139,20 @@ impl Catalog {
         if !(1..=MAX_BATCH_SIZE).contains(&config.default_batch_size) {
             return Err(format!("the default batch size must be in 1..={MAX_BATCH_SIZE}"));
         }
+        // Each directory as configured, made absolute, and canonical (they differ through links).
+        let absolute = |dir: &Path| std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let canonical = |dir: &Path| dir.canonicalize().unwrap_or_else(|_| absolute(dir));
+        let mut dirs: Vec<(PathBuf, &'static str)> =
+            vec![(absolute(&config.models_dir), ""), (models_dir.clone(), "")];
+        if let Some(cache) = &cache {
+            dirs.push((absolute(cache.dir()), "<cache-dir>"));
+            dirs.push((canonical(cache.dir()), "<cache-dir>"));
+        }
+        if let Some(data) = &config.data_dir {
+            dirs.push((absolute(data), "<data-dir>"));
+            dirs.push((canonical(data), "<data-dir>"));
+        }
+        let redactor = PathRedactor::new(&dirs.iter().map(|(dir, shown)| (dir.as_path(), *shown)).collect::<Vec<_>>());
         Ok(Catalog {
             models_dir,
             data_dir: config.data_dir.clone(),
@@ -133,7 +161,16 @@ impl Catalog {
             default_batch_size: config.default_batch_size,
             hashes: Mutex::new(HashMap::new()),
             class_counts: Mutex::new(HashMap::new()),
+            split_hashes: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(None),
+            hashing: Mutex::new(()),
+            redactor,
         })
+    }
+
+    /// Takes the server's directories out of messages meant for clients.
+    pub fn redactor(&self) -> &PathRedactor {
+        &self.redactor
     }
 
     pub fn models_dir(&self) -> &Path {
@@ -155,8 +192,9 @@ impl Catalog {
     /// The canonical checkpoint directory of `name`. Absolute names, `..` and anything that
     /// resolves outside the models directory (symbolic links included) are refused.
     pub fn resolve_model(&self, name: &str) -> Result<PathBuf, EngineError> {
+        request::check_model_name(name)?;
         if name.trim().is_empty() {
-            return Err(EngineError::InvalidArgument("no model given: name a checkpoint directory relative to the models directory, e.g. \"absld-s1/best\"".into()));
+            return Err(EngineError::InvalidArgument("model: no model given: name a checkpoint directory relative to the models directory, e.g. \"absld-s1/best\"".into()));
         }
         let path = Path::new(name);
         if path.is_absolute() || path.has_root() {
@@ -304,10 +342,45 @@ impl Catalog {
         Ok(sha)
     }
 
-    /// Records the class counts of a loaded split (they are those read from its labels unless
-    /// the files changed since).
-    pub fn remember_class_counts(&self, kind: DatasetKind, split: Split, counts: Vec<i64>) {
+    /// Records the class counts and the content hash of a split just loaded (the counts are
+    /// those read from its labels unless the files changed since; then requests are checked
+    /// against what was loaded).
+    pub fn remember_split(&self, kind: DatasetKind, split: Split, sha256: &str, counts: Vec<i64>) {
         locked(&self.class_counts).insert((kind, split), counts);
+        locked(&self.split_hashes).insert((kind, split), sha256.to_string());
+    }
+
+    /// sha256 of a split's contents as this process loaded it: remembered, or the split is
+    /// loaded now (once per process; the engine then takes it, see [`Catalog::take_loaded`]).
+    /// Blocking.
+    pub fn data_sha256(&self, kind: DatasetKind, split: Split) -> Result<String, EngineError> {
+        if let Some(sha) = locked(&self.split_hashes).get(&(kind, split)) {
+            return Ok(sha.clone());
+        }
+        let _one_at_a_time = locked(&self.hashing);
+        if let Some(sha) = locked(&self.split_hashes).get(&(kind, split)) {
+            return Ok(sha.clone());
+        }
+        tracing::info!(dataset = %kind, %split, "loading data set");
+        let loaded = data::load_compact(kind, split, self.data_dir.as_deref())
+            .map_err(|e| EngineError::from_data(kind.name(), e))?;
+        let sha = split_sha256_of(&loaded, kind)?;
+        self.remember_split(kind, split, &sha, loaded.class_counts());
+        *locked(&self.loaded) = Some(((kind, split), sha.clone(), loaded));
+        Ok(sha)
+    }
+
+    /// The split [`Catalog::data_sha256`] loaded, with its hash, if it is `(kind, split)` and
+    /// nobody took it yet.
+    pub fn take_loaded(&self, kind: DatasetKind, split: Split) -> Option<(String, CompactDataset)> {
+        let mut slot = locked(&self.loaded);
+        match slot.take() {
+            Some((key, sha, loaded)) if key == (kind, split) => Some((sha, loaded)),
+            other => {
+                *slot = other;
+                None
+            }
+        }
     }
 
     /// Examples per class of a split, read from its labels alone the first time (no pixel is
@@ -318,7 +391,7 @@ impl Catalog {
         }
         let counts = data::class_counts(kind, split, self.data_dir.as_deref())
             .map_err(|e| EngineError::from_data(kind.name(), e))?;
-        self.remember_class_counts(kind, split, counts.clone());
+        locked(&self.class_counts).insert((kind, split), counts.clone());
         Ok(counts)
     }
 
@@ -387,14 +460,31 @@ impl Catalog {
         let batch_size = request::batch_size(request.batch_size, self.default_batch_size)?;
         let precision = request::precision_from_proto(request.precision)?;
         let shard = request::shard_from_proto(request.shard.as_ref())?;
+        let examples = if request.examples_per_class > 0 {
+            request.examples_per_class.saturating_mul(class_counts.len() as i64)
+        } else {
+            class_counts.iter().sum()
+        };
+        request::check_shard(shard, examples)?;
+        let mut attacks = Vec::with_capacity(request.attacks.len());
+        for (index, spec) in request.attacks.iter().enumerate() {
+            let spec = request::checked_spec(index, spec)?;
+            let name = request::attack_display_name(&spec, manifest.model.num_classes)?;
+            attacks.push((spec, name));
+        }
+        // Every field is checked: now the split's contents (loaded once per process).
+        let data_sha256 = self.data_sha256(dataset, split)?;
+        let model_sha256 = request::model_sha256(&manifest);
 
         let mut job = PreparedEvaluation {
             model,
             model_dir,
             manifest,
             weights_sha256,
+            model_sha256,
             dataset,
             split,
+            data_sha256,
             class_counts,
             examples_per_class: request.examples_per_class,
             batch_size,
@@ -402,15 +492,8 @@ impl Catalog {
             shard,
             attacks: Vec::with_capacity(request.attacks.len()),
         };
-        request::check_shard(shard, job.all_examples())?;
-        for (index, spec) in request.attacks.iter().enumerate() {
-            let spec = request::canonical_spec(spec).map_err(|e| match e {
-                EngineError::InvalidArgument(message) => {
-                    EngineError::InvalidArgument(format!("attack {index}: {message}"))
-                }
-                other => other,
-            })?;
-            let name = request::attack_display_name(&spec, job.manifest.model.num_classes)?;
+        debug_assert_eq!(examples, job.all_examples());
+        for (spec, name) in attacks {
             let key_material = key_material(&job, &spec, self.device);
             let cache_key = cache_key(&key_material);
             job.attacks.push(PreparedAttack { spec, name, key_material, cache_key });
@@ -455,6 +538,51 @@ impl Catalog {
             }
         }
     }
+}
+
+/// sha256 (hex) of a split's contents: its name, split, shape, pixel scale, class names,
+/// labels, example ids and pixel bytes. Cheap next to loading (the bytes are hashed a few
+/// thousand images at a time, without an `f32` copy); done once per load.
+pub fn split_sha256(split: &CompactDataset) -> Result<String, tch::TchError> {
+    let mut hasher = Sha256::new();
+    let header = serde_json::json!({
+        "name": split.name,
+        "split": split.split.as_str(),
+        "shape": split.pixels.size(),
+        "kind": format!("{:?}", split.pixels.kind()),
+        "divisor": split.divisor,
+        "class_names": split.class_names,
+    });
+    hasher.update(header.to_string().as_bytes());
+    for value in split.labels_vec() {
+        hasher.update(value.to_le_bytes());
+    }
+    let n = split.len();
+    let mut ids = vec![0i64; n as usize];
+    split.ids.f_to_kind(tch::Kind::Int64)?.f_contiguous()?.f_copy_data(&mut ids, n as usize)?;
+    for value in ids {
+        hasher.update(value.to_le_bytes());
+    }
+    let pixels = split.pixels.f_to_kind(tch::Kind::Uint8)?;
+    let per_example = pixels.numel() / (n.max(1) as usize);
+    let chunk = 4096i64;
+    let mut buffer = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let length = chunk.min(n - start);
+        let part = pixels.f_narrow(0, start, length)?.f_contiguous()?;
+        let count = length as usize * per_example;
+        buffer.resize(count, 0u8);
+        part.f_copy_data(&mut buffer, count)?;
+        hasher.update(&buffer);
+        start += length;
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// [`split_sha256`], a libtorch failure as the request's error.
+pub fn split_sha256_of(split: &CompactDataset, kind: DatasetKind) -> Result<String, EngineError> {
+    split_sha256(split).map_err(|e| EngineError::from_torch_message(&format!("hashing data set {kind}"), &e.to_string()))
 }
 
 /// `a/./b/` -> `a/b`.

@@ -6,6 +6,13 @@
 //! An [`Engine`] owns the loaded models and data sets (tensors are not `Sync`), so it lives on
 //! one thread: the server's worker thread, or the main thread of `evaluator eval`. Data splits
 //! are kept as bytes ([`CompactDataset`]); each job gets `f32` copies of the examples it needs.
+//!
+//! Loaded models are keyed on their directory and the model's function hash
+//! ([`crate::request::model_sha256`]: the weights and every manifest field that changes what
+//! the model computes), so a checkpoint imported again under the same name (other
+//! `--mean/--std`, classes, architecture) is loaded again, never served from memory. A model or
+//! split whose files changed between the request's checks and its loading fails the request
+//! (FAILED_PRECONDITION) instead of being computed under the other one's cache key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +26,8 @@ use rfb_proto::v1::{evaluate_event::Event, Progress};
 use tch::Device;
 
 use crate::cache::StoredResult;
-use crate::catalog::Catalog;
-use crate::request::{attack_result, build_attack, is_autoattack, PreparedAttack, PreparedEvaluation};
+use crate::catalog::{split_sha256_of, Catalog};
+use crate::request::{attack_result, build_attack, is_autoattack, model_sha256, PreparedAttack, PreparedEvaluation};
 
 pub use crate::request::EngineError;
 
@@ -33,11 +40,11 @@ pub type StopCheck<'a> = &'a (dyn Fn() -> Option<EngineError> + Sync);
 pub struct Engine {
     catalog: Arc<Catalog>,
     device: Device,
-    /// (checkpoint directory, weights sha256) and the model (one of our networks or a
+    /// (checkpoint directory, model function sha256) and the model (one of our networks or a
     /// TorchScript module), most recently used last.
     models: Vec<((std::path::PathBuf, String), LoadedModel)>,
-    /// Loaded splits, as bytes, most recently used last.
-    datasets: Vec<((DatasetKind, Split), CompactDataset)>,
+    /// Loaded splits, as bytes, with the sha256 of their contents, most recently used last.
+    datasets: Vec<((DatasetKind, Split), String, CompactDataset)>,
 }
 
 const KEPT_MODELS: usize = 2;
@@ -49,6 +56,11 @@ impl Engine {
         Engine { catalog, device, models: Vec::new(), datasets: Vec::new() }
     }
 
+    /// The catalog this engine was made with.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// Drops every loaded model and data set (after a panic, or to free memory).
     pub fn reset(&mut self) {
         self.models.clear();
@@ -56,7 +68,7 @@ impl Engine {
     }
 
     fn model(&mut self, job: &PreparedEvaluation) -> Result<&LoadedModel, EngineError> {
-        let key = (job.model_dir.clone(), job.weights_sha256.clone());
+        let key = (job.model_dir.clone(), job.model_sha256.clone());
         if let Some(position) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(position);
             self.models.push(entry);
@@ -70,31 +82,60 @@ impl Engine {
                     job.model, manifest.weights_sha256, job.weights_sha256
                 )));
             }
+            // The same weights with another manifest (normalisation, classes, ...) are another
+            // model: refuse rather than compute it under this request's key.
+            if model_sha256(&manifest) != job.model_sha256 {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "checkpoint {:?} changed while the request waited (its manifest was replaced); send the request again",
+                    job.model
+                )));
+            }
             network.freeze();
             if self.models.len() >= KEPT_MODELS {
                 self.models.remove(0);
             }
             self.models.push((key, network));
         }
-        Ok(&self.models.last().expect("just pushed").1)
+        match self.models.last() {
+            Some((_, model)) => Ok(model),
+            None => Err(EngineError::Internal("the model just loaded is gone".into())),
+        }
     }
 
     fn dataset(&mut self, job: &PreparedEvaluation) -> Result<Dataset, EngineError> {
         let key = (job.dataset, job.split);
-        if let Some(position) = self.datasets.iter().position(|(k, _)| *k == key) {
+        if let Some(position) = self.datasets.iter().position(|(k, _, _)| *k == key) {
             let entry = self.datasets.remove(position);
             self.datasets.push(entry);
         } else {
-            tracing::info!(dataset = %job.dataset, split = %job.split, "loading data set");
-            let loaded = data::load_compact(job.dataset, job.split, self.catalog.data_dir())
-                .map_err(|e| EngineError::from_data(job.dataset.name(), e))?;
-            self.catalog.remember_class_counts(job.dataset, job.split, loaded.class_counts());
+            // The split the catalog loaded for its hash, else read it now.
+            let (sha, loaded) = match self.catalog.take_loaded(job.dataset, job.split) {
+                Some(taken) => taken,
+                None => {
+                    tracing::info!(dataset = %job.dataset, split = %job.split, "loading data set");
+                    let loaded = data::load_compact(job.dataset, job.split, self.catalog.data_dir())
+                        .map_err(|e| EngineError::from_data(job.dataset.name(), e))?;
+                    (split_sha256_of(&loaded, job.dataset)?, loaded)
+                }
+            };
+            self.catalog.remember_split(job.dataset, job.split, &sha, loaded.class_counts());
             if self.datasets.len() >= KEPT_DATASETS {
                 self.datasets.remove(0);
             }
-            self.datasets.push((key, loaded));
+            self.datasets.push((key, sha, loaded));
         }
-        let full = &self.datasets.last().expect("just pushed").1;
+        let Some((_, sha, full)) = self.datasets.last() else {
+            return Err(EngineError::Internal("the data set just loaded is gone".into()));
+        };
+        if *sha != job.data_sha256 {
+            return Err(EngineError::FailedPrecondition(format!(
+                "data set {} ({}) changed on the server while the request waited (contents sha256 {} instead of {}); send the request again",
+                job.dataset,
+                job.split,
+                &sha[..12.min(sha.len())],
+                &job.data_sha256[..12.min(job.data_sha256.len())],
+            )));
+        }
         let manifest = &job.manifest;
         if full.num_classes() != manifest.model.num_classes || full.input_shape() != manifest.model.input_shape {
             return Err(EngineError::FailedPrecondition(format!(
@@ -233,7 +274,7 @@ impl Engine {
                     let images = subset.images.narrow(0, 0, length).to_device(device);
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
                     let (requested, used) =
-                        crate::request::autoattack_targets(&attack.spec, subset.num_classes() as i64);
+                        crate::request::autoattack_targets(&attack.spec, subset.num_classes());
                     sanity = Some(
                         attacks::sanity_flags(network, &images, &labels).map_err(failed)?.with_targets(requested, used),
                     );
@@ -260,6 +301,8 @@ impl Engine {
                 );
                 match result {
                     Ok(evaluation) => {
+                        // The checks the reference makes during and after the run.
+                        sanity = sanity.map(|flags| flags.with_run(&evaluation.components, total));
                         components = evaluation.components;
                         evaluation.counts
                     }
@@ -292,5 +335,3 @@ impl Engine {
         })
     }
 }
-                        // The checks the reference makes during and after the run.
-                        sanity = sanity.map(|flags| flags.with_run(&evaluation.components, total));

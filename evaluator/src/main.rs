@@ -266,7 +266,7 @@ fn split_proto(text: &str) -> Result<rfb_proto::v1::Split> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let tokens = match &args.token_file {
         Some(path) => rfb_evaluator::auth::read_token_file(path)?,
-        None => Vec::new(),
+        None => rfb_evaluator::auth::TokenSet::default(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -411,10 +411,18 @@ fn eval(args: EvalArgs) -> Result<()> {
         let document = serde_json::json!({
             "model": job.model,
             "weights_sha256": job.weights_sha256,
-            "results": results.iter().map(rfb_evaluator::table::result_json).collect::<Vec<_>>(),
+            "results": results
+                .iter()
+                .map(|result| {
+                    let mut json = rfb_evaluator::table::result_json(result);
+                    // Whether the result came from the cache (its elapsed seconds and device are then the original computation's).
+                    json["cached"] = serde_json::json!(result.cached);
+                    json
+                })
+                .collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&document)?;
-        rfb_core::checkpoint::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        rfb_evaluator::cache::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

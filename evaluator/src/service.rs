@@ -5,7 +5,8 @@
 //!
 //! A request is validated on the async runtime (blocking parts on the blocking pool) before
 //! anything is queued, so a bad or too costly request costs nothing and gets its status at once:
-//! the fields against the limits and the model and data it will touch ([`Catalog::prepare`]),
+//! every field of every RPC first (INVALID_ARGUMENT naming the field), then the model and data
+//! it will touch ([`Catalog::prepare`]),
 //! then the cost of the attacks not in the cache against `--max-job-cost`
 //! ([`CostEstimate`]), then the room in the queue. A request whose results are all cached is
 //! answered without entering the queue.
@@ -15,6 +16,10 @@
 //! with UNAVAILABLE, the running job stops within one attack iteration (UNAVAILABLE too) after
 //! the cache entry it may be writing is written, and [`serve`] returns once the connections
 //! have closed, or after a grace period.
+//!
+//! What clients are told never holds a server path: every error's message goes through the
+//! catalog's [`crate::request::PathRedactor`] (models by their names, files relative to the
+//! models directory, `<data-dir>`, `<cache-dir>`); the server's log keeps the full paths.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,9 +37,9 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::auth::{BearerAuth, ClientIdentity};
+use crate::auth::{BearerAuth, ClientIdentity, TokenSet};
 use crate::catalog::{Catalog, EngineConfig};
-use crate::request::{CostEstimate, EngineError, Limits};
+use crate::request::{CostEstimate, EngineError, Limits, PathRedactor};
 use crate::worker::{Job, Queue, Worker, WorkerState};
 
 /// Fully qualified name of the service, as health checks name it.
@@ -62,10 +67,20 @@ pub enum ServeError {
 }
 
 /// PEM certificate chain and private key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsFiles {
     pub certificate_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+}
+
+/// The private key is never shown.
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("certificate_pem", &format_args!("{} bytes", self.certificate_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 /// HTTP/2 keepalive: a PING every `interval`; a connection whose peer does not answer within
@@ -82,13 +97,14 @@ impl Default for Keepalive {
     }
 }
 
-/// Everything `evaluator serve` is configured with.
+/// Everything `evaluator serve` is configured with. Its Debug output shows no secret (tokens
+/// are digests shown as a count, the TLS key is redacted).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub engine: EngineConfig,
     /// Accepted bearer tokens; none: no authentication.
-    pub tokens: Vec<String>,
+    pub tokens: TokenSet,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     /// Listen on a non-loopback address without tokens.
@@ -105,7 +121,7 @@ impl ServeOptions {
         ServeOptions {
             listen,
             engine,
-            tokens: Vec::new(),
+            tokens: TokenSet::default(),
             tls: None,
             limits: Limits::default(),
             insecure: false,
@@ -179,29 +195,44 @@ fn client_of<T>(request: &Request<T>) -> String {
     request.remote_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|| "unknown".into())
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| Status::internal(format!("request handler failed: {e}")))
+async fn blocking<T: Send + 'static>(
+    redactor: &PathRedactor,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        tracing::error!(error = %e, "a request handler failed");
+        Status::internal(redactor.redact(&format!("request handler failed: {e}")))
+    })
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EvaluateEvent, Status>> + Send + 'static>>;
 
-fn refused(error: EngineError) -> Status {
-    tracing::info!(code = ?error.code(), error = %error, "request refused");
-    Status::from(error)
+impl EvaluatorService {
+    /// The status a refused request gets (logged in full, told without server paths).
+    fn refused(&self, error: EngineError) -> Status {
+        tracing::info!(code = ?error.code(), error = %error, "request refused");
+        self.catalog.redactor().status(&error)
+    }
 }
 
 #[tonic::async_trait]
 impl Evaluator for EvaluatorService {
     async fn list_models(&self, _request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        // ListModelsRequest has no fields.
         let catalog = self.catalog.clone();
-        let (models, problems) = blocking(move || catalog.list_models()).await?;
+        let (models, problems) = blocking(self.catalog.redactor(), move || catalog.list_models()).await?;
+        for problem in &problems {
+            tracing::warn!(%problem, "listing the models");
+        }
+        let problems = problems.iter().map(|p| self.catalog.redactor().redact(p)).collect();
         Ok(Response::new(ListModelsResponse { models, problems }))
     }
 
     async fn describe_model(&self, request: Request<DescribeModelRequest>) -> Result<Response<ModelInfo>, Status> {
-        let catalog = self.catalog.clone();
         let name = request.into_inner().model;
-        let info = blocking(move || catalog.describe(&name)).await??;
+        crate::request::check_model_name(&name).map_err(|e| self.refused(e))?;
+        let catalog = self.catalog.clone();
+        let info = blocking(self.catalog.redactor(), move || catalog.describe(&name)).await?.map_err(|e| self.refused(e))?;
         Ok(Response::new(info))
     }
 
@@ -210,20 +241,22 @@ impl Evaluator for EvaluatorService {
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
         let received = Instant::now();
         if self.queue.is_stopping() {
-            return Err(refused(EngineError::Unavailable("the evaluator is shutting down".into())));
+            return Err(self.refused(EngineError::Unavailable("the evaluator is shutting down".into())));
         }
         let deadline = deadline_of(&request);
         let client = client_of(&request);
         let request = request.into_inner();
         let catalog = self.catalog.clone();
         // Validate and prepare, then look the results up in the cache.
-        let (prepared, cached) = blocking(move || {
+        // Every field first, before a file is read.
+        crate::request::check_fields(&request).map_err(|e| self.refused(e))?;
+        let (prepared, cached) = blocking(self.catalog.redactor(), move || {
             let prepared = catalog.prepare(&request)?;
             let cached = catalog.cached_results(&prepared);
             Ok::<_, EngineError>((prepared, cached))
         })
         .await?
-        .map_err(refused)?;
+        .map_err(|e| self.refused(e))?;
         if cached.iter().all(Option::is_some) {
             tracing::info!(model = %prepared.model, attacks = cached.len(), %client, "answered from the cache");
             let mut events: Vec<Result<EvaluateEvent, Status>> =
@@ -236,13 +269,13 @@ impl Evaluator for EvaluatorService {
         // What is left to compute must fit the budget.
         let to_compute = prepared.attacks.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(a, _)| a);
         let cost = CostEstimate::of(&prepared, to_compute);
-        cost.check(self.queue.limits().max_job_cost).map_err(refused)?;
+        cost.check(self.queue.limits().max_job_cost).map_err(|e| self.refused(e))?;
         if self.worker.is_finished() {
-            return Err(refused(EngineError::Unavailable("the evaluator's worker is not running".into())));
+            return Err(self.refused(EngineError::Unavailable("the evaluator's worker is not running".into())));
         }
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         tracing::debug!(model = %prepared.model, cost = cost.total, "job admitted");
-        self.queue.submit(Job::new(prepared, sender, deadline, client)).map_err(refused)?;
+        self.queue.submit(Job::new(prepared, sender, deadline, client)).map_err(|e| self.refused(e))?;
         Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))))
     }
 }
@@ -410,6 +443,26 @@ mod tests {
             assert!(check_exposure(at(open), false, false, true).unwrap().unwrap().contains("WITHOUT AUTHENTICATION"));
             assert!(check_exposure(at(open), true, false, false).unwrap().unwrap().contains("WITHOUT TLS"));
             assert!(check_exposure(at(open), true, true, false).unwrap().is_none());
+        }
+    }
+
+    /// The configuration as Debug prints it (a log line, a panic message) holds no token and
+    /// no private key.
+    #[test]
+    fn debug_output_of_the_configuration_shows_no_secret() {
+        let token = "s3cret-bearer-token";
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+        let options = ServeOptions {
+            tokens: TokenSet::new([token, "second-s3cret"]),
+            tls: Some(TlsFiles { certificate_pem: b"certificate".to_vec(), key_pem: key.as_bytes().to_vec() }),
+            ..ServeOptions::new("127.0.0.1:1".parse().unwrap(), EngineConfig::new("/models"))
+        };
+        for shown in [format!("{options:?}"), format!("{options:#?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("PRIVATE KEY") && !shown.contains("MIIEvQ"), "{shown}");
+            // Nor as the numbers a derived Debug of the key's bytes prints ("-----" is 45 x 5).
+            assert!(!shown.contains("45, 45, 45, 45, 45"), "{shown}");
+            assert!(shown.contains("tokens: 2") && shown.contains("<redacted>"), "{shown}");
         }
     }
 }

@@ -38,7 +38,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::catalog::Catalog;
 use crate::engine::Engine;
-use crate::request::{EngineError, Limits, PreparedEvaluation};
+use crate::request::{EngineError, Limits, PathRedactor, PreparedEvaluation};
 
 /// What a client's stream receives.
 pub type EventSender = UnboundedSender<Result<EvaluateEvent, tonic::Status>>;
@@ -71,6 +71,12 @@ impl Job {
 
     fn fail(&self, error: EngineError) {
         let _ = self.events.send(Err(error.into()));
+    }
+
+    /// Fails the job with an error of the engine, whose message may name server paths: the
+    /// client gets it without them.
+    fn fail_redacted(&self, error: &EngineError, redactor: &PathRedactor) {
+        let _ = self.events.send(Err(redactor.status(error)));
     }
 
     fn expired(&self) -> bool {
@@ -390,8 +396,9 @@ impl Worker {
 }
 
 fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
+    let redactor = engine.catalog().redactor().clone();
     if let Some(reason) = job.stop_reason(queue) {
-        finish(&job, Err(reason), 0.0);
+        finish(&job, Err(reason), 0.0, &redactor);
         return;
     }
     job.tell_position(0);
@@ -438,18 +445,18 @@ fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
     }));
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
-        Ok(result) => finish(job, result, seconds),
+        Ok(result) => finish(job, result, seconds, &redactor),
         Err(payload) => {
             let error = EngineError::from_panic(payload.as_ref());
             tracing::error!(model = %job.prepared.model, %error, "evaluation panicked; models unloaded");
             engine.reset();
-            job.fail(error);
+            job.fail_redacted(&error, &redactor);
         }
     }
 }
 
 /// Tells the client how its job ended.
-fn finish(job: &Job, result: Result<(), EngineError>, seconds: f64) {
+fn finish(job: &Job, result: Result<(), EngineError>, seconds: f64, redactor: &PathRedactor) {
     let model = &job.prepared.model;
     match result {
         Ok(()) => {
@@ -468,8 +475,9 @@ fn finish(job: &Job, result: Result<(), EngineError>, seconds: f64) {
             job.fail(error);
         }
         Err(error) => {
+            // The log keeps the server's paths; the client's message does not.
             tracing::warn!(%model, %error, "evaluation failed");
-            job.fail(error);
+            job.fail_redacted(&error, redactor);
         }
     }
 }
@@ -512,8 +520,10 @@ mod tests {
             model_dir: "m".into(),
             manifest,
             weights_sha256: String::new(),
+            model_sha256: String::new(),
             dataset: rfb_core::data::DatasetKind::Digits,
             split: rfb_core::data::Split::Test,
+            data_sha256: String::new(),
             class_counts: vec![1; 10],
             examples_per_class: 1,
             batch_size: 1,

@@ -1,5 +1,8 @@
-//! The errors of a request, one variant per gRPC status code, and their mapping from the
-//! errors of checkpoints, data sets, attacks and libtorch.
+//! The errors of a request, one variant per gRPC status code, their mapping from the errors of
+//! checkpoints, data sets, attacks and libtorch, and [`PathRedactor`], which takes the server's
+//! paths out of what clients are told (the server's log keeps them).
+
+use std::path::Path;
 
 use rfb_core::attacks::AttackError;
 use rfb_core::checkpoint::CheckpointError;
@@ -134,8 +137,113 @@ impl EngineError {
     }
 }
 
+/// Takes the server's paths out of messages meant for clients: the models directory becomes
+/// nothing (what is left is the model's relative name), the data and cache directories become
+/// `<data-dir>` and `<cache-dir>`, and any other absolute path its last component. Errors of
+/// checkpoints and data files name files by their paths; clients should learn which model or
+/// file is wrong, not where the server keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct PathRedactor {
+    /// (directory, what it becomes), longest directory first.
+    known: Vec<(String, &'static str)>,
+}
+
+impl PathRedactor {
+    /// `dirs`: each directory with its replacement (`""` for the models directory). Give a
+    /// directory both as configured and canonical when they differ.
+    pub fn new(dirs: &[(&Path, &'static str)]) -> Self {
+        let mut known: Vec<(String, &'static str)> = dirs
+            .iter()
+            .map(|(dir, shown)| (dir.display().to_string().trim_end_matches('/').to_string(), *shown))
+            .filter(|(dir, _)| dir.len() > 1)
+            .collect();
+        known.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        known.dedup_by(|a, b| a.0 == b.0);
+        PathRedactor { known }
+    }
+
+    /// `message` without server paths.
+    pub fn redact(&self, message: &str) -> String {
+        let mut text = message.to_string();
+        for (dir, shown) in &self.known {
+            let within = if shown.is_empty() { String::new() } else { format!("{shown}/") };
+            text = text.replace(&format!("{dir}/"), &within);
+            text = text.replace(dir.as_str(), if shown.is_empty() { "<models-dir>" } else { shown });
+        }
+        redact_absolute_paths(&text)
+    }
+
+    /// The status a client gets for `error`: its code, and its message without server paths.
+    pub fn status(&self, error: &EngineError) -> tonic::Status {
+        tonic::Status::new(error.code(), self.redact(&error.to_string()))
+    }
+}
+
+/// Replaces every absolute path in `text` (a `/` at the start or after a space, quote or
+/// bracket, followed by a name) by its last component.
+fn redact_absolute_paths(text: &str) -> String {
+    let starts_token = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '[' | '{' | '=' | ',' | ':');
+    let ends_token = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ')' | ']' | '}' | ',' | ':' | ';');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut previous: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let after = &rest[c.len_utf8()..];
+        let is_path = c == '/'
+            && !matches!(previous, Some(p) if !starts_token(p))
+            && after.chars().next().is_some_and(|n| n.is_alphanumeric() || matches!(n, '.' | '_' | '-' | '~'));
+        if is_path {
+            let end = rest.find(ends_token).unwrap_or(rest.len());
+            let path = &rest[..end];
+            let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+            out.push_str(last);
+            previous = path.chars().last();
+            rest = &rest[end..];
+        } else {
+            out.push(c);
+            previous = Some(c);
+            rest = after;
+        }
+    }
+    out
+}
+
 impl From<EngineError> for tonic::Status {
     fn from(error: EngineError) -> Self {
         tonic::Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_paths_are_taken_out_of_client_messages() {
+        let redactor = PathRedactor::new(&[
+            (Path::new("/srv/models"), ""),
+            (Path::new("/srv/models/.rfb-cache"), "<cache-dir>"),
+            (Path::new("/data/cifar/"), "<data-dir>"),
+        ]);
+        let cases = [
+            (
+                "checkpoint \"m/best\" cannot be used: /srv/models/m/best/manifest.json: invalid manifest: EOF",
+                "checkpoint \"m/best\" cannot be used: m/best/manifest.json: invalid manifest: EOF",
+            ),
+            ("missing file /data/cifar/test_batch.bin: expected the test batch", "missing file <data-dir>/test_batch.bin: expected the test batch"),
+            ("cannot write /srv/models/.rfb-cache/ab.json", "cannot write <cache-dir>/ab.json"),
+            ("the models directory /srv/models is empty", "the models directory <models-dir> is empty"),
+            ("loading (/opt/venv/lib/torch/libtorch.so) failed", "loading (libtorch.so) failed"),
+            ("\"/home/someone/secret/best\" is an absolute path", "\"best\" is an absolute path"),
+            ("/tmp/x/y: no such file", "y: no such file"),
+            // Not paths: fractions, shapes, names.
+            ("eps 8/255, step eps/4, [N, C, H, W], a/b/c", "eps 8/255, step eps/4, [N, C, H, W], a/b/c"),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(redactor.redact(message), expected, "{message}");
+        }
+        let status = redactor.status(&EngineError::NotFound("data set cifar10 is not available: missing file /data/cifar/x".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(!status.message().contains("/data"), "{}", status.message());
     }
 }

@@ -20,7 +20,7 @@ use tch::Device;
 use crate::cache::StoredResult;
 
 pub use cost::{passes_per_example, CostEstimate, DEFAULT_MAX_JOB_COST};
-pub use error::{is_out_of_memory, EngineError};
+pub use error::{is_out_of_memory, EngineError, PathRedactor};
 pub use spec::{
     attack_display_name, autoattack_targets, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
     AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
@@ -75,7 +75,7 @@ pub fn split_from_proto(split: i32) -> Result<Split, EngineError> {
         Ok(P::Unspecified | P::Test) => Ok(Split::Test),
         Ok(P::Validation) => Ok(Split::Validation),
         Ok(P::Train) => Ok(Split::Train),
-        Err(_) => Err(EngineError::InvalidArgument(format!("unknown split {split}"))),
+        Err(_) => Err(EngineError::InvalidArgument(format!("split: unknown value {split} (TEST, VALIDATION or TRAIN)"))),
     }
 }
 
@@ -93,7 +93,9 @@ pub fn precision_from_proto(precision: i32) -> Result<Precision, EngineError> {
         Ok(Precision::Unspecified | Precision::Fp32) => Ok(Precision::Fp32),
         Ok(Precision::Bf16) => Ok(Precision::Bf16),
         Ok(Precision::Fp32Fast) => Ok(Precision::Fp32Fast),
-        Err(_) => Err(EngineError::InvalidArgument(format!("unknown precision {precision}"))),
+        Err(_) => Err(EngineError::InvalidArgument(format!(
+            "precision: unknown value {precision} (FP32, FP32_FAST or BF16)"
+        ))),
     }
 }
 
@@ -108,16 +110,35 @@ pub fn batch_size(requested: i64, default: i64) -> Result<i64, EngineError> {
     }
 }
 
-/// The checks that need nothing but the request: the size of every field and repeated field,
-/// the enumerations, the batch size, and the sign of examples_per_class. The first thing done
-/// with a request, before any file is read or anything sized by the request is allocated.
+/// INVALID_ARGUMENT naming the field `model` unless `name` is a plausible model name: at most
+/// [`MAX_MODEL_NAME_BYTES`], no control characters (NUL included). Whether it names a
+/// checkpoint inside the models directory is the catalog's question.
+pub fn check_model_name(name: &str) -> Result<(), EngineError> {
+    if name.len() > MAX_MODEL_NAME_BYTES {
+        return Err(EngineError::InvalidArgument(format!(
+            "model: the model name is {} bytes; at most {MAX_MODEL_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(EngineError::InvalidArgument("model: the model name contains a control character".into()));
+    }
+    Ok(())
+}
+
+/// The checks that need nothing but the request: every field a client sets (the size and
+/// characters of the names, the enumerations, the batch size, the sign of examples_per_class,
+/// the shard, the number of attacks and every field of every attack spec). The first thing
+/// done with a request, before any file is read or anything sized by the request is
+/// allocated; each refusal is INVALID_ARGUMENT and names its field.
 pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
     let invalid = |message: String| Err(EngineError::InvalidArgument(message));
-    if request.model.len() > MAX_MODEL_NAME_BYTES {
-        return invalid(format!("the model name is {} bytes; at most {MAX_MODEL_NAME_BYTES}", request.model.len()));
-    }
+    check_model_name(&request.model)?;
     if request.dataset.len() > MAX_FIELD_BYTES {
-        return invalid(format!("the data set name is {} bytes; at most {MAX_FIELD_BYTES}", request.dataset.len()));
+        return invalid(format!("dataset: the data set name is {} bytes; at most {MAX_FIELD_BYTES}", request.dataset.len()));
+    }
+    if request.dataset.chars().any(char::is_control) {
+        return invalid("dataset: the data set name contains a control character".into());
     }
     split_from_proto(request.split)?;
     precision_from_proto(request.precision)?;
@@ -135,12 +156,55 @@ pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
     for (index, attack) in request.attacks.iter().enumerate() {
         if attack.components.len() > MAX_COMPONENTS {
             return invalid(format!(
-                "attack {index}: {} AutoAttack components listed; at most {MAX_COMPONENTS}",
+                "attacks[{index}].components: {} AutoAttack components listed; at most {MAX_COMPONENTS}",
                 attack.components.len()
             ));
         }
+        checked_spec(index, attack)?;
     }
     Ok(())
+}
+
+/// An attack spec in canonical form ([`canonical_spec`]), its refusal naming it as
+/// `attacks[index]`.
+pub fn checked_spec(index: usize, spec: &rfb_proto::v1::AttackSpec) -> Result<rfb_proto::v1::AttackSpec, EngineError> {
+    canonical_spec(spec).map_err(|e| match e {
+        EngineError::InvalidArgument(message) => EngineError::InvalidArgument(format!("attacks[{index}]: {message}")),
+        other => other,
+    })
+}
+
+/// Manifest fields that say where a checkpoint came from and how it was made, not what it
+/// computes; every other field (and any added later) is part of [`model_sha256`].
+const DESCRIPTIVE_MANIFEST_FIELDS: &[&str] = &[
+    "dataset",
+    "method",
+    "hyperparameters",
+    "seed",
+    "epoch",
+    "selection",
+    "parameter_count",
+    "code_version",
+    "libtorch_version",
+    "created_at",
+    "source",
+];
+
+/// sha256 (hex) of everything in a manifest that changes the function the model computes: the
+/// weights' sha256, the architecture, the classes and their names, the input shape, the
+/// normalisation, the format version, and any field added later. The weights alone do not
+/// identify a model: the same weights imported again with another `--mean/--std` are another
+/// function, so loaded models and cached results are keyed on this.
+pub fn model_sha256(manifest: &Manifest) -> String {
+    let mut fields = match serde_json::to_value(manifest) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        // Cannot happen for this struct; hashing its Debug form still tells manifests apart.
+        _ => return crate::cache::cache_key(&serde_json::Value::String(format!("{manifest:?}"))),
+    };
+    for field in DESCRIPTIVE_MANIFEST_FIELDS {
+        fields.remove(*field);
+    }
+    crate::cache::cache_key(&serde_json::Value::Object(fields))
 }
 
 /// One shard of an evaluation's examples: the j-th example of the class-balanced subset (in
@@ -251,8 +315,13 @@ pub struct PreparedEvaluation {
     pub manifest: Manifest,
     /// sha256 of the weights file as read now (equal to the manifest's).
     pub weights_sha256: String,
+    /// [`model_sha256`] of `manifest`: what loaded models are keyed on.
+    pub model_sha256: String,
     pub dataset: DatasetKind,
     pub split: Split,
+    /// sha256 of the split's contents as this process loaded it (pixels, labels, class names;
+    /// [`crate::catalog::split_sha256`]).
+    pub data_sha256: String,
     /// Examples of each class in the split (from its labels).
     pub class_counts: Vec<i64>,
     /// 0: the whole split.
@@ -285,18 +354,23 @@ impl PreparedEvaluation {
 }
 
 /// Everything that determines one attack's result, as JSON (its sha256 is the cache key):
-/// besides the request, the hash of the sources that decide attack results (so that no result
-/// of older code is ever served) and the kind of device (a GPU rounds differently from a CPU).
-/// The batch size is not part of it: attacks draw their randomness per example and keep their
-/// state per point, so the batch a point is in does not change its result. A shard is (its
-/// counts are of other examples); absent for an unsharded request, so that those keys are the
-/// same as before shards existed.
+/// besides the request, the model's function ([`model_sha256`]: weights and every manifest
+/// field that changes what the model computes), the contents of the data split (its sha256 as
+/// loaded, so another copy of "cifar10 test" never shares entries with this one), the hash of
+/// the sources that decide attack results (so that no result of older code is ever served) and
+/// the kind of device (a GPU rounds differently from a CPU). The batch size is part of it at
+/// fp32-fast only: attacks draw their randomness per example and keep their state per point,
+/// so at fp32 and bf16 the batch a point is in does not change its result, but fp32-fast's
+/// folded channels-last copy rounds differently with the batch. A shard is (its counts are of
+/// other examples); absent for an unsharded request.
 pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, device: Device) -> serde_json::Value {
     let kind = rfb_proto::v1::AttackKind::try_from(spec.kind).map(|k| k.as_str_name()).unwrap_or("unknown");
     let mut material = serde_json::json!({
         "schema": crate::cache::CACHE_SCHEMA,
         "weights_sha256": job.weights_sha256,
+        "model_sha256": job.model_sha256,
         "dataset": job.dataset.name(),
+        "data_sha256": job.data_sha256,
         "split": job.split.as_str(),
         "examples_per_class": job.examples_per_class,
         "attack": {
@@ -314,11 +388,8 @@ pub fn key_material(job: &PreparedEvaluation, spec: &rfb_proto::v1::AttackSpec, 
         "code_version": [crate::evaluator_version(), checkpoint::code_version(), checkpoint::libtorch_version()],
         "attack_source": rfb_core::attacks::SOURCE_HASH,
     });
-    // The normalisation lives in the manifest, not in the weights file: the same weights
-    // imported with and without one are different models. (Absent when there is none, so that
-    // the keys of other checkpoints do not change.)
-    if let Some(normalization) = &job.manifest.model.normalization {
-        material["normalization"] = serde_json::json!(normalization);
+    if job.precision == Precision::Fp32Fast {
+        material["batch_size"] = serde_json::json!(job.batch_size);
     }
     if let Some(shard) = job.shard {
         material["shard"] = serde_json::json!({"index": shard.index, "count": shard.count});
@@ -350,6 +421,12 @@ pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: 
             probabilities_not_logits: s.probabilities_not_logits,
             zero_gradient_fraction: s.zero_gradient_fraction,
             possible_gradient_masking: s.possible_gradient_masking,
+            dynamic: s.dynamic,
+            dlr_zero_gradient_points: s.dlr_zero_gradient_points,
+            square_robust_accuracy_drop: s.square_robust_accuracy_drop,
+            square_lowered_robust_accuracy: s.square_lowered_robust_accuracy,
+            targets_requested: s.targets_requested,
+            targets_used: s.targets_used,
         }),
         device: stored.device.clone(),
         elapsed_seconds: stored.elapsed_seconds,
@@ -421,12 +498,6 @@ mod tests {
     }
 
     #[test]
-            dynamic: s.dynamic,
-            dlr_zero_gradient_points: s.dlr_zero_gradient_points,
-            square_robust_accuracy_drop: s.square_robust_accuracy_drop,
-            square_lowered_robust_accuracy: s.square_lowered_robust_accuracy,
-            targets_requested: s.targets_requested,
-            targets_used: s.targets_used,
     fn custom_components_build_in_order() {
         let custom = canonical_spec(&AttackSpec {
             components: vec!["APGD-CE".into(), "square".into()],
@@ -471,6 +542,125 @@ mod tests {
         let big = ShardSpec { index: 0, count: 24 };
         assert_eq!(check_shard(Some(big), examples).unwrap_err().code(), tonic::Code::InvalidArgument);
         assert!(check_shard(Some(ShardSpec { index: 22, count: 23 }), examples).is_ok());
+    }
+
+    fn job(precision: Precision, batch_size: i64, data_sha256: &str) -> PreparedEvaluation {
+        let manifest = Manifest {
+            format_version: 1,
+            model: rfb_core::models::ModelSpec::new("digits-cnn", 10, [1, 8, 8]),
+            class_names: (0..10).map(|k| k.to_string()).collect(),
+            dataset: "digits".into(),
+            method: "natural".into(),
+            hyperparameters: serde_json::json!({"epochs": 2}),
+            seed: Some(0),
+            epoch: Some(2),
+            selection: None,
+            weights_sha256: "ab".repeat(32),
+            parameter_count: 1000,
+            code_version: "x".into(),
+            libtorch_version: "y".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            source: None,
+        };
+        PreparedEvaluation {
+            model: "m".into(),
+            model_dir: "/models/m".into(),
+            model_sha256: model_sha256(&manifest),
+            weights_sha256: manifest.weights_sha256.clone(),
+            manifest,
+            dataset: DatasetKind::Digits,
+            split: Split::Test,
+            data_sha256: data_sha256.into(),
+            class_counts: vec![36; 10],
+            examples_per_class: 3,
+            batch_size,
+            precision,
+            shard: None,
+            attacks: Vec::new(),
+        }
+    }
+
+    /// The cache key sees what changes a result and nothing else: the batch size at fp32-fast
+    /// (its folded copy rounds per batch) but not at fp32 or bf16, the split's contents, and
+    /// every manifest field that changes the model's function, not the descriptive ones.
+    #[test]
+    fn the_cache_key_follows_what_changes_a_result() {
+        let pgd = canonical_spec(&spec(AttackKind::Pgd)).unwrap();
+        let key = |job: &PreparedEvaluation| crate::cache::cache_key(&key_material(job, &pgd, Device::Cpu));
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            assert_eq!(key(&job(precision, 7, "d1")), key(&job(precision, 13, "d1")), "{precision:?}");
+        }
+        assert_ne!(key(&job(Precision::Fp32Fast, 7, "d1")), key(&job(Precision::Fp32Fast, 13, "d1")));
+        assert_eq!(key(&job(Precision::Fp32Fast, 7, "d1")), key(&job(Precision::Fp32Fast, 7, "d1")));
+        assert_ne!(key(&job(Precision::Fp32, 7, "d1")), key(&job(Precision::Fp32, 7, "d2")), "another split's contents");
+
+        let base = job(Precision::Fp32, 7, "d1");
+        let with = |change: fn(&mut Manifest)| {
+            let mut changed = base.clone();
+            change(&mut changed.manifest);
+            changed.model_sha256 = model_sha256(&changed.manifest);
+            changed
+        };
+        let function_changes: [fn(&mut Manifest); 5] = [
+            |m| m.model.normalization = Some(rfb_core::models::Normalization { mean: vec![0.5], std: vec![0.25] }),
+            |m| m.model.architecture = "digits-cnn-wide".into(),
+            |m| m.class_names[0] = "zero".into(),
+            |m| m.model.num_classes = 9,
+            |m| m.weights_sha256 = "cd".repeat(32),
+        ];
+        for change in function_changes {
+            let changed = with(change);
+            assert_ne!(changed.model_sha256, base.model_sha256, "{:?}", changed.manifest);
+            assert_ne!(key(&changed), key(&base));
+        }
+        let descriptive: [fn(&mut Manifest); 4] = [
+            |m| m.created_at = "2027-01-01T00:00:00Z".into(),
+            |m| m.method = "imported".into(),
+            |m| m.epoch = None,
+            |m| m.source = Some(rfb_core::checkpoint::Source { file: "x.pt".into(), sha256: "00".into(), format: "state_dict".into() }),
+        ];
+        for change in descriptive {
+            let changed = with(change);
+            assert_eq!(changed.model_sha256, base.model_sha256, "{:?}", changed.manifest);
+            assert_eq!(key(&changed), key(&base));
+        }
+    }
+
+    /// Every field is checked before anything else, and a refusal names its field.
+    #[test]
+    fn every_field_is_checked_and_named() {
+        let good = EvaluateRequest { model: "m".into(), attacks: vec![spec(AttackKind::Clean)], ..Default::default() };
+        assert!(check_fields(&good).is_ok());
+        let cases: Vec<(EvaluateRequest, &str)> = vec![
+            (EvaluateRequest { model: "m".repeat(MAX_MODEL_NAME_BYTES + 1), ..good.clone() }, "model:"),
+            (EvaluateRequest { model: "a\0b".into(), ..good.clone() }, "model:"),
+            (EvaluateRequest { model: "a\nb".into(), ..good.clone() }, "model:"),
+            (EvaluateRequest { dataset: "d".repeat(MAX_FIELD_BYTES + 1), ..good.clone() }, "dataset:"),
+            (EvaluateRequest { dataset: "cifar\u{7}".into(), ..good.clone() }, "dataset:"),
+            (EvaluateRequest { split: 17, ..good.clone() }, "split:"),
+            (EvaluateRequest { precision: -1, ..good.clone() }, "precision:"),
+            (EvaluateRequest { batch_size: -2, ..good.clone() }, "batch_size"),
+            (EvaluateRequest { examples_per_class: -1, ..good.clone() }, "examples_per_class"),
+            (EvaluateRequest { shard: Some(rfb_proto::v1::Shard { index: 2, count: 2 }), ..good.clone() }, "shard.index"),
+            (EvaluateRequest { attacks: Vec::new(), ..good.clone() }, "attacks"),
+            (
+                EvaluateRequest { attacks: vec![spec(AttackKind::Clean), AttackSpec { eps: Some(2.0), ..spec(AttackKind::Pgd) }], ..good.clone() },
+                "attacks[1]: PGD: eps",
+            ),
+            (
+                EvaluateRequest { attacks: vec![AttackSpec { kappa: Some(f64::NAN), ..spec(AttackKind::CwInf) }], ..good.clone() },
+                "attacks[0]: CW_INF: kappa",
+            ),
+            (
+                EvaluateRequest { attacks: vec![AttackSpec { components: vec!["x".into(); 17], ..spec(AttackKind::AutoattackCustom) }], ..good.clone() },
+                "attacks[0].components",
+            ),
+        ];
+        for (request, field) in cases {
+            let error = check_fields(&request).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(error.to_string().contains(field), "{error} should name {field}");
+        }
     }
 
     #[test]
