@@ -111,6 +111,16 @@ sed 's/^/   /' "$outcomes"
 reused=$(grep -c skipped "$outcomes" || true)
 trained=$(($(wc -l <"$outcomes") - reused))
 
+# The teacher beside the students (one checkpoint, seed 0), so that it is evaluated on the same
+# points: the paper's setting needs a teacher at least as robust as the best student baseline.
+if [ -f "$work/teacher/best/model.safetensors" ]; then
+    rm -rf "$models/teacher-s0/best.tmp"
+    mkdir -p "$models/teacher-s0/best.tmp"
+    cp "$work/teacher/best/manifest.json" "$work/teacher/best/model.safetensors" "$models/teacher-s0/best.tmp/"
+    rm -rf "$models/teacher-s0/best"
+    mv "$models/teacher-s0/best.tmp" "$models/teacher-s0/best"
+fi
+
 trained_at=$(date +%s)
 echo "== evaluate"
 # $jobs servers side by side, sharing the result cache, each taking whole evaluations in turn
@@ -186,6 +196,14 @@ case ",$methods," in
         ;;
 esac
 
+if [ -d "$models/teacher-s0/best" ]; then
+    echo "== the teacher on the same points"
+    "$bin"/bench-client compare "${server_args[@]}" --shards 1 --models teacher --seeds 0 \
+        --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
+        --examples-per-class "$per_class" --out "$out/teacher" --models-dir "$models" \
+        --run-info "$run_info"
+fi
+
 stop_servers
 trap - EXIT INT TERM
 evaluated_at=$(date +%s)
@@ -217,6 +235,25 @@ record = {
     "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
     **info,
 }
+# The teacher's robustness against the best student baseline's (class-average accuracy under the
+# strongest attack evaluated, mean over seeds), from the summaries written above.
+import csv, os
+def averages(path):
+    if not os.path.exists(path):
+        return {}
+    return {(r["model"], r["attack"]): float(r["mean"]) for r in csv.DictReader(open(path)) if r["metric"] == "avg"}
+students, teacher = averages("$out/summary.csv"), averages("$out/teacher/summary.csv")
+attack = next((a for a in ("AA", "CW-inf", "PGD-20", "FGSM") if ("teacher", a) in teacher), None)
+if attack:
+    baselines = {m: v for (m, a), v in students.items() if a == attack and m not in ("natural", "absld")}
+    best = max(baselines, key=baselines.get) if baselines else None
+    record["teacher"] = {
+        "method": "trades", "architecture": "digits-cnn-wide", "attack": attack,
+        "average": teacher[("teacher", attack)],
+        "best_student_baseline": best, "best_student_baseline_average": baselines.get(best),
+    }
+    verdict = "at least as robust as" if best is None or teacher[("teacher", attack)] >= baselines[best] else "LESS robust than"
+    print(f"== the teacher ({attack} avg {teacher[('teacher', attack)]:.2f}) is {verdict} the best student baseline ({best}: {baselines.get(best)})")
 with open(sys.argv[2], "w") as f:
     json.dump(record, f, indent=2)
     f.write("\n")

@@ -83,6 +83,32 @@ fn committed_tables_are_what_report_makes_from_the_committed_results_json() {
     assert_eq!(rfb_bench_client::html::png_size(&png).map(|(w, _)| w), Some(1280), "a 1280-pixel-wide screenshot");
 }
 
+/// The main job's teacher is at least as robust as the best student baseline on the same points
+/// (the paper's setting: a stronger teacher), as the committed results measure it: the
+/// teacher's evaluation in results/digits/teacher against every baseline in results/digits.
+#[test]
+fn the_main_jobs_teacher_is_at_least_as_robust_as_the_best_student_baseline() {
+    let digits = repository().join("results/digits");
+    let average = |dir: &Path, model: &str| -> Option<f64> {
+        let results = Results::load(&dir.join("results.json")).unwrap();
+        let summary = rfb_bench_client::summary::summarize(&results);
+        let cell = summary.cell(model, "AA", rfb_bench_client::summary::Metric::Avg)?;
+        Some(cell.samples().iter().sum::<f64>() / cell.samples().len() as f64)
+    };
+    let teacher = average(&digits.join("teacher"), "teacher").expect("results/digits/teacher has the teacher under AA");
+    let students = Results::load(&digits.join("results.json")).unwrap();
+    let mut compared = 0;
+    for model in students.models.iter().map(|m| m.label.as_str()).filter(|m| !matches!(*m, "natural" | "absld")) {
+        let student = average(&digits, model).expect("every baseline under AA");
+        assert!(teacher >= student, "the teacher's AutoAttack average {teacher:.2} is below {model}'s {student:.2}");
+        compared += 1;
+    }
+    assert!(compared >= 2, "SAT, TRADES and RSLAD are in the main results");
+    // run.json records the same comparison.
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(digits.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["teacher"]["average"].as_f64(), Some(teacher), "{}", run["teacher"]);
+}
+
 /// A repository in miniature: one file under each result-deciding path.
 fn miniature() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();

@@ -52,31 +52,6 @@ pub fn render(results: &[AttackResult]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rfb_proto::v1::{ClassResult, Metrics};
-
-    #[test]
-    fn rows_and_columns() {
-        let result = |name: &str, correct: [i64; 2]| AttackResult {
-            attack_name: name.into(),
-            classes: vec![
-                ClassResult { class_name: "cat".into(), correct: correct[0], total: 4 },
-                ClassResult { class_name: "dog".into(), correct: correct[1], total: 4 },
-            ],
-            metrics: Some(Metrics { average: 50.0, worst: 25.0, worst_10_percent: 25.0, nsd: 0.5 }),
-            ..Default::default()
-        };
-        let text = render(&[result("Clean", [4, 3]), result("PGD-20", [1, 2])]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].contains("Clean") && lines[0].contains("PGD-20"));
-        assert!(lines[2].starts_with("cat") && lines[2].contains("100.00") && lines[2].contains("25.00"));
-        assert!(lines[3].starts_with("dog") && lines[3].contains("75.00") && lines[3].contains("50.00"));
-        assert!(text.contains("Worst-10%") && text.contains("NSD") && text.contains("0.500"));
-    }
-}
-
 /// One result as JSON, for `evaluator eval --json`: what a script needs to read the counts
 /// without parsing the table (the contract's field names).
 pub fn result_json(result: &AttackResult) -> serde_json::Value {
@@ -140,4 +115,29 @@ pub fn sanity_warnings(flags: &rfb_proto::v1::SanityFlags) -> Vec<String> {
         targets_used: flags.targets_used,
     }
     .warnings()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rfb_proto::v1::{ClassResult, Metrics};
+
+    #[test]
+    fn rows_and_columns() {
+        let result = |name: &str, correct: [i64; 2]| AttackResult {
+            attack_name: name.into(),
+            classes: vec![
+                ClassResult { class_name: "cat".into(), correct: correct[0], total: 4 },
+                ClassResult { class_name: "dog".into(), correct: correct[1], total: 4 },
+            ],
+            metrics: Some(Metrics { average: 50.0, worst: 25.0, worst_10_percent: 25.0, nsd: 0.5 }),
+            ..Default::default()
+        };
+        let text = render(&[result("Clean", [4, 3]), result("PGD-20", [1, 2])]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("Clean") && lines[0].contains("PGD-20"));
+        assert!(lines[2].starts_with("cat") && lines[2].contains("100.00") && lines[2].contains("25.00"));
+        assert!(lines[3].starts_with("dog") && lines[3].contains("75.00") && lines[3].contains("50.00"));
+        assert!(text.contains("Worst-10%") && text.contains("NSD") && text.contains("0.500"));
+    }
 }

@@ -147,7 +147,8 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
     }
     // Defaults are filled in and reported.
     let pgd = found[2].attack.clone().unwrap();
-    assert_eq!((pgd.steps, pgd.step_size, pgd.restarts), (Some(20), Some(2.0 / 255.0), Some(1)));
+    // The step follows the radius: eps/4 (the paper's 2/255 at 8/255).
+    assert_eq!((pgd.steps, pgd.step_size, pgd.restarts), (Some(20), Some(pgd.eps.unwrap() / 4.0), Some(1)));
     assert_eq!(found[3].attack.clone().unwrap().kappa, Some(50.0));
     assert!(total_correct(&found[4]) <= total_correct(&found[2]) + 3, "AutoAttack (custom) about as strong as PGD");
 

@@ -290,6 +290,7 @@ impl Apgd {
     /// the last adversarial iterate; both are misclassified, so which points are robust is the
     /// same, and every other point's iterates are untouched since all state is per point).
     /// Without it the run is the reference's step for step, best losses included.
+    #[allow(clippy::too_many_arguments)] // the run's inputs, each of a different kind
     fn single_run(
         &self,
         model: &dyn Classifier,

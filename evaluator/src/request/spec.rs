@@ -87,7 +87,8 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             AUTOATTACK_COMPONENTS.join(", ")
         )));
     }
-    let eps = Some(spec.eps.unwrap_or(DEFAULT_EPS));
+    let radius = spec.eps.unwrap_or(DEFAULT_EPS);
+    let eps = Some(radius);
     let mut canonical = AttackSpec { kind: spec.kind, seed: spec.seed, ..Default::default() };
     match kind {
         AttackKind::Unspecified => {
@@ -109,7 +110,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             refuse("kappa", spec.kappa.is_some())?;
             canonical.eps = eps;
             canonical.steps = Some(spec.steps.unwrap_or(DEFAULT_PGD_STEPS));
-            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(eps.unwrap_or(DEFAULT_EPS))));
+            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(radius)));
             canonical.restarts = Some(spec.restarts.unwrap_or(1));
         }
         AttackKind::CwInf => {
@@ -118,7 +119,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             }
             canonical.eps = eps;
             canonical.steps = Some(spec.steps.unwrap_or(DEFAULT_CW_STEPS));
-            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(eps.unwrap_or(DEFAULT_EPS))));
+            canonical.step_size = Some(spec.step_size.unwrap_or_else(|| default_step_size(radius)));
             canonical.kappa = Some(spec.kappa.unwrap_or(DEFAULT_CW_KAPPA));
         }
         AttackKind::AutoattackStandard | AttackKind::AutoattackRand => {
