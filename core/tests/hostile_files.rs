@@ -253,6 +253,65 @@ fn a_memo_bomb_reads_in_linear_time_and_a_shared_dict_bomb_is_refused() {
     assert_eq!(over(&refused(&path, 5)), Some(Limit::Values));
 }
 
+/// Reads `pickle` as a zip file's data.pkl within 5 s and 200 MB; its tensors' count.
+fn read_quickly(files: &Files, name: &str, pickle: &[u8]) -> usize {
+    let path = files.write(name, &torch_zip(pickle, &[]));
+    let peak_before = peak_rss();
+    let started = Instant::now();
+    let result = checkpoint::read_pytorch_tensors(&path);
+    let (elapsed, grown) = (started.elapsed(), peak_rss().saturating_sub(peak_before));
+    eprintln!("{name} ({} bytes): {:.3} s, peak memory +{} MB", pickle.len(), elapsed.as_secs_f64(), grown >> 20);
+    assert!(elapsed < Duration::from_secs(5), "{name} took {elapsed:?}");
+    assert!(grown < 200 << 20, "{name} raised the peak memory by {} MB", grown >> 20);
+    result.unwrap().len()
+}
+
+#[test]
+fn one_huge_value_used_again_and_again_through_the_memo_costs_its_size_once() {
+    let files = Files::new();
+    let huge_tuple = |pickle: &mut Vec<u8>| {
+        pickle.push(b'(');
+        pickle.extend(std::iter::repeat_n(b'N', 400_000));
+        pickle.extend(b"tq\x00");
+    };
+    // list(t) 100 000 times on one tuple of 400 000 items: a copy per call was 40 billion values.
+    let mut pickle = b"\x80\x02".to_vec();
+    huge_tuple(&mut pickle);
+    pickle.extend(b"\x85q\x01cbuiltins\nlist\nq\x02");
+    for _ in 0..100_000 {
+        pickle.extend(b"h\x02h\x01R0");
+    }
+    pickle.extend(b"}.");
+    assert_eq!(read_quickly(&files, "copied_huge_tuple.pt", &pickle), 0);
+    // The huge tuple as the arguments of 100 000 calls.
+    let mut pickle = b"\x80\x02".to_vec();
+    huge_tuple(&mut pickle);
+    pickle.extend(b"ccollections\nOrderedDict\nq\x02");
+    for _ in 0..100_000 {
+        pickle.extend(b"h\x02h\x00R0");
+    }
+    pickle.extend(b"}.");
+    assert_eq!(read_quickly(&files, "huge_arguments.pt", &pickle), 0);
+    // A 4 MB string as the key of 200 000 SETITEMs: hashed at every use, 800 GB of hashing.
+    let mut pickle = b"\x80\x02".to_vec();
+    pickle.extend(text(&"k".repeat(4 << 20)));
+    pickle.extend(b"q\x00}q\x01");
+    for _ in 0..200_000 {
+        pickle.extend(b"h\x01h\x00Ns0");
+    }
+    pickle.extend(b"h\x01.");
+    assert_eq!(read_quickly(&files, "long_key.pt", &pickle), 0);
+    // The same key naming a dict that holds a tensor: the name is refused before it is made.
+    let mut pickle = b"\x80\x02}q\x00".to_vec();
+    pickle.extend(text("t"));
+    pickle.extend(tensor("0", 1, 0, &[1], &[1]));
+    pickle.extend(b"s}");
+    pickle.extend(text(&"k".repeat(4 << 20)));
+    pickle.extend(b"h\x00s.");
+    let path = files.write("long_name.pt", &torch_zip(&pickle, &[("0", floats(&[1.0]))]));
+    assert_eq!(over(&refused(&path, 5)), Some(Limit::NameBytes));
+}
+
 #[test]
 fn deep_nesting_is_refused_as_a_plain_pickle_and_inside_a_small_deflated_zip() {
     let files = Files::new();
@@ -617,7 +676,7 @@ fn mutated_files_and_random_pickles_never_panic_and_give_typed_errors() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
     let started = Instant::now();
     let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
-    const ROUNDS: usize = 2400;
+    const ROUNDS: usize = 10_000;
     for round in 0..ROUNDS {
         let bytes = match round % 4 {
             // The legacy file, mutated raw (it has no checksums).

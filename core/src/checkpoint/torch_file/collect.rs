@@ -41,15 +41,21 @@ pub(super) fn named_tensors(root: &Value, limits: &TorchFileLimits) -> Result<Ve
         if steps > limits.max_values {
             return Err(over(Limit::Values, limits.max_values));
         }
+        if !matches!(value, Value::Tensor(_) | Value::Dict(_)) {
+            continue;
+        }
+        // The name is checked before it is made: a long key reached along many paths would
+        // otherwise cost its length at every step.
         let key = match &key {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
+            Value::Str(s) => std::borrow::Cow::Borrowed(&**s),
+            Value::Int(i) => std::borrow::Cow::Owned(i.to_string()),
             _ => continue,
         };
-        let name = if frame.prefix.is_empty() { key } else { format!("{}.{key}", frame.prefix) };
-        if name.len() as u64 > limits.max_name_bytes {
+        let separator = usize::from(!frame.prefix.is_empty());
+        if (frame.prefix.len() + separator + key.len()) as u64 > limits.max_name_bytes {
             return Err(over(Limit::NameBytes, limits.max_name_bytes));
         }
+        let name = if frame.prefix.is_empty() { key.into_owned() } else { format!("{}.{key}", frame.prefix) };
         match value {
             Value::Tensor(t) => {
                 if found.len() as u64 >= limits.max_tensors {

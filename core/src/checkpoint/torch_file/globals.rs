@@ -4,10 +4,10 @@
 //! value (a dict, a tensor reference), and every other one is refused by the machine before
 //! it is even pushed.
 
-use super::error::ReadError;
-use super::limits::TorchFileLimits;
+use super::error::{malformed, ReadError};
+use super::limits::{Limit, LimitExceeded, TorchFileLimits};
 use super::storage::{storage_kind, tensor_ref};
-use super::value::{Arena, Global, TooDeep, Value};
+use super::value::{Arena, Global, Value};
 
 /// Whether a state dict may ask for the global `module.name`: containers, tensor and storage
 /// rebuilders, storage types, and constructors of plain values. Everything else is refused.
@@ -27,54 +27,59 @@ pub(crate) fn allowed_global(module: &str, name: &str) -> bool {
     }
 }
 
-fn int_list(value: &Value) -> Option<Vec<i64>> {
-    value
-        .sequence_items()?
+/// The most arguments an allowed call takes (`_rebuild_tensor_v2` has 7); a longer tuple is
+/// not copied.
+const MOST_ARGUMENTS: usize = 8;
+
+fn is_tensor_rebuild(global: &Global) -> bool {
+    global.module == "torch._utils" && matches!(global.name.as_str(), "_rebuild_tensor_v2" | "_rebuild_tensor")
+}
+
+/// A tensor's size or stride: a tuple (or list) of at most `max_dimensions` ints.
+fn int_list(value: &Value, limits: &TorchFileLimits) -> Result<Vec<i64>, ReadError> {
+    let max = usize::try_from(limits.max_dimensions).unwrap_or(usize::MAX);
+    let Some(items) = value.items_up_to(max) else {
+        return Err(match value {
+            Value::Tuple(_) | Value::List(_) => LimitExceeded::new(Limit::Dimensions, limits.max_dimensions, None).into(),
+            other => malformed!("a tensor's size or stride is a {}, not a tuple", other.type_name()),
+        });
+    };
+    items
         .iter()
         .map(|v| if let Value::Int(i) = v { Some(*i) } else { None })
-        .collect()
+        .collect::<Option<Vec<i64>>>()
+        .ok_or_else(|| "a tensor's size or stride is not a tuple of ints".into())
 }
 
-fn too_deep(limits: &TorchFileLimits) -> impl Fn(TooDeep) -> ReadError + '_ {
-    move |_| super::limits::LimitExceeded::new(super::limits::Limit::Depth, limits.max_depth, None).into()
-}
-
-/// What REDUCE (`callable(*args)`) builds for an allowed `callable`; calls we do not model
-/// give [`Value::Opaque`].
+/// What REDUCE (`callable(*args)`) builds for an allowed `callable`: dicts, tensor references
+/// and `torch.Size`; every other call (a set, a list, bytes) gives [`Value::Opaque`], which a
+/// state dict's tensors never need.
 pub(super) fn reduce(callable: &Global, args: &Value, arena: &mut Arena, limits: &TorchFileLimits) -> Result<Value, ReadError> {
-    let Some(args) = args.sequence_items().filter(|_| matches!(args, Value::Tuple(_))) else {
-        return Err(format!("the arguments of {}.{} are not a tuple", callable.module, callable.name).into());
-    };
-    let copy = |arena: &mut Arena, make: fn(std::rc::Rc<super::value::Sequence>) -> Value| -> Result<Value, ReadError> {
-        let items = match args.first() {
-            None => Vec::new(),
-            Some(Value::Set(s)) => s.items.borrow().clone(),
-            Some(other) => other.sequence_items().unwrap_or_default(),
-        };
-        Ok(make(arena.sequence(items).map_err(too_deep(limits))?))
+    if !matches!(args, Value::Tuple(_)) {
+        return Err(malformed!("the arguments of {}.{} are a {}, not a tuple", callable.module, callable.name, args.type_name()));
+    }
+    let Some(args) = args.tuple_up_to(MOST_ARGUMENTS) else {
+        return if is_tensor_rebuild(callable) { Err("too many arguments to _rebuild_tensor".into()) } else { Ok(Value::Opaque) };
     };
     match (callable.module.as_str(), callable.name.as_str()) {
-        ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") if args.is_empty() => {
-            Ok(Value::Dict(arena.dict()))
-        }
-        ("builtins", "list") | ("__builtin__", "list") => copy(arena, Value::List),
-        ("builtins", "tuple") | ("__builtin__", "tuple") | ("torch", "Size") => copy(arena, Value::Tuple),
-        ("builtins", "set" | "frozenset") | ("__builtin__", "set" | "frozenset") => copy(arena, Value::Set),
-        ("_codecs", "encode") => match args.as_slice() {
-            // How protocol 2 writes bytes: the text of their latin-1 decoding.
-            [Value::Str(text), Value::Str(encoding)] if &**encoding == "latin1" || &**encoding == "latin-1" => {
-                let bytes: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
-                Ok(bytes.map(|b| Value::Bytes(b.into())).unwrap_or(Value::Opaque))
+        ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") if args.is_empty() => Ok(Value::Dict(arena.dict())),
+        ("torch", "Size") => {
+            let max = usize::try_from(limits.max_dimensions).unwrap_or(usize::MAX);
+            match args.first().and_then(|a| a.items_up_to(max)) {
+                Some(items) => {
+                    let tuple = arena.sequence(items).map_err(|_| LimitExceeded::new(Limit::Depth, limits.max_depth, None))?;
+                    Ok(Value::Tuple(tuple))
+                }
+                None => Ok(Value::Opaque),
             }
-            _ => Ok(Value::Opaque),
-        },
+        }
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
             let (storage, offset, size, stride) = match args.as_slice() {
                 [Value::Storage(s), Value::Int(o), size, stride, ..] => (s.clone(), *o, size, stride),
                 _ => return Err("malformed _rebuild_tensor arguments (storage, offset, size, stride)".into()),
             };
-            let size = int_list(size).ok_or("a tensor's size is not a tuple of ints")?;
-            let stride = int_list(stride).ok_or("a tensor's stride is not a tuple of ints")?;
+            let size = int_list(size, limits)?;
+            let stride = int_list(stride, limits)?;
             Ok(Value::Tensor(tensor_ref(storage, offset, size, stride, limits)?.into()))
         }
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => match args.first() {

@@ -27,7 +27,7 @@ use super::collect::named_tensors;
 use super::error::{malformed, ReadError};
 use super::limits::{Budget, TorchFileLimits};
 use super::machine::Machine;
-use super::storage::{element_size, storage_tensor, PersistentIds};
+use super::storage::{check_key, element_size, storage_tensor, PersistentIds};
 use super::value::Value;
 
 /// 0x1950a86a20f9469cfc6c, little-endian: the first pickle of every legacy file.
@@ -95,6 +95,7 @@ pub(super) fn read(path: &Path, file_len: u64, limits: &TorchFileLimits) -> Resu
         let Value::Str(key) = key else {
             return Err(malformed!("a storage key is a {}", key.type_name()));
         };
+        check_key(key)?;
         let (kind, numel) = object
             .storages
             .declared(key)

@@ -457,6 +457,11 @@ impl<'a> Machine<'a> {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
+                        // No allowed global has a long name; a long one is not copied.
+                        (Value::Str(module), Value::Str(name)) if module.len() + name.len() > 200 => {
+                            let shorten = |s: &str| s.chars().take(40).collect::<String>();
+                            return Err(ReadError::Refused(format!("{}.{}...", shorten(&module), shorten(&name))));
+                        }
                         (Value::Str(module), Value::Str(name)) => self.push_global(module.to_string(), name.to_string())?,
                         _ => return Err("STACK_GLOBAL without names".into()),
                     }
@@ -536,7 +541,7 @@ mod tests {
         // d = {}; l = [d, d]; d['k'] = 1 after both uses; the list is returned.
         let pickle = b"\x80\x02}q\x00]q\x01(h\x00h\x00eh\x00X\x01\x00\x00\x00kK\x01s0.";
         let done = run(pickle).unwrap();
-        let list = done.root.sequence_items().unwrap();
+        let list = done.root.items_up_to(usize::MAX).unwrap();
         for item in list {
             let Value::Dict(d) = item else { panic!("a dict") };
             assert!(matches!(d.entry(0), Some((Value::Str(k), Value::Int(1))) if &*k == "k"));

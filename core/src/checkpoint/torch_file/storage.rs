@@ -79,7 +79,7 @@ pub(super) fn element_size(kind: Kind) -> u64 {
 
 /// Storage keys are file names in the zip format and numbers in the legacy one; anything else
 /// (`../x`, a megabyte of text) is refused.
-fn check_key(key: &str) -> Result<(), ReadError> {
+pub(super) fn check_key(key: &str) -> Result<(), ReadError> {
     let plain = !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if plain {
         Ok(())
@@ -113,13 +113,14 @@ impl Storages {
 
     /// Interprets a persistent id (the machine's BINPERSID).
     pub fn load(&mut self, pid: &Value, ids: PersistentIds, limits: &TorchFileLimits) -> Result<Rc<StorageRef>, ReadError> {
-        let items = pid.sequence_items().filter(|_| matches!(pid, Value::Tuple(_)));
-        let items = items.ok_or_else(|| malformed!("a persistent id is a {}, not a tuple", pid.type_name()))?;
         let arity = match ids {
             PersistentIds::Zip => 5,
             PersistentIds::Legacy => 6,
             PersistentIds::Refused => return Err("a persistent id where no storage may be".into()),
         };
+        let items = pid.tuple_up_to(arity).ok_or_else(|| {
+            malformed!("unrecognised persistent id (a {} that is not a {arity}-tuple naming a tensor storage)", pid.type_name())
+        })?;
         let (kind, key, numel) = match items.as_slice() {
             [Value::Str(tag), Value::Global(class), Value::Str(key), _location, Value::Int(numel), ..]
                 if &**tag == "storage" && items.len() == arity =>
@@ -153,7 +154,7 @@ impl Storages {
             None | Some(Value::None) => return Ok(Rc::new(whole)),
             Some(view) => view,
         };
-        let (view_key, start, len) = match view.sequence_items().as_deref() {
+        let (view_key, start, len) = match view.tuple_up_to(3).as_deref() {
             Some([Value::Str(view_key), Value::Int(start), Value::Int(len)]) => (view_key.clone(), *start, *len),
             _ => return Err("a storage view is not (key, offset, size)".into()),
         };

@@ -61,7 +61,9 @@ pub(super) struct Dict {
 }
 
 /// The keys a dict can tell equal (Python's `1 == 1.0 == True`); others (tuples, tensors)
-/// are kept as separate entries, which no state dict needs otherwise.
+/// are kept as separate entries, which no state dict needs otherwise. So are strings, bytes
+/// and integers longer than [`LONGEST_COMPARED_KEY`]: hashing a megabyte-long key again at
+/// every use of it through the memo would cost its length each time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum DictKey {
     None,
@@ -71,6 +73,9 @@ enum DictKey {
     Str(Rc<str>),
     Bytes(Rc<[u8]>),
 }
+
+/// Bytes of the longest key compared by value.
+const LONGEST_COMPARED_KEY: usize = 4096;
 
 impl DictKey {
     /// `Ok(None)`: a key compared by identity; `Err`: a key Python refuses (unhashable).
@@ -82,9 +87,10 @@ impl DictKey {
             Value::Float(f) if f.is_nan() => return Ok(None),
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => DictKey::Int(*f as i64),
             Value::Float(f) => DictKey::Float(f.to_bits()),
-            Value::BigInt(b) => DictKey::BigInt(b.clone()),
-            Value::Str(s) => DictKey::Str(s.clone()),
-            Value::Bytes(b) => DictKey::Bytes(b.clone()),
+            Value::BigInt(b) if b.len() <= LONGEST_COMPARED_KEY => DictKey::BigInt(b.clone()),
+            Value::Str(s) if s.len() <= LONGEST_COMPARED_KEY => DictKey::Str(s.clone()),
+            Value::Bytes(b) if b.len() <= LONGEST_COMPARED_KEY => DictKey::Bytes(b.clone()),
+            Value::BigInt(_) | Value::Str(_) | Value::Bytes(_) => return Ok(None),
             Value::List(_) | Value::Dict(_) | Value::Set(_) => {
                 return Err(format!("a pickled dict has an unhashable key ({})", value.type_name()))
             }
@@ -160,10 +166,20 @@ impl Value {
         }
     }
 
-    /// The items of a tuple or list (a snapshot), or `None`.
-    pub fn sequence_items(&self) -> Option<Vec<Value>> {
+    /// The items of a tuple or list of at most `max` items (a snapshot of shared values), or
+    /// `None`. The bound keeps a pickle that uses one huge tuple again and again through the
+    /// memo from costing its length at every use.
+    pub fn items_up_to(&self, max: usize) -> Option<Vec<Value>> {
         match self {
-            Value::Tuple(s) | Value::List(s) => Some(s.items.borrow().clone()),
+            Value::Tuple(s) | Value::List(s) if s.items.borrow().len() <= max => Some(s.items.borrow().clone()),
+            _ => None,
+        }
+    }
+
+    /// [`Value::items_up_to`] for tuples only.
+    pub fn tuple_up_to(&self, max: usize) -> Option<Vec<Value>> {
+        match self {
+            Value::Tuple(_) => self.items_up_to(max),
             _ => None,
         }
     }
