@@ -329,3 +329,36 @@ fn fewer_classes_than_targets_is_a_warning() {
     assert!(clamped.fewer_classes_than_targets() && clamped.any());
     assert!(clamped.warnings().iter().any(|w| w.contains("9 targets asked for")), "{:?}", clamped.warnings());
 }
+
+#[test]
+fn the_checks_before_the_run_do_not_depend_on_the_batch_size() {
+    let network = trained_model(2, 15);
+    let _generator = shared_generator();
+    let (images, labels) = digits_test().class_balanced_subset(30).unwrap().batches(300).next().unwrap();
+    // Zero gradients for the darker images only: a batch of a few points may see none of them.
+    let model = PartlyQuantised(&network);
+    let whole = attacks::sanity_flags_in_chunks(&model, &images, &labels, 300).unwrap();
+    assert!(whole.zero_gradient_fraction > 0.05 && whole.zero_gradient_fraction < 0.95, "{whole:?}");
+    for chunk in [1, 7, 64] {
+        let chunked = attacks::sanity_flags_in_chunks(&model, &images, &labels, chunk).unwrap();
+        assert_eq!(chunked, whole, "chunks of {chunk}");
+    }
+    // The first 250 points only, as the reference checks its first batch of 250.
+    let first = attacks::sanity_flags(&model, &images.narrow(0, 0, 250), &labels.narrow(0, 0, 250)).unwrap();
+    assert_eq!(first.zero_gradient_fraction, whole.zero_gradient_fraction);
+}
+
+/// Inputs quantised where the image is darker than average: a zero gradient for some points.
+struct PartlyQuantised<'a>(&'a Network);
+
+impl Classifier for PartlyQuantised<'_> {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
+        let n = images.size()[0];
+        let dark = images.detach().reshape([n, -1]).mean_dim(1, true, Kind::Float).lt(0.3).reshape([n, 1, 1, 1]);
+        let quantised = (images * 16.0).round() / 16.0;
+        Ok(self.0.forward_t(&quantised.where_self(&dark, images), false))
+    }
+    fn device(&self) -> Device {
+        self.0.device()
+    }
+}

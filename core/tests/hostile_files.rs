@@ -248,9 +248,30 @@ fn a_memo_bomb_reads_in_linear_time_and_a_shared_dict_bomb_is_refused() {
     leaf.extend(tensor("0", 1, 0, &[1], &[1]));
     leaf.push(b's');
     let path = files.write("dict_bomb.pt", &torch_zip(&dict_bomb(&leaf), &[("0", floats(&[1.0]))]));
-    assert_eq!(over(&refused(&path, 5)), Some(Limit::Tensors));
+    // The names' total (the paths to every dict and tensor) runs out before the tensor count.
+    let limit = over(&refused(&path, 5));
+    assert!(matches!(limit, Some(Limit::Tensors | Limit::TotalNameBytes)), "{limit:?}");
     let path = files.write("empty_dict_bomb.pt", &torch_zip(&dict_bomb(b"}"), &[]));
     assert_eq!(over(&refused(&path, 5)), Some(Limit::Values));
+
+    // A 4000-byte key above 17 doublings: every one of the 131 072 names starts with it, each
+    // under the name limit; together they would be 500 MB. The names' total budget refuses it.
+    let mut pickle = b"\x80\x02".to_vec();
+    pickle.extend(&leaf);
+    pickle.extend(b"q\x00");
+    for _ in 0..17 {
+        pickle.extend(b"}(");
+        pickle.extend(text("a"));
+        pickle.extend(b"h\x00");
+        pickle.extend(text("b"));
+        pickle.extend(b"h\x00uq\x00");
+    }
+    pickle.push(b'}');
+    pickle.extend(text(&"k".repeat(4000)));
+    pickle.extend(b"h\x00s.");
+    assert!(pickle.len() < 6000);
+    let path = files.write("long_key_dict_bomb.pt", &torch_zip(&pickle, &[("0", floats(&[1.0]))]));
+    assert_eq!(over(&refused(&path, 5)), Some(Limit::TotalNameBytes));
 }
 
 /// Reads `pickle` as a zip file's data.pkl within 5 s and 200 MB; its tensors' count.

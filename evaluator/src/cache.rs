@@ -74,6 +74,37 @@ pub fn cache_key(material: &serde_json::Value) -> String {
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Largest cache entry read (a result with 200 classes and its components is tens of KB).
+const MAX_ENTRY_BYTES: u64 = 16 << 20;
+
+/// An entry's bytes: opened without following a link (the check before the open could be
+/// raced: O_NOFOLLOW makes the open itself refuse one), a regular file by its open handle, and
+/// at most [`MAX_ENTRY_BYTES`] of it.
+fn read_entry_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if metadata.len() > MAX_ENTRY_BYTES {
+        return Err(std::io::Error::other(format!("{} bytes, more than an entry can be", metadata.len())));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(std::io::Error::other("grew past the size an entry can be while it was read"));
+    }
+    Ok(bytes)
+}
+
 /// A directory of cached results.
 #[derive(Debug, Clone)]
 pub struct ResultCache {
@@ -106,7 +137,7 @@ impl ResultCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             _ => {}
         }
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_entry_file(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => return Lookup::Corrupt(format!("cannot read {}: {e}", path.display())),
@@ -275,6 +306,21 @@ mod tests {
     /// creation fails and the link's target stays as it was. Links at the names the former
     /// writer used (`.<key>.json.tmp-<pid>-<n>`, the same in every container's PID 1) are left
     /// alone, and a link at an entry's own name is neither trusted nor written through.
+    /// An entry too large to be a result is not read into memory, whatever it holds.
+    #[test]
+    fn an_oversized_entry_is_corrupt_and_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::open(dir.path()).unwrap();
+        let material = serde_json::json!({"a": 1});
+        let key = cache_key(&material);
+        let file = std::fs::File::create(cache.path(&key)).unwrap();
+        file.set_len(MAX_ENTRY_BYTES + 1).unwrap();
+        match cache.load(&key, &material) {
+            Lookup::Corrupt(reason) => assert!(reason.contains("more than an entry can be"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn planted_symbolic_links_are_not_followed() {
         use std::os::unix::fs::symlink;

@@ -225,7 +225,9 @@ impl Catalog {
         Ok(canonical)
     }
 
-    fn model_info(name: &str, dir: &Path, manifest: &Manifest) -> ModelInfo {
+    /// A model's description for clients: its manifest as stored, without server paths (a
+    /// trainer records a distillation teacher's path in it).
+    fn model_info(&self, name: &str, dir: &Path, manifest: &Manifest) -> ModelInfo {
         ModelInfo {
             name: name.to_string(),
             architecture: manifest.model.architecture.clone(),
@@ -238,7 +240,7 @@ impl Catalog {
             epoch: manifest.epoch,
             weights_sha256: manifest.weights_sha256.clone(),
             parameter_count: manifest.parameter_count,
-            manifest_json: std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap_or_default(),
+            manifest_json: self.redactor.redact(&std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap_or_default()),
         }
     }
 
@@ -246,7 +248,7 @@ impl Catalog {
     pub fn describe(&self, name: &str) -> Result<ModelInfo, EngineError> {
         let dir = self.resolve_model(name)?;
         let manifest = checkpoint::read_manifest(&dir).map_err(|e| EngineError::from_checkpoint(name, e))?;
-        Ok(Self::model_info(&normalise_name(name), &dir, &manifest))
+        Ok(self.model_info(&normalise_name(name), &dir, &manifest))
     }
 
     /// Every checkpoint directory (one with a manifest.json) below the models directory, by
@@ -314,7 +316,7 @@ impl Catalog {
             }
             if canonical.join(MANIFEST_FILE).exists() {
                 match checkpoint::read_manifest(&canonical) {
-                    Ok(manifest) => models.push(Self::model_info(&name, &canonical, &manifest)),
+                    Ok(manifest) => models.push(self.model_info(&name, &canonical, &manifest)),
                     Err(e) => problems.push(format!("{name}: {e}")),
                 }
             } else if depth + 1 < MAX_LISTING_DEPTH {

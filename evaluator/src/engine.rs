@@ -270,13 +270,17 @@ impl Engine {
             }
             Some(built) => {
                 if is_autoattack(attack.spec.kind) && total > 0 {
-                    let length = batch_size.min(total);
+                    // A fixed number of points, whatever the batch size (which fp32 and bf16
+                    // result keys leave out): the flags are the same for every batch size.
+                    let length = attacks::SANITY_POINTS.min(total);
                     let images = subset.images.narrow(0, 0, length).to_device(device);
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
                     let (requested, used) =
                         crate::request::autoattack_targets(&attack.spec, subset.num_classes());
                     sanity = Some(
-                        attacks::sanity_flags(network, &images, &labels).map_err(failed)?.with_targets(requested, used),
+                        attacks::sanity_flags_in_chunks(network, &images, &labels, batch_size)
+                            .map_err(failed)?
+                            .with_targets(requested, used),
                     );
                 }
                 // Attacks ask between iterations: the caller's reason to stop, or an error of

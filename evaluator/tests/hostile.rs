@@ -475,6 +475,13 @@ async fn errors_about_broken_models_and_data_name_no_server_path() {
     let manifest_path = models.join("mislabelled/best/manifest.json");
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
     std::fs::write(&manifest_path, manifest.replace("\"digits-cnn\"", "\"digits-cnn-wide\"")).unwrap();
+    // A distilled model whose manifest records its teacher by an absolute path (as the trainer
+    // does): descriptions show the manifest without it.
+    copy_checkpoint(&best, &models.join("distilled/best"));
+    let manifest_path = models.join("distilled/best/manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["hyperparameters"]["teacher"] = serde_json::json!("/home/alice/secret-project/teacher-s0/best");
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
     // Weights gone.
     copy_checkpoint(&best, &models.join("gone/best"));
     std::fs::remove_file(models.join("gone/best/model.safetensors")).unwrap();
@@ -517,6 +524,15 @@ async fn errors_about_broken_models_and_data_name_no_server_path() {
     assert!(listing.problems.iter().any(|p| p.starts_with("broken/best")), "{:?}", listing.problems);
     for problem in &listing.problems {
         check("listing", problem);
+    }
+    let distilled = client.describe_model(DescribeModelRequest { model: "distilled/best".into() }).await.unwrap().into_inner();
+    let shown: serde_json::Value = serde_json::from_str(&distilled.manifest_json).expect("the redacted manifest is JSON");
+    assert!(shown["hyperparameters"]["teacher"].is_string(), "{shown}");
+    for (what, manifest) in std::iter::once(("describe distilled", &distilled.manifest_json))
+        .chain(listing.models.iter().map(|m| ("listed manifest", &m.manifest_json)))
+    {
+        assert!(!manifest.contains("secret-project"), "{what}: {manifest}");
+        check(what, manifest);
     }
     // The server's log keeps the full paths for its operator.
     let log = server.log();

@@ -264,6 +264,52 @@ const RANDOMNESS_TOLERANCE: f64 = 1e-4;
 /// Slack on [0, 1] and on the row sums in the probability check (reference 1e-5).
 const PROBABILITY_TOLERANCE: f64 = 1e-5;
 
+/// Points the checks of [`sanity_flags_in_chunks`] look at: the first 250 of an evaluation, as
+/// the reference checks its first batch at its default batch size of 250.
+pub const SANITY_POINTS: i64 = 250;
+
+/// [`sanity_flags`] on the first [`SANITY_POINTS`] of `images`, `chunk` at a time, merged as if
+/// checked at once (outputs must be probabilities in every chunk; randomness, zero gradients and
+/// the rest in any), so that the flags a result stores do not depend on the batch size it was
+/// computed with.
+pub fn sanity_flags_in_chunks(
+    model: &dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+    chunk: i64,
+) -> Result<SanityFlags, AttackError> {
+    let total = images.size().first().copied().unwrap_or(0).min(SANITY_POINTS);
+    let chunk = chunk.max(1);
+    // (flags so far, points with a zero gradient so far)
+    let mut merged: Option<(SanityFlags, i64)> = None;
+    let mut start = 0;
+    while start < total {
+        let length = chunk.min(total - start);
+        let flags = sanity_flags(model, &images.narrow(0, start, length), &labels.narrow(0, start, length))?;
+        let zero_points = (flags.zero_gradient_fraction * length as f64).round() as i64;
+        merged = Some(match merged {
+            None => (flags, zero_points),
+            Some((sum, zeros)) => (
+                SanityFlags {
+                    randomised: sum.randomised || flags.randomised,
+                    probabilities_not_logits: sum.probabilities_not_logits && flags.probabilities_not_logits,
+                    dynamic: sum.dynamic || flags.dynamic,
+                    ..sum
+                },
+                zeros + zero_points,
+            ),
+        });
+        start += length;
+    }
+    match merged {
+        Some((flags, zeros)) => {
+            let fraction = zeros as f64 / total as f64;
+            Ok(SanityFlags { zero_gradient_fraction: fraction, possible_gradient_masking: zeros > 0, ..flags })
+        }
+        None => sanity_flags(model, images, labels),
+    }
+}
+
 /// Runs the reference's checks on a batch: repeated forward passes, the range of the outputs,
 /// and the CE input gradient per point. A failure of the model or of libtorch comes back as
 /// [`AttackError::Libtorch`] naming the check.
@@ -311,7 +357,8 @@ fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Sa
         // The gradient has the layout the network gave it (channels-last for the fp32-fast and
         // bf16 copies): reshape, which copies where a view cannot be had.
         let per_point = gradient.abs().reshape([n, -1]).sum_dim_intlist(1, false, Kind::Float);
-        scalar(per_point.eq(0.0).to_kind(Kind::Float).mean(Kind::Float))
+        // A count over the batch size in f64, so that chunks merge exactly.
+        scalar(per_point.eq(0.0).sum(Kind::Int64)) / n as f64
     };
     Ok(SanityFlags {
         randomised,

@@ -32,7 +32,7 @@ use tch::{Device, Kind, TchError, Tensor};
 use crate::models::Network;
 
 pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss, ApgdRun};
-pub use autoattack::{sanity_flags, AutoAttack, SanityFlags};
+pub use autoattack::{sanity_flags, sanity_flags_in_chunks, AutoAttack, SanityFlags, SANITY_POINTS};
 pub use cw::CarliniWagnerLinf;
 pub use evaluation::{
     clean_accuracy, evaluate, robust_accuracy, run_points, ComponentReport, ComponentRun, Evaluation, PointsRun, Progress,

@@ -37,9 +37,15 @@ pub enum PgdLoss {
 
 /// The step of PGD and CW-inf when none is given: eps/4. At the paper's eps 8/255 this is its
 /// 2/255; at any other radius a fixed 2/255 is wrong (too short to cross a large ball in 20
-/// steps, too coarse for a small one), so the step follows the radius as it does there.
+/// steps, too coarse for a small one), so the step follows the radius as it does there. At
+/// eps 0 no step moves a point; 2/255 is kept there so that the attack stays valid (an eps
+/// sweep may start at 0).
 pub fn default_step_size(eps: f64) -> f64 {
-    eps / 4.0
+    if eps > 0.0 {
+        eps / 4.0
+    } else {
+        2.0 / 255.0
+    }
 }
 
 /// Runs `steps` signed-gradient steps of size `step_size` on `loss(logits)` (per-example,

@@ -76,15 +76,18 @@ const CODE_TOTAL_LIMIT: u64 = 32 << 20;
 /// `torch.autograd.grad` or `torch.autograd.backward` (how TorchScript writes `x.backward()`).
 /// A module that takes gradients in its forward is a dynamic, test-time defence (AutoAttack's
 /// `check_dynamic` counts such calls while the model runs; the code says the same without
-/// running it). Code too large to read within the limits counts as taking gradients.
+/// running it). Code that cannot be read (an archive the zip reader refuses, code too large for
+/// the limits) counts as taking gradients: the flag may not be missed. A checksum error at the
+/// end of an entry (libtorch does not check them; PyTorch can write files without) still
+/// leaves the code read.
 fn takes_gradients_in_code(bytes: &[u8]) -> bool {
     let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
-        return false;
+        return true;
     };
     let mut read_so_far = 0u64;
     for index in 0..archive.len() {
         let Ok(entry) = archive.by_index(index) else {
-            continue;
+            return true;
         };
         let name = entry.name().to_string();
         if !(name.contains("/code/") && name.ends_with(".py")) {
@@ -94,9 +97,8 @@ fn takes_gradients_in_code(bytes: &[u8]) -> bool {
             return true;
         }
         let mut code = Vec::new();
-        if std::io::Read::read_to_end(&mut std::io::Read::take(entry, CODE_FILE_LIMIT), &mut code).is_err() {
-            continue;
-        }
+        // On an error the bytes read so far stay in `code` (a checksum is checked at the end).
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(entry, CODE_FILE_LIMIT), &mut code);
         read_so_far += code.len() as u64;
         let text = String::from_utf8_lossy(&code);
         if text.contains("torch.autograd.grad(") || text.contains("torch.autograd.backward(") {

@@ -330,6 +330,10 @@ mod tests {
         }
         // The paper's setting is unchanged: 2/255 at 8/255.
         assert_eq!(canonical_spec(&of(AttackKind::Pgd)).unwrap().step_size, Some(2.0 / 255.0));
+        // At eps 0 (an eps sweep's first point) the attack stays valid.
+        let zero = canonical_spec(&AttackSpec { eps: Some(0.0), ..of(AttackKind::Pgd) }).unwrap();
+        assert!(zero.step_size.is_some_and(|s| s > 0.0));
+        assert!(build_attack(&zero, 10).is_ok());
         // A step given is kept.
         let given = canonical_spec(&AttackSpec { eps: Some(0.1), step_size: Some(0.01), ..of(AttackKind::Pgd) }).unwrap();
         assert_eq!(given.step_size, Some(0.01));

@@ -5,7 +5,8 @@
 //! The walk keeps its own stack instead of recursing, and is bounded: a dict shared by many
 //! others is walked once per path to it (as the names need), so every step counts against
 //! [`TorchFileLimits::max_values`]; a path deeper than `max_depth`, a name longer than
-//! `max_name_bytes` or more than `max_tensors` tensors end it with an error; a dict that
+//! `max_name_bytes`, names adding up to more than `max_total_name_bytes` or more than
+//! `max_tensors` tensors end it with an error; a dict that
 //! contains itself is not entered again on the same path.
 
 use std::rc::Rc;
@@ -30,6 +31,7 @@ pub(super) fn named_tensors(root: &Value, limits: &TorchFileLimits) -> Result<Ve
     };
     let over = |limit, maximum| ReadError::from(LimitExceeded::new(limit, maximum, None));
     let mut steps: u64 = 0;
+    let mut name_bytes: u64 = 0;
     let mut stack = vec![Frame { dict: root, next: 0, prefix: String::new() }];
     while let Some(frame) = stack.last_mut() {
         let Some((key, value)) = frame.dict.entry(frame.next) else {
@@ -54,6 +56,10 @@ pub(super) fn named_tensors(root: &Value, limits: &TorchFileLimits) -> Result<Ve
         let separator = usize::from(!frame.prefix.is_empty());
         if (frame.prefix.len() + separator + key.len()) as u64 > limits.max_name_bytes {
             return Err(over(Limit::NameBytes, limits.max_name_bytes));
+        }
+        name_bytes += (frame.prefix.len() + separator + key.len()) as u64;
+        if name_bytes > limits.max_total_name_bytes {
+            return Err(over(Limit::TotalNameBytes, limits.max_total_name_bytes));
         }
         let name = if frame.prefix.is_empty() { key.into_owned() } else { format!("{}.{key}", frame.prefix) };
         match value {

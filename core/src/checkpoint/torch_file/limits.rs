@@ -28,6 +28,9 @@ pub struct TorchFileLimits {
     pub max_dimensions: u64,
     /// Bytes of one tensor's dotted name (`model.layer1.0.conv1.weight`).
     pub max_name_bytes: u64,
+    /// Bytes of all the tensors' names together (a WRN-70-16's are about 20 KB): long keys
+    /// reached along many paths cannot add up to hundreds of MB of names.
+    pub max_total_name_bytes: u64,
     /// Entries of a zip archive.
     pub max_zip_entries: u64,
     /// Bytes of the storages read, and separately of the tensors made from them, whatever the
@@ -53,6 +56,7 @@ impl TorchFileLimits {
         max_tensors: 100_000,
         max_dimensions: 64,
         max_name_bytes: 4096,
+        max_total_name_bytes: 16 * MIB,
         max_zip_entries: 200_000,
         max_tensor_bytes: 4 * GIB,
         max_bytes_per_file_byte: 16,
@@ -82,6 +86,7 @@ pub enum Limit {
     Tensors,
     Dimensions,
     NameBytes,
+    TotalNameBytes,
     ZipEntries,
     /// The storages, or the tensors made from them, need more bytes than the file's budget
     /// ([`TorchFileLimits::tensor_bytes_for`]).
@@ -114,6 +119,7 @@ impl fmt::Display for LimitExceeded {
             Limit::Tensors => format!("it holds more than {maximum} tensors"),
             Limit::Dimensions => format!("a tensor has more than {maximum} dimensions"),
             Limit::NameBytes => format!("a tensor's name is longer than {maximum} bytes"),
+            Limit::TotalNameBytes => format!("the tensors' names add up to more than {maximum} bytes"),
             Limit::ZipEntries => format!("the zip archive has more than {maximum} entries"),
             Limit::TensorBytes => format!(
                 "its tensors need more than the {maximum} bytes allowed for a file of its size"
