@@ -285,13 +285,12 @@ fn table_one(out: &mut String, summary: &Summary) {
 
 /// AutoAttack's warnings under Table 1: every raised flag, or a line that none was.
 fn sanity_warnings(out: &mut String, results: &Results) {
-    let ran_autoattack = results.models.iter().flat_map(|m| &m.runs).flat_map(|r| &r.attacks).any(|a| a.sanity.is_some());
-    if !ran_autoattack {
+    let Some(none_raised) = results.no_sanity_warning_sentence() else {
         return;
-    }
+    };
     let warnings = results.sanity_warnings();
     if warnings.is_empty() {
-        out.push_str("<p class=\"note\">AutoAttack's checks (randomness, probabilities, zero gradients, dynamic model, Square after the gradient attacks, targets): no warning raised.</p>");
+        let _ = write!(out, "<p class=\"note\">{}</p>", escape(&none_raised));
         return;
     }
     out.push_str("<div class=\"warning\"><p><b>AutoAttack's warnings</b>: its robust accuracy may be too high for these.</p><ul>");

@@ -126,13 +126,12 @@ pub fn table_file(results: &Results, summary: &Summary) -> String {
 /// AutoAttack's warnings (the evaluator's sanity flags): every one raised, or a line saying
 /// none was; nothing when no AutoAttack ran.
 pub fn sanity_markdown(results: &Results) -> String {
-    let ran_autoattack = results.models.iter().flat_map(|m| &m.runs).flat_map(|r| &r.attacks).any(|a| a.sanity.is_some());
-    if !ran_autoattack {
+    let Some(none_raised) = results.no_sanity_warning_sentence() else {
         return String::new();
-    }
+    };
     let warnings = results.sanity_warnings();
     if warnings.is_empty() {
-        return "\nAutoAttack's checks (randomness, probabilities, zero gradients, dynamic model, Square after the gradient attacks, targets): no warning raised.\n".to_string();
+        return format!("\n{none_raised}\n");
     }
     let mut out = String::from("\n**AutoAttack's warnings** (its robust accuracy may be too high for these):\n\n");
     for (model, seed, attack, sentences) in warnings {

@@ -278,6 +278,23 @@ impl AttackRun {
 }
 
 impl Results {
+    /// What to say when AutoAttack ran and raised no warning (`None` when it did not run):
+    /// results made before the checks during and after the run existed (no targets recorded)
+    /// say which checks they had.
+    pub fn no_sanity_warning_sentence(&self) -> Option<String> {
+        let flags: Vec<&Sanity> =
+            self.models.iter().flat_map(|m| &m.runs).flat_map(|r| &r.attacks).filter_map(|a| a.sanity.as_ref()).collect();
+        if flags.is_empty() {
+            return None;
+        }
+        let complete = flags.iter().any(|f| f.targets_requested > 0 || f.dynamic || f.dlr_zero_gradient_points > 0);
+        Some(if complete {
+            "AutoAttack's checks (randomness, probabilities, zero gradients, dynamic model, zero DLR gradients, Square after the gradient attacks, targets): no warning raised.".to_string()
+        } else {
+            "AutoAttack's first checks (randomness, probabilities, zero gradients): no warning raised; these results predate its other checks.".to_string()
+        })
+    }
+
     /// Every AutoAttack warning raised, as (model label, seed, attack label, sentences), in
     /// model, seed and attack order.
     pub fn sanity_warnings(&self) -> Vec<(String, u64, String, Vec<String>)> {

@@ -187,3 +187,44 @@ fn zero_accuracy_nsd_follows_the_shared_definition() {
     let cells = row(&table, "rslad");
     assert_eq!(&cells[5..], ["0.00 ± 0.00", "0.00 ± 0.00", "0.000 ± 0.000"]);
 }
+
+/// AutoAttack's warnings reach table.md, report.md and the page: each raised flag in words,
+/// else one sentence saying none was; nothing when AutoAttack did not run.
+#[test]
+fn autoattack_warnings_are_listed_under_the_table_and_on_the_page() {
+    use rfb_bench_client::results::Sanity;
+    let mut results = hand_results();
+    let page = |results: &Results| rfb_bench_client::html::render(results, &summarize(results), &[]);
+    assert!(!report::table_file(&results, &summarize(&results)).contains("AutoAttack"), "no AutoAttack, no line");
+    let quiet = Sanity {
+        randomised: false,
+        probabilities_not_logits: false,
+        zero_gradient_fraction: 0.0,
+        possible_gradient_masking: false,
+        dynamic: false,
+        dlr_zero_gradient_points: 0,
+        square_robust_accuracy_drop: 0.0,
+        square_lowered_robust_accuracy: false,
+        targets_requested: 9,
+        targets_used: 9,
+    };
+    for model in &mut results.models {
+        for run in &mut model.runs {
+            run.attacks[1].sanity = Some(quiet.clone());
+        }
+    }
+    let table = report::table_file(&results, &summarize(&results));
+    assert!(table.contains("no warning raised") && table.contains("Square after the gradient attacks"), "{table}");
+    results.models[1].runs[1].attacks[1].sanity =
+        Some(Sanity { square_robust_accuracy_drop: 0.05, square_lowered_robust_accuracy: true, targets_used: 3, ..quiet.clone() });
+    let summary = summarize(&results);
+    let table = report::table_file(&results, &summary);
+    let markdown = report::report_markdown(&results, &summary);
+    let html = page(&results);
+    for text in [&table, &markdown, &html] {
+        assert!(text.contains("absld seed 1, PGD-20"), "{text}");
+        assert!(text.contains("Square lowered the robust accuracy by 5.00 points"), "{text}");
+        assert!(text.contains("9 targets asked for, only 3 possible"), "{text}");
+        assert!(!text.contains("no warning raised"));
+    }
+}
