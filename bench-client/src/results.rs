@@ -231,31 +231,20 @@ pub struct Sanity {
 }
 
 impl Sanity {
-    /// One sentence per raised flag (AutoAttack's warnings; the contract's SanityFlags).
+    /// One sentence per raised flag (the contract's wording, `rfb_proto::sanity`).
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.randomised {
-            out.push("randomised model (outputs differ across passes): use AutoAttack-rand".to_string());
-        }
-        if self.probabilities_not_logits {
-            out.push("the model outputs probabilities, not logits".to_string());
-        }
-        if self.possible_gradient_masking {
-            out.push(format!("{:.1}% of the points have a zero CE gradient (possible gradient masking)", 100.0 * self.zero_gradient_fraction));
-        }
-        if self.dynamic {
-            out.push("the model takes gradients in its forward pass (dynamic defence)".to_string());
-        }
-        if self.dlr_zero_gradient_points > 0 {
-            out.push(format!("{} point(s) with a zero DLR gradient at APGD's start (possible gradient masking)", self.dlr_zero_gradient_points));
-        }
-        if self.square_lowered_robust_accuracy {
-            out.push(format!("Square lowered the robust accuracy by {:.2} points after the gradient attacks", 100.0 * self.square_robust_accuracy_drop));
-        }
-        if self.targets_used < self.targets_requested {
-            out.push(format!("{} targets asked for, only {} possible: targeted attacks weakened", self.targets_requested, self.targets_used));
-        }
-        out
+        rfb_proto::sanity::warnings(&rfb_proto::v1::SanityFlags {
+            randomised: self.randomised,
+            probabilities_not_logits: self.probabilities_not_logits,
+            zero_gradient_fraction: self.zero_gradient_fraction,
+            possible_gradient_masking: self.possible_gradient_masking,
+            dynamic: self.dynamic,
+            dlr_zero_gradient_points: self.dlr_zero_gradient_points,
+            square_robust_accuracy_drop: self.square_robust_accuracy_drop,
+            square_lowered_robust_accuracy: self.square_lowered_robust_accuracy,
+            targets_requested: self.targets_requested,
+            targets_used: self.targets_used,
+        })
     }
 }
 

@@ -302,7 +302,7 @@ fn the_checks_during_and_after_the_run_fire_on_models_built_for_them_only() {
     let plain = flags_after_run(&network, &subset);
     println!("plain {plain:?}");
     assert_eq!(plain.dlr_zero_gradient_points, 0);
-    assert!(!plain.square_lowered_robust_accuracy && !plain.any(), "{plain:?}: {:?}", plain.warnings());
+    assert!(!plain.square_lowered_robust_accuracy && !plain.any(), "{plain:?}");
 
     // Zero gradients at 16 grey levels: the gradient attacks cannot move a point, Square can.
     let quantised = flags_after_run(&Quantised(&network), &subset);
@@ -315,7 +315,7 @@ fn the_checks_during_and_after_the_run_fire_on_models_built_for_them_only() {
     println!("constant top {constant:?}");
     assert!(!constant.possible_gradient_masking, "{constant:?}");
     assert!(constant.dlr_zero_gradient_points > 0, "{constant:?}");
-    assert!(constant.warnings().iter().any(|w| w.contains("zero DLR gradient")), "{:?}", constant.warnings());
+    assert!(constant.any(), "{constant:?}");
 }
 
 #[test]
@@ -327,7 +327,6 @@ fn fewer_classes_than_targets_is_a_warning() {
     assert!(!flags.with_targets(9, 9).fewer_classes_than_targets());
     let clamped = flags.with_targets(9, 4);
     assert!(clamped.fewer_classes_than_targets() && clamped.any());
-    assert!(clamped.warnings().iter().any(|w| w.contains("9 targets asked for")), "{:?}", clamped.warnings());
 }
 
 #[test]

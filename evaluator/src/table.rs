@@ -100,21 +100,9 @@ pub fn result_json(result: &AttackResult) -> serde_json::Value {
     })
 }
 
-/// AutoAttack's raised warnings in words (the contract's flags read as the core's).
+/// AutoAttack's raised warnings in words.
 pub fn sanity_warnings(flags: &rfb_proto::v1::SanityFlags) -> Vec<String> {
-    rfb_core::attacks::SanityFlags {
-        randomised: flags.randomised,
-        probabilities_not_logits: flags.probabilities_not_logits,
-        zero_gradient_fraction: flags.zero_gradient_fraction,
-        possible_gradient_masking: flags.possible_gradient_masking,
-        dynamic: flags.dynamic,
-        dlr_zero_gradient_points: flags.dlr_zero_gradient_points,
-        square_robust_accuracy_drop: flags.square_robust_accuracy_drop,
-        square_lowered_robust_accuracy: flags.square_lowered_robust_accuracy,
-        targets_requested: flags.targets_requested,
-        targets_used: flags.targets_used,
-    }
-    .warnings()
+    rfb_proto::sanity::warnings(flags)
 }
 
 #[cfg(test)]

@@ -379,41 +379,13 @@ fn fp32_fast_results_are_cached_per_batch_size_and_fp32_results_are_not() {
     assert_eq!(correct(&fp32), correct(&other_batch));
 }
 
-/// CIFAR-10 files (3 test images per class) and an untrained digits-cnn for 3x32x32 inputs.
-fn cifar_fixture(root: &Path) -> (PathBuf, PathBuf) {
-    let data = root.join("data/cifar-10-batches-bin");
-    std::fs::create_dir_all(&data).unwrap();
-    let record = |k: usize, label: u8| {
-        let mut bytes = vec![label];
-        bytes.extend((0..3072).map(|i| ((k * 31 + i * 7) % 256) as u8));
-        bytes
-    };
-    for batch in 0..5 {
-        let bytes: Vec<u8> = (batch * 20..(batch + 1) * 20).flat_map(|k| record(k, (k % 10) as u8)).collect();
-        std::fs::write(data.join(format!("data_batch_{}.bin", batch + 1)), bytes).unwrap();
-    }
-    let test: Vec<u8> = (0..30).flat_map(|k| record(1000 + k, (k % 10) as u8)).collect();
-    std::fs::write(data.join("test_batch.bin"), test).unwrap();
-    let models = root.join("models");
-    let spec = rfb_core::models::ModelSpec::new("digits-cnn", 10, [3, 32, 32]);
-    let network = rfb_core::models::build(&spec, tch::Device::Cpu).unwrap();
-    let info = rfb_core::checkpoint::CheckpointInfo {
-        class_names: rfb_core::data::CIFAR10_CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        dataset: "cifar10".into(),
-        method: "untrained".into(),
-        ..Default::default()
-    };
-    rfb_core::checkpoint::save(&models.join("cifar/best"), &network, info).unwrap();
-    (models, root.join("data"))
-}
-
 /// Finding 1 (cache key): two data directories whose test splits differ in one pixel are two
 /// splits: the second is computed, not served the first one's results; the first is still
 /// answered from the cache.
 #[test]
 fn another_copy_of_a_split_with_other_contents_gets_other_cache_entries() {
     let root = tempfile::tempdir().unwrap();
-    let (models, data) = cifar_fixture(root.path());
+    let (models, data) = common::cifar_fixture(root.path(), 10);
     let changed = root.path().join("changed-data/cifar-10-batches-bin");
     std::fs::create_dir_all(&changed).unwrap();
     for entry in std::fs::read_dir(data.join("cifar-10-batches-bin")).unwrap() {
@@ -465,7 +437,7 @@ fn absolute_paths(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_about_broken_models_and_data_name_no_server_path() {
     let root = tempfile::tempdir().unwrap();
-    let (models, _) = cifar_fixture(root.path());
+    let (models, _) = common::cifar_fixture(root.path(), 10);
     let best = trained_run().join("best");
     // A manifest that does not parse (found when preparing, by describe and by the listing).
     std::fs::create_dir_all(models.join("broken/best")).unwrap();

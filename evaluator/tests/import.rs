@@ -49,16 +49,9 @@ fn byo_model(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `evaluator ARGS` as a user runs it (no backtraces, one thread as PyTorch).
+/// `evaluator ARGS` as a user runs it.
 fn evaluator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evaluator"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LIB_BACKTRACE", "0")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("start the evaluator")
+    common::evaluator_cli(args)
 }
 
 fn import(from: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -3,6 +3,7 @@
 
 pub mod attacks;
 pub mod metrics;
+pub mod sanity;
 
 /// Generated messages and services of package `rfb.v1`.
 pub mod v1 {

@@ -180,7 +180,7 @@ impl SanityFlags {
         self.targets_used < self.targets_requested
     }
 
-    /// Whether any check warns.
+    /// Whether any check warns (`rfb_proto::sanity::warnings` says each in words).
     pub fn any(&self) -> bool {
         self.randomised
             || self.probabilities_not_logits
@@ -189,45 +189,6 @@ impl SanityFlags {
             || self.dlr_zero_gradient_points > 0
             || self.square_lowered_robust_accuracy
             || self.fewer_classes_than_targets()
-    }
-
-    /// One sentence per raised flag, for logs, tables and reports.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.randomised {
-            out.push("outputs differ across passes of the same input: a randomised model; use AutoAttack-rand".into());
-        }
-        if self.probabilities_not_logits {
-            out.push("the outputs are probabilities, not logits".into());
-        }
-        if self.possible_gradient_masking {
-            out.push(format!(
-                "{:.1}% of the points have a zero cross-entropy gradient: possible gradient masking",
-                100.0 * self.zero_gradient_fraction
-            ));
-        }
-        if self.dynamic {
-            out.push("the model computes gradients in its forward pass: a dynamic defence, AutoAttack may be insufficient".into());
-        }
-        if self.dlr_zero_gradient_points > 0 {
-            out.push(format!(
-                "{} point(s) had a zero DLR gradient at APGD's start: possible gradient masking",
-                self.dlr_zero_gradient_points
-            ));
-        }
-        if self.square_lowered_robust_accuracy {
-            out.push(format!(
-                "Square lowered the robust accuracy by {:.2} points after the gradient attacks: the evaluation may be unreliable",
-                100.0 * self.square_robust_accuracy_drop
-            ));
-        }
-        if self.fewer_classes_than_targets() {
-            out.push(format!(
-                "{} targets asked for, the model has only {} other classes: the targeted attacks ran with {}",
-                self.targets_requested, self.targets_used, self.targets_used
-            ));
-        }
-        out
     }
 
     /// Completes the flags with what the run itself showed: zero DLR gradients noted by the

@@ -258,3 +258,36 @@ pub fn evaluator_cli(args: &[&str]) -> std::process::Output {
         .output()
         .expect("start the evaluator")
 }
+
+/// CIFAR-10 binary files of `per_class_train` training images per class (spread over the five
+/// batches) and 3 test images per class, and an untrained `digits-cnn` for 3x32x32 inputs.
+pub fn cifar_fixture(root: &Path, per_class_train: usize) -> (PathBuf, PathBuf) {
+    let data = root.join("data/cifar-10-batches-bin");
+    std::fs::create_dir_all(&data).unwrap();
+    let record = |k: usize, label: u8| {
+        let mut bytes = vec![label];
+        bytes.extend((0..3072).map(|i| ((k * 31 + i * 7) % 256) as u8));
+        bytes
+    };
+    let train = per_class_train * 10;
+    for batch in 0..5 {
+        let mut bytes = Vec::new();
+        for k in (batch * train / 5)..((batch + 1) * train / 5) {
+            bytes.extend(record(k, (k % 10) as u8));
+        }
+        std::fs::write(data.join(format!("data_batch_{}.bin", batch + 1)), bytes).unwrap();
+    }
+    let test: Vec<u8> = (0..30).flat_map(|k| record(1000 + k, (k % 10) as u8)).collect();
+    std::fs::write(data.join("test_batch.bin"), test).unwrap();
+    let models = root.join("models");
+    let spec = rfb_core::models::ModelSpec::new("digits-cnn", 10, [3, 32, 32]);
+    let network = rfb_core::models::build(&spec, tch::Device::Cpu).unwrap();
+    let info = rfb_core::checkpoint::CheckpointInfo {
+        class_names: rfb_core::data::CIFAR10_CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        dataset: "cifar10".into(),
+        method: "untrained".into(),
+        ..Default::default()
+    };
+    rfb_core::checkpoint::save(&models.join("cifar/best"), &network, info).unwrap();
+    (models, root.join("data"))
+}
