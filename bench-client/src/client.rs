@@ -266,6 +266,7 @@ async fn evaluate_one(
         batch_size: settings.batch_size,
         precision: precision as i32,
         shard: job.shard.map(|(index, count)| Shard { index, count }),
+        ..Default::default()
     });
     if let Some(d) = deadline {
         request.set_timeout(d);

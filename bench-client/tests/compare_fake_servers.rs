@@ -76,6 +76,18 @@ impl Evaluator for Fake {
 
     type EvaluateStream = ReceiverStream<Result<EvaluateEvent, Status>>;
 
+    async fn upload_model(&self, _request: Request<tonic::Streaming<rfb_proto::v1::UploadModelRequest>>) -> Result<Response<ModelInfo>, Status> {
+        Err(Status::unimplemented("the fake server takes no uploads"))
+    }
+
+    async fn delete_model(&self, _request: Request<rfb_proto::v1::DeleteModelRequest>) -> Result<Response<rfb_proto::v1::DeleteModelResponse>, Status> {
+        Err(Status::unimplemented("the fake server takes no uploads"))
+    }
+
+    async fn server_info(&self, _request: Request<rfb_proto::v1::ServerInfoRequest>) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
+        Err(Status::unimplemented("the fake server has no info"))
+    }
+
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
         self.check(request.metadata())?;
         let request = request.into_inner();

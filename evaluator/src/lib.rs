@@ -14,12 +14,14 @@
 //! * [`service`]: the tonic service, health, reflection, authentication, TLS, keepalive and
 //!   graceful shutdown.
 //! * [`auth`]: the bearer-token interceptor.
+//! * [`import`]: a model file made into a checkpoint directory (`evaluator import`, uploads).
 //! * [`table`]: the per-class text table that `evaluator eval` prints.
 
 pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod engine;
+pub mod import;
 pub mod request;
 pub mod service;
 pub mod table;

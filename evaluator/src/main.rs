@@ -342,6 +342,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             _ => rfb_proto::v1::Precision::Fp32,
         } as i32,
         shard: args.shard,
+        ..Default::default()
     };
     let catalog = Arc::new(Catalog::new(&args.engine.config(args.batch_size)?).map_err(anyhow::Error::msg)?);
     let job = catalog.prepare(&request)?;
@@ -463,7 +464,7 @@ fn import(args: ImportArgs) -> Result<()> {
         data_dir: args.data_dir,
         overwrite: args.force,
     };
-    let imported = rfb_core::checkpoint::import::import_model(&options)?;
+    let imported = rfb_evaluator::import::import_model(&options)?;
     let manifest = &imported.manifest;
     let source = manifest.source.as_ref().map(|s| format!("{} (sha256 {})", s.file, s.sha256)).unwrap_or_default();
     println!("imported {source} as {}", args.out.display());

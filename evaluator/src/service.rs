@@ -238,6 +238,27 @@ impl Evaluator for EvaluatorService {
 
     type EvaluateStream = EventStream;
 
+    async fn upload_model(
+        &self,
+        _request: Request<tonic::Streaming<rfb_proto::v1::UploadModelRequest>>,
+    ) -> Result<Response<ModelInfo>, Status> {
+        Err(Status::unimplemented("uploads are not implemented yet"))
+    }
+
+    async fn delete_model(
+        &self,
+        _request: Request<rfb_proto::v1::DeleteModelRequest>,
+    ) -> Result<Response<rfb_proto::v1::DeleteModelResponse>, Status> {
+        Err(Status::unimplemented("uploads are not implemented yet"))
+    }
+
+    async fn server_info(
+        &self,
+        _request: Request<rfb_proto::v1::ServerInfoRequest>,
+    ) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
+        Err(Status::unimplemented("server info is not implemented yet"))
+    }
+
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
         let received = Instant::now();
         if self.queue.is_stopping() {
