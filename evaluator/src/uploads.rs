@@ -559,6 +559,12 @@ pub struct Upload {
     dir: tempfile::TempDir,
 }
 
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload").field("model", &self.model).field("written", &self.written).field("size", &self.record.size).finish()
+    }
+}
+
 impl Upload {
     /// The model's name once uploaded.
     pub fn model(&self) -> &str {
@@ -689,5 +695,140 @@ impl Upload {
             CheckpointError::Torch(_) if crate::request::is_out_of_memory(&message) => UploadError::ResourceExhausted(message),
             _ => UploadError::InvalidArgument(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good_header() -> UploadHeader {
+        UploadHeader {
+            name: "team/resnet18-trades.v2".into(),
+            dataset: "cifar10".into(),
+            format: ModelFormat::StateDict as i32,
+            architecture: "resnet18".into(),
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            size: 10,
+            sha256: "AB".repeat(32),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn headers_are_checked_field_by_field() {
+        let record = check_header(&good_header()).unwrap();
+        assert_eq!((record.method.as_str(), record.file_name.as_str()), ("imported", "upload"), "defaults filled in");
+        assert_eq!(record.sha256, "ab".repeat(32), "one spelling of a digest");
+        let cases: Vec<(UploadHeader, &str)> = vec![
+            (UploadHeader { name: String::new(), ..good_header() }, "name: 1 to 128"),
+            (UploadHeader { name: "x".repeat(129), ..good_header() }, "name: 1 to 128"),
+            (UploadHeader { name: "a/../b".into(), ..good_header() }, "'..'"),
+            (UploadHeader { name: "./a".into(), ..good_header() }, "'.'"),
+            (UploadHeader { name: "a//b".into(), ..good_header() }, "empty"),
+            (UploadHeader { name: "/abs".into(), ..good_header() }, "empty"),
+            (UploadHeader { name: ".hidden".into(), ..good_header() }, "start with '.'"),
+            (UploadHeader { name: "a b".into(), ..good_header() }, "' ' is not allowed"),
+            (UploadHeader { name: "a/b/c/d/e/f/g".into(), ..good_header() }, "at most 6 components"),
+            (UploadHeader { dataset: "imagenet".into(), ..good_header() }, "unknown data set"),
+            (UploadHeader { architecture: String::new(), ..good_header() }, "names its architecture"),
+            (UploadHeader { architecture: "resnet9000".into(), ..good_header() }, "architecture:"),
+            (UploadHeader { format: ModelFormat::Torchscript as i32, ..good_header() }, "leave it empty"),
+            (UploadHeader { format: 7, ..good_header() }, "format: unknown value 7"),
+            (UploadHeader { mean: vec![0.5; 1], ..good_header() }, "both or neither"),
+            (UploadHeader { std: vec![], ..good_header() }, "both or neither"),
+            (UploadHeader { std: vec![0.0; 3], ..good_header() }, "std above 0"),
+            (UploadHeader { class_names: vec!["a".into(); 9], ..good_header() }, "9 given"),
+            (UploadHeader { method: "x".repeat(200), ..good_header() }, "method: at most"),
+            (UploadHeader { size: 0, ..good_header() }, "size"),
+            (UploadHeader { sha256: "ab".into(), ..good_header() }, "64 hexadecimal"),
+            (UploadHeader { sha256: "zz".repeat(32), ..good_header() }, "64 hexadecimal"),
+            (UploadHeader { file_name: "../x.pt".into(), ..good_header() }, "file_name"),
+            (UploadHeader { file_name: "a/b.pt".into(), ..good_header() }, "file_name"),
+        ];
+        for (header, says) in cases {
+            match check_header(&header) {
+                Err(message) => assert!(message.contains(says), "{says}: {message}"),
+                Ok(record) => panic!("{says}: accepted {record:?}"),
+            }
+        }
+        let torchscript = UploadHeader { format: ModelFormat::Torchscript as i32, architecture: String::new(), ..good_header() };
+        assert_eq!(check_header(&torchscript).unwrap().format, "torchscript");
+    }
+
+    fn uploads(models: &Path, limits: UploadLimits) -> Arc<Uploads> {
+        Arc::new(Uploads::open(models, None, UploadLimits { enabled: true, ..limits }).unwrap())
+    }
+
+    fn sized(name: &str, size: u64) -> UploadHeader {
+        UploadHeader { name: name.into(), size, ..good_header() }
+    }
+
+    /// Uploads in progress count toward the client's limits (count and declared bytes) until
+    /// they end; other clients are not affected; the staging directory goes with the upload.
+    #[test]
+    fn uploads_in_progress_hold_their_share_of_the_limits() {
+        let models = tempfile::tempdir().unwrap();
+        let limits = UploadLimits { max_uploads_per_client: 2, max_upload_bytes_per_client: 100, ..Default::default() };
+        let uploads = uploads(models.path(), limits);
+        let first = uploads.begin("alice", &sized("a", 60)).unwrap();
+        let over_bytes = uploads.begin("alice", &sized("b", 41)).unwrap_err();
+        assert_eq!(over_bytes.code(), tonic::Code::ResourceExhausted, "{over_bytes}");
+        assert!(over_bytes.to_string().contains("--max-upload-bytes-per-client"), "{over_bytes}");
+        let second = uploads.begin("alice", &sized("b", 40)).unwrap();
+        let over_count = uploads.begin("alice", &sized("c", 1)).unwrap_err();
+        assert!(over_count.to_string().contains("--max-uploads-per-client"), "{over_count}");
+        assert!(uploads.begin("bob", &sized("a", 100)).is_ok(), "limits are per client");
+        let staged = std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count();
+        assert_eq!(staged, 2, "bob's dropped upload took its directory with it");
+        drop((first, second));
+        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
+        assert!(locked(&uploads.reserved).is_empty());
+        assert!(uploads.begin("alice", &sized("c", 100)).is_ok(), "their share is returned");
+    }
+
+    /// The bytes a client sends are bounded by its header, and the digest is checked.
+    #[test]
+    fn the_bytes_must_be_those_declared() {
+        let models = tempfile::tempdir().unwrap();
+        let uploads = uploads(models.path(), UploadLimits::default());
+        let bytes = b"0123456789";
+        let header = UploadHeader { sha256: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(), ..sized("a", 10) };
+        let mut upload = uploads.begin("alice", &header).unwrap();
+        upload.write(&bytes[..4]).unwrap();
+        assert!(upload.write(&[0; 7]).unwrap_err().to_string().contains("more bytes than the 10"));
+        upload.write(&bytes[4..]).unwrap();
+        // The right bytes, but no model: refused by the import, and nothing kept.
+        let refused = upload.finish().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+        assert!(refused.to_string().starts_with("upload is neither"), "the file by its name, no staging path: {refused}");
+        let mut wrong = uploads.begin("alice", &UploadHeader { sha256: "0".repeat(64), ..header.clone() }).unwrap();
+        wrong.write(bytes).unwrap();
+        assert!(wrong.finish().unwrap_err().to_string().contains("sha256 mismatch"));
+        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
+        assert!(!models.path().join(UPLOADS_DIR).exists());
+    }
+
+    #[test]
+    fn only_ones_own_uploads_are_deleted() {
+        let models = tempfile::tempdir().unwrap();
+        let uploads = uploads(models.path(), UploadLimits::default());
+        let model = models.path().join("uploads/alice/x/m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join(MANIFEST_FILE), b"{}").unwrap();
+        std::fs::write(model.join("model.safetensors"), [0u8; 98]).unwrap();
+        for (client, name, code) in [
+            ("bob", "uploads/alice/x/m", tonic::Code::PermissionDenied),
+            ("alice", "uploads/alice/../bob/m", tonic::Code::PermissionDenied),
+            ("alice", "natural/best", tonic::Code::PermissionDenied),
+            ("alice", "uploads/alice/x", tonic::Code::NotFound),
+            ("alice", "uploads/alice/y", tonic::Code::NotFound),
+        ] {
+            assert_eq!(uploads.delete(client, name).unwrap_err().code(), code, "{client} {name}");
+        }
+        assert_eq!(uploads.delete("alice", "uploads/alice/x/m").unwrap(), 100);
+        assert!(!models.path().join("uploads/alice/x").exists() && models.path().join("uploads/alice").is_dir());
+        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
     }
 }

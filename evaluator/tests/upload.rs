@@ -251,6 +251,25 @@ async fn an_uploaded_state_dict_counts_as_its_cli_import() {
     let scripted_counts = counts(&mut client, None, clean(&scripted.name)).await;
     assert_eq!(scripted_counts[0].1, uploaded_counts[0].1, "the traced network is the same function");
 
+    // Two uploads of one name at once, with other bytes: exactly one wins; with the same
+    // bytes and header, both get the one model.
+    for (other, other_format) in [(&torchscript, ModelFormat::Torchscript), (&state_dict, ModelFormat::StateDict)] {
+        let name = format!("race-{}", other_format.as_str_name().to_lowercase());
+        let (mut a, mut b) = (client.clone(), client.clone());
+        let first = messages(state_dict_header(&name, &state_dict), &state_dict, 20_000);
+        let arch = if other_format == ModelFormat::StateDict { "digits-cnn" } else { "" };
+        let second = messages(header(&name, other, other_format, arch), other, 20_000);
+        let (first, second) = tokio::join!(upload(&mut a, None, first), upload(&mut b, None, second));
+        let outcomes = [&first, &second].map(|r| r.as_ref().map(|m| m.weights_sha256.clone()).map_err(|s| s.code()));
+        eprintln!("{name}: {outcomes:?}");
+        if other_format == ModelFormat::StateDict {
+            assert!(outcomes[0].is_ok() && outcomes[0] == outcomes[1], "{outcomes:?}");
+        } else {
+            assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+            assert!(outcomes.contains(&Err(Code::AlreadyExists)), "{outcomes:?}");
+        }
+    }
+
     // Deleting: only one's own, and then it is gone.
     let denied = client.delete_model(DeleteModelRequest { model: "natural-s0/best".into() }).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
