@@ -400,16 +400,17 @@ impl Uploads {
         }
     }
 
-    /// Refuses a name that lies inside another model of the client (listings would not see it).
+    /// Refuses a name that lies inside another model (listings would not see it), the
+    /// client's own or one the operator put at `uploads` or `uploads/<client>`.
     fn check_not_nested(&self, client: &str, record: &UploadRecord) -> Result<(), UploadError> {
-        let mut dir = self.client_dir(client);
-        let components: Vec<&str> = record.name.split('/').collect();
+        let model = format!("{}/{}", upload_prefix(client), record.name);
+        let components: Vec<&str> = model.split('/').collect();
+        let mut dir = self.models_dir.clone();
         for (depth, component) in components.iter().enumerate().take(components.len() - 1) {
             dir.push(component);
             if dir.join(MANIFEST_FILE).exists() {
                 return Err(UploadError::AlreadyExists(format!(
-                    "{:?} would lie inside the model {:?}",
-                    record.name,
+                    "{model:?} would lie inside the model {:?}",
                     components[..=depth].join("/")
                 )));
             }
@@ -808,6 +809,27 @@ mod tests {
         assert!(wrong.finish().unwrap_err().to_string().contains("sha256 mismatch"));
         assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
         assert!(!models.path().join(UPLOADS_DIR).exists());
+    }
+
+    /// A name inside another model, or above other models, is taken.
+    #[test]
+    fn names_inside_or_above_models_are_taken() {
+        let models = tempfile::tempdir().unwrap();
+        let uploads = uploads(models.path(), UploadLimits::default());
+        let model = models.path().join("uploads/alice/a");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join(MANIFEST_FILE), b"{}").unwrap();
+        for name in ["a/b", "a/b/c"] {
+            let refused = uploads.begin("alice", &sized(name, 1)).unwrap_err();
+            assert!(refused.to_string().contains("inside the model \"uploads/alice/a\""), "{refused}");
+        }
+        let refused = uploads.begin("alice", &sized("a", 1)).unwrap_err();
+        assert!(refused.to_string().contains("not uploaded"), "a model without upload.json: {refused}");
+        std::fs::create_dir_all(models.path().join("uploads/alice/d/e")).unwrap();
+        std::fs::write(models.path().join("uploads/alice/d/e").join(MANIFEST_FILE), b"{}").unwrap();
+        let refused = uploads.begin("alice", &sized("d", 1)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused}");
+        assert!(uploads.begin("alice", &sized("d/f", 1)).is_ok() && uploads.begin("bob", &sized("a/b", 1)).is_ok());
     }
 
     #[test]
