@@ -301,6 +301,9 @@ fn walkdir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// What is wrong, the token, the stream, the status and a phrase of its message.
+type BadUpload<'a> = (&'a str, Option<&'a str>, Vec<UploadModelRequest>, Code, &'a str);
+
 /// Waits until the models directory lists as `expected` (a handler's clean-up runs after the
 /// client has its answer).
 fn settles_to(models: &Path, expected: &[String]) -> bool {
@@ -363,7 +366,7 @@ async fn bad_uploads_get_their_status_and_leave_nothing() {
     chunk_first.swap(0, 1);
     let mut no_arch = state_dict_header("no-arch", &state_dict);
     no_arch.architecture.clear();
-    let cases: Vec<(&str, Option<&str>, Vec<UploadModelRequest>, Code, &str)> = vec![
+    let cases: Vec<BadUpload> = vec![
         ("wrong sha256", bob, messages(wrong_sha, &state_dict, 30_000), Code::InvalidArgument, "sha256 mismatch"),
         ("declared larger than sent", bob, messages(short, &state_dict, 30_000), Code::InvalidArgument, "stream ended after"),
         ("sent more than declared", bob, messages(long, &state_dict, 30_000), Code::InvalidArgument, "more bytes than"),
