@@ -468,8 +468,9 @@ impl Catalog {
             class_counts.iter().sum()
         };
         request::check_shard(shard, examples)?;
-        let mut attacks = Vec::with_capacity(request.attacks.len());
-        for (index, spec) in request.attacks.iter().enumerate() {
+        let requested = request::requested_attacks(request)?;
+        let mut attacks = Vec::with_capacity(requested.len());
+        for (index, spec) in requested.iter().enumerate() {
             let spec = request::checked_spec(index, spec)?;
             let name = request::attack_display_name(&spec, manifest.model.num_classes)?;
             attacks.push((spec, name));
@@ -492,7 +493,7 @@ impl Catalog {
             batch_size,
             precision,
             shard,
-            attacks: Vec::with_capacity(request.attacks.len()),
+            attacks: Vec::with_capacity(requested.len()),
         };
         debug_assert_eq!(examples, job.all_examples());
         for (spec, name) in attacks {

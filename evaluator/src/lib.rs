@@ -15,6 +15,8 @@
 //!   graceful shutdown.
 //! * [`auth`]: the bearer-token interceptor.
 //! * [`import`]: a model file made into a checkpoint directory (`evaluator import`, uploads).
+//! * [`uploads`]: models sent over gRPC (UploadModel, DeleteModel): checks, per-client limits,
+//!   staging and atomic publication under `uploads/<client>/`.
 //! * [`table`]: the per-class text table that `evaluator eval` prints.
 
 pub mod auth;
@@ -25,6 +27,7 @@ pub mod import;
 pub mod request;
 pub mod service;
 pub mod table;
+pub mod uploads;
 pub mod worker;
 
 pub use catalog::{Catalog, EngineConfig};

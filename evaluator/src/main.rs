@@ -147,8 +147,10 @@ struct ServeArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Require `authorization: Bearer <token>` on Evaluator calls, the token being one of this
-    /// file's lines (surrounding white space removed). With several tokens, the queue takes turns
-    /// between them. Health and reflection stay open.
+    /// file's: a line is `TOKEN`, or `NAME TOKEN` to name the client (letters, digits, '-', '_';
+    /// its uploads go under uploads/NAME, an unnamed token's under uploads/token-<12 hex digits
+    /// of its sha256>). The queue takes turns between clients (a name, or each unnamed token).
+    /// Health and reflection stay open.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// PEM certificate chain for TLS (with --tls-key).
@@ -184,6 +186,22 @@ struct ServeArgs {
     /// iteration) for this long.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     stuck_after: humantime::Duration,
+    /// Let clients send models (UploadModel) and delete their own (DeleteModel). Each is
+    /// checked as `evaluator import` checks a file and stored as MODELS_DIR/uploads/<client>/<name>
+    /// (<client>: the token's name, token-<hex> for an unnamed token, `local` without tokens);
+    /// files are staged in MODELS_DIR/.rfb-staging. See docs/uploads.md.
+    #[arg(long)]
+    allow_uploads: bool,
+    /// Largest model file a client may upload (bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = rfb_evaluator::uploads::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
+    /// Models one client may keep uploaded (uploads in progress included).
+    #[arg(long, value_name = "MODELS", default_value_t = rfb_evaluator::uploads::DEFAULT_MAX_UPLOADS_PER_CLIENT)]
+    max_uploads_per_client: u64,
+    /// Bytes one client's uploaded checkpoints may take on disk, all together (uploads in
+    /// progress included at their declared size).
+    #[arg(long, value_name = "BYTES", default_value_t = rfb_evaluator::uploads::DEFAULT_MAX_UPLOAD_BYTES_PER_CLIENT)]
+    max_upload_bytes_per_client: u64,
 }
 
 #[derive(Args)]
@@ -286,6 +304,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         insecure: args.insecure,
         keepalive: Keepalive { interval: args.keepalive.into(), timeout: args.keepalive_timeout.into() },
         stuck_after: args.stuck_after.into(),
+        uploads: rfb_evaluator::uploads::UploadLimits {
+            enabled: args.allow_uploads,
+            max_upload_bytes: args.max_upload_bytes,
+            max_uploads_per_client: args.max_uploads_per_client,
+            max_upload_bytes_per_client: args.max_upload_bytes_per_client,
+        },
         ..ServeOptions::new(args.listen, args.engine.config(args.batch_size)?)
     };
     // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.

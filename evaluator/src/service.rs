@@ -17,6 +17,12 @@
 //! the cache entry it may be writing is written, and [`serve`] returns once the connections
 //! have closed, or after a grace period.
 //!
+//! Uploads ([`crate::uploads`]) are the one client-streaming call: the service takes the header,
+//! then each chunk (writing and hashing on the blocking pool), then imports and publishes the
+//! model on the blocking pool. The service decodes messages of up to 4 MiB plus
+//! [`MESSAGE_OVERHEAD_BYTES`] (a full chunk with its framing), about tonic's default of 4 MiB,
+//! so no other call may send more than before.
+//!
 //! What clients are told never holds a server path: every error's message goes through the
 //! catalog's [`crate::request::PathRedactor`] (models by their names, files relative to the
 //! models directory, `<data-dir>`, `<cache-dir>`); the server's log keeps the full paths.
@@ -29,8 +35,9 @@ use std::time::{Duration, Instant};
 
 use rfb_proto::v1::evaluator_server::{Evaluator, EvaluatorServer};
 use rfb_proto::v1::{
-    evaluate_event::Event, DescribeModelRequest, Done, EvaluateEvent, EvaluateRequest, ListModelsRequest,
-    ListModelsResponse, ModelInfo,
+    evaluate_event::Event, upload_model_request::Part, DeleteModelRequest, DeleteModelResponse, DescribeModelRequest, Done,
+    EvaluateEvent, EvaluateRequest, ListModelsRequest, ListModelsResponse, ModelInfo, ServerInfoRequest,
+    ServerInfoResponse, UploadModelRequest,
 };
 use tokio_stream::Stream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -40,10 +47,14 @@ use tonic_health::ServingStatus;
 use crate::auth::{BearerAuth, ClientIdentity, TokenSet};
 use crate::catalog::{Catalog, EngineConfig};
 use crate::request::{CostEstimate, EngineError, Limits, PathRedactor};
+use crate::uploads::{upload_prefix, UploadError, UploadLimits, Uploads, MAX_CHUNK_BYTES};
 use crate::worker::{Job, Queue, Worker, WorkerState};
 
 /// Fully qualified name of the service, as health checks name it.
 pub const SERVICE_NAME: &str = "rfb.v1.Evaluator";
+
+/// What a message may hold beyond an upload's largest chunk (its field tags and lengths).
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
 
 /// How long shutdown waits for the running job to stop (and its cache entry to be written),
 /// and then again for the connections to close.
@@ -113,6 +124,8 @@ pub struct ServeOptions {
     /// The worker counts as stuck (health NOT_SERVING) when a job shows no sign of life for
     /// this long.
     pub stuck_after: Duration,
+    /// Whether clients may upload models, and how much.
+    pub uploads: UploadLimits,
 }
 
 impl ServeOptions {
@@ -127,6 +140,7 @@ impl ServeOptions {
             insecure: false,
             keepalive: Keepalive::default(),
             stuck_after: Duration::from_secs(600),
+            uploads: UploadLimits::default(),
         }
     }
 }
@@ -160,11 +174,12 @@ pub struct EvaluatorService {
     catalog: Arc<Catalog>,
     queue: Arc<Queue>,
     worker: Arc<Worker>,
+    uploads: Arc<Uploads>,
 }
 
 impl EvaluatorService {
-    pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>, worker: Arc<Worker>) -> Self {
-        EvaluatorService { catalog, queue, worker }
+    pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>, worker: Arc<Worker>, uploads: Arc<Uploads>) -> Self {
+        EvaluatorService { catalog, queue, worker, uploads }
     }
 }
 
@@ -190,9 +205,18 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
 /// opens).
 fn client_of<T>(request: &Request<T>) -> String {
     if let Some(identity) = request.extensions().get::<ClientIdentity>() {
-        return identity.0.clone();
+        return identity.queue.clone();
     }
     request.remote_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Whose uploads a call touches: the token's name (or `token-<hex>`), or `local` on a server
+/// without tokens (every caller is then one client).
+fn upload_client_of<T>(request: &Request<T>) -> String {
+    match request.extensions().get::<ClientIdentity>() {
+        Some(identity) => identity.name.clone(),
+        None => crate::auth::LOCAL_CLIENT.to_string(),
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -212,6 +236,12 @@ impl EvaluatorService {
     fn refused(&self, error: EngineError) -> Status {
         tracing::info!(code = ?error.code(), error = %error, "request refused");
         self.catalog.redactor().status(&error)
+    }
+
+    /// The status a refused upload or deletion gets (logged in full, told without server paths).
+    fn upload_refused(&self, error: UploadError) -> Status {
+        tracing::info!(code = ?error.code(), error = %error, "upload or deletion refused");
+        Status::new(error.code(), self.catalog.redactor().redact(&error.to_string()))
     }
 }
 
@@ -238,25 +268,71 @@ impl Evaluator for EvaluatorService {
 
     type EvaluateStream = EventStream;
 
-    async fn upload_model(
-        &self,
-        _request: Request<tonic::Streaming<rfb_proto::v1::UploadModelRequest>>,
-    ) -> Result<Response<ModelInfo>, Status> {
-        Err(Status::unimplemented("uploads are not implemented yet"))
+    /// The header, then the chunks; the logic is [`Uploads`]'. A handler dropped mid-way (the
+    /// client went away) drops its [`crate::uploads::Upload`], which removes what it wrote.
+    async fn upload_model(&self, request: Request<tonic::Streaming<UploadModelRequest>>) -> Result<Response<ModelInfo>, Status> {
+        if self.queue.is_stopping() {
+            return Err(self.refused(EngineError::Unavailable("the evaluator is shutting down".into())));
+        }
+        let client = upload_client_of(&request);
+        let mut stream = request.into_inner();
+        let redactor = self.catalog.redactor();
+        let invalid = |message: &str| self.upload_refused(UploadError::InvalidArgument(message.into()));
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(Part::Header(header)) => header,
+            Some(Part::Chunk(_)) => return Err(invalid("the first message must be the UploadHeader, then the chunks")),
+            None => return Err(invalid("no UploadHeader: send the header first, then the chunks")),
+        };
+        let uploads = self.uploads.clone();
+        let mut upload = blocking(redactor, move || uploads.begin(&client, &header)).await?.map_err(|e| self.upload_refused(e))?;
+        loop {
+            let message = stream.message().await.inspect_err(|status| {
+                tracing::info!(model = upload.model(), code = ?status.code(), "the upload's stream failed; nothing kept")
+            })?;
+            match message.map(|m| m.part) {
+                None => break,
+                Some(Some(Part::Chunk(chunk))) => {
+                    upload = blocking(redactor, move || {
+                        let mut upload = upload;
+                        upload.write(chunk.as_ref()).map(|()| upload)
+                    })
+                    .await?
+                    .map_err(|e| self.upload_refused(e))?;
+                }
+                Some(Some(Part::Header(_))) => return Err(invalid("a second UploadHeader: one header, then chunks only")),
+                Some(None) => return Err(invalid("a message with neither header nor chunk")),
+            }
+        }
+        let catalog = self.catalog.clone();
+        let published = blocking(redactor, move || upload.finish().map(|model| catalog.describe(&model))).await?;
+        let info = published.map_err(|e| self.upload_refused(e))?.map_err(|e| self.refused(e))?;
+        Ok(Response::new(info))
     }
 
-    async fn delete_model(
-        &self,
-        _request: Request<rfb_proto::v1::DeleteModelRequest>,
-    ) -> Result<Response<rfb_proto::v1::DeleteModelResponse>, Status> {
-        Err(Status::unimplemented("uploads are not implemented yet"))
+    async fn delete_model(&self, request: Request<DeleteModelRequest>) -> Result<Response<DeleteModelResponse>, Status> {
+        let client = upload_client_of(&request);
+        let model = request.into_inner().model;
+        crate::request::check_model_name(&model).map_err(|e| self.refused(e))?;
+        let uploads = self.uploads.clone();
+        let bytes = blocking(self.catalog.redactor(), move || uploads.delete(&client, &model))
+            .await?
+            .map_err(|e| self.upload_refused(e))?;
+        Ok(Response::new(DeleteModelResponse { bytes }))
     }
 
-    async fn server_info(
-        &self,
-        _request: Request<rfb_proto::v1::ServerInfoRequest>,
-    ) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
-        Err(Status::unimplemented("server info is not implemented yet"))
+    async fn server_info(&self, request: Request<ServerInfoRequest>) -> Result<Response<ServerInfoResponse>, Status> {
+        let limits = self.uploads.limits();
+        let when_on = |limit: u64| if limits.enabled { limit } else { 0 };
+        Ok(Response::new(ServerInfoResponse {
+            versions: Some(crate::versions()),
+            device: crate::device_name(self.catalog.device()),
+            uploads_enabled: limits.enabled,
+            max_upload_bytes: when_on(limits.max_upload_bytes),
+            max_uploads_per_client: when_on(limits.max_uploads_per_client),
+            max_upload_bytes_per_client: when_on(limits.max_upload_bytes_per_client),
+            model_code_protection: "in-process".into(),
+            your_upload_prefix: upload_prefix(&upload_client_of(&request)),
+        }))
     }
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
@@ -351,6 +427,10 @@ pub async fn serve(
         return Err(ServeError::Config("the keepalive interval and timeout must be positive".into()));
     }
     let catalog = Arc::new(Catalog::new(&options.engine).map_err(ServeError::Config)?);
+    let uploads = Arc::new(
+        Uploads::open(catalog.models_dir(), catalog.data_dir(), options.uploads)
+            .map_err(|e| ServeError::Config(format!("uploads: {e}")))?,
+    );
     let queue = Queue::new(limits);
     let worker = Worker::spawn(catalog.clone(), queue.clone()).map_err(ServeError::Worker)?;
 
@@ -374,8 +454,9 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let auth = BearerAuth::with_tokens(options.tokens.clone());
-    let evaluator = EvaluatorServer::with_interceptor(
-        EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone()),
+    let evaluator = tonic::service::interceptor::InterceptedService::new(
+        EvaluatorServer::new(EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone(), uploads))
+            .max_decoding_message_size(MAX_CHUNK_BYTES + MESSAGE_OVERHEAD_BYTES),
         auth.clone(),
     );
 
@@ -401,6 +482,7 @@ pub async fn serve(
         max_job_cost = limits.max_job_cost,
         max_queue = limits.max_queue,
         max_queue_per_client = limits.max_queue_per_client,
+        uploads = options.uploads.enabled,
         "evaluator listening"
     );
     tokio::spawn(watch_health(health_reporter.clone(), worker.clone(), queue.clone(), options.stuck_after));

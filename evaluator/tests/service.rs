@@ -643,7 +643,10 @@ fn python_client_generates_stubs_lists_evaluates_and_discovers_by_reflection() {
     assert_eq!(summary["attacks"], serde_json::json!(["Clean", "FGSM"]));
     assert_eq!(summary["examples"], serde_json::json!([20, 20]));
     assert!(summary["reflection_services"].as_array().unwrap().contains(&serde_json::json!("rfb.v1.Evaluator")));
-    assert_eq!(summary["reflection_methods"], serde_json::json!(["ListModels", "DescribeModel", "Evaluate"]));
+    assert_eq!(
+        summary["reflection_methods"],
+        serde_json::json!(["ListModels", "DescribeModel", "Evaluate", "UploadModel", "DeleteModel", "ServerInfo"])
+    );
     assert_eq!(summary["dynamic_models"], summary["models"]);
     assert_eq!(summary["health"], "SERVING");
 }

@@ -8,6 +8,7 @@
 
 mod cost;
 mod error;
+mod names;
 mod spec;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::cache::StoredResult;
 
 pub use cost::{passes_per_example, CostEstimate, DEFAULT_MAX_JOB_COST};
 pub use error::{is_out_of_memory, EngineError, PathRedactor};
+pub use names::{requested_attacks, MAX_ATTACK_NAMES_BYTES};
 pub use spec::{
     attack_display_name, autoattack_targets, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
     AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
@@ -128,7 +130,8 @@ pub fn check_model_name(name: &str) -> Result<(), EngineError> {
 
 /// The checks that need nothing but the request: every field a client sets (the size and
 /// characters of the names, the enumerations, the batch size, the sign of examples_per_class,
-/// the shard, the number of attacks and every field of every attack spec). The first thing
+/// the shard, the attacks' names, the number of attacks and every field of every attack spec,
+/// see [`requested_attacks`]). The first thing
 /// done with a request, before any file is read or anything sized by the request is
 /// allocated; each refusal is INVALID_ARGUMENT and names its field.
 pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
@@ -147,13 +150,14 @@ pub fn check_fields(request: &EvaluateRequest) -> Result<(), EngineError> {
         return invalid(format!("examples_per_class must not be negative, got {}", request.examples_per_class));
     }
     shard_from_proto(request.shard.as_ref())?;
-    if request.attacks.is_empty() {
-        return invalid("no attacks requested; list at least one AttackSpec".into());
+    let attacks = requested_attacks(request)?;
+    if attacks.is_empty() {
+        return invalid("no attacks requested; list at least one AttackSpec, or name them in attack_names".into());
     }
-    if request.attacks.len() > MAX_ATTACKS {
-        return invalid(format!("{} attacks requested; at most {MAX_ATTACKS} per request", request.attacks.len()));
+    if attacks.len() > MAX_ATTACKS {
+        return invalid(format!("{} attacks requested; at most {MAX_ATTACKS} per request", attacks.len()));
     }
-    for (index, attack) in request.attacks.iter().enumerate() {
+    for (index, attack) in attacks.iter().enumerate() {
         if attack.components.len() > MAX_COMPONENTS {
             return invalid(format!(
                 "attacks[{index}].components: {} AutoAttack components listed; at most {MAX_COMPONENTS}",
