@@ -362,14 +362,14 @@ class AgainstAFakeServer(unittest.TestCase):
         self.assertGreater(info.upload_seconds, 0)
 
         with tempfile.TemporaryDirectory() as work:
-            path = os.path.join(work, "weights.pt")
+            path = os.path.join(work, "my weights.pt")
             with open(path, "wb") as f:
                 f.write(data)
             info = self.client.send(path, None, "digits", arch="digits-cnn", mean=[0.5], std=[0.25], progress=False)
         header, _, received = self.servicer.uploads[-1]
         self.assertEqual(received, data)
-        self.assertEqual(header.name, "weights-" + hashlib.sha256(data).hexdigest()[:12])
-        self.assertEqual((header.format, header.architecture, header.file_name), (pb.MODEL_FORMAT_STATE_DICT, "digits-cnn", "weights.pt"))
+        self.assertEqual(header.name, "my-weights-" + hashlib.sha256(data).hexdigest()[:12])
+        self.assertEqual((header.format, header.architecture, header.file_name), (pb.MODEL_FORMAT_STATE_DICT, "digits-cnn", "my_weights.pt"))
         self.assertEqual((list(header.mean), list(header.std), header.method), ([0.5], [0.25], "imported"))
         with self.assertRaises(ValueError):
             self.client.send(data, "x", "digits", chunk_size=5 << 20)

@@ -60,7 +60,17 @@ def _from_path(path, format):
                 break
             digest.update(block)
             size += len(block)
-    return ModelFile(size, digest.hexdigest(), format, os.path.basename(path), "file", path=os.fspath(path))
+    return ModelFile(size, digest.hexdigest(), format, file_name(path), "file", path=os.fspath(path))
+
+
+_FILE_NAME_OK = re.compile(r"[^A-Za-z0-9_+.-]+")
+
+
+def file_name(path):
+    """The file's name as the server records it: letters, digits, '-', '_', '+' and '.', not
+    starting with '.' (others become '_')."""
+    name = _FILE_NAME_OK.sub("_", os.path.basename(os.fspath(path))).lstrip(".")
+    return name[:128] or "upload"
 
 
 def _torch():

@@ -97,27 +97,34 @@ class EvaluatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadModel(self, request_iterator, context):
-        """Sends a model file: one UploadHeader, then the file's bytes in chunks (each at most 4 MiB).
-        Off unless the server runs with --allow-uploads (else FAILED_PRECONDITION). The file gets exactly the checks of `evaluator import` (a TorchScript
+        """Sends a model file: one UploadHeader, then the file's bytes in chunks (each at most 4 MiB;
+        the service decodes messages of at most 4 MiB + 64 KiB). Off unless the server runs with
+        --allow-uploads (else FAILED_PRECONDITION). The header and the limits are checked before any
+        byte is taken, and no more than `size` bytes are. The file gets exactly the checks of `evaluator import` (a TorchScript
         module's inside the sandbox of model code), its size and sha256 are verified, and it is
         written atomically as the checkpoint `uploads/<client>/<name>`, where <client> is the
         token's name (`NAME TOKEN` lines of the token file), `token-<12 hex digits of the token's
         sha256>` for an unnamed token, or `local` on a server without tokens. Answers the new
         model's ModelInfo (its `name` is what Evaluate takes). Sending the same bytes with the same
-        header again answers the existing model (idempotent); other bytes or another header under a
-        taken name are refused with ALREADY_EXISTS. Errors: INVALID_ARGUMENT (bad header, size or
+        header (every field equal once defaults are filled in; the server keeps the header beside
+        the manifest as upload.json) again answers the existing model (idempotent, and counts
+        toward no limit); other bytes or another header under a taken name are refused with
+        ALREADY_EXISTS. Of two concurrent uploads of one name exactly one publishes. Errors: INVALID_ARGUMENT (bad header, size or
         sha256 mismatch, not a model, a pickle that asks for code), RESOURCE_EXHAUSTED (over the
         file, count or per-client byte limits), FAILED_PRECONDITION (uploads disabled; TorchScript
         without a sandbox on a server that does not trust it), CANCELLED or INVALID_ARGUMENT (the
-        stream ended early). Nothing is left in the models directory by a refused upload.
+        stream ended early), ALREADY_EXISTS (a taken name). Nothing is left in the models directory
+        by a refused upload (bytes are staged in a hidden directory and removed). docs/uploads.md.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Removes a model this client uploaded (only under its own `uploads/<client>/`); NOT_FOUND
-        when there is none, PERMISSION_DENIED for any other model.
+        """Removes a model this client uploaded (only under its own `uploads/<client>/`), atomically,
+        and answers the bytes freed; they and the model no longer count toward the client's limits.
+        NOT_FOUND when there is none, PERMISSION_DENIED for any other model, FAILED_PRECONDITION
+        when uploads are off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
