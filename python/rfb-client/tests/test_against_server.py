@@ -10,7 +10,8 @@
   equal those of `evaluator eval` on the same weights;
 * (b) MODEL_FILE (a digits-cnn state dict) sent from Python and evaluated: per attack and per
   class the counts equal CLI_JSON's (`evaluator eval --json --no-cache` of the same file
-  imported with `evaluator import`); the Result's provenance, to_dict() and table();
+  imported with `evaluator import`); the Result's provenance, to_dict() and table(); a quick
+  AutoAttack (aa@2) whose components and sanity flags reach the Result;
 * (c) a ResNet-18 CIFAR-10 state dict of about 45 MB (tests/python/reference_models.py,
   seeded random weights) sent in 1 MiB chunks and timed, its ModelInfo checked, evaluated
   (clean and PGD-5, 2 examples per class, on the server's --data-dir) and timed; sending it
@@ -121,6 +122,15 @@ def file_against_cli(client, args, summary, reference):
     check("Worst-10%" in table and "PGD-5" in table, table)
     check("Clean" in repr(result) and "Worst" in str(result), repr(result))
     summary["python_upload"] = {a.name: a.accuracy for a in result}
+
+    # AutoAttack (a quick @2 check): its components and sanity flags reach the Result.
+    aa = client.evaluate(info.name, attacks="aa@2", eps=args.eps, examples_per_class=2, progress=False)["aa@2"]
+    check(aa.name == "AutoAttack@2" and aa.spec["steps"] == 2, (aa.name, aa.spec))
+    check([c.name for c in aa.components][:2] == ["APGD-CE", "APGD-T"], aa.components)
+    check(aa.sanity is not None and aa.sanity.targets_requested == 9, aa.sanity)
+    last = aa.components[-1].robust_after
+    check([last[c.name] for c in aa.classes] == [c.correct for c in aa.classes], "robust after the last component %s" % last)
+    summary["autoattack"] = {"components": [repr(c) for c in aa.components], "warnings": aa.warnings}
 
 
 def resnet18(client, args, summary):
