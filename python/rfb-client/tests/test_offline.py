@@ -205,12 +205,14 @@ class FakeEvaluator(pb_grpc.EvaluatorServicer):
         self.lock = threading.Lock()
 
     def ServerInfo(self, request, context):
+        authorization = dict(context.invocation_metadata()).get("authorization", "")
+        client = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else "local"
         return pb.ServerInfoResponse(
             versions=pb.Versions(evaluator="0.9.0", libtorch="2.13.0", proto="v1"),
             device="cpu",
             uploads_enabled=True,
             max_upload_bytes=1 << 30,
-            your_upload_prefix="uploads/local",
+            your_upload_prefix="uploads/" + client,
             model_code_protection="TorchScript trusted (in-process)",
         )
 
@@ -290,6 +292,8 @@ class AgainstAFakeServer(unittest.TestCase):
         self.assertTrue(info.uploads_enabled)
         self.assertEqual(info.your_upload_prefix, "uploads/local")
         self.assertEqual(info.versions["evaluator"], "0.9.0")
+        with rfb_client.connect("http://" + self.address, token="alice") as with_token:
+            self.assertEqual(with_token.server_info().your_upload_prefix, "uploads/alice", "the token goes as a bearer")
         models = self.client.list_models()
         self.assertEqual(models.names, ["natural-s0/best"])
         self.assertEqual(models.problems, ["bad: no manifest"])
