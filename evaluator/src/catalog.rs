@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub device: Device,
     /// Batch size for requests that leave it at 0.
     pub default_batch_size: i64,
+    /// How model code runs: worker processes and their sandbox ([`crate::sandbox`]).
+    pub sandbox: crate::sandbox::SandboxConfig,
 }
 
 impl EngineConfig {
@@ -61,6 +63,7 @@ impl EngineConfig {
             use_cache: true,
             device: Device::Cpu,
             default_batch_size: DEFAULT_BATCH_SIZE,
+            sandbox: Default::default(),
         }
     }
 }

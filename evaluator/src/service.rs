@@ -40,6 +40,7 @@ use tonic_health::ServingStatus;
 use crate::auth::{BearerAuth, ClientIdentity, TokenSet};
 use crate::catalog::{Catalog, EngineConfig};
 use crate::request::{CostEstimate, EngineError, Limits, PathRedactor};
+use crate::sandbox::Protection;
 use crate::worker::{Job, Queue, Worker, WorkerState};
 
 /// Fully qualified name of the service, as health checks name it.
@@ -160,11 +161,18 @@ pub struct EvaluatorService {
     catalog: Arc<Catalog>,
     queue: Arc<Queue>,
     worker: Arc<Worker>,
+    /// How model code runs, for ServerInfo.
+    protection: Option<Protection>,
 }
 
 impl EvaluatorService {
     pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>, worker: Arc<Worker>) -> Self {
-        EvaluatorService { catalog, queue, worker }
+        EvaluatorService { catalog, queue, worker, protection: None }
+    }
+
+    /// Tells ServerInfo how model code runs.
+    pub fn with_protection(self, protection: Protection) -> Self {
+        EvaluatorService { protection: Some(protection), ..self }
     }
 }
 
@@ -256,7 +264,12 @@ impl Evaluator for EvaluatorService {
         &self,
         _request: Request<rfb_proto::v1::ServerInfoRequest>,
     ) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
-        Err(Status::unimplemented("server info is not implemented yet"))
+        Ok(Response::new(rfb_proto::v1::ServerInfoResponse {
+            versions: Some(crate::versions()),
+            device: crate::device_name(self.catalog.device()),
+            model_code_protection: self.protection.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            ..Default::default()
+        }))
     }
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<Self::EvaluateStream>, Status> {
@@ -352,7 +365,16 @@ pub async fn serve(
     }
     let catalog = Arc::new(Catalog::new(&options.engine).map_err(ServeError::Config)?);
     let queue = Queue::new(limits);
-    let worker = Worker::spawn(catalog.clone(), queue.clone()).map_err(ServeError::Worker)?;
+    // What this machine can do for model code: a worker process confines itself and reports.
+    let sandbox = options.engine.sandbox.clone();
+    let device = options.engine.device;
+    let protection = tokio::task::spawn_blocking(move || crate::model_process::probe(&sandbox, device))
+        .await
+        .map_err(|e| ServeError::Config(format!("probing the sandbox of model code failed: {e}")))?
+        .map_err(|e| ServeError::Config(format!("cannot run model code in worker processes: {e}")))?;
+    tracing::info!(model_code_protection = %protection, "model code runs in: {protection}");
+    let worker = Worker::spawn(catalog.clone(), queue.clone(), options.engine.sandbox.clone(), protection.clone())
+        .map_err(ServeError::Worker)?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -375,7 +397,7 @@ pub async fn serve(
 
     let auth = BearerAuth::with_tokens(options.tokens.clone());
     let evaluator = EvaluatorServer::with_interceptor(
-        EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone()),
+        EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone()).with_protection(protection),
         auth.clone(),
     );
 
