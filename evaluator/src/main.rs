@@ -61,9 +61,10 @@ module (torch.jit.script or torch.jit.trace, then .save) of any architecture is 
 checking that libtorch loads it, that it maps [N, C, H, W] images in [0, 1] to [N, classes] finite logits, and that \
 gradients reach the input. The file's kind is told from its contents.
 
-Nothing in the file is executed, except by libtorch's TorchScript loader for a TorchScript module: a state-dict \
-pickle that asks for anything but tensors in plain containers (a whole pickled model, any other Python object) is \
-refused.
+Nothing in a state dict is executed: a pickle that asks for anything but tensors in plain containers (a whole \
+pickled model, any other Python object) is refused. A TorchScript module is code: its checks run in a sandboxed \
+worker process (no files, no network, capped memory and time; docs/sandbox.md), and where this machine cannot \
+sandbox it, it is refused unless you pass --trust-torchscript.
 
 The manifest records the file's name and sha256, --method, the data set's classes and input shape, and --mean/--std, \
 a per-channel normalisation the evaluator applies in front of the model (attack radii stay in pixel units).

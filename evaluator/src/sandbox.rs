@@ -10,8 +10,10 @@
 //! * **no new privileges** (`PR_SET_NO_NEW_PRIVS`), and a worker started as root drops to
 //!   `nobody` (no capabilities: it cannot raise its hard limits back).
 //! * **Landlock** (the thread that runs the model, and every thread it starts): no file may be
-//!   opened, read, written, created or executed, except read-only the shared libraries' own
-//!   directories on CUDA (the driver loads libraries lazily) and its device files; no TCP bind
+//!   opened, read, written, created or executed, except read-only the CPU's description
+//!   (`/proc/cpuinfo`, `/sys/devices/system/cpu`, which PyTorch's CPU detection reads lazily)
+//!   and, on CUDA, the shared libraries' own directories (the driver loads libraries lazily)
+//!   and the GPU's device files; no TCP bind
 //!   or connect (ABI >= 4); no signals to, or abstract sockets of, other processes (ABI >= 6).
 //! * **seccomp** (every thread, `TSYNC`): `socket()` fails with EPERM (on CUDA AF_UNIX stays
 //!   open for the driver's daemons), and so do exec, ptrace, namespaces, mounts, modules,
@@ -294,10 +296,18 @@ fn landlock(confinement: &Confinement) -> Result<Option<(u32, bool)>, SandboxErr
         .map_err(error)?
         .create()
         .map_err(error)?;
+    // PyTorch's CPU detection (cpuinfo) reads these lazily, at the first operation that asks;
+    // without them it guesses, and libtorch might pick other kernels than in-process.
+    let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
+    for path in CPU_INFO_PATHS {
+        if let Ok(fd) = PathFd::new(path) {
+            let access = if std::path::Path::new(path).is_dir() { read } else { BitFlags::from(AccessFs::ReadFile) };
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(error)?;
+        }
+    }
     if confinement.cuda {
         // The CUDA driver and libtorch's CUDA libraries load further libraries lazily (cuDNN's
         // engines, NVRTC) and talk to the GPU through its device files.
-        let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
         for dir in cuda_readable_dirs() {
             if let Ok(fd) = PathFd::new(&dir) {
                 ruleset = ruleset.add_rule(PathBeneath::new(fd, read)).map_err(error)?;
@@ -321,6 +331,9 @@ fn landlock(confinement: &Confinement) -> Result<Option<(u32, bool)>, SandboxErr
     let number: u32 = effective.to_string().parse().unwrap_or(0);
     Ok(Some((number, number >= 4)))
 }
+
+/// What a confined worker may read on any device: the CPU's description (not secret).
+const CPU_INFO_PATHS: [&str; 2] = ["/proc/cpuinfo", "/sys/devices/system/cpu"];
 
 /// Directories of the shared libraries this process has mapped, and the driver's /proc and
 /// /sys entries: read-only for CUDA workers.
