@@ -431,3 +431,44 @@ async fn workers_compute_what_in_process_computes() {
     };
     assert_eq!(run(&[]), run(&["--in-process"]));
 }
+
+/// A worker that dies (here: SIGKILL from outside, as the OOM killer sends it) fails only its
+/// job, with a status naming the signal; the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_fails_only_its_job() {
+    let work = Work::new();
+    let mut server = Server::start(&work.models(), &["--trust-torchscript"]);
+    let mut client = server.client().await;
+    import_large(&work, "loops_large.pt", "loops", false);
+    let mut stream = client.evaluate(request("loops", 2, AttackKind::Clean)).await.unwrap().into_inner();
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&pid) = children(server.pid()).first() {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no worker process was started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Killed once it runs the model (it has loaded it when it reports progress).
+    let mut progressed = false;
+    while !progressed {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+            Ok(Ok(Some(event))) => progressed = matches!(event.event, Some(rfb_proto::v1::evaluate_event::Event::Progress(_))),
+            other => panic!("no progress before the kill: {other:?}"),
+        }
+    }
+    let killed = Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the job finished although its worker was killed"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("killed by signal 9 (SIGKILL: out of memory"), "{status:?}");
+    let left = wait_for_no_children(server.pid(), Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+    still_serves(&mut server, &mut client).await;
+}
