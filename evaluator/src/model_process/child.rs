@@ -145,7 +145,8 @@ fn evaluate(channel: &mut Channel, setup: &WorkerSetup, request: &str, expected:
         use_cache: false,
         device,
         default_batch_size: setup.default_batch_size,
-        sandbox: Default::default(),
+        // The worker is where the model runs: its engine takes the split its catalog loads.
+        sandbox: crate::sandbox::SandboxConfig { in_process: true, ..Default::default() },
     };
     let catalog = Arc::new(Catalog::new(&config).map_err(EngineError::FailedPrecondition)?);
     let job = catalog.prepare(&request)?;
