@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub device: Device,
     /// Batch size for requests that leave it at 0.
     pub default_batch_size: i64,
+    /// How model code runs: worker processes and their sandbox ([`crate::sandbox`]).
+    pub sandbox: crate::sandbox::SandboxConfig,
 }
 
 impl EngineConfig {
@@ -61,6 +63,7 @@ impl EngineConfig {
             use_cache: true,
             device: Device::Cpu,
             default_batch_size: DEFAULT_BATCH_SIZE,
+            sandbox: Default::default(),
         }
     }
 }
@@ -107,6 +110,10 @@ pub struct Catalog {
     loaded: Mutex<Option<LoadedSplit>>,
     /// Held while a split is loaded for its hash, so that concurrent first requests load it once.
     hashing: Mutex<()>,
+    /// Whether a split loaded for its hash is kept for this process's engine: not when models
+    /// run in worker processes, which load it themselves (a large split would stay in memory
+    /// for nothing).
+    keep_loaded: bool,
     redactor: PathRedactor,
 }
 
@@ -163,6 +170,7 @@ impl Catalog {
             class_counts: Mutex::new(HashMap::new()),
             split_hashes: Mutex::new(HashMap::new()),
             loaded: Mutex::new(None),
+            keep_loaded: config.sandbox.in_process,
             hashing: Mutex::new(()),
             redactor,
         })
@@ -368,7 +376,9 @@ impl Catalog {
             .map_err(|e| EngineError::from_data(kind.name(), e))?;
         let sha = split_sha256_of(&loaded, kind)?;
         self.remember_split(kind, split, &sha, loaded.class_counts());
-        *locked(&self.loaded) = Some(((kind, split), sha.clone(), loaded));
+        if self.keep_loaded {
+            *locked(&self.loaded) = Some(((kind, split), sha.clone(), loaded));
+        }
         Ok(sha)
     }
 

@@ -45,6 +45,16 @@ pub struct Engine {
     models: Vec<((std::path::PathBuf, String), LoadedModel)>,
     /// Loaded splits, as bytes, with the sha256 of their contents, most recently used last.
     datasets: Vec<((DatasetKind, Split), String, CompactDataset)>,
+    /// A TorchScript module's bytes read by [`Engine::read_ahead`], loaded (its code run) only
+    /// when the model is first used: keyed like `models`.
+    read_ahead: Option<((std::path::PathBuf, String), checkpoint::Manifest, Vec<u8>)>,
+}
+
+/// What [`Engine::run_steps`] reports: progress, and each attack's result (in request order)
+/// with whether it came from the cache.
+pub enum Step {
+    Progress(Progress),
+    Result { index: usize, stored: StoredResult, cached: bool },
 }
 
 const KEPT_MODELS: usize = 2;
@@ -53,7 +63,7 @@ const KEPT_DATASETS: usize = 2;
 impl Engine {
     pub fn new(catalog: Arc<Catalog>) -> Self {
         let device = catalog.device();
-        Engine { catalog, device, models: Vec::new(), datasets: Vec::new() }
+        Engine { catalog, device, models: Vec::new(), datasets: Vec::new(), read_ahead: None }
     }
 
     /// The catalog this engine was made with.
@@ -65,6 +75,27 @@ impl Engine {
     pub fn reset(&mut self) {
         self.models.clear();
         self.datasets.clear();
+        self.read_ahead = None;
+    }
+
+    /// Reads every file `job` needs now: the data split (as bytes), our own networks (loaded),
+    /// a TorchScript module's bytes (checked against the job's sha256, but not loaded: loading
+    /// runs its code). A sandboxed worker calls this before it confines itself, so that the
+    /// confined process needs no file.
+    pub fn read_ahead(&mut self, job: &PreparedEvaluation) -> Result<(), EngineError> {
+        self.dataset(job)?;
+        if job.manifest.is_torchscript() {
+            let key = (job.model_dir.clone(), job.model_sha256.clone());
+            if !self.models.iter().any(|(k, _)| *k == key) {
+                let manifest = checkpoint::read_manifest(&job.model_dir).map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
+                let bytes = checkpoint::read_torchscript(&job.model_dir, &manifest)
+                    .map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
+                self.read_ahead = Some((key, manifest, bytes));
+            }
+        } else {
+            self.model(job)?;
+        }
+        Ok(())
     }
 
     fn model(&mut self, job: &PreparedEvaluation) -> Result<&LoadedModel, EngineError> {
@@ -74,8 +105,17 @@ impl Engine {
             self.models.push(entry);
         } else {
             tracing::info!(model = %job.model, device = %crate::device_name(self.device), "loading checkpoint");
-            let (mut network, manifest) = checkpoint::load_model(&job.model_dir, self.device)
-                .map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
+            let read = match self.read_ahead.take() {
+                Some((read_key, manifest, bytes)) if read_key == key => Some((manifest, bytes)),
+                _ => None,
+            };
+            let loaded = match read {
+                Some((manifest, bytes)) => {
+                    checkpoint::torchscript_from_bytes(&job.model_dir, bytes, &manifest, self.device).map(|m| (m, manifest))
+                }
+                None => checkpoint::load_model(&job.model_dir, self.device),
+            };
+            let (mut network, manifest) = loaded.map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
             if manifest.weights_sha256 != job.weights_sha256 {
                 return Err(EngineError::FailedPrecondition(format!(
                     "checkpoint {:?} changed while the request waited (weights sha256 {} instead of {})",
@@ -184,10 +224,33 @@ impl Engine {
         stop: StopCheck,
         emit: &mut dyn FnMut(Event) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
+        let catalog = self.catalog.clone();
+        self.run_steps(job, stop, &mut |step| match step {
+            Step::Progress(progress) => emit(Event::Progress(progress)),
+            Step::Result { index, stored, cached } => {
+                let attack = &job.attacks[index];
+                if !cached {
+                    catalog.store(attack, &stored);
+                }
+                emit(Event::Result(attack_result(job, attack, &stored, cached)))
+            }
+        })
+    }
+
+    /// Runs every attack of `job` in order, reporting progress and each result in its stored
+    /// form; stores nothing (a sandboxed worker sends its results to the server, which stores
+    /// them). Cached results (when the catalog has a cache) are reported without touching the
+    /// device.
+    pub fn run_steps(
+        &mut self,
+        job: &PreparedEvaluation,
+        stop: StopCheck,
+        emit: &mut dyn FnMut(Step) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         let mut subset: Option<Dataset> = None;
         for (index, attack) in job.attacks.iter().enumerate() {
             if let Some(stored) = self.catalog.cached(attack) {
-                emit(Event::Result(attack_result(job, attack, &stored, true)))?;
+                emit(Step::Result { index, stored, cached: true })?;
                 continue;
             }
             if subset.is_none() {
@@ -197,9 +260,8 @@ impl Engine {
                 return Err(reason);
             }
             let Some(subset) = subset.as_ref() else { continue };
-            let stored = self.compute(job, index, attack, subset, stop, emit)?;
-            self.catalog.store(attack, &stored);
-            emit(Event::Result(attack_result(job, attack, &stored, false)))?;
+            let stored = self.compute(job, index, attack, subset, stop, &mut |progress| emit(Step::Progress(progress)))?;
+            emit(Step::Result { index, stored, cached: false })?;
         }
         Ok(())
     }
@@ -211,7 +273,7 @@ impl Engine {
         attack: &PreparedAttack,
         subset: &Dataset,
         stop: StopCheck,
-        emit: &mut dyn FnMut(Event) -> Result<(), EngineError>,
+        emit: &mut dyn FnMut(Progress) -> Result<(), EngineError>,
     ) -> Result<StoredResult, EngineError> {
         let device = self.device;
         let batch_size = job.batch_size;
@@ -232,7 +294,7 @@ impl Engine {
         let network: &dyn attacks::Classifier = &prepared;
         let failed = |e: AttackError| EngineError::from_attack_run(&attack.name, &job.model, &precision.to_string(), e);
         let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
-            Event::Progress(Progress {
+            Progress {
                 attack: attack.name.clone(),
                 attack_index: index as i64,
                 examples_done: done,
@@ -240,7 +302,7 @@ impl Engine {
                 component: component.to_string(),
                 component_index: component_index as i64,
                 components: components as i64,
-            })
+            }
         };
         let started = Instant::now();
         let mut emitted: Option<EngineError> = None;

@@ -8,6 +8,11 @@
 //! * [`catalog`]: the models directory (name resolution that refuses escapes, listings), the
 //!   class counts of the data splits, and the preparation of requests before they are queued.
 //! * [`engine`]: running the attacks of a prepared evaluation per class on a model.
+//! * [`runner`]: where that runs: a sandboxed worker process (the default) or this process.
+//! * [`model_process`]: the worker processes that run model code: starting, talking to,
+//!   killing them, and the worker's own side (`evaluator sandboxed-worker`).
+//! * [`sandbox`]: the confinement a worker applies to itself before model code runs (Landlock,
+//!   seccomp, rlimits), and the [`sandbox::Protection`] the machine allows.
 //! * [`cache`]: one JSON file per attack result, keyed by everything that determines it.
 //! * [`worker`]: the bounded, fair queue and the one thread that owns the models and the
 //!   device, with its health.
@@ -24,7 +29,10 @@ pub mod cache;
 pub mod catalog;
 pub mod engine;
 pub mod import;
+pub mod model_process;
 pub mod request;
+pub mod runner;
+pub mod sandbox;
 pub mod service;
 pub mod table;
 pub mod uploads;

@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use rfb_evaluator::catalog::{parse_device, EngineConfig, DEFAULT_BATCH_SIZE};
 use rfb_evaluator::request::{DEFAULT_MAX_JOB_COST, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_PER_CLIENT};
 use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
-use rfb_evaluator::{Catalog, Engine, Limits};
+use rfb_evaluator::runner::Runner;
+use rfb_evaluator::sandbox::SandboxConfig;
+use rfb_evaluator::{Catalog, Limits};
 use rfb_proto::v1::{evaluate_event::Event, EvaluateRequest};
 
 #[derive(Parser)]
@@ -43,6 +45,10 @@ enum Command {
     /// architectures (`--arch`), or a TorchScript module of any architecture.
     #[command(long_about = IMPORT_ABOUT)]
     Import(ImportArgs),
+    /// A worker process that runs model code in the sandbox (started by serve, eval and
+    /// import; never by hand): reads its task on stdin.
+    #[command(name = "sandboxed-worker", hide = true)]
+    SandboxedWorker,
 }
 
 const IMPORT_ABOUT: &str = "Turn any PyTorch classifier into a checkpoint directory that `eval`, `serve` and bench-client \
@@ -55,9 +61,10 @@ module (torch.jit.script or torch.jit.trace, then .save) of any architecture is 
 checking that libtorch loads it, that it maps [N, C, H, W] images in [0, 1] to [N, classes] finite logits, and that \
 gradients reach the input. The file's kind is told from its contents.
 
-Nothing in the file is executed, except by libtorch's TorchScript loader for a TorchScript module: a state-dict \
-pickle that asks for anything but tensors in plain containers (a whole pickled model, any other Python object) is \
-refused.
+Nothing in a state dict is executed: a pickle that asks for anything but tensors in plain containers (a whole \
+pickled model, any other Python object) is refused. A TorchScript module is code: its checks run in a sandboxed \
+worker process (no files, no network, capped memory and time; docs/sandbox.md), and where this machine cannot \
+sandbox it, it is refused unless you pass --trust-torchscript.
 
 The manifest records the file's name and sha256, --method, the data set's classes and input shape, and --mean/--std, \
 a per-channel normalisation the evaluator applies in front of the model (attack radii stay in pixel units).
@@ -103,6 +110,39 @@ struct ImportArgs {
     /// Replace a checkpoint already in --out.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    model_code: ModelCodeArgs,
+    /// Longest the checks of a TorchScript module may run (they run its code); then it is
+    /// refused.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    check_timeout: humantime::Duration,
+}
+
+/// How model code runs (docs/sandbox.md).
+#[derive(Args)]
+struct ModelCodeArgs {
+    /// Run TorchScript modules even where this machine cannot sandbox their code (no Landlock
+    /// or no seccomp): their code then runs with only what protection there is (a worker
+    /// process, its rlimits), or with the evaluator's rights in-process. Only for models you
+    /// trust as you trust this program.
+    #[arg(long)]
+    trust_torchscript: bool,
+    /// Address-space limit of a worker process running model code: auto (the machine's
+    /// memory), off, or a size such as 16GiB. Not applied on CUDA (its driver reserves far more
+    /// address space than it uses).
+    #[arg(long, value_name = "SIZE", default_value = "auto")]
+    worker_memory: rfb_evaluator::sandbox::MemoryLimit,
+}
+
+impl ModelCodeArgs {
+    fn config(&self, in_process: bool) -> SandboxConfig {
+        SandboxConfig {
+            memory: self.worker_memory,
+            trust_torchscript: self.trust_torchscript,
+            in_process,
+            ..SandboxConfig::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -122,10 +162,12 @@ struct EngineArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    model_code: ModelCodeArgs,
 }
 
 impl EngineArgs {
-    fn config(&self, default_batch_size: i64) -> Result<EngineConfig> {
+    fn config(&self, default_batch_size: i64, in_process: bool) -> Result<EngineConfig> {
         let device = parse_device(&self.device).map_err(anyhow::Error::msg)?;
         Ok(EngineConfig {
             models_dir: self.models_dir.clone(),
@@ -134,6 +176,7 @@ impl EngineArgs {
             use_cache: !self.no_cache,
             device,
             default_batch_size,
+            sandbox: self.model_code.config(in_process),
         })
     }
 }
@@ -257,6 +300,11 @@ struct EvalArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run the model in this process instead of a sandboxed worker process: no sandbox (a
+    /// TorchScript module then needs --trust-torchscript). For measuring what the worker costs;
+    /// the results are the same.
+    #[arg(long)]
+    in_process: bool,
     /// Also write the results as JSON to FILE (written atomically): per attack its name, spec,
     /// precision, per-class counts, metrics, AutoAttack's components and sanity flags, and
     /// the model, data, device and versions they were computed with.
@@ -310,7 +358,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_uploads_per_client: args.max_uploads_per_client,
             max_upload_bytes_per_client: args.max_upload_bytes_per_client,
         },
-        ..ServeOptions::new(args.listen, args.engine.config(args.batch_size)?)
+        ..ServeOptions::new(args.listen, args.engine.config(args.batch_size, false)?)
     };
     // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -368,15 +416,18 @@ fn eval(args: EvalArgs) -> Result<()> {
         shard: args.shard,
         ..Default::default()
     };
-    let catalog = Arc::new(Catalog::new(&args.engine.config(args.batch_size)?).map_err(anyhow::Error::msg)?);
+    let config = args.engine.config(args.batch_size, args.in_process)?;
+    let catalog = Arc::new(Catalog::new(&config).map_err(anyhow::Error::msg)?);
     let job = catalog.prepare(&request)?;
-    let mut engine = Engine::new(catalog.clone());
+    let protection = rfb_evaluator::model_process::probe(&config.sandbox, config.device)?;
+    tracing::info!("model code runs in: {protection}");
+    let mut runner = Runner::new(catalog.clone(), config.sandbox.clone(), protection);
     // A bar on a terminal; in a log, a plain line every few seconds (rfb_progress).
     let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(args.quiet));
     let bar = progress.task(format!("eval {}", job.model), 0, "examples");
     let attacks = job.attacks.len();
     let mut results = Vec::new();
-    engine.run(&job, &mut |event| {
+    runner.run(&job, None, &|| None, &|| {}, &mut |event| {
         match event {
             Event::Progress(p) => {
                 let component = if p.components > 1 && !p.component.is_empty() {
@@ -488,7 +539,8 @@ fn import(args: ImportArgs) -> Result<()> {
         data_dir: args.data_dir,
         overwrite: args.force,
     };
-    let imported = rfb_evaluator::import::import_model(&options)?;
+    let sandbox = SandboxConfig { check_timeout: args.check_timeout.into(), ..args.model_code.config(false) };
+    let imported = rfb_evaluator::import::import_model(&options, &sandbox, None)?;
     let manifest = &imported.manifest;
     let source = manifest.source.as_ref().map(|s| format!("{} (sha256 {})", s.file, s.sha256)).unwrap_or_default();
     println!("imported {source} as {}", args.out.display());
@@ -540,6 +592,10 @@ fn main() -> Result<()> {
         Command::Import(args) => {
             init_logging("warn");
             import(args)
+        }
+        Command::SandboxedWorker => {
+            init_logging("warn");
+            std::process::exit(rfb_evaluator::model_process::child::main())
         }
     }
 }

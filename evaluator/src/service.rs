@@ -47,6 +47,7 @@ use tonic_health::ServingStatus;
 use crate::auth::{BearerAuth, ClientIdentity, TokenSet};
 use crate::catalog::{Catalog, EngineConfig};
 use crate::request::{CostEstimate, EngineError, Limits, PathRedactor};
+use crate::sandbox::Protection;
 use crate::uploads::{upload_prefix, UploadError, UploadLimits, Uploads, MAX_CHUNK_BYTES};
 use crate::worker::{Job, Queue, Worker, WorkerState};
 
@@ -175,11 +176,18 @@ pub struct EvaluatorService {
     queue: Arc<Queue>,
     worker: Arc<Worker>,
     uploads: Arc<Uploads>,
+    /// How model code runs, for ServerInfo.
+    protection: Option<Protection>,
 }
 
 impl EvaluatorService {
     pub fn new(catalog: Arc<Catalog>, queue: Arc<Queue>, worker: Arc<Worker>, uploads: Arc<Uploads>) -> Self {
-        EvaluatorService { catalog, queue, worker, uploads }
+        EvaluatorService { catalog, queue, worker, uploads, protection: None }
+    }
+
+    /// Tells ServerInfo how model code runs.
+    pub fn with_protection(self, protection: Protection) -> Self {
+        EvaluatorService { protection: Some(protection), ..self }
     }
 }
 
@@ -330,7 +338,7 @@ impl Evaluator for EvaluatorService {
             max_upload_bytes: when_on(limits.max_upload_bytes),
             max_uploads_per_client: when_on(limits.max_uploads_per_client),
             max_upload_bytes_per_client: when_on(limits.max_upload_bytes_per_client),
-            model_code_protection: "in-process".into(),
+            model_code_protection: self.protection.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             your_upload_prefix: upload_prefix(&upload_client_of(&request)),
         }))
     }
@@ -427,12 +435,27 @@ pub async fn serve(
         return Err(ServeError::Config("the keepalive interval and timeout must be positive".into()));
     }
     let catalog = Arc::new(Catalog::new(&options.engine).map_err(ServeError::Config)?);
-    let uploads = Arc::new(
-        Uploads::open(catalog.models_dir(), catalog.data_dir(), options.uploads)
-            .map_err(|e| ServeError::Config(format!("uploads: {e}")))?,
-    );
     let queue = Queue::new(limits);
-    let worker = Worker::spawn(catalog.clone(), queue.clone()).map_err(ServeError::Worker)?;
+    // What this machine can do for model code: a worker process confines itself and reports.
+    let sandbox = options.engine.sandbox.clone();
+    let device = options.engine.device;
+    let protection = tokio::task::spawn_blocking(move || crate::model_process::probe(&sandbox, device))
+        .await
+        .map_err(|e| ServeError::Config(format!("probing the sandbox of model code failed: {e}")))?
+        .map_err(|e| ServeError::Config(format!("cannot run model code in worker processes: {e}")))?;
+    tracing::info!(model_code_protection = %protection, "model code runs in: {protection}");
+    let uploads = Arc::new(
+        Uploads::open(
+            catalog.models_dir(),
+            catalog.data_dir(),
+            options.uploads,
+            options.engine.sandbox.clone(),
+            Some(protection.clone()),
+        )
+        .map_err(|e| ServeError::Config(format!("uploads: {e}")))?,
+    );
+    let worker = Worker::spawn(catalog.clone(), queue.clone(), options.engine.sandbox.clone(), protection.clone())
+        .map_err(ServeError::Worker)?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -455,8 +478,10 @@ pub async fn serve(
 
     let auth = BearerAuth::with_tokens(options.tokens.clone());
     let evaluator = tonic::service::interceptor::InterceptedService::new(
-        EvaluatorServer::new(EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone(), uploads))
-            .max_decoding_message_size(MAX_CHUNK_BYTES + MESSAGE_OVERHEAD_BYTES),
+        EvaluatorServer::new(
+            EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone(), uploads).with_protection(protection),
+        )
+        .max_decoding_message_size(MAX_CHUNK_BYTES + MESSAGE_OVERHEAD_BYTES),
         auth.clone(),
     );
 

@@ -26,6 +26,9 @@ use rfb_core::checkpoint::import::ImportOptions;
 use rfb_core::checkpoint::{CheckpointError, MANIFEST_FILE};
 use rfb_core::data::DatasetKind;
 use rfb_proto::v1::{ModelFormat, UploadHeader};
+
+use crate::import::ImportError;
+use crate::sandbox::{Protection, SandboxConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -109,6 +112,11 @@ pub enum UploadError {
     /// Anything else that failed on the server (INTERNAL).
     #[error("{0}")]
     Internal(String),
+    /// A TorchScript module's checks could not run or finish: refused on a server without a
+    /// sandbox that does not trust TorchScript (FAILED_PRECONDITION), its worker over its
+    /// memory (RESOURCE_EXHAUSTED), out of time or dead: the worker's own status.
+    #[error("{message}")]
+    ModelCode { code: tonic::Code, message: String },
 }
 
 impl UploadError {
@@ -121,6 +129,7 @@ impl UploadError {
             UploadError::NotFound(_) => tonic::Code::NotFound,
             UploadError::PermissionDenied(_) => tonic::Code::PermissionDenied,
             UploadError::Io { .. } | UploadError::Internal(_) => tonic::Code::Internal,
+            UploadError::ModelCode { code, .. } => *code,
         }
     }
 
@@ -320,6 +329,10 @@ pub struct Uploads {
     data_dir: Option<PathBuf>,
     limits: UploadLimits,
     reserved: Reservations,
+    /// How a TorchScript module's import checks run (a sandboxed worker) and what the machine
+    /// allows, as `evaluator import` does it.
+    sandbox: SandboxConfig,
+    protection: Option<Protection>,
     /// Held while a name is checked and a checkpoint renamed into or out of place.
     publish: Mutex<()>,
 }
@@ -332,7 +345,15 @@ pub fn upload_prefix(client: &str) -> String {
 impl Uploads {
     /// Uploads into `models_dir` (canonical). With uploads on, makes the staging directory
     /// (0700) and empties it of what a killed server left; with them off, touches nothing.
-    pub fn open(models_dir: &Path, data_dir: Option<&Path>, limits: UploadLimits) -> Result<Self, UploadError> {
+    /// TorchScript modules are checked under `sandbox`, refused where `protection` says the
+    /// machine cannot confine them and the operator does not trust them.
+    pub fn open(
+        models_dir: &Path,
+        data_dir: Option<&Path>,
+        limits: UploadLimits,
+        sandbox: SandboxConfig,
+        protection: Option<Protection>,
+    ) -> Result<Self, UploadError> {
         let staging = models_dir.join(STAGING_DIR);
         if limits.enabled {
             if limits.max_upload_bytes == 0 || limits.max_uploads_per_client == 0 || limits.max_upload_bytes_per_client == 0 {
@@ -375,6 +396,8 @@ impl Uploads {
             data_dir: data_dir.map(Path::to_path_buf),
             limits,
             reserved: Arc::default(),
+            sandbox,
+            protection,
             publish: Mutex::new(()),
         })
     }
@@ -631,7 +654,8 @@ impl Upload {
             data_dir: uploads.data_dir.clone(),
             overwrite: false,
         };
-        let imported = crate::import::import_model(&options).map_err(|e| self.import_error(e))?;
+        let imported = crate::import::import_model(&options, &uploads.sandbox, uploads.protection.as_ref())
+            .map_err(|e| self.import_error(e))?;
         if record.format != "unspecified" && record.format != imported.kind.name() {
             return Err(UploadError::InvalidArgument(format!(
                 "the header says {}, but the file is a {}",
@@ -672,6 +696,15 @@ impl Upload {
         Ok(self.model.clone())
     }
 
+    /// A message without this upload's staging paths (the client named the file and the
+    /// model, the server's directories are its own).
+    fn without_paths(&self, message: &str) -> String {
+        message
+            .replace(&self.path.display().to_string(), &self.record.file_name)
+            .replace(&self.dir.path().join("checkpoint").display().to_string(), &self.model)
+            .replace(&self.dir.path().display().to_string(), "<upload>")
+    }
+
     fn repeat_of(&self, existing: UploadRecord) -> Result<String, UploadError> {
         if existing == self.record {
             tracing::info!(client = %self.client, model = %self.model, "the same upload again: the existing model answered");
@@ -685,12 +718,20 @@ impl Upload {
     }
 
     /// The import's refusal, naming the file as the client did and the model by its name.
-    fn import_error(&self, error: CheckpointError) -> UploadError {
+    fn import_error(&self, error: ImportError) -> UploadError {
+        let code = error.code();
+        let error = match error {
+            ImportError::Checkpoint(error) => error,
+            ImportError::ModelCode(error) => {
+                return UploadError::ModelCode { code, message: self.without_paths(&error.to_string()) }
+            }
+        };
         let message = error
             .to_string()
             .replace(&self.path.display().to_string(), &self.record.file_name)
             .replace(&self.dir.path().join("checkpoint").display().to_string(), &self.model)
             .replace(&self.dir.path().display().to_string(), "<upload>");
+        let message = self.without_paths(&message);
         match error {
             CheckpointError::Io { .. } => UploadError::Internal(message),
             CheckpointError::Torch(_) if crate::request::is_out_of_memory(&message) => UploadError::ResourceExhausted(message),
@@ -759,7 +800,7 @@ mod tests {
     }
 
     fn uploads(models: &Path, limits: UploadLimits) -> Arc<Uploads> {
-        Arc::new(Uploads::open(models, None, UploadLimits { enabled: true, ..limits }).unwrap())
+        Arc::new(Uploads::open(models, None, UploadLimits { enabled: true, ..limits }, SandboxConfig::default(), None).unwrap())
     }
 
     fn sized(name: &str, size: u64) -> UploadHeader {

@@ -37,8 +37,9 @@ use rfb_proto::v1::{evaluate_event::Event, Done, EvaluateEvent, QueuePosition};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::catalog::Catalog;
-use crate::engine::Engine;
 use crate::request::{EngineError, Limits, PathRedactor, PreparedEvaluation};
+use crate::runner::Runner;
+use crate::sandbox::{Protection, SandboxConfig};
 
 /// What a client's stream receives.
 pub type EventSender = UnboundedSender<Result<EvaluateEvent, tonic::Status>>;
@@ -95,6 +96,15 @@ impl Job {
     /// whose deadline passed are told while a long batch runs).
     fn stop_reason(&self, queue: &Queue) -> Option<EngineError> {
         if queue.beat() {
+            queue.refresh();
+        }
+        self.stop_reason_quietly(queue)
+    }
+
+    /// [`Job::stop_reason`] without the heartbeat: asked every few milliseconds while a worker
+    /// process runs the job, when only the worker's own signs of life say it is not stuck.
+    fn stop_reason_quietly(&self, queue: &Queue) -> Option<EngineError> {
+        if queue.refresh_due() {
             queue.refresh();
         }
         if queue.is_stopping() {
@@ -280,6 +290,13 @@ impl Queue {
     pub fn beat(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.heartbeat.store(now, Ordering::Relaxed);
+        self.refresh_due()
+    }
+
+    /// True when the waiting jobs were last refreshed more than [`REFRESH_EVERY`] ago (the
+    /// caller then refreshes them); no heartbeat.
+    pub fn refresh_due(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.refreshed.load(Ordering::Relaxed);
         now.saturating_sub(last) >= REFRESH_EVERY.as_millis() as u64
             && self.refreshed.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
@@ -348,18 +365,20 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker thread; it runs until [`Queue::shutdown`].
-    pub fn spawn(catalog: Arc<Catalog>, queue: Arc<Queue>) -> std::io::Result<Arc<Worker>> {
+    /// Starts the worker thread; it runs until [`Queue::shutdown`]. Jobs run in worker
+    /// processes under `sandbox` (or in this thread, `sandbox.in_process`); `protection` is
+    /// what [`crate::model_process::probe`] found.
+    pub fn spawn(catalog: Arc<Catalog>, queue: Arc<Queue>, sandbox: SandboxConfig, protection: Protection) -> std::io::Result<Arc<Worker>> {
         let thread_queue = queue.clone();
         let handle = std::thread::Builder::new().name("evaluator-worker".into()).spawn(move || {
             let queue = thread_queue;
-            let mut engine = Engine::new(catalog);
+            let mut runner = Runner::new(catalog, sandbox, protection);
             while let Some(job) = queue.next() {
                 queue.busy.store(true, Ordering::Relaxed);
                 queue.beat();
-                if catch_unwind(AssertUnwindSafe(|| run_job(&mut engine, &queue, job))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| run_job(&mut runner, &queue, job))).is_err() {
                     tracing::error!("a job panicked outside the engine; models unloaded, going on");
-                    engine.reset();
+                    runner.reset();
                 }
                 queue.busy.store(false, Ordering::Relaxed);
                 queue.beat();
@@ -395,8 +414,8 @@ impl Worker {
     }
 }
 
-fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
-    let redactor = engine.catalog().redactor().clone();
+fn run_job(runner: &mut Runner, queue: &Queue, mut job: Job) {
+    let redactor = runner.catalog().redactor().clone();
     if let Some(reason) = job.stop_reason(queue) {
         finish(&job, Err(reason), 0.0, &redactor);
         return;
@@ -415,9 +434,15 @@ fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
     // progress lines (RFB_PROGRESS_SECONDS, default 15 s), not at every batch.
     let log_every = rfb_progress::interval_from_env();
     let mut last_logged = Instant::now();
+    let in_process = runner.in_process();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let stop = || job.stop_reason(queue);
-        engine.run_until(&job.prepared, &stop, &mut |event| {
+        // In-process the engine asks between attack iterations, which is the heartbeat; a
+        // worker process is asked about every 50 ms, and its own signs of life are.
+        let stop = || if in_process { job.stop_reason(queue) } else { job.stop_reason_quietly(queue) };
+        let alive = || {
+            queue.beat();
+        };
+        runner.run(&job.prepared, job.deadline, &stop, &alive, &mut |event| {
             if let Some(reason) = job.stop_reason(queue) {
                 return Err(reason);
             }
@@ -449,7 +474,7 @@ fn run_job(engine: &mut Engine, queue: &Queue, mut job: Job) {
         Err(payload) => {
             let error = EngineError::from_panic(payload.as_ref());
             tracing::error!(model = %job.prepared.model, %error, "evaluation panicked; models unloaded");
-            engine.reset();
+            runner.reset();
             job.fail_redacted(&error, &redactor);
         }
     }

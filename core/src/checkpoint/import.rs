@@ -134,8 +134,119 @@ fn class_names(options: &ImportOptions) -> Result<Vec<String>, CheckpointError> 
 }
 
 /// Imports `options.from` into the checkpoint directory `options.out` (see the module
-/// documentation). Nothing is written unless every check passes.
+/// documentation). Nothing is written unless every check passes. A TorchScript module is
+/// loaded and run in this process ([`check_torchscript`]); the evaluator runs that step in a
+/// sandboxed worker instead, through [`plan_import`] and [`ImportPlan::write`].
 pub fn import_model(options: &ImportOptions) -> Result<Imported, CheckpointError> {
+    let plan = plan_import(options)?;
+    let checked = match plan.torchscript() {
+        Some((bytes, spec)) => Some(check_torchscript(bytes.to_vec(), spec, &options.from)?),
+        None => None,
+    };
+    plan.write(checked)
+}
+
+/// An import with every check made except running a TorchScript module: the file's kind, the
+/// options, the destination, and for a state dict the network itself (read by our own pickle
+/// reader, which runs nothing).
+pub struct ImportPlan {
+    kind: ModelFileKind,
+    out: PathBuf,
+    from: PathBuf,
+    bytes: Vec<u8>,
+    source: Source,
+    spec: ModelSpec,
+    info: CheckpointInfo,
+    /// A state dict's network, checked against its architecture.
+    network: Option<crate::models::Network>,
+}
+
+impl std::fmt::Debug for ImportPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportPlan").field("kind", &self.kind).field("from", &self.from).field("out", &self.out).finish()
+    }
+}
+
+/// What running a TorchScript module's checks found ([`check_torchscript`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TorchScriptChecked {
+    pub parameter_count: i64,
+    /// Whether the module also runs in bf16 (`Err` says why not).
+    pub bf16: Result<(), String>,
+}
+
+/// Loads a TorchScript module from `bytes` on the CPU and runs the checks of
+/// [`TorchScriptModel::from_bytes`] and the bf16 one. The module's code runs here: call it
+/// where that is safe (the evaluator: in a sandboxed worker). `from` names the file in errors.
+pub fn check_torchscript(bytes: Vec<u8>, spec: &ModelSpec, from: &Path) -> Result<TorchScriptChecked, CheckpointError> {
+    let module = TorchScriptModel::from_bytes(bytes, spec, Device::Cpu).map_err(|e| match e {
+        ModelError::TorchScript(problem) => CheckpointError::TorchScript { path: from.to_path_buf(), problem },
+        other => CheckpointError::Model(other),
+    })?;
+    let bf16 = module.bf16().map(|_| ()).map_err(|e| e.to_string());
+    Ok(TorchScriptChecked { parameter_count: module.parameter_count(), bf16 })
+}
+
+impl ImportPlan {
+    pub fn kind(&self) -> ModelFileKind {
+        self.kind
+    }
+
+    /// A TorchScript module's bytes and the spec to check it against (for
+    /// [`check_torchscript`]); `None` for a state dict.
+    pub fn torchscript(&self) -> Option<(&[u8], &ModelSpec)> {
+        match self.kind {
+            ModelFileKind::TorchScript => Some((&self.bytes, &self.spec)),
+            ModelFileKind::StateDict => None,
+        }
+    }
+
+    /// Writes the checkpoint (files atomically, the manifest last). A TorchScript module needs
+    /// the outcome of its checks, `checked`; a state dict none.
+    pub fn write(self, checked: Option<TorchScriptChecked>) -> Result<Imported, CheckpointError> {
+        let ImportPlan { kind, out, from, bytes, source, spec, info, network } = self;
+        match (kind, network, checked) {
+            (ModelFileKind::StateDict, Some(network), _) => {
+                std::fs::create_dir_all(&out).map_err(|source| CheckpointError::Io { path: out.clone(), source })?;
+                // A TorchScript file of an earlier import would otherwise be left beside the weights.
+                let _ = std::fs::remove_file(out.join(TORCHSCRIPT_FILE));
+                let manifest = save_with_source(&out, &network, info, Some(source))?;
+                Ok(Imported { kind, manifest, bf16: None })
+            }
+            (ModelFileKind::TorchScript, _, Some(checked)) => {
+                let manifest = Manifest {
+                    format_version: TORCHSCRIPT_FORMAT_VERSION,
+                    model: spec,
+                    class_names: info.class_names,
+                    dataset: info.dataset,
+                    method: info.method,
+                    hyperparameters: info.hyperparameters,
+                    seed: None,
+                    epoch: None,
+                    selection: None,
+                    weights_sha256: source.sha256.clone(),
+                    parameter_count: checked.parameter_count,
+                    code_version: code_version(),
+                    libtorch_version: libtorch_version(),
+                    created_at: now_rfc3339(),
+                    source: Some(source),
+                };
+                std::fs::create_dir_all(&out).map_err(|source| CheckpointError::Io { path: out.clone(), source })?;
+                let _ = std::fs::remove_file(out.join(WEIGHTS_FILE));
+                write_atomic(&out.join(TORCHSCRIPT_FILE), &bytes)?;
+                write_manifest(&out, &manifest)?;
+                Ok(Imported { kind, manifest, bf16: Some(checked.bf16) })
+            }
+            _ => Err(CheckpointError::InvalidImport(format!(
+                "internal error: {} was not checked before writing",
+                from.display()
+            ))),
+        }
+    }
+}
+
+/// Every check of an import that runs no model code (see [`ImportPlan`]).
+pub fn plan_import(options: &ImportOptions) -> Result<ImportPlan, CheckpointError> {
     let kind = model_file_kind(&options.from)?;
     let architecture = options.architecture.as_deref().map(str::trim).filter(|a| !a.is_empty());
     let wants_torchscript = architecture.is_some_and(|a| a.eq_ignore_ascii_case(TORCHSCRIPT_ARCHITECTURE));
@@ -213,52 +324,23 @@ pub fn import_model(options: &ImportOptions) -> Result<Imported, CheckpointError
         epoch: None,
         selection: None,
     };
-    match kind {
+    let network = match kind {
         ModelFileKind::StateDict => {
             let architecture = architecture.unwrap_or_default();
             // Parses the name first, so that an unknown one is reported as such.
             let canonical = architecture.parse::<crate::models::Architecture>()?.to_string();
-            let network = super::network_from_pytorch_tensors(
+            Some(super::network_from_pytorch_tensors(
                 tensors.unwrap_or_default(),
                 &spec(&canonical),
                 Device::Cpu,
                 &options.from,
-            )?;
-            std::fs::create_dir_all(&options.out).map_err(|source| CheckpointError::Io { path: options.out.clone(), source })?;
-            // A TorchScript file of an earlier import would otherwise be left beside the weights.
-            let _ = std::fs::remove_file(options.out.join(TORCHSCRIPT_FILE));
-            let manifest = save_with_source(&options.out, &network, info, Some(source))?;
-            Ok(Imported { kind, manifest, bf16: None })
+            )?)
         }
-        ModelFileKind::TorchScript => {
-            let spec = spec(TORCHSCRIPT_ARCHITECTURE);
-            let module = TorchScriptModel::from_bytes(bytes.clone(), &spec, Device::Cpu).map_err(|e| match e {
-                ModelError::TorchScript(problem) => CheckpointError::TorchScript { path: options.from.clone(), problem },
-                other => CheckpointError::Model(other),
-            })?;
-            let bf16 = Some(module.bf16().map(|_| ()).map_err(|e| e.to_string()));
-            let manifest = Manifest {
-                format_version: TORCHSCRIPT_FORMAT_VERSION,
-                model: spec,
-                class_names: info.class_names,
-                dataset: info.dataset,
-                method: info.method,
-                hyperparameters: info.hyperparameters,
-                seed: None,
-                epoch: None,
-                selection: None,
-                weights_sha256: source.sha256.clone(),
-                parameter_count: module.parameter_count(),
-                code_version: code_version(),
-                libtorch_version: libtorch_version(),
-                created_at: now_rfc3339(),
-                source: Some(source),
-            };
-            std::fs::create_dir_all(&options.out).map_err(|source| CheckpointError::Io { path: options.out.clone(), source })?;
-            let _ = std::fs::remove_file(options.out.join(WEIGHTS_FILE));
-            write_atomic(&options.out.join(TORCHSCRIPT_FILE), &bytes)?;
-            write_manifest(&options.out, &manifest)?;
-            Ok(Imported { kind, manifest, bf16 })
-        }
-    }
+        ModelFileKind::TorchScript => None,
+    };
+    let spec = match &network {
+        Some(network) => network.spec.clone(),
+        None => spec(TORCHSCRIPT_ARCHITECTURE),
+    };
+    Ok(ImportPlan { kind, out: options.out.clone(), from: options.from.clone(), bytes, source, spec, info, network })
 }

@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 use crate::models::{self, ModelError, ModelSpec, Network};
 
 pub use torch_file::{Limit, LimitExceeded, TorchFileLimits};
-pub use torchscript::{load_model, TORCHSCRIPT_FILE};
+pub use torchscript::{load_model, read_torchscript, torchscript_from_bytes, TORCHSCRIPT_FILE};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";

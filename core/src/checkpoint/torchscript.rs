@@ -24,6 +24,15 @@ pub fn load_model(dir: &Path, device: Device) -> Result<(LoadedModel, Manifest),
         let (network, manifest) = load(dir, device, &Expectation::default())?;
         return Ok((LoadedModel::Native(network), manifest));
     }
+    let bytes = read_torchscript(dir, &manifest)?;
+    let module = torchscript_from_bytes(dir, bytes, &manifest, device)?;
+    Ok((module, manifest))
+}
+
+/// The bytes of a TorchScript checkpoint's `model.pt`, checked against the manifest's sha256.
+/// Reading is separate from loading so that a sandboxed worker can read the file first and
+/// load (run) the module only once it is confined.
+pub fn read_torchscript(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>, CheckpointError> {
     let path = dir.join(TORCHSCRIPT_FILE);
     if !path.is_file() {
         return Err(CheckpointError::MissingFile { path, what: "model.pt with the TorchScript module" });
@@ -33,9 +42,16 @@ pub fn load_model(dir: &Path, device: Device) -> Result<(LoadedModel, Manifest),
     if found != manifest.weights_sha256 {
         return Err(CheckpointError::ChecksumMismatch { path, expected: manifest.weights_sha256.clone(), found });
     }
+    Ok(bytes)
+}
+
+/// Loads the TorchScript module of checkpoint `dir` from `bytes` (read by
+/// [`read_torchscript`]); the module's code runs here (libtorch's loader and the checks of
+/// [`TorchScriptModel::from_bytes`]). No file is opened.
+pub fn torchscript_from_bytes(dir: &Path, bytes: Vec<u8>, manifest: &Manifest, device: Device) -> Result<LoadedModel, CheckpointError> {
     let module = TorchScriptModel::from_bytes(bytes, &manifest.model, device).map_err(|e| match e {
-        ModelError::TorchScript(problem) => CheckpointError::TorchScript { path: path.clone(), problem },
+        ModelError::TorchScript(problem) => CheckpointError::TorchScript { path: dir.join(TORCHSCRIPT_FILE), problem },
         other => CheckpointError::Model(other),
     })?;
-    Ok((LoadedModel::TorchScript(module), manifest))
+    Ok(LoadedModel::TorchScript(module))
 }

@@ -27,8 +27,9 @@ use crate::guard::{guarded, guarded_result};
 /// The architecture name a TorchScript checkpoint records.
 pub const TORCHSCRIPT_ARCHITECTURE: &str = "torchscript";
 
-/// Why a TorchScript module cannot be served. Each names the check that failed.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a TorchScript module cannot be served. Each names the check that failed. Serialisable:
+/// the checks run in a sandboxed worker process, which sends its verdict back.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum TorchScriptError {
     #[error("libtorch cannot load it as a TorchScript module: {0}")]
     Load(String),

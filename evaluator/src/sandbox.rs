@@ -1,0 +1,576 @@
+//! The sandbox of model code. A TorchScript module's `forward` is code: TorchScript can read
+//! and write files (`torch.from_file`, `torch.save`), loop forever and allocate without bound.
+//! So every evaluation (and every import check) runs in a worker process
+//! ([`crate::model_process`]) that, once it has read the model and the data into memory,
+//! confines itself here before any model code runs:
+//!
+//! * **rlimits** (process-wide): `RLIMIT_AS` (the memory cap, [`MemoryLimit`]; not on CUDA,
+//!   whose driver reserves far more address space than it uses), `RLIMIT_CPU` (from the job's
+//!   deadline, or a cap), `RLIMIT_FSIZE` 0 (no file grows), `RLIMIT_CORE` 0.
+//! * **no new privileges** (`PR_SET_NO_NEW_PRIVS`), and a worker started as root drops to
+//!   `nobody` (no capabilities: it cannot raise its hard limits back).
+//! * **Landlock** (the thread that runs the model, and every thread it starts): no file may be
+//!   opened, read, written, created or executed, except read-only the CPU's description
+//!   (`/proc/cpuinfo`, `/sys/devices/system/cpu`, which PyTorch's CPU detection reads lazily)
+//!   and, on CUDA, the shared libraries' own directories (the driver loads libraries lazily)
+//!   and the GPU's device files; no TCP bind
+//!   or connect (ABI >= 4); no signals to, or abstract sockets of, other processes (ABI >= 6).
+//! * **seccomp** (every thread, `TSYNC`): `socket()` fails with EPERM (on CUDA AF_UNIX stays
+//!   open for the driver's daemons), and so do exec, ptrace, namespaces, mounts, modules,
+//!   io_uring, BPF, keyrings and raising rlimits; libtorch sees an error, not a dead process.
+//!
+//! [`Protection`] is what the kernel allows, probed once at start by a worker that confines
+//! itself and checks that it can no longer read a file or open a socket. Where Landlock or
+//! seccomp is missing, TorchScript models are refused unless the operator passes
+//! `--trust-torchscript`; our own safetensors networks (no code of the user's) run in workers
+//! with what protection there is. For tests, `RFB_SANDBOX_PRETEND_NO_LANDLOCK=1` and
+//! `RFB_SANDBOX_PRETEND_NO_SECCOMP=1` make the worker act as if the mechanism were missing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::request::EngineError;
+
+/// Set to 1 (tests only): workers skip Landlock as if the kernel had none.
+pub const PRETEND_NO_LANDLOCK: &str = "RFB_SANDBOX_PRETEND_NO_LANDLOCK";
+/// Set to 1 (tests only): workers skip seccomp as if the kernel had none.
+pub const PRETEND_NO_SECCOMP: &str = "RFB_SANDBOX_PRETEND_NO_SECCOMP";
+
+/// How much address space a worker may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryLimit {
+    /// The machine's physical memory (`MemTotal`): a model cannot take more than there is.
+    #[default]
+    Auto,
+    Bytes(u64),
+    Off,
+}
+
+impl MemoryLimit {
+    /// The limit in bytes, `None` for none.
+    pub fn bytes(self) -> Option<u64> {
+        match self {
+            MemoryLimit::Auto => machine_memory(),
+            MemoryLimit::Bytes(bytes) => Some(bytes),
+            MemoryLimit::Off => None,
+        }
+    }
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    /// `auto`, `off`, or a size: `16GiB`, `512MiB`, `2G`, `1000000` (bytes).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => return Ok(MemoryLimit::Auto),
+            "off" | "none" | "0" => return Ok(MemoryLimit::Off),
+            _ => {}
+        }
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 16GiB, 512MiB, auto, off)"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} (KiB, MiB, GiB, TiB)")),
+        };
+        let bytes = number * scale as f64;
+        if !(bytes >= (64u64 << 20) as f64) || !bytes.is_finite() {
+            return Err(format!("{text:?} is too small for a worker (at least 64MiB, or off)"));
+        }
+        Ok(MemoryLimit::Bytes(bytes as u64))
+    }
+}
+
+/// The machine's physical memory (`MemTotal` of /proc/meminfo), in bytes.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `16 GiB`, `1.5 GiB`, `512 MiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        if (gib - gib.round()).abs() < 0.05 {
+            format!("{} GiB", gib.round())
+        } else {
+            format!("{gib:.1} GiB")
+        }
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// How model code runs: set by the operator (`--trust-torchscript`, `--worker-memory`,
+/// `--in-process`), part of [`crate::EngineConfig`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The program started as a worker, with the hidden subcommand `sandboxed-worker`; `None`:
+    /// this executable (`std::env::current_exe`). Library users whose executable is not the
+    /// `evaluator` binary point this at it.
+    pub worker_program: Option<PathBuf>,
+    /// Address-space cap of a worker (ignored on CUDA).
+    pub memory: MemoryLimit,
+    /// CPU-seconds cap of a worker whose job has no deadline (`None`: only the deadline caps).
+    pub cpu_seconds: Option<u64>,
+    /// Run TorchScript modules even where the sandbox is incomplete (or absent, in-process).
+    pub trust_torchscript: bool,
+    /// Run models in this process, without workers or sandbox (`evaluator eval --in-process`,
+    /// for measuring the workers' cost); TorchScript then needs `trust_torchscript`.
+    pub in_process: bool,
+    /// Longest an import's checks of a TorchScript module may take (they run its code).
+    pub check_timeout: std::time::Duration,
+}
+
+/// Default of [`SandboxConfig::check_timeout`]: the checks run a few forward and backward
+/// passes on 2 or 3 images, seconds even for a wide ResNet on a CPU.
+pub const DEFAULT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            worker_program: None,
+            memory: MemoryLimit::Auto,
+            cpu_seconds: None,
+            trust_torchscript: false,
+            in_process: false,
+            check_timeout: DEFAULT_CHECK_TIMEOUT,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The worker program (see [`SandboxConfig::worker_program`]).
+    pub fn program(&self) -> Result<PathBuf, EngineError> {
+        match &self.worker_program {
+            Some(program) => Ok(program.clone()),
+            None => std::env::current_exe()
+                .map_err(|e| EngineError::Unavailable(format!("cannot find this program to start a worker process: {e}"))),
+        }
+    }
+}
+
+/// What a worker is asked to apply to itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Address-space cap in bytes (`None`: none).
+    pub memory_bytes: Option<u64>,
+    /// CPU-time cap in seconds (`None`: none).
+    pub cpu_seconds: Option<u64>,
+    /// The model runs on CUDA: no address-space cap, the driver's libraries and devices stay
+    /// readable, AF_UNIX sockets stay open.
+    pub cuda: bool,
+    /// Fail (FAILED_PRECONDITION) unless Landlock and seccomp are both enforced: the worker
+    /// will run a TorchScript module that is not trusted.
+    pub require_full: bool,
+}
+
+/// What a worker did apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Enforced {
+    /// The Landlock ABI in force (`None`: no Landlock).
+    pub landlock_abi: Option<u32>,
+    /// Whether Landlock denies TCP bind and connect (ABI >= 4).
+    pub landlock_tcp: bool,
+    /// Whether the seccomp filter is installed.
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    /// The worker dropped root for `nobody`.
+    pub dropped_root: bool,
+    /// Why a mechanism is missing, in words, e.g. "the kernel has no Landlock".
+    pub missing: Vec<String>,
+}
+
+impl Enforced {
+    pub fn full(&self) -> bool {
+        self.landlock_abi.is_some() && self.seccomp
+    }
+}
+
+/// Why confinement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("setting {what}: {source}")]
+    Rlimit { what: &'static str, source: nix::Error },
+    #[error("PR_SET_NO_NEW_PRIVS: {0}")]
+    NoNewPrivs(nix::Error),
+    #[error("Landlock: {0}")]
+    Landlock(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("dropping root: {0}")]
+    User(nix::Error),
+}
+
+fn pretending(variable: &str) -> bool {
+    std::env::var(variable).is_ok_and(|v| v == "1")
+}
+
+/// Confines this process (see the module documentation). Call it once every file the job needs
+/// has been read, on the thread that will run the model. Returns what was enforced; a missing
+/// kernel mechanism is reported in [`Enforced::missing`], not as an error.
+pub fn confine(confinement: &Confinement) -> Result<Enforced, SandboxError> {
+    use nix::sys::resource::{setrlimit, Resource};
+    let mut enforced = Enforced::default();
+    // Read before Landlock closes /proc.
+    let seccomp_here = seccomp_available();
+    let rlimit = |resource: Resource, what: &'static str, value: u64, hard: u64| {
+        setrlimit(resource, value, hard).map_err(|source| SandboxError::Rlimit { what, source })
+    };
+    rlimit(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0, 0)?;
+    rlimit(Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE", 0, 0)?;
+    if let Some(bytes) = confinement.memory_bytes.filter(|_| !confinement.cuda) {
+        rlimit(Resource::RLIMIT_AS, "RLIMIT_AS", bytes, bytes)?;
+        enforced.memory_bytes = Some(bytes);
+    }
+    if let Some(seconds) = confinement.cpu_seconds {
+        // SIGXCPU at the soft limit, SIGKILL a little later.
+        rlimit(Resource::RLIMIT_CPU, "RLIMIT_CPU", seconds.max(1), seconds.max(1) + 5)?;
+        enforced.cpu_seconds = Some(seconds.max(1));
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    enforced.no_new_privs = true;
+
+    if pretending(PRETEND_NO_LANDLOCK) {
+        enforced.missing.push(format!("no Landlock ({PRETEND_NO_LANDLOCK}=1)"));
+    } else {
+        match landlock(confinement)? {
+            Some((abi, tcp)) => {
+                enforced.landlock_abi = Some(abi);
+                enforced.landlock_tcp = tcp;
+            }
+            None => enforced.missing.push("the kernel has no Landlock".into()),
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::Gid::from_raw(65534);
+        nix::unistd::setgroups(&[]).map_err(SandboxError::User)?;
+        nix::unistd::setgid(nobody).map_err(SandboxError::User)?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(SandboxError::User)?;
+        enforced.dropped_root = true;
+    }
+    if pretending(PRETEND_NO_SECCOMP) {
+        enforced.missing.push(format!("no seccomp ({PRETEND_NO_SECCOMP}=1)"));
+    } else if !seccomp_here {
+        enforced.missing.push("the kernel has no seccomp filters".into());
+    } else {
+        seccomp(confinement)?;
+        enforced.seccomp = true;
+    }
+    Ok(enforced)
+}
+
+/// Whether the kernel has seccomp filter mode (`Seccomp:` in /proc/self/status).
+fn seccomp_available() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+}
+
+/// Landlock: the newest ABI this build was tested with; older kernels get what they have
+/// (best effort). Returns the ABI in force and whether TCP is covered, `None` without Landlock.
+fn landlock(confinement: &Confinement) -> Result<Option<(u32, bool)>, SandboxError> {
+    use landlock::{
+        Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, Scope, ABI,
+    };
+    let abi = ABI::V7;
+    let error = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(error)?
+        .handle_access(AccessNet::from_all(abi))
+        .map_err(error)?
+        .scope(Scope::from_all(abi))
+        .map_err(error)?
+        .create()
+        .map_err(error)?;
+    // PyTorch's CPU detection (cpuinfo) reads these lazily, at the first operation that asks;
+    // without them it guesses, and libtorch might pick other kernels than in-process.
+    let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
+    for path in CPU_INFO_PATHS {
+        if let Ok(fd) = PathFd::new(path) {
+            let access = if std::path::Path::new(path).is_dir() { read } else { BitFlags::from(AccessFs::ReadFile) };
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(error)?;
+        }
+    }
+    if confinement.cuda {
+        // The CUDA driver and libtorch's CUDA libraries load further libraries lazily (cuDNN's
+        // engines, NVRTC) and talk to the GPU through its device files.
+        for dir in cuda_readable_dirs() {
+            if let Ok(fd) = PathFd::new(&dir) {
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, read)).map_err(error)?;
+            }
+        }
+        let device: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;
+        for file in cuda_device_files() {
+            if let Ok(fd) = PathFd::new(&file) {
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, device)).map_err(error)?;
+            }
+        }
+    }
+    let status = ruleset.restrict_self().map_err(error)?;
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Ok(None);
+    }
+    let effective = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi,
+        _ => return Ok(None),
+    };
+    let number: u32 = effective.to_string().parse().unwrap_or(0);
+    Ok(Some((number, number >= 4)))
+}
+
+/// What a confined worker may read on any device: the CPU's description (not secret).
+const CPU_INFO_PATHS: [&str; 2] = ["/proc/cpuinfo", "/sys/devices/system/cpu"];
+
+/// Directories of the shared libraries this process has mapped, and the driver's /proc and
+/// /sys entries: read-only for CUDA workers.
+fn cuda_readable_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with('/') && path.contains(".so"))
+        .filter_map(|path| std::path::Path::new(path).parent().map(|p| p.to_path_buf()))
+        .collect();
+    dirs.extend(["/proc/driver/nvidia", "/sys/devices", "/sys/bus/pci"].map(PathBuf::from));
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The NVIDIA device files (`/dev/nvidia*`).
+fn cuda_device_files() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The seccomp filters, on every thread of the process (`TSYNC`).
+fn seccomp(confinement: &Confinement) -> Result<(), SandboxError> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+    fn error(e: impl fmt::Display) -> SandboxError {
+        SandboxError::Seccomp(e.to_string())
+    }
+    let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(error)?;
+    let condition = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, len, op, value).map_err(error)
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let denied = [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_fanotify_init,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_setrlimit,
+    ];
+    for syscall in denied {
+        rules.insert(syscall, Vec::new());
+    }
+    // Sockets: none on CPU; on CUDA only AF_UNIX (the driver's daemons, MPS).
+    rules.insert(
+        libc::SYS_socket,
+        if confinement.cuda {
+            vec![SeccompRule::new(vec![condition(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?]).map_err(error)?]
+        } else {
+            Vec::new()
+        },
+    );
+    // prlimit64 may read limits (new limit NULL), not set them.
+    rules.insert(
+        libc::SYS_prlimit64,
+        vec![SeccompRule::new(vec![condition(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0)?]).map_err(error)?],
+    );
+    // clone() into new namespaces.
+    let namespaces = [
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWCGROUP,
+    ];
+    let mut clone_rules = Vec::new();
+    for flag in namespaces {
+        let flag = flag as u64;
+        clone_rules.push(SeccompRule::new(vec![condition(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?]).map_err(error)?);
+    }
+    rules.insert(libc::SYS_clone, clone_rules);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(error)?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(error)?;
+    // clone3 takes its flags in memory a filter cannot read: ENOSYS makes glibc fall back to
+    // clone(), whose flags the first filter sees.
+    let mut clone3 = BTreeMap::new();
+    clone3.insert(libc::SYS_clone3, Vec::new());
+    let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(error)?;
+    let clone3: seccompiler::BpfProgram = clone3.try_into().map_err(error)?;
+    seccompiler::apply_filter_all_threads(&clone3).map_err(error)?;
+    seccompiler::apply_filter_all_threads(&program).map_err(error)?;
+    Ok(())
+}
+
+/// How this evaluator runs model code, as probed at start: shown in the log and answered by
+/// the ServerInfo RPC's `model_code_protection`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Protection {
+    /// `None`: models run in this process (`--in-process`).
+    pub workers: Option<Enforced>,
+    pub trust_torchscript: bool,
+    pub cuda: bool,
+}
+
+impl Protection {
+    /// In-process: no worker, no sandbox.
+    pub fn in_process(trust_torchscript: bool) -> Self {
+        Protection { workers: None, trust_torchscript, cuda: false }
+    }
+
+    /// Whether a TorchScript model may run, else why not (FAILED_PRECONDITION naming the
+    /// missing mechanism and the flag).
+    pub fn check_torchscript(&self) -> Result<(), EngineError> {
+        if self.trust_torchscript {
+            return Ok(());
+        }
+        match &self.workers {
+            None => Err(EngineError::FailedPrecondition(
+                "TorchScript models run only in a sandboxed worker process, and this evaluator runs models in-process \
+                 (--in-process); pass --trust-torchscript to run the module's code with the evaluator's rights"
+                    .into(),
+            )),
+            Some(enforced) if !enforced.full() => Err(EngineError::FailedPrecondition(format!(
+                "TorchScript models are refused: this machine cannot sandbox their code ({}); an operator who trusts \
+                 the models can pass --trust-torchscript to run them with what protection there is",
+                enforced.missing.join(", ")
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(enforced) = &self.workers else {
+            return if self.trust_torchscript {
+                write!(f, "in-process, no sandbox; TorchScript trusted (--trust-torchscript)")
+            } else {
+                write!(f, "in-process, no sandbox; TorchScript refused")
+            };
+        };
+        let mut parts = Vec::new();
+        if let Some(abi) = enforced.landlock_abi {
+            parts.push(format!("Landlock ABI {abi} ({})", if enforced.landlock_tcp { "files, TCP" } else { "files" }));
+        }
+        if enforced.seccomp {
+            parts.push("seccomp".into());
+        }
+        parts.push(match (enforced.memory_bytes, self.cuda) {
+            (Some(bytes), _) => format!("rlimits (memory {})", format_bytes(bytes)),
+            (None, true) => "rlimits (no memory cap on CUDA)".into(),
+            (None, false) => "rlimits (no memory cap)".into(),
+        });
+        write!(f, "worker processes: {}", parts.join(", "))?;
+        if !enforced.full() {
+            write!(f, "; {}: ", enforced.missing.join(", "))?;
+            if self.trust_torchscript {
+                write!(f, "TorchScript trusted (--trust-torchscript)")?;
+            } else {
+                write!(f, "TorchScript refused")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Enforced {
+        Enforced {
+            landlock_abi: Some(7),
+            landlock_tcp: true,
+            seccomp: true,
+            no_new_privs: true,
+            memory_bytes: Some(16 << 30),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn protection_says_what_runs_model_code() {
+        let sandboxed = Protection { workers: Some(full()), trust_torchscript: false, cuda: false };
+        assert_eq!(sandboxed.to_string(), "worker processes: Landlock ABI 7 (files, TCP), seccomp, rlimits (memory 16 GiB)");
+        assert!(sandboxed.check_torchscript().is_ok());
+
+        let no_landlock = Enforced { landlock_abi: None, landlock_tcp: false, missing: vec!["the kernel has no Landlock".into()], ..full() };
+        let refused = Protection { workers: Some(no_landlock.clone()), trust_torchscript: false, cuda: false };
+        assert_eq!(refused.to_string(), "worker processes: seccomp, rlimits (memory 16 GiB); the kernel has no Landlock: TorchScript refused");
+        let error = refused.check_torchscript().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+        assert!(error.to_string().contains("no Landlock") && error.to_string().contains("--trust-torchscript"), "{error}");
+        let trusted = Protection { trust_torchscript: true, ..refused };
+        assert!(trusted.to_string().ends_with("TorchScript trusted (--trust-torchscript)"));
+        assert!(trusted.check_torchscript().is_ok());
+
+        let cuda = Protection { workers: Some(Enforced { memory_bytes: None, ..full() }), trust_torchscript: false, cuda: true };
+        assert!(cuda.to_string().contains("no memory cap on CUDA"), "{cuda}");
+        assert!(Protection::in_process(false).check_torchscript().is_err());
+        assert!(Protection::in_process(true).check_torchscript().is_ok());
+    }
+
+    #[test]
+    fn memory_limits_parse() {
+        assert_eq!("16GiB".parse::<MemoryLimit>().unwrap(), MemoryLimit::Bytes(16 << 30));
+        assert_eq!("512 MiB".parse::<MemoryLimit>().unwrap(), MemoryLimit::Bytes(512 << 20));
+        assert_eq!("auto".parse::<MemoryLimit>().unwrap(), MemoryLimit::Auto);
+        assert_eq!("off".parse::<MemoryLimit>().unwrap(), MemoryLimit::Off);
+        assert!("12 parsecs".parse::<MemoryLimit>().is_err());
+        assert!("1KiB".parse::<MemoryLimit>().is_err());
+        assert_eq!(format_bytes(16 << 30), "16 GiB");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(format_bytes(512 << 20), "512 MiB");
+    }
+}
