@@ -175,7 +175,9 @@ async fn an_uploaded_state_dict_counts_as_its_cli_import() {
     assert_eq!(info.your_upload_prefix, "uploads/local");
     assert_eq!(info.max_upload_bytes, rfb_evaluator::uploads::DEFAULT_MAX_UPLOAD_BYTES);
     assert_eq!(info.max_uploads_per_client, rfb_evaluator::uploads::DEFAULT_MAX_UPLOADS_PER_CLIENT);
-    assert_eq!((info.device.as_str(), info.model_code_protection.as_str()), ("cpu", "in-process"));
+    assert_eq!(info.device, "cpu");
+    // What it says is the sandbox test's; here only that the server says it.
+    assert!(!info.model_code_protection.is_empty(), "{info:?}");
     assert!(info.versions.unwrap().evaluator.starts_with("rfb-evaluator"));
 
     // In several chunks (the state dict is about 100 KB).
