@@ -132,12 +132,17 @@ struct ModelCodeArgs {
     /// address space than it uses).
     #[arg(long, value_name = "SIZE", default_value = "auto")]
     worker_memory: rfb_evaluator::sandbox::MemoryLimit,
+    /// CPU-time limit (RLIMIT_CPU, in seconds of CPU, all cores together) of a worker process
+    /// running model code. Without it only a request's deadline sets one.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    worker_cpu_seconds: Option<u64>,
 }
 
 impl ModelCodeArgs {
     fn config(&self, in_process: bool) -> SandboxConfig {
         SandboxConfig {
             memory: self.worker_memory,
+            cpu_seconds: self.worker_cpu_seconds,
             trust_torchscript: self.trust_torchscript,
             in_process,
             ..SandboxConfig::default()
@@ -358,7 +363,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_uploads_per_client: args.max_uploads_per_client,
             max_upload_bytes_per_client: args.max_upload_bytes_per_client,
         },
-        ..ServeOptions::new(args.listen, args.engine.config(args.batch_size, false)?)
+        ..ServeOptions::new(args.listen, {
+            let mut engine = args.engine.config(args.batch_size, false)?;
+            // No worker's Landlock rule may open them.
+            engine.sandbox.secret_paths.extend([&args.token_file, &args.tls_cert, &args.tls_key].into_iter().flatten().cloned());
+            engine
+        })
     };
     // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -595,7 +605,7 @@ fn main() -> Result<()> {
         }
         Command::SandboxedWorker => {
             init_logging("warn");
-            std::process::exit(rfb_evaluator::model_process::child::main())
+            rfb_evaluator::model_process::child::main()
         }
     }
 }

@@ -176,7 +176,10 @@ impl Runner {
             (a, b) => a.or(b),
         };
         let require_full = job.manifest.is_torchscript() && !self.config.trust_torchscript;
-        let confinement = model_process::confinement(&self.config, device.is_cuda(), cpu_seconds, require_full);
+        let mut confinement = model_process::confinement(&self.config, device.is_cuda(), cpu_seconds, require_full);
+        // No CUDA rule may open the models (other users' uploads) or the cache.
+        confinement.forbidden.push(self.catalog.models_dir().to_path_buf());
+        confinement.forbidden.extend(self.catalog.cache_dir().map(|p| p.to_path_buf()));
         let task = Task::Evaluate { setup, request: encode_request(&request), expected, confinement };
         let program = self.config.program()?;
         let worker = WorkerProcess::start(&program, &task, None)?;

@@ -131,6 +131,9 @@ pub struct SandboxConfig {
     pub in_process: bool,
     /// Longest an import's checks of a TorchScript module may take (they run its code).
     pub check_timeout: std::time::Duration,
+    /// Files no worker's Landlock rules may grant, nor a directory above them (the token
+    /// file, the TLS certificate and key); the models and cache directories are added per job.
+    pub secret_paths: Vec<PathBuf>,
 }
 
 /// Default of [`SandboxConfig::check_timeout`]: the checks run a few forward and backward
@@ -146,6 +149,7 @@ impl Default for SandboxConfig {
             trust_torchscript: false,
             in_process: false,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
+            secret_paths: Vec::new(),
         }
     }
 }
@@ -174,6 +178,10 @@ pub struct Confinement {
     /// Fail (FAILED_PRECONDITION) unless Landlock and seccomp are both enforced: the worker
     /// will run a TorchScript module that is not trusted.
     pub require_full: bool,
+    /// Paths no Landlock rule may grant, nor a directory above them (CUDA's rules): the models
+    /// and cache directories, the token file, the TLS files.
+    #[serde(default)]
+    pub forbidden: Vec<PathBuf>,
 }
 
 /// What a worker did apply.
@@ -273,9 +281,20 @@ pub fn confine(confinement: &Confinement) -> Result<Enforced, SandboxError> {
     Ok(enforced)
 }
 
-/// Whether the kernel has seccomp filter mode (`Seccomp:` in /proc/self/status).
-fn seccomp_available() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+/// Whether the kernel has seccomp filter mode with the errno action: `prctl(PR_GET_SECCOMP)`
+/// answers (a kernel without CONFIG_SECCOMP says EINVAL), and
+/// `/proc/sys/kernel/seccomp/actions_avail` lists `errno` (where it cannot be read, the
+/// `Seccomp:` line of /proc/self/status stands in). The probe worker then checks that the
+/// installed filter does refuse what it must ([`crate::model_process::probe`]).
+pub fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointer.
+    if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } < 0 {
+        return false;
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail") {
+        Ok(actions) => actions.split_whitespace().any(|a| a == "errno"),
+        Err(_) => std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp_filters:"))),
+    }
 }
 
 /// Landlock: the newest ABI this build was tested with; older kernels get what they have
@@ -308,8 +327,14 @@ fn landlock(confinement: &Confinement) -> Result<Option<(u32, bool)>, SandboxErr
     if confinement.cuda {
         // The CUDA driver and libtorch's CUDA libraries load further libraries lazily (cuDNN's
         // engines, NVRTC) and talk to the GPU through its device files.
-        for dir in cuda_readable_dirs() {
-            if let Ok(fd) = PathFd::new(&dir) {
+        let rules = cuda_rules_here(&confinement.forbidden);
+        for file in &rules.files {
+            if let Ok(fd) = PathFd::new(file) {
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, BitFlags::from(AccessFs::ReadFile))).map_err(error)?;
+            }
+        }
+        for dir in &rules.dirs {
+            if let Ok(fd) = PathFd::new(dir) {
                 ruleset = ruleset.add_rule(PathBeneath::new(fd, read)).map_err(error)?;
             }
         }
@@ -335,20 +360,83 @@ fn landlock(confinement: &Confinement) -> Result<Option<(u32, bool)>, SandboxErr
 /// What a confined worker may read on any device: the CPU's description (not secret).
 const CPU_INFO_PATHS: [&str; 2] = ["/proc/cpuinfo", "/sys/devices/system/cpu"];
 
-/// Directories of the shared libraries this process has mapped, and the driver's /proc and
-/// /sys entries: read-only for CUDA workers.
-fn cuda_readable_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
+/// Directories the CUDA driver reads below (its /proc entries, the PCI devices' sysfs files):
+/// read-only for CUDA workers, unless one holds a path of [`Confinement::forbidden`].
+const CUDA_DRIVER_DIRS: [&str; 3] = ["/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices"];
+
+/// What a CUDA worker may read besides the CPU's description ([`cuda_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaRules {
+    /// Readable files (`ReadFile` on each, nothing beneath a directory): the shared libraries
+    /// this process has mapped, and the other shared libraries beside them (the driver and
+    /// cuDNN load further libraries lazily, from the directories of those already loaded).
+    pub files: Vec<PathBuf>,
+    /// Readable directories (`ReadFile` and `ReadDir` beneath): the driver's.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Whether `path` is, or is beneath, or holds one of `forbidden`.
+fn touches(path: &std::path::Path, forbidden: &[PathBuf]) -> bool {
+    forbidden.iter().any(|f| path.starts_with(f) || f.starts_with(path))
+}
+
+/// A shared library's file name: `libx.so`, `libx.so.12`, `libx.so.12.1`.
+fn is_shared_library(path: &std::path::Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
+        name.ends_with(".so") || name.contains(".so.")
+    })
+}
+
+/// The CUDA worker's read rules from the files it has mapped (`/proc/self/maps`), `listing` of
+/// a directory (its entries' paths; only shared libraries among them are taken) and the paths
+/// no rule may grant (the models and cache directories, the token and TLS files: neither
+/// themselves, nor anything beneath them, nor a directory that holds them). Pure, for tests.
+pub fn cuda_rules(
+    mapped: &[PathBuf],
+    listing: &dyn Fn(&std::path::Path) -> Vec<PathBuf>,
+    driver_dirs: &[PathBuf],
+    forbidden: &[PathBuf],
+) -> CudaRules {
+    let mut files: Vec<PathBuf> = mapped.iter().filter(|p| p.is_absolute() && is_shared_library(p)).cloned().collect();
+    let mut parents: Vec<PathBuf> = files.iter().filter_map(|p| p.parent().map(|d| d.to_path_buf())).collect();
+    parents.sort();
+    parents.dedup();
+    for parent in parents {
+        files.extend(listing(&parent).into_iter().filter(|p| is_shared_library(p)));
+    }
+    files.retain(|p| !touches(p, forbidden));
+    files.sort();
+    files.dedup();
+    let dirs = driver_dirs.iter().filter(|d| !touches(d, forbidden)).cloned().collect();
+    CudaRules { files, dirs }
+}
+
+/// [`cuda_rules`] for this process.
+fn cuda_rules_here(forbidden: &[PathBuf]) -> CudaRules {
+    let mapped: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
         .unwrap_or_default()
         .lines()
         .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| path.starts_with('/') && path.contains(".so"))
-        .filter_map(|path| std::path::Path::new(path).parent().map(|p| p.to_path_buf()))
+        .filter(|path| path.starts_with('/'))
+        .map(PathBuf::from)
         .collect();
-    dirs.extend(["/proc/driver/nvidia", "/sys/devices", "/sys/bus/pci"].map(PathBuf::from));
-    dirs.sort();
-    dirs.dedup();
-    dirs
+    let listing = |dir: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| is_shared_library(&e.path()))
+                    // A rule holds the file a link points at: judge that one.
+                    .filter_map(|e| std::fs::canonicalize(e.path()).ok())
+                    .filter(|p| p.is_file())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let forbidden: Vec<PathBuf> =
+        forbidden.iter().flat_map(|f| [f.clone(), std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())]).collect();
+    let driver_dirs = CUDA_DRIVER_DIRS.map(PathBuf::from);
+    cuda_rules(&mapped, &listing, &driver_dirs, &forbidden)
 }
 
 /// The NVIDIA device files (`/dev/nvidia*`).
@@ -363,6 +451,57 @@ fn cuda_device_files() -> Vec<PathBuf> {
 
 /// The seccomp filters, on every thread of the process (`TSYNC`).
 fn seccomp(confinement: &Confinement) -> Result<(), SandboxError> {
+    for program in seccomp_programs(confinement)? {
+        seccompiler::apply_filter_all_threads(&program).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The system calls every worker is refused (EPERM), whatever their arguments.
+pub const DENIED_SYSCALLS: [libc::c_long; 37] = [
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    // Other processes' file descriptors, memory advice and kernel objects.
+    libc::SYS_pidfd_getfd,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_kcmp,
+    libc::SYS_process_madvise,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_fanotify_init,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_setrlimit,
+];
+
+/// The BPF programs of the worker's seccomp filters, in the order they are installed (the
+/// kernel runs the last installed first; the strictest answer wins).
+pub fn seccomp_programs(confinement: &Confinement) -> Result<Vec<seccompiler::BpfProgram>, SandboxError> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
     fn error(e: impl fmt::Display) -> SandboxError {
         SandboxError::Seccomp(e.to_string())
@@ -372,41 +511,7 @@ fn seccomp(confinement: &Confinement) -> Result<(), SandboxError> {
         SeccompCondition::new(arg, len, op, value).map_err(error)
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let denied = [
-        libc::SYS_execve,
-        libc::SYS_execveat,
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_unshare,
-        libc::SYS_setns,
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_chroot,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
-        libc::SYS_reboot,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_userfaultfd,
-        libc::SYS_keyctl,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_fanotify_init,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_setrlimit,
-    ];
-    for syscall in denied {
+    for syscall in DENIED_SYSCALLS {
         rules.insert(syscall, Vec::new());
     }
     // Sockets: none on CPU; on CUDA only AF_UNIX (the driver's daemons, MPS).
@@ -447,10 +552,66 @@ fn seccomp(confinement: &Confinement) -> Result<(), SandboxError> {
     clone3.insert(libc::SYS_clone3, Vec::new());
     let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(error)?;
     let clone3: seccompiler::BpfProgram = clone3.try_into().map_err(error)?;
-    seccompiler::apply_filter_all_threads(&clone3).map_err(error)?;
-    seccompiler::apply_filter_all_threads(&program).map_err(error)?;
-    Ok(())
+    let mut programs = vec![clone3, program];
+    programs.extend(x32_filter());
+    Ok(programs)
 }
+
+/// The x32 ABI's system call numbers have bit 30 set (`__X32_SYSCALL_BIT`) and the same
+/// `AUDIT_ARCH_X86_64` as x86-64's: seccompiler's filters, which match exact numbers, would let
+/// them through (to a kernel built with x32). seccompiler cannot express a mask on the number,
+/// so this small program, written by hand, refuses (EPERM) every number with the bit.
+#[cfg(target_arch = "x86_64")]
+fn x32_filter() -> Option<seccompiler::BpfProgram> {
+    use seccompiler::sock_filter;
+    const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JMP_JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let statement = |code: u16, k: u32| sock_filter { code, jt: 0, jf: 0, k };
+    Some(vec![
+        // seccomp_data.nr is at offset 0.
+        statement(LD_W_ABS, 0),
+        sock_filter { code: JMP_JSET_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT as u32 },
+        statement(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        statement(RET_K, libc::SECCOMP_RET_ALLOW),
+    ])
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x32_filter() -> Option<seccompiler::BpfProgram> {
+    None
+}
+
+/// Whether this process's seccomp filter refuses (EPERM) what neither Landlock nor the uid can
+/// refuse: a UDP socket, on CPU (`cuda` false) an AF_UNIX one, `pidfd_open` of itself, and on
+/// x86-64 an x32 system call (`getpid`). The probe worker asks it once confined, so that a
+/// filter that was installed but does not work is not reported as working.
+pub fn seccomp_refuses(cuda: bool) -> bool {
+    fn refused(result: libc::c_long) -> bool {
+        if result >= 0 {
+            // SAFETY: a descriptor this call just made (getpid's number is no descriptor to
+            // close, but x32 getpid answering is a failure anyway).
+            unsafe { libc::close(result as i32) };
+            return false;
+        }
+        std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    // SAFETY: socket and pidfd_open take no pointers.
+    let mut ok = refused(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long);
+    if !cuda {
+        ok &= refused(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long);
+    }
+    ok &= refused(unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) });
+    if cfg!(target_arch = "x86_64") {
+        // SAFETY: getpid takes no argument.
+        let x32 = unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) };
+        ok &= x32 < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    }
+    ok
+}
+
+/// `__X32_SYSCALL_BIT`.
+pub const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
 
 /// How this evaluator runs model code, as probed at start: shown in the log and answered by
 /// the ServerInfo RPC's `model_code_protection`.
@@ -559,6 +720,105 @@ mod tests {
         assert!(cuda.to_string().contains("no memory cap on CUDA"), "{cuda}");
         assert!(Protection::in_process(false).check_torchscript().is_err());
         assert!(Protection::in_process(true).check_torchscript().is_ok());
+    }
+
+    /// Runs `check` in a forked child that installs `programs` first; its exit status 0 is
+    /// `true`. (A child: the filter cannot be removed from a process.)
+    fn in_filtered_child(programs: &[seccompiler::BpfProgram], check: fn() -> bool) -> bool {
+        // SAFETY: the child only makes system calls and leaves with _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                let mut ok = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+                for program in programs {
+                    ok &= seccompiler::apply_filter(program).is_ok();
+                }
+                ok &= check();
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            child => {
+                let mut status = 0;
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            }
+        }
+    }
+
+    #[test]
+    fn the_seccomp_filter_refuses_what_only_it_can() {
+        if !seccomp_available() {
+            eprintln!("no seccomp filters on this kernel: nothing to check");
+            return;
+        }
+        let cpu = seccomp_programs(&Confinement::default()).unwrap();
+        assert!(in_filtered_child(&cpu, || seccomp_refuses(false)), "the CPU filter lets through a socket, pidfd_open or x32");
+        // Each of the newly denied calls, and what must still work.
+        assert!(in_filtered_child(&cpu, || {
+            let denied = |nr: libc::c_long| unsafe { libc::syscall(nr, 0, 0, 0, 0, 0) } == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            [libc::SYS_pidfd_getfd, libc::SYS_pidfd_open, libc::SYS_pidfd_send_signal, libc::SYS_kcmp, libc::SYS_process_madvise]
+                .into_iter()
+                .all(denied)
+                && unsafe { libc::getpid() } > 0
+                && std::fs::read_to_string("/proc/self/status").is_ok()
+        }));
+        if cfg!(target_arch = "x86_64") {
+            assert!(in_filtered_child(&cpu, || {
+                let x32_getpid = unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) };
+                x32_getpid == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            }));
+        }
+        // CUDA keeps AF_UNIX, and refuses the rest.
+        let cuda = seccomp_programs(&Confinement { cuda: true, ..Default::default() }).unwrap();
+        assert!(in_filtered_child(&cuda, || {
+            let unix = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+            seccomp_refuses(true) && unix >= 0
+        }));
+        // A filter that does not work is seen by the probe's check: here only clone3's.
+        assert!(!in_filtered_child(&cpu[..1], || seccomp_refuses(false)), "a broken filter passed the probe's check");
+        assert!(!in_filtered_child(&[], || seccomp_refuses(false)));
+    }
+
+    #[test]
+    fn cuda_rules_grant_library_files_and_never_a_secret() {
+        let listing = |dir: &std::path::Path| -> Vec<PathBuf> {
+            match dir.to_str().unwrap() {
+                "/opt/torch/lib" => ["libcudnn_engines.so.9", "libnvrtc.so.12", "notes.txt", "token"].map(|f| dir.join(f)).to_vec(),
+                "/srv" => ["token.txt", "liblocal.so"].map(|f| dir.join(f)).to_vec(),
+                _ => Vec::new(),
+            }
+        };
+        let mapped: Vec<PathBuf> = [
+            "/opt/torch/lib/libtorch_cuda.so",
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.580.1",
+            "/srv/models/evil.so",
+            "/srv/liblocal.so",
+            "/opt/torch/lib/model.pt",
+            "[vdso]",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        let driver = ["/proc/driver/nvidia", "/sys/devices", "/sys/bus/pci", "/srv"].map(PathBuf::from);
+        let forbidden = ["/srv/models", "/srv/token.txt", "/var/cache/rfb"].map(PathBuf::from);
+        let rules = cuda_rules(&mapped, &listing, &driver, &forbidden);
+        let files: Vec<&str> = rules.files.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            files,
+            [
+                "/opt/torch/lib/libcudnn_engines.so.9",
+                "/opt/torch/lib/libnvrtc.so.12",
+                "/opt/torch/lib/libtorch_cuda.so",
+                "/srv/liblocal.so",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.580.1",
+            ]
+        );
+        // Directories only the driver's, never one holding a forbidden path (`/srv`).
+        assert_eq!(rules.dirs, ["/proc/driver/nvidia", "/sys/devices", "/sys/bus/pci"].map(PathBuf::from));
+        for granted in rules.files.iter().chain(&rules.dirs) {
+            for secret in &forbidden {
+                assert!(!secret.starts_with(granted) && !granted.starts_with(secret), "{granted:?} reaches {secret:?}");
+            }
+        }
     }
 
     #[test]

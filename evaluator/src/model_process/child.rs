@@ -39,24 +39,70 @@ impl Channel {
     }
 }
 
-/// The worker's main; returns the exit status.
-pub fn main() -> i32 {
-    // The server dies: so does its worker.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let out = match nix::unistd::dup(std::io::stdout()) {
-        Ok(fd) => std::fs::File::from(fd),
+/// The file descriptor the worker keeps its message pipe on (its stdout before that points at
+/// stderr).
+pub const MESSAGE_FD: i32 = 3;
+
+/// Closes every file descriptor from `first` up: `close_range(2)`, else (kernels before 5.9)
+/// one by one as /proc/self/fd lists them.
+fn close_from(first: i32) -> Result<(), String> {
+    // SAFETY: close_range takes no pointer; nothing in this process uses those descriptors yet.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) } == 0 {
+        return Ok(());
+    }
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("close_range failed and /proc/self/fd cannot be listed: {e}"))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in open.into_iter().filter(|&fd| fd >= first) {
+        // SAFETY: as above (the directory's own descriptor is closed already: EBADF).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Makes the process what the server expects before anything is read: dies with its parent,
+/// and exits if that parent is already gone; holds no file descriptor but stdin, stdout,
+/// stderr and the message pipe; is the OOM killer's first choice. Returns the message pipe.
+fn set_up() -> Result<std::fs::File, String> {
+    // The server dies: so does its worker. Its pid was given, so that a server that died
+    // before this line is seen (the worker was reparented).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if let Some(expected) = std::env::var(super::PARENT_PID_VARIABLE).ok().and_then(|p| p.parse::<i32>().ok()) {
+        if nix::unistd::getppid().as_raw() != expected {
+            return Err("the server that started this worker is gone".into());
+        }
+    }
+    // Whatever the server inherited (a shell's `exec 7<secret`) or leaked is closed before any
+    // model code could find it: Landlock and the uid only restrict opening files.
+    close_from(MESSAGE_FD).map_err(|e| format!("closing inherited file descriptors: {e}"))?;
+    // SAFETY: F_DUPFD_CLOEXEC takes no pointer; the lowest free descriptor >= 3 is 3 now.
+    let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, MESSAGE_FD) };
+    if fd != MESSAGE_FD {
+        return Err(format!("cannot keep the message pipe on descriptor {MESSAGE_FD} (got {fd}): {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new descriptor this process owns.
+    let out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::unistd::dup2_stdout(std::io::stderr()).map_err(|e| format!("cannot point stdout at stderr: {e}"))?;
+    // Memory: the OOM killer takes a worker before the server (a process may raise its own).
+    std::fs::write("/proc/self/oom_score_adj", "1000").map_err(|e| format!("setting oom_score_adj: {e}"))?;
+    Ok(out)
+}
+
+/// The worker's main: exits (`_exit`, without running libtorch's destructors) right after its
+/// last message.
+pub fn main() -> ! {
+    let out = match set_up() {
+        Ok(out) => out,
         Err(e) => {
-            eprintln!("sandboxed-worker: cannot keep the message pipe: {e}");
-            return 2;
+            eprintln!("sandboxed-worker: {e}");
+            exit(2)
         }
     };
-    if let Err(e) = nix::unistd::dup2_stdout(std::io::stderr()) {
-        eprintln!("sandboxed-worker: cannot point stdout at stderr: {e}");
-        return 2;
-    }
     let mut channel = Channel { out };
     let outcome = catch_unwind(AssertUnwindSafe(|| run(&mut channel))).unwrap_or_else(|payload| Err(EngineError::from_panic(payload.as_ref())));
-    match outcome {
+    let status = match outcome {
         Ok(()) => match channel.send(&Message::Done) {
             Ok(()) => 0,
             Err(_) => 1,
@@ -65,7 +111,16 @@ pub fn main() -> i32 {
             let _ = channel.send(&Message::error(&error));
             1
         }
-    }
+    };
+    exit(status)
+}
+
+/// Flushes what the model printed and ends the process at once.
+fn exit(status: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process; nothing after it runs.
+    unsafe { libc::_exit(status) }
 }
 
 fn run(channel: &mut Channel) -> Result<(), EngineError> {
@@ -115,7 +170,8 @@ fn probe(channel: &mut Channel, confinement: &Confinement) -> Result<(), EngineE
     confine(channel, confinement)?;
     let file_refused = std::fs::read_dir("/").is_err();
     let network_refused = std::net::TcpListener::bind("127.0.0.1:0").is_err();
-    channel.send(&Message::Probed { file_refused, network_refused })
+    let seccomp_refused = sandbox::seccomp_refuses(confinement.cuda);
+    channel.send(&Message::Probed { file_refused, network_refused, seccomp_refused })
 }
 
 /// Holds libtorch to one thread while files are read (see the module documentation); the

@@ -28,6 +28,40 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// The hidden subcommand that makes the evaluator binary a worker.
 pub const WORKER_SUBCOMMAND: &str = "sandboxed-worker";
 
+/// The environment variable that tells a worker its parent's process id: it checks, once its
+/// parent-death signal is set, that its parent is still that process (else the parent died
+/// before: it exits).
+pub const PARENT_PID_VARIABLE: &str = "RFB_WORKER_PARENT_PID";
+
+/// Variables a worker keeps from the server's environment (all others are cleared: the
+/// server's may hold secrets): the dynamic linker's and libtorch's, OpenMP's, MKL's, CUDA's,
+/// the log filter, and the sandbox's test switches.
+const KEPT_VARIABLES: [&str; 6] = ["PATH", "HOME", "LD_LIBRARY_PATH", "RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"];
+const KEPT_PREFIXES: [&str; 11] =
+    ["LIBTORCH", "TORCH_", "PYTORCH_", "OMP_", "GOMP_", "KMP_", "MKL_", "CUDA_", "NVIDIA_", "CUBLAS_", "RFB_SANDBOX_PRETEND_"];
+
+/// A worker's environment, from the server's: only [`KEPT_VARIABLES`] and names starting with
+/// one of [`KEPT_PREFIXES`], then `NO_COLOR` (its log is relayed with control characters
+/// escaped) and [`PARENT_PID_VARIABLE`].
+pub fn worker_environment(
+    server: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    parent: u32,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut kept: Vec<_> = server
+        .into_iter()
+        .filter(|(name, _)| {
+            name.to_str().is_some_and(|name| KEPT_VARIABLES.contains(&name) || KEPT_PREFIXES.iter().any(|p| name.starts_with(p)))
+        })
+        .collect();
+    kept.push(("NO_COLOR".into(), "1".into()));
+    kept.push((PARENT_PID_VARIABLE.into(), parent.to_string().into()));
+    kept
+}
+
+/// How long [`WorkerProcess::finish`] waits for a worker that sent its last message to exit
+/// (it exits at once) before it kills it.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
 /// Most of a worker's stderr (its log, whatever the model prints) copied to the server's
 /// stderr per task; the rest is dropped, so a chatty model cannot fill the server's log.
 const MAX_RELAYED_LOG_BYTES: usize = 1 << 20;
@@ -46,6 +80,8 @@ impl WorkerProcess {
         line.push(b'\n');
         let mut child = Command::new(program)
             .arg(WORKER_SUBCOMMAND)
+            .env_clear()
+            .envs(worker_environment(std::env::vars_os(), std::process::id()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -66,9 +102,10 @@ impl WorkerProcess {
                 }
             })
             .map_err(|e| EngineError::Internal(format!("cannot start a thread: {e}")))?;
+        let pid = child.id();
         std::thread::Builder::new()
             .name("worker-log".into())
-            .spawn(move || relay_log(stderr))
+            .spawn(move || relay_log(pid, stderr))
             .map_err(|e| EngineError::Internal(format!("cannot start a thread: {e}")))?;
         let (sender, messages) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -150,10 +187,24 @@ impl WorkerProcess {
         }
     }
 
-    /// Waits for a worker that finished its task (it exits at once).
+    /// Waits for a worker that finished its task (it exits at once); one still running after
+    /// [`FINISH_WAIT`] is killed.
     pub fn finish(mut self) {
-        let _ = self.child.wait();
-        self.killed = true;
+        let waited = std::time::Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(None) if waited.elapsed() < FINISH_WAIT => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    tracing::warn!(pid = self.id(), "a worker process did not exit after its last message; killed");
+                    break;
+                }
+                Ok(Some(_)) | Err(_) => {
+                    self.killed = true;
+                    break;
+                }
+            }
+        }
+        self.kill();
     }
 }
 
@@ -163,8 +214,30 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Copies a worker's stderr to ours, up to [`MAX_RELAYED_LOG_BYTES`].
-fn relay_log(stderr: std::process::ChildStderr) {
+/// One line of a worker's output as the server's log shows it: `worker PID: ` and the line,
+/// its control characters escaped (`\x1b`, `\r`, ...; a tab stays), so that a model cannot
+/// forge a line of the server's log, nor erase one with terminal escapes.
+pub fn relayed_line(pid: u32, line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut out = format!("worker {pid}: ");
+    for c in String::from_utf8_lossy(line).chars() {
+        match c {
+            '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            // C0, DEL, C1, and the line and paragraph separators, bidirectional overrides.
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+                out.extend(c.escape_unicode())
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Copies a worker's stderr to ours ([`relayed_line`]), up to [`MAX_RELAYED_LOG_BYTES`].
+fn relay_log(pid: u32, stderr: std::process::ChildStderr) {
     let mut reader = BufReader::new(stderr);
     let mut relayed = 0usize;
     let mut line = Vec::new();
@@ -176,9 +249,9 @@ fn relay_log(stderr: std::process::ChildStderr) {
                 if relayed < MAX_RELAYED_LOG_BYTES {
                     relayed += n;
                     let mut err = std::io::stderr().lock();
-                    let _ = err.write_all(&line);
+                    let _ = err.write_all(relayed_line(pid, &line).as_bytes());
                     if relayed >= MAX_RELAYED_LOG_BYTES {
-                        let _ = writeln!(err, "(the worker process's further output is dropped)");
+                        let _ = writeln!(err, "worker {pid}: (the worker process's further output is dropped)");
                     }
                 }
             }
@@ -222,7 +295,7 @@ pub fn cores() -> u64 {
 
 /// What confinement a worker gets under `config` (`cuda`: the model runs on a GPU).
 pub fn confinement(config: &SandboxConfig, cuda: bool, cpu_seconds: Option<u64>, require_full: bool) -> Confinement {
-    Confinement { memory_bytes: config.memory.bytes(), cpu_seconds, cuda, require_full }
+    Confinement { memory_bytes: config.memory.bytes(), cpu_seconds, cuda, require_full, forbidden: config.secret_paths.clone() }
 }
 
 /// Starts a worker that confines itself and checks that it can no longer list a directory or
@@ -241,7 +314,7 @@ pub fn probe(config: &SandboxConfig, device: tch::Device) -> Result<Protection, 
     loop {
         match worker.next(&stop)? {
             Some(Message::Confined { enforced: found }) => enforced = Some(found),
-            Some(Message::Probed { file_refused, network_refused }) => {
+            Some(Message::Probed { file_refused, network_refused, seccomp_refused }) => {
                 let Some(mut found) = enforced.take() else {
                     return Err(EngineError::Internal("the probe worker checked before confining itself".into()));
                 };
@@ -250,9 +323,10 @@ pub fn probe(config: &SandboxConfig, device: tch::Device) -> Result<Protection, 
                     found.landlock_abi = None;
                     found.missing.push("Landlock does not refuse reading files here".into());
                 }
-                if found.seccomp && !network_refused {
+                // Landlock refuses TCP too: only what Landlock cannot refuse tests seccomp.
+                if found.seccomp && !(network_refused && seccomp_refused) {
                     found.seccomp = false;
-                    found.missing.push("the seccomp filter does not refuse sockets here".into());
+                    found.missing.push("the seccomp filter does not refuse what it must here".into());
                 }
                 worker.finish();
                 return Ok(Protection { workers: Some(found), trust_torchscript: config.trust_torchscript, cuda: device.is_cuda() });
@@ -278,6 +352,7 @@ pub fn check_torchscript(
     let timeout = config.check_timeout;
     // CPU time for every core for the whole timeout: the wall clock below stops it first.
     let cpu_seconds = timeout.as_secs().saturating_mul(cores()).saturating_add(10);
+    let cpu_seconds = config.cpu_seconds.map_or(cpu_seconds, |cap| cap.min(cpu_seconds));
     let task = Task::CheckTorchScript {
         spec: spec.clone(),
         bytes: bytes.len() as u64,
@@ -313,5 +388,48 @@ pub fn check_torchscript(
             Some(_) => {}
             None => return Err(worker.ended_early()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_lines_name_the_worker_and_cannot_forge_a_line() {
+        assert_eq!(relayed_line(42, b"loss 0.5\n"), "worker 42: loss 0.5\n");
+        assert_eq!(relayed_line(42, b"no newline"), "worker 42: no newline\n");
+        let forged = relayed_line(7, b"x\r2026-01-01T00:00:00Z  INFO rfb: all is well\x1b[2K\x07\xff\xe2\x80\xae\n");
+        assert_eq!(forged.matches('\n').count(), 1, "{forged:?}");
+        assert!(forged.starts_with("worker 7: x\\r2026"), "{forged:?}");
+        assert!(!forged.chars().any(|c| c.is_control() && c != '\n'), "{forged:?}");
+        assert!(forged.contains("\\u{1b}[2K\\u{7}\u{fffd}\\u{202e}"), "{forged:?}");
+    }
+
+    #[test]
+    fn workers_keep_only_the_allowed_environment() {
+        let server = [
+            ("PATH", "/usr/bin"),
+            ("LD_LIBRARY_PATH", "/opt/torch/lib"),
+            ("OMP_NUM_THREADS", "2"),
+            ("CUDA_VISIBLE_DEVICES", "0"),
+            ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
+            ("RUST_LOG", "debug"),
+            ("RFB_SANDBOX_PRETEND_NO_LANDLOCK", "1"),
+            ("AWS_SECRET_ACCESS_KEY", "hunter2"),
+            ("RFB_TOKEN", "secret"),
+            ("SSH_AUTH_SOCK", "/tmp/agent"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+            (PARENT_PID_VARIABLE, "1"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let kept = worker_environment(server, 99);
+        let names: Vec<String> = kept.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            ["PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "RUST_LOG",
+             "RFB_SANDBOX_PRETEND_NO_LANDLOCK", "NO_COLOR", PARENT_PID_VARIABLE]
+        );
+        assert_eq!(kept.last().unwrap().1, "99");
     }
 }

@@ -53,8 +53,10 @@ pub struct Expected {
 pub enum Message {
     /// Confined: what is in force.
     Confined { enforced: Enforced },
-    /// The probe's checks: whether reading a file and opening a TCP socket were refused.
-    Probed { file_refused: bool, network_refused: bool },
+    /// The probe's checks: whether listing a directory and binding a TCP socket were refused,
+    /// and whether what only seccomp refuses was (a UDP socket, on CPU an AF_UNIX one,
+    /// `pidfd_open`, an x32 system call).
+    Probed { file_refused: bool, network_refused: bool, seccomp_refused: bool },
     Progress {
         attack_index: i64,
         attack: String,
