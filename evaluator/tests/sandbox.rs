@@ -472,3 +472,82 @@ async fn a_worker_that_dies_fails_only_its_job() {
     assert!(left.is_empty(), "{left:?}");
     still_serves(&mut server, &mut client).await;
 }
+
+/// A worker holds nothing the server was started with: of the file descriptors only stdin,
+/// stdout, stderr and its message pipe (not a file the server inherited, as from a shell's
+/// `exec 7<secret`), of the environment only what libtorch needs (not a secret variable); and
+/// it is the OOM killer's first choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_inherits_no_descriptor_and_no_secret_variable() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let work = Work::new();
+    let secret = work.dir.path().join("secret.txt");
+    let inherited = std::fs::File::open(&secret).unwrap();
+    let raw = inherited.as_raw_fd();
+    let log = work.models().join(".server.log");
+    let mut server = Server::start_customized(
+        &work.models(),
+        &["--trust-torchscript"],
+        &log,
+        &[("RFB_TEST_SECRET", "the-env-secret-42")],
+        &mut |command| {
+            // SAFETY: dup2 only; the new descriptor 7 has no CLOEXEC, as a shell's would not.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::dup2(raw, 7) == 7 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    );
+    drop(inherited);
+    // The control: the server does hold it.
+    let server_fd7 = std::fs::read_link(format!("/proc/{}/fd/7", server.pid())).unwrap();
+    assert_eq!(server_fd7, std::fs::canonicalize(&secret).unwrap());
+    let server_environ = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+    assert!(String::from_utf8_lossy(&server_environ).contains("RFB_TEST_SECRET=the-env-secret-42"));
+
+    let mut client = server.client().await;
+    import_large(&work, "loops_large.pt", "loops", false);
+    let mut stream = client.evaluate(request("loops", 2, AttackKind::Clean)).await.unwrap().into_inner();
+    // Looked at once it runs the model (it reports progress once it has loaded it).
+    let mut progressed = false;
+    while !progressed {
+        match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+            Ok(Ok(Some(event))) => progressed = matches!(event.event, Some(rfb_proto::v1::evaluate_event::Event::Progress(_))),
+            other => panic!("no progress: {other:?}"),
+        }
+    }
+    let workers = children(server.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let worker = workers[0];
+
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    fds.sort();
+    let targets: Vec<String> = fds
+        .iter()
+        .map(|fd| std::fs::read_link(format!("/proc/{worker}/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default())
+        .collect();
+    assert_eq!(fds, [0, 1, 2, 3], "the worker's descriptors: {targets:?}");
+    assert!(targets.iter().all(|t| t.starts_with("pipe:")), "{targets:?}");
+
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{worker}/environ")).unwrap()).into_owned();
+    assert!(!environ.contains("RFB_TEST_SECRET") && !environ.contains("the-env-secret-42"), "{environ}");
+    assert!(environ.contains(&format!("RFB_WORKER_PARENT_PID={}", server.pid())), "{environ}");
+
+    let oom = std::fs::read_to_string(format!("/proc/{worker}/oom_score_adj")).unwrap();
+    assert_eq!(oom.trim(), "1000");
+
+    drop(stream);
+    let left = wait_for_no_children(server.pid(), Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+    still_serves(&mut server, &mut client).await;
+}

@@ -134,17 +134,30 @@ impl Server {
     /// [`Server::start`] with its own log file and environment (several servers on one models
     /// directory).
     pub fn start_logging_to(models: &Path, extra: &[&str], log: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_customized(models, extra, log, env, &mut |_| {})
+    }
+
+    /// [`Server::start_logging_to`], the command first given to `customize` (e.g. a pre_exec
+    /// that leaves the server an extra file descriptor).
+    pub fn start_customized(
+        models: &Path,
+        extra: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+        customize: &mut dyn FnMut(&mut Command),
+    ) -> Server {
         let log = log.to_path_buf();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evaluator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_evaluator"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--models-dir"])
             .arg(models)
             .args(extra)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        customize(&mut command);
+        let mut child = command.spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
