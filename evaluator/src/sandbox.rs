@@ -12,15 +12,17 @@
 //! * **Landlock** (the thread that runs the model, and every thread it starts): no file may be
 //!   opened, read, written, created or executed, except read-only the CPU's description
 //!   (`/proc/cpuinfo`, `/sys/devices/system/cpu`, which PyTorch's CPU detection reads lazily)
-//!   and, on CUDA, the shared libraries' own directories (the driver loads libraries lazily)
-//!   and the GPU's device files; no TCP bind
+//!   and, on CUDA, the shared library files beside those mapped (the driver loads libraries
+//!   lazily; [`cuda_rules`], never a secret's directory) and the GPU's device files; no TCP bind
 //!   or connect (ABI >= 4); no signals to, or abstract sockets of, other processes (ABI >= 6).
 //! * **seccomp** (every thread, `TSYNC`): `socket()` fails with EPERM (on CUDA AF_UNIX stays
-//!   open for the driver's daemons), and so do exec, ptrace, namespaces, mounts, modules,
-//!   io_uring, BPF, keyrings and raising rlimits; libtorch sees an error, not a dead process.
+//!   open for the driver's daemons), and so do exec, ptrace, pidfds, kcmp, namespaces, mounts,
+//!   modules, io_uring, BPF, keyrings, raising rlimits and every x32 system call; libtorch sees
+//!   an error, not a dead process.
 //!
 //! [`Protection`] is what the kernel allows, probed once at start by a worker that confines
-//! itself and checks that it can no longer read a file or open a socket. Where Landlock or
+//! itself and checks that it can no longer read a file or open a socket, nor do what only
+//! seccomp refuses ([`seccomp_refuses`]). Where Landlock or
 //! seccomp is missing, TorchScript models are refused unless the operator passes
 //! `--trust-torchscript`; our own safetensors networks (no code of the user's) run in workers
 //! with what protection there is. For tests, `RFB_SANDBOX_PRETEND_NO_LANDLOCK=1` and
