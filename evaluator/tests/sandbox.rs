@@ -322,6 +322,18 @@ async fn a_module_that_loops_forever_is_stopped() {
         assert!(left.is_empty(), "worker processes left after the client went away: {left:?}");
         still_serves(&mut server, &mut client).await;
     }
+
+    // Without a deadline, --worker-cpu-seconds caps the worker's CPU time (RLIMIT_CPU).
+    let models = work.models();
+    let started = Instant::now();
+    let output = evaluator(
+        &["eval", "--models-dir", models.to_str().unwrap(), "--model", "loops", "--attacks", "clean", "--per-class", "2",
+          "--device", "cpu", "--no-cache", "--quiet", "--trust-torchscript", "--worker-cpu-seconds", "2"],
+        &[],
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("used up its CPU-time limit"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
