@@ -566,7 +566,7 @@ pub fn seccomp_programs(confinement: &Confinement) -> Result<Vec<seccompiler::Bp
 #[cfg(target_arch = "x86_64")]
 fn x32_filter() -> Option<seccompiler::BpfProgram> {
     use seccompiler::sock_filter;
-    const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
     const JMP_JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     let statement = |code: u16, k: u32| sock_filter { code, jt: 0, jf: 0, k };
