@@ -787,6 +787,21 @@ impl Upload {
     /// `cancelled` answers true: it is asked while a TorchScript module's checks run, before
     /// and after the import, and last under the publication lock just before the rename.
     pub fn finish_until(self, cancelled: &dyn Fn() -> bool) -> Result<String, UploadError> {
+        let (client, model, started) = (self.client.clone(), self.model.clone(), self.started);
+        let finished = self.import_and_publish(cancelled);
+        if let Err(UploadError::Cancelled) = finished {
+            // Its client is gone: the log is the one place this is told.
+            tracing::info!(
+                client = %client,
+                model = %model,
+                seconds = started.elapsed().as_secs_f64(),
+                "upload cancelled (the client went away or its deadline passed) while it was imported; nothing kept"
+            );
+        }
+        finished
+    }
+
+    fn import_and_publish(self, cancelled: &dyn Fn() -> bool) -> Result<String, UploadError> {
         if cancelled() {
             return Err(UploadError::Cancelled);
         }
