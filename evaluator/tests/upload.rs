@@ -14,7 +14,9 @@
 //!   but not the staging of another server running on the same models directory;
 //! * an upload cancelled by its deadline while a (never-ending) TorchScript check runs is not
 //!   published and its check worker is killed; with `--max-concurrent-imports 1` another
-//!   upload waits for its turn meanwhile.
+//!   upload waits for its turn meanwhile; without a deadline, serve's `--check-timeout` stops
+//!   the checks (FAILED_PRECONDITION); DeleteModel on a server without uploads is
+//!   FAILED_PRECONDITION whatever the name.
 
 mod common;
 
@@ -505,8 +507,10 @@ async fn uploads_are_off_unless_allowed_and_staging_leftovers_go() {
     let refused = upload(&mut client, None, messages(header("m", &bytes, ModelFormat::Unspecified, ""), &bytes, 4)).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("--allow-uploads"), "{refused:?}");
-    let refused = client.delete_model(DeleteModelRequest { model: "uploads/local/m".into() }).await.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for model in ["uploads/local/m", "../not/a name"] {
+        let refused = client.delete_model(DeleteModelRequest { model: model.into() }).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{model}: uploads are off, whatever the name: {refused:?}");
+    }
     assert!(!models.path().join(".rfb-staging").exists() && !models.path().join("uploads").exists());
     drop(server);
 
@@ -574,7 +578,10 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
     let hostile = hostile_modules();
     let models = common::models_dir();
     // Trusted, so that the module's checks start on any machine (in a worker process either way).
-    let server = Server::start(models.path(), &["--allow-uploads", "--trust-torchscript", "--max-concurrent-imports", "1"]);
+    let server = Server::start(
+        models.path(),
+        &["--allow-uploads", "--trust-torchscript", "--max-concurrent-imports", "1", "--check-timeout", "8s"],
+    );
     let mut client = server.client().await;
     let state_dict = std::fs::read(files.join("state_dict.pt")).unwrap();
     let looping = std::fs::read(hostile.path().join("loops_always.pt")).unwrap();
@@ -608,11 +615,12 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
     let ended = call.await.unwrap().unwrap_err();
     eprintln!("the looping module's upload: {:?}: {}", ended.code(), ended.message());
     assert!(matches!(ended.code(), Code::DeadlineExceeded | Code::Cancelled), "{ended:?}");
-    // Nothing published or staged, and the check worker is gone, a little after the deadline.
+    // Nothing published or staged, and the check worker is gone, soon after the deadline (well
+    // before the check timeout, 3 s later, would have stopped it).
     let cancelled = Instant::now();
     while !(workers_of(&server).is_empty() && listing(models.path()) == before) {
         assert!(
-            cancelled.elapsed() < Duration::from_secs(5),
+            cancelled.elapsed() < Duration::from_secs(2),
             "after the deadline: workers {:?}, models dir\n{:?}\nwas\n{before:?}",
             workers_of(&server),
             listing(models.path())
@@ -621,9 +629,21 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(workers_of(&server).is_empty() && listing(models.path()) == before, "nothing came back");
-    assert!(common::wait_for_log(&server, "cancelled", Duration::from_secs(5)), "the cancellation is logged");
+    assert!(common::wait_for_log(&server, "upload cancelled", Duration::from_secs(5)), "the cancellation is logged");
 
     // The permit was returned: the next upload is imported at once.
     let uploaded = upload(&mut client, None, messages(state_dict_header("after", &state_dict), &state_dict, 30_000)).await.unwrap();
     assert_eq!(uploaded.name, "uploads/local/after");
+
+    // Without a deadline, the module's checks stop at serve's --check-timeout.
+    let before = listing(models.path());
+    let sent = Instant::now();
+    let timed_out =
+        upload(&mut client, None, messages(header("loops", &looping, ModelFormat::Torchscript, ""), &looping, looping.len()))
+            .await
+            .unwrap_err();
+    assert_eq!(timed_out.code(), Code::FailedPrecondition, "{timed_out:?}");
+    assert!(timed_out.message().contains("within 8s"), "{timed_out:?}");
+    assert!(sent.elapsed() >= Duration::from_secs(8), "{:?}", sent.elapsed());
+    assert!(settles_to(models.path(), &before) && workers_of(&server).is_empty());
 }
