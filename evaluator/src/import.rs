@@ -44,7 +44,23 @@ impl ImportError {
 /// operator does not trust it. `protection`: what [`crate::model_process::probe`] found under
 /// `sandbox`; `None` probes when a TorchScript module needs it (a state dict needs no worker).
 pub fn import_model(options: &ImportOptions, sandbox: &SandboxConfig, protection: Option<&Protection>) -> Result<Imported, ImportError> {
+    import_model_until(options, sandbox, protection, &|| false)
+}
+
+/// [`import_model`], stopped once `cancelled` answers true: it is asked while a TorchScript
+/// module's checks run in a worker (which is then killed) and between the steps; the import
+/// then fails with [`EngineError::Cancelled`] (CANCELLED) and writes nothing.
+pub fn import_model_until(
+    options: &ImportOptions,
+    sandbox: &SandboxConfig,
+    protection: Option<&Protection>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Imported, ImportError> {
+    let stopped = || cancelled().then_some(ImportError::ModelCode(EngineError::Cancelled));
     let plan = plan_import(options)?;
+    if let Some(stop) = stopped() {
+        return Err(stop);
+    }
     let probed;
     let protection = match (protection, plan.torchscript()) {
         (Some(protection), _) => protection,
@@ -62,11 +78,17 @@ pub fn import_model(options: &ImportOptions, sandbox: &SandboxConfig, protection
             Some(rfb_core::checkpoint::import::check_torchscript(bytes.to_vec(), spec, &options.from)?)
         }
         Some((bytes, spec)) => {
-            match crate::model_process::check_torchscript(sandbox, protection, bytes.to_vec(), spec).map_err(ImportError::ModelCode)? {
+            let stop = || cancelled().then_some(EngineError::Cancelled);
+            match crate::model_process::check_torchscript(sandbox, protection, bytes.to_vec(), spec, &stop)
+                .map_err(ImportError::ModelCode)?
+            {
                 Ok(checked) => Some(checked),
                 Err(problem) => return Err(CheckpointError::TorchScript { path: options.from.clone(), problem }.into()),
             }
         }
     };
+    if let Some(stop) = stopped() {
+        return Err(stop);
+    }
     Ok(plan.write(checked)?)
 }

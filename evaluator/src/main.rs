@@ -250,6 +250,14 @@ struct ServeArgs {
     /// progress included at their declared size).
     #[arg(long, value_name = "BYTES", default_value_t = rfb_evaluator::uploads::DEFAULT_MAX_UPLOAD_BYTES_PER_CLIENT)]
     max_upload_bytes_per_client: u64,
+    /// Uploads imported (checked and written) at once, across all clients; further uploads
+    /// wait for their turn (within their deadline).
+    #[arg(long, value_name = "UPLOADS", default_value_t = rfb_evaluator::uploads::DEFAULT_MAX_CONCURRENT_IMPORTS)]
+    max_concurrent_imports: usize,
+    /// Longest the checks of an uploaded TorchScript module may run (they run its code); then
+    /// it is refused (FAILED_PRECONDITION).
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    check_timeout: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -362,6 +370,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_upload_bytes: args.max_upload_bytes,
             max_uploads_per_client: args.max_uploads_per_client,
             max_upload_bytes_per_client: args.max_upload_bytes_per_client,
+            max_concurrent_imports: args.max_concurrent_imports,
         },
         ..ServeOptions::new(args.listen, {
             let mut engine = args.engine.config(args.batch_size, false)?;
@@ -370,6 +379,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             engine
         })
     };
+    let mut options = options;
+    options.engine.sandbox.check_timeout = args.check_timeout.into();
     // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

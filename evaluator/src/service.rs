@@ -227,6 +227,15 @@ fn upload_client_of<T>(request: &Request<T>) -> String {
     }
 }
 
+/// Sets its flag when dropped: a handler's way to tell the work it started that it is gone.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     redactor: &PathRedactor,
     work: impl FnOnce() -> T + Send + 'static,
@@ -283,6 +292,11 @@ impl Evaluator for EvaluatorService {
             return Err(self.refused(EngineError::Unavailable("the evaluator is shutting down".into())));
         }
         let client = upload_client_of(&request);
+        let deadline = deadline_of(&request);
+        // Set when this handler is dropped (the client went away, its deadline passed): the
+        // import running on the blocking pool then stops, and nothing is published.
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
         let mut stream = request.into_inner();
         let redactor = self.catalog.redactor();
         let invalid = |message: &str| self.upload_refused(UploadError::InvalidArgument(message.into()));
@@ -311,13 +325,34 @@ impl Evaluator for EvaluatorService {
                 Some(None) => return Err(invalid("a message with neither header nor chunk")),
             }
         }
+        // One of the permits to import, waiting for it within the call's deadline.
+        let imports = self.uploads.imports();
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), imports.acquire_owned()).await.map_err(|_| {
+                tracing::info!(model = upload.model(), "the upload's deadline passed while it waited to be imported; nothing kept");
+                Status::deadline_exceeded("the deadline passed while the upload waited for its turn to be imported (--max-concurrent-imports); nothing was kept")
+            })?,
+            None => imports.acquire_owned().await,
+        }
+        .map_err(|_| self.refused(EngineError::Unavailable("the evaluator is shutting down".into())))?;
         let catalog = self.catalog.clone();
-        let published = blocking(redactor, move || upload.finish().map(|model| catalog.describe(&model))).await?;
+        let stop = move || {
+            cancelled.load(std::sync::atomic::Ordering::SeqCst) || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        };
+        let published = blocking(redactor, move || {
+            // Held until the import has really ended, even when this handler is dropped.
+            let _permit = permit;
+            upload.finish_until(&stop).map(|model| catalog.describe(&model))
+        })
+        .await?;
         let info = published.map_err(|e| self.upload_refused(e))?.map_err(|e| self.refused(e))?;
         Ok(Response::new(info))
     }
 
     async fn delete_model(&self, request: Request<DeleteModelRequest>) -> Result<Response<DeleteModelResponse>, Status> {
+        if !self.uploads.limits().enabled {
+            return Err(self.upload_refused(UploadError::Disabled));
+        }
         let client = upload_client_of(&request);
         let model = request.into_inner().model;
         crate::request::check_model_name(&model).map_err(|e| self.refused(e))?;

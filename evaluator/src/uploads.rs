@@ -2,12 +2,23 @@
 //! limits, the staging of the bytes, and the atomic publication of the imported checkpoint as
 //! `MODELS_DIR/uploads/<client>/<name>`.
 //!
-//! An upload is written to a private directory inside `MODELS_DIR/.rfb-staging` (created 0700;
-//! hidden, so listings skip it), imported there with [`crate::import::import_model`] (the checks
-//! of `evaluator import`), and renamed into place. The staging directory of one upload is a
+//! An upload is written to a private directory inside this server's own staging directory,
+//! `MODELS_DIR/.rfb-staging/server-<pid>-<random>` (created 0700; hidden, so listings skip it),
+//! imported there with [`crate::import::import_model_until`] (the checks of `evaluator
+//! import`), and renamed into place. The staging directory of one upload is a
 //! [`tempfile::TempDir`]: whatever ends an upload early (a refusal, a client that goes away, a
 //! dropped handler future, a panic) drops it and takes its files with it, so a refused upload
-//! leaves nothing. Leftovers of a server that was killed are removed at start.
+//! leaves nothing. A cancelled upload (the client went away or its deadline passed while the
+//! file was being imported) stops its import, kills its check worker, and is not published.
+//!
+//! Each server holds an exclusive `flock` on the lock file of its own staging directory for as
+//! long as it runs. At start, a server removes the staging directories whose lock is not held
+//! (those of servers that were killed), never another running server's; the scan and the
+//! making of a server's directory are serialised by a lock on `.rfb-staging/.lock`.
+//!
+//! At most `max_concurrent_imports` uploads are imported (checked and written) at once, across
+//! all clients ([`Uploads::imports`]); the others wait for their turn, their deadline respected.
+//! An upload whose file could not fit on the disk is refused before any byte is taken.
 //!
 //! Renaming a directory onto a non-empty directory fails, so a published checkpoint is never
 //! replaced, even by another server process on the same models directory; within a process a
@@ -47,6 +58,15 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
 pub const DEFAULT_MAX_UPLOADS_PER_CLIENT: u64 = 16;
 /// Default of `--max-upload-bytes-per-client`.
 pub const DEFAULT_MAX_UPLOAD_BYTES_PER_CLIENT: u64 = 8 << 30;
+/// Default of `--max-concurrent-imports`.
+pub const DEFAULT_MAX_CONCURRENT_IMPORTS: usize = 2;
+/// The disk room an upload needs, in multiples of its size: the staged file, and the
+/// checkpoint (up to twice the file: a state dict saved in fp16 is stored in fp32).
+pub const DISK_ROOM_FACTOR: u64 = 3;
+/// The lock file of a server's staging directory, and of the staging root.
+const LOCK_FILE: &str = ".lock";
+/// The prefix of a server's own staging directory.
+const SERVER_STAGING_PREFIX: &str = "server-";
 /// Longest upload name, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Most components of an upload name: with `uploads/<client>/` in front, listings (which look
@@ -65,9 +85,11 @@ pub struct UploadLimits {
     pub max_upload_bytes: u64,
     /// Models one client may keep (its uploads in progress included).
     pub max_uploads_per_client: u64,
-    /// Bytes one client may keep on disk, all its checkpoints (and uploads in progress, at
-    /// their declared size) together.
+    /// Bytes one client may keep, all its checkpoints (and uploads in progress) together, each
+    /// counted at the size of the file the client sent (its upload record's `size`).
     pub max_upload_bytes_per_client: u64,
+    /// Uploads imported (checked and written) at once, across all clients.
+    pub max_concurrent_imports: usize,
 }
 
 impl Default for UploadLimits {
@@ -77,6 +99,7 @@ impl Default for UploadLimits {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_uploads_per_client: DEFAULT_MAX_UPLOADS_PER_CLIENT,
             max_upload_bytes_per_client: DEFAULT_MAX_UPLOAD_BYTES_PER_CLIENT,
+            max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
         }
     }
 }
@@ -112,6 +135,10 @@ pub enum UploadError {
     /// Anything else that failed on the server (INTERNAL).
     #[error("{0}")]
     Internal(String),
+    /// The client went away or its deadline passed before the model was published (CANCELLED):
+    /// nothing was kept.
+    #[error("the upload was cancelled (the client went away or its deadline passed); nothing was kept")]
+    Cancelled,
     /// A TorchScript module's checks could not run or finish: refused on a server without a
     /// sandbox that does not trust TorchScript (FAILED_PRECONDITION), its worker over its
     /// memory (RESOURCE_EXHAUSTED), out of time or dead: the worker's own status.
@@ -129,6 +156,7 @@ impl UploadError {
             UploadError::NotFound(_) => tonic::Code::NotFound,
             UploadError::PermissionDenied(_) => tonic::Code::PermissionDenied,
             UploadError::Io { .. } | UploadError::Internal(_) => tonic::Code::Internal,
+            UploadError::Cancelled => tonic::Code::Cancelled,
             UploadError::ModelCode { code, .. } => *code,
         }
     }
@@ -277,14 +305,31 @@ pub fn check_header(header: &UploadHeader) -> Result<UploadRecord, String> {
     })
 }
 
-/// Checkpoints and bytes below `dir` (links not followed; absent: none).
+/// The size of the file the client sent for the uploaded checkpoint `dir` (its record's
+/// `size`), if `dir` is one.
+fn recorded_size(dir: &Path) -> Option<u64> {
+    if !dir.join(MANIFEST_FILE).is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(UPLOAD_RECORD_FILE)).ok()?;
+    serde_json::from_str::<UploadRecord>(&text).ok().map(|record| record.size)
+}
+
+/// Checkpoints and bytes below `dir` (links not followed; absent: none), the limits' measure:
+/// an uploaded checkpoint counts the bytes the client sent (its record's `size`: a state dict
+/// sent in fp16 is stored in fp32, twice as large on disk), anything else its bytes on disk.
 fn usage(dir: &Path) -> (u64, u64) {
     fn walk(dir: &Path, depth: usize, totals: &mut (u64, u64)) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.filter_map(Result::ok) {
             let Ok(metadata) = entry.path().symlink_metadata() else { continue };
-            if metadata.is_dir() && depth < 64 {
-                walk(&entry.path(), depth + 1, totals);
+            if metadata.is_dir() {
+                if let Some(size) = recorded_size(&entry.path()) {
+                    totals.0 += 1;
+                    totals.1 += size;
+                } else if depth < 64 {
+                    walk(&entry.path(), depth + 1, totals);
+                }
             } else if metadata.is_file() {
                 totals.1 += metadata.len();
                 if entry.file_name() == MANIFEST_FILE {
@@ -321,11 +366,118 @@ impl Drop for Reservation {
     }
 }
 
+/// Takes an exclusive `flock` on `file`: `Ok(false)` when another open file holds it and
+/// `wait` is false.
+fn flock(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let operation = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    loop {
+        // SAFETY: flock on a descriptor this File owns.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(true);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            _ => return Err(error),
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+}
+
+/// Makes `staging` (0700) if needed, removes what servers that are no longer running left in
+/// it (their lock not held; stray files), and makes this server's own directory, locked.
+/// Answers the directory and its held lock file.
+fn claim_staging(staging: &Path) -> Result<(PathBuf, std::fs::File), UploadError> {
+    match staging.symlink_metadata() {
+        Ok(metadata) if metadata.is_dir() => {
+            std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
+                .map_err(UploadError::io(format!("securing {}", staging.display())))?;
+        }
+        Ok(_) => {
+            return Err(UploadError::FailedPrecondition(format!("{} exists and is not a directory", staging.display())))
+        }
+        Err(_) => match std::fs::DirBuilder::new().mode(0o700).create(staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(UploadError::Io { context: format!("creating {}", staging.display()), source: e }),
+        },
+    }
+    // One server at a time scans and claims, so that no server sees another's directory
+    // between its making and its locking.
+    let root_lock_path = staging.join(LOCK_FILE);
+    let root_lock = open_lock_file(&root_lock_path).map_err(UploadError::io(format!("opening {}", root_lock_path.display())))?;
+    flock(&root_lock, true).map_err(UploadError::io(format!("locking {}", root_lock_path.display())))?;
+    let entries = std::fs::read_dir(staging).map_err(UploadError::io(format!("reading {}", staging.display())))?;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if entry.file_name() == LOCK_FILE {
+            continue;
+        }
+        let removed = match path.symlink_metadata() {
+            Ok(m) if m.is_dir() => {
+                // A directory whose lock another process holds belongs to a running server.
+                match std::fs::File::open(path.join(LOCK_FILE)) {
+                    Ok(lock) if !flock(&lock, false).unwrap_or(false) => {
+                        tracing::debug!(path = %path.display(), "the staging directory of a running server: kept");
+                        continue;
+                    }
+                    _ => std::fs::remove_dir_all(&path),
+                }
+            }
+            _ => std::fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a staging leftover"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging leftover"),
+        }
+    }
+    let own = tempfile::Builder::new()
+        .prefix(&format!("{SERVER_STAGING_PREFIX}{}-", std::process::id()))
+        .tempdir_in(staging)
+        .map_err(UploadError::io(format!("creating a staging directory in {}", staging.display())))?
+        .keep();
+    let lock_path = own.join(LOCK_FILE);
+    let lock = open_lock_file(&lock_path).map_err(UploadError::io(format!("creating {}", lock_path.display())))?;
+    flock(&lock, true).map_err(UploadError::io(format!("locking {}", lock_path.display())))?;
+    drop(root_lock);
+    Ok((own, lock))
+}
+
+/// Bytes free for this process on the file system of `dir`.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((stats.blocks_available() as u64).saturating_mul(stats.fragment_size() as u64))
+}
+
+/// Whether an upload of `size` bytes fits on a disk with `available` bytes free while uploads
+/// of `in_progress` bytes (declared sizes) are under way: each needs [`DISK_ROOM_FACTOR`]
+/// times its size.
+fn check_room(available: u64, size: u64, in_progress: u64) -> Result<(), UploadError> {
+    let needed = (size as u128 + in_progress as u128) * DISK_ROOM_FACTOR as u128;
+    if needed > available as u128 {
+        return Err(UploadError::ResourceExhausted(format!(
+            "the server's disk has {available} bytes free; this upload of {size} bytes needs {DISK_ROOM_FACTOR} times its size \
+             (the file and its checkpoint), as do the {in_progress} bytes of the uploads in progress: try again later"
+        )));
+    }
+    Ok(())
+}
+
 /// The uploads of one models directory.
 #[derive(Debug)]
 pub struct Uploads {
     models_dir: PathBuf,
+    /// This server's own staging directory (inside [`STAGING_DIR`]).
     staging: PathBuf,
+    /// The held lock of `staging` (uploads on): `staging` is removed on drop.
+    staging_lock: Option<std::fs::File>,
+    /// Permits to import (check and write) an upload: [`UploadLimits::max_concurrent_imports`].
+    imports: Arc<tokio::sync::Semaphore>,
     data_dir: Option<PathBuf>,
     limits: UploadLimits,
     reserved: Reservations,
@@ -344,7 +496,8 @@ pub fn upload_prefix(client: &str) -> String {
 
 impl Uploads {
     /// Uploads into `models_dir` (canonical). With uploads on, makes the staging directory
-    /// (0700) and empties it of what a killed server left; with them off, touches nothing.
+    /// (0700), removes what killed servers left in it (never a running server's directory), and
+    /// makes and locks this server's own directory in it; with them off, touches nothing.
     /// TorchScript modules are checked under `sandbox`, refused where `protection` says the
     /// machine cannot confine them and the operator does not trust them.
     pub fn open(
@@ -354,45 +507,27 @@ impl Uploads {
         sandbox: SandboxConfig,
         protection: Option<Protection>,
     ) -> Result<Self, UploadError> {
-        let staging = models_dir.join(STAGING_DIR);
+        let mut staging = models_dir.join(STAGING_DIR);
+        let mut staging_lock = None;
         if limits.enabled {
-            if limits.max_upload_bytes == 0 || limits.max_uploads_per_client == 0 || limits.max_upload_bytes_per_client == 0 {
+            if limits.max_upload_bytes == 0
+                || limits.max_uploads_per_client == 0
+                || limits.max_upload_bytes_per_client == 0
+                || limits.max_concurrent_imports == 0
+            {
                 return Err(UploadError::FailedPrecondition(
-                    "--max-upload-bytes, --max-uploads-per-client and --max-upload-bytes-per-client must be positive".into(),
+                    "--max-upload-bytes, --max-uploads-per-client, --max-upload-bytes-per-client and --max-concurrent-imports must be positive".into(),
                 ));
             }
-            match staging.symlink_metadata() {
-                Ok(metadata) if metadata.is_dir() => {
-                    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
-                        .map_err(UploadError::io(format!("securing {}", staging.display())))?;
-                }
-                Ok(_) => {
-                    return Err(UploadError::FailedPrecondition(format!(
-                        "{} exists and is not a directory",
-                        staging.display()
-                    )))
-                }
-                Err(_) => std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&staging)
-                    .map_err(UploadError::io(format!("creating {}", staging.display())))?,
-            }
-            let entries = std::fs::read_dir(&staging).map_err(UploadError::io(format!("reading {}", staging.display())))?;
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                let removed = match path.symlink_metadata() {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-                    _ => std::fs::remove_file(&path),
-                };
-                match removed {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed a staging leftover"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging leftover"),
-                }
-            }
+            let (own, lock) = claim_staging(&staging)?;
+            staging = own;
+            staging_lock = Some(lock);
         }
         Ok(Uploads {
             models_dir: models_dir.to_path_buf(),
             staging,
+            staging_lock,
+            imports: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_imports.max(1))),
             data_dir: data_dir.map(Path::to_path_buf),
             limits,
             reserved: Arc::default(),
@@ -404,6 +539,17 @@ impl Uploads {
 
     pub fn limits(&self) -> UploadLimits {
         self.limits
+    }
+
+    /// The permits to import an upload ([`UploadLimits::max_concurrent_imports`]): hold one
+    /// while [`Upload::finish_until`] runs.
+    pub fn imports(&self) -> Arc<tokio::sync::Semaphore> {
+        self.imports.clone()
+    }
+
+    /// This server's own staging directory.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
     }
 
     fn client_dir(&self, client: &str) -> PathBuf {
@@ -494,6 +640,12 @@ impl Uploads {
                     limits.max_upload_bytes_per_client
                 )));
             }
+            // The disk: room for this file and its checkpoint, and for the uploads in progress.
+            let in_progress: u64 = table.values().map(|held| held.1).sum();
+            if let Some(available) = available_bytes(&self.staging) {
+                check_room(available, record.size, in_progress)?;
+            }
+            let held = table.entry(client.to_string()).or_default();
             held.0 += count;
             held.1 += bytes;
             Reservation { table: self.reserved.clone(), client: client.to_string(), count, bytes }
@@ -564,6 +716,14 @@ impl Uploads {
     }
 }
 
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        if self.staging_lock.is_some() {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
 /// One upload in progress. Dropping it (refused, cancelled, failed) removes its staging
 /// directory and returns its share of the client's limits.
 pub struct Upload {
@@ -620,6 +780,31 @@ impl Upload {
     /// the same upload already there). Answers the model's name. Blocking (the import checks
     /// and converts the model).
     pub fn finish(self) -> Result<String, UploadError> {
+        self.finish_until(&|| false)
+    }
+
+    /// [`Upload::finish`], stopped (CANCELLED, nothing kept, the check worker killed) once
+    /// `cancelled` answers true: it is asked while a TorchScript module's checks run, before
+    /// and after the import, and last under the publication lock just before the rename.
+    pub fn finish_until(self, cancelled: &dyn Fn() -> bool) -> Result<String, UploadError> {
+        let (client, model, started) = (self.client.clone(), self.model.clone(), self.started);
+        let finished = self.import_and_publish(cancelled);
+        if let Err(UploadError::Cancelled) = finished {
+            // Its client is gone: the log is the one place this is told.
+            tracing::info!(
+                client = %client,
+                model = %model,
+                seconds = started.elapsed().as_secs_f64(),
+                "upload cancelled (the client went away or its deadline passed) while it was imported; nothing kept"
+            );
+        }
+        finished
+    }
+
+    fn import_and_publish(self, cancelled: &dyn Fn() -> bool) -> Result<String, UploadError> {
+        if cancelled() {
+            return Err(UploadError::Cancelled);
+        }
         if self.written != self.record.size {
             return Err(UploadError::InvalidArgument(format!(
                 "the stream ended after {} of the {} bytes the header declares",
@@ -654,8 +839,11 @@ impl Upload {
             data_dir: uploads.data_dir.clone(),
             overwrite: false,
         };
-        let imported = crate::import::import_model(&options, &uploads.sandbox, uploads.protection.as_ref())
+        let imported = crate::import::import_model_until(&options, &uploads.sandbox, uploads.protection.as_ref(), cancelled)
             .map_err(|e| self.import_error(e))?;
+        if cancelled() {
+            return Err(UploadError::Cancelled);
+        }
         if record.format != "unspecified" && record.format != imported.kind.name() {
             return Err(UploadError::InvalidArgument(format!(
                 "the header says {}, but the file is a {}",
@@ -667,6 +855,10 @@ impl Upload {
         rfb_core::checkpoint::write_atomic(&out.join(UPLOAD_RECORD_FILE), text.as_bytes())
             .map_err(|e| UploadError::Internal(e.to_string()))?;
         let _publishing = locked(&uploads.publish);
+        // Last look before the model becomes visible: a cancelled upload is not published.
+        if cancelled() {
+            return Err(UploadError::Cancelled);
+        }
         uploads.check_not_nested(&self.client, record)?;
         if let Some(existing) = uploads.existing(&self.model, &self.target)? {
             // Another upload of this name won the race.
@@ -722,6 +914,7 @@ impl Upload {
         let code = error.code();
         let error = match error {
             ImportError::Checkpoint(error) => error,
+            ImportError::ModelCode(crate::request::EngineError::Cancelled) => return UploadError::Cancelled,
             ImportError::ModelCode(error) => {
                 return UploadError::ModelCode { code, message: self.without_paths(&error.to_string()) }
             }
@@ -803,6 +996,11 @@ mod tests {
         Arc::new(Uploads::open(models, None, UploadLimits { enabled: true, ..limits }, SandboxConfig::default(), None).unwrap())
     }
 
+    /// What this server has staged (its lock file left out).
+    fn staged(uploads: &Uploads) -> usize {
+        std::fs::read_dir(uploads.staging_dir()).unwrap().filter_map(Result::ok).filter(|e| e.file_name() != LOCK_FILE).count()
+    }
+
     fn sized(name: &str, size: u64) -> UploadHeader {
         UploadHeader { name: name.into(), size, ..good_header() }
     }
@@ -822,10 +1020,9 @@ mod tests {
         let over_count = uploads.begin("alice", &sized("c", 1)).unwrap_err();
         assert!(over_count.to_string().contains("--max-uploads-per-client"), "{over_count}");
         assert!(uploads.begin("bob", &sized("a", 100)).is_ok(), "limits are per client");
-        let staged = std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count();
-        assert_eq!(staged, 2, "bob's dropped upload took its directory with it");
+        assert_eq!(staged(&uploads), 2, "bob's dropped upload took its directory with it");
         drop((first, second));
-        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
+        assert_eq!(staged(&uploads), 0);
         assert!(locked(&uploads.reserved).is_empty());
         assert!(uploads.begin("alice", &sized("c", 100)).is_ok(), "their share is returned");
     }
@@ -848,7 +1045,7 @@ mod tests {
         let mut wrong = uploads.begin("alice", &UploadHeader { sha256: "0".repeat(64), ..header.clone() }).unwrap();
         wrong.write(bytes).unwrap();
         assert!(wrong.finish().unwrap_err().to_string().contains("sha256 mismatch"));
-        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
+        assert_eq!(staged(&uploads), 0);
         assert!(!models.path().join(UPLOADS_DIR).exists());
     }
 
@@ -892,6 +1089,93 @@ mod tests {
         }
         assert_eq!(uploads.delete("alice", "uploads/alice/x/m").unwrap(), 100);
         assert!(!models.path().join("uploads/alice/x").exists() && models.path().join("uploads/alice").is_dir());
-        assert_eq!(std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().count(), 0);
+        assert_eq!(staged(&uploads), 0);
+    }
+
+    /// A model that another running server's uploads are staged in survives a second server's
+    /// start on the same models directory; once that server is gone, its leftovers go.
+    #[test]
+    fn a_server_removes_only_the_staging_of_servers_that_are_gone() {
+        let models = tempfile::tempdir().unwrap();
+        let first = uploads(models.path(), UploadLimits::default());
+        let mut upload = first.begin("alice", &sized("a", 10)).unwrap();
+        upload.write(b"01234").unwrap();
+        let staged_file = upload.path.clone();
+        assert!(staged_file.starts_with(first.staging_dir()) && staged_file.is_file());
+        std::fs::write(models.path().join(STAGING_DIR).join("stray-file"), b"x").unwrap();
+        std::fs::create_dir_all(models.path().join(STAGING_DIR).join("upload-of-an-old-server")).unwrap();
+        let second = uploads(models.path(), UploadLimits::default());
+        assert_ne!(first.staging_dir(), second.staging_dir());
+        assert!(staged_file.is_file(), "the first server's upload in progress survived the second's start");
+        assert!(!models.path().join(STAGING_DIR).join("stray-file").exists());
+        assert!(!models.path().join(STAGING_DIR).join("upload-of-an-old-server").exists());
+        upload.write(b"56789").unwrap();
+        // A server killed: its directory stays, its lock is released (the file closed).
+        let killed = first.staging_dir().to_path_buf();
+        drop(upload);
+        let mut first = Arc::try_unwrap(first).unwrap();
+        first.staging_lock.take();
+        std::mem::forget(first);
+        std::fs::write(killed.join("half-a-file"), b"x").unwrap();
+        let third = uploads(models.path(), UploadLimits::default());
+        assert!(!killed.exists(), "a gone server's staging is removed");
+        assert!(second.staging_dir().is_dir() && third.staging_dir().is_dir());
+        let servers = std::fs::read_dir(models.path().join(STAGING_DIR)).unwrap().filter_map(Result::ok).count();
+        assert_eq!(servers, 3, "the root lock and two servers' directories");
+        let kept = second.staging_dir().to_path_buf();
+        drop(second);
+        assert!(!kept.exists(), "a server that stops removes its own directory");
+    }
+
+    /// An upload is refused up front when its file and checkpoint could not fit on the disk.
+    #[test]
+    fn an_upload_that_cannot_fit_on_the_disk_is_refused() {
+        assert!(check_room(300, 100, 0).is_ok());
+        let refused = check_room(299, 100, 0).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(check_room(600, 100, 100).is_ok() && check_room(599, 100, 100).is_err(), "uploads in progress count");
+        assert!(check_room(u64::MAX, u64::MAX, u64::MAX).is_err());
+        let models = tempfile::tempdir().unwrap();
+        let uploads = uploads(models.path(), UploadLimits { max_upload_bytes: u64::MAX / 4, max_upload_bytes_per_client: u64::MAX, ..Default::default() });
+        let refused = uploads.begin("alice", &sized("huge", u64::MAX / 8)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.to_string().contains("disk has"), "{refused}");
+        assert_eq!(staged(&uploads), 0);
+    }
+
+    /// The per-client limits count an uploaded checkpoint at the size of the file sent, not
+    /// what it takes on disk (a state dict sent in fp16 is stored in fp32).
+    #[test]
+    fn the_limits_count_what_the_client_sent() {
+        let models = tempfile::tempdir().unwrap();
+        let model = models.path().join("uploads/alice/x/m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join(MANIFEST_FILE), b"{}").unwrap();
+        std::fs::write(model.join("model.safetensors"), [0u8; 2000]).unwrap();
+        let record = check_header(&sized("x/m", 1000)).unwrap();
+        std::fs::write(model.join(UPLOAD_RECORD_FILE), serde_json::to_string(&record).unwrap()).unwrap();
+        let other = models.path().join("uploads/alice/other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join(MANIFEST_FILE), b"{}").unwrap();
+        assert_eq!(usage(&models.path().join("uploads/alice")), (2, 1002), "the record's size; the rest on disk");
+        let limits = UploadLimits { max_upload_bytes_per_client: 1502, ..Default::default() };
+        let uploads = uploads(models.path(), limits);
+        assert!(uploads.begin("alice", &sized("b", 500)).is_ok());
+        assert!(uploads.begin("alice", &sized("b", 501)).is_err());
+    }
+
+    /// A cancelled upload is not imported, and leaves nothing.
+    #[test]
+    fn a_cancelled_upload_is_not_published() {
+        let models = tempfile::tempdir().unwrap();
+        let uploads = uploads(models.path(), UploadLimits::default());
+        let bytes = b"0123456789";
+        let header = UploadHeader { sha256: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(), ..sized("a", 10) };
+        let mut upload = uploads.begin("alice", &header).unwrap();
+        upload.write(bytes).unwrap();
+        let refused = upload.finish_until(&|| true).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Cancelled, "{refused}");
+        assert_eq!(staged(&uploads), 0);
+        assert!(!models.path().join(UPLOADS_DIR).exists());
     }
 }

@@ -215,6 +215,37 @@ fn python_package_and_node_client_send_evaluate_and_agree_with_the_cli() {
         assert_eq!(node["uploaded"]["architecture"], "digits-cnn");
         assert_eq!(counts(&node["result"]["attacks"], "attack"), reference, "the Node client's counts against the CLI's");
         eprintln!("node client: uploaded and evaluated; counts equal the CLI's");
+
+        let node_client = |args: &[&str]| {
+            Command::new("node")
+                .arg("client.js")
+                .args(["--address", &server.address, "--proto-dir"])
+                .arg(workspace().join("proto/proto"))
+                .args(args)
+                .current_dir(&node_dir)
+                .output()
+                .unwrap()
+        };
+        // The file's name made safe as the Python client makes it.
+        let odd = work.path().join(".my model(1).pt");
+        std::fs::copy(&model_file, &odd).unwrap();
+        let printed = ok(
+            "node client.js send (an odd file name)",
+            node_client(&["send", odd.to_str().unwrap(), "--name", "odd-name", "--dataset", "digits", "--arch", "digits-cnn"]),
+        );
+        let sent: serde_json::Value = serde_json::from_str(printed.lines().last().unwrap()).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(sent["manifest_json"].as_str().unwrap()).unwrap();
+        assert_eq!(manifest["source"]["file"], "my_model_1_.pt", "{manifest}");
+        // A refusal after the header ends the call at once (the rest is not sent).
+        let big = work.path().join("big.pt");
+        std::fs::write(&big, vec![7u8; 24 << 20]).unwrap();
+        let refused = node_client(&["send", big.to_str().unwrap(), "--name", "a/../b", "--dataset", "digits"]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("INVALID_ARGUMENT") && stderr.contains("'..'"), "{stderr}");
+        // A flag without its value is an error, not `undefined`.
+        let missing = node_client(&["list", "--token"]);
+        let stderr = String::from_utf8_lossy(&missing.stderr);
+        assert!(!missing.status.success() && stderr.contains("--token needs a value"), "{stderr}");
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("clients test: {elapsed:.0} s");

@@ -10,7 +10,13 @@
 //!   away mid-way, over the file and per-client limits, a taken name, bytes that are no model,
 //!   a pickle that calls os.system (which does not run), bad headers and streams, no token;
 //!   a client may not delete another's model;
-//! * uploads are off unless `--allow-uploads`, and staging leftovers are removed at start.
+//! * uploads are off unless `--allow-uploads`, and staging leftovers are removed at start,
+//!   but not the staging of another server running on the same models directory;
+//! * an upload cancelled by its deadline while a (never-ending) TorchScript check runs is not
+//!   published and its check worker is killed; with `--max-concurrent-imports 1` another
+//!   upload waits for its turn meanwhile; without a deadline, serve's `--check-timeout` stops
+//!   the checks (FAILED_PRECONDITION); DeleteModel on a server without uploads is
+//!   FAILED_PRECONDITION whatever the name.
 
 mod common;
 
@@ -130,6 +136,36 @@ fn listing(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// The files staged under `.rfb-staging` (every server's), lock files left out, with their
+/// total bytes.
+fn staged_files(models: &Path) -> (usize, u64) {
+    let staging = models.join(".rfb-staging");
+    listing(&staging)
+        .iter()
+        .filter(|p| !p.ends_with('/'))
+        .filter_map(|p| p.rsplit_once(' '))
+        .filter(|(path, _)| !path.ends_with(".lock"))
+        .fold((0, 0), |(count, bytes), (_, size)| (count + 1, bytes + size.parse::<u64>().unwrap()))
+}
+
+/// The server's worker processes (model code, import checks) now running.
+fn workers_of(server: &Server) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next().unwrap_or(""), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(server.pid()) && state != "Z" && String::from_utf8_lossy(&cmdline).contains("sandboxed-worker") {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// Per attack, its name and per-class correct counts.
@@ -283,8 +319,7 @@ async fn an_uploaded_state_dict_counts_as_its_cli_import() {
     assert!(!models.path().join("uploads/local/digits").exists(), "the empty directory the name made is gone too");
     let gone = client.describe_model(DescribeModelRequest { model: uploaded.name.clone() }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
-    let staging = std::fs::read_dir(models.path().join(".rfb-staging")).unwrap().count();
-    assert_eq!(staging, 0, "nothing left in staging");
+    assert_eq!(staged_files(models.path()), (0, 0), "nothing left in staging");
     assert!(server.log().contains("model uploaded"), "uploads are logged");
 }
 
@@ -442,9 +477,7 @@ async fn bad_uploads_get_their_status_and_leave_nothing() {
         sender.send(message).await.unwrap();
     }
     let started = Instant::now();
-    while !std::fs::read_dir(models.path().join(".rfb-staging")).unwrap().any(|e| {
-        e.ok().is_some_and(|e| std::fs::read_dir(e.path()).map(|d| d.filter_map(Result::ok).any(|f| f.metadata().is_ok_and(|m| m.len() > 0))).unwrap_or(false))
-    }) {
+    while staged_files(models.path()).1 == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "the first chunk never reached staging");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -474,18 +507,143 @@ async fn uploads_are_off_unless_allowed_and_staging_leftovers_go() {
     let refused = upload(&mut client, None, messages(header("m", &bytes, ModelFormat::Unspecified, ""), &bytes, 4)).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("--allow-uploads"), "{refused:?}");
-    let refused = client.delete_model(DeleteModelRequest { model: "uploads/local/m".into() }).await.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for model in ["uploads/local/m", "../not/a name"] {
+        let refused = client.delete_model(DeleteModelRequest { model: model.into() }).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{model}: uploads are off, whatever the name: {refused:?}");
+    }
     assert!(!models.path().join(".rfb-staging").exists() && !models.path().join("uploads").exists());
     drop(server);
 
     // What a killed server left in staging is removed at start.
-    let leftover = models.path().join(".rfb-staging/upload-killed");
+    let leftover = models.path().join(".rfb-staging/server-1-killed");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("model.pt"), b"half a file").unwrap();
-    let _server = Server::start(models.path(), &["--allow-uploads"]);
+    let first = Server::start(models.path(), &["--allow-uploads"]);
     let staging = models.path().join(".rfb-staging");
-    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    assert!(!leftover.exists());
+    assert_eq!(staged_files(models.path()), (0, 0));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // A second server on the same models directory leaves the first one's upload in progress
+    // alone, and that upload then completes.
+    let files = model_files();
+    let state_dict = std::fs::read(files.join("state_dict.pt")).unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let mut uploading = first.client().await;
+    let call = tokio::spawn(async move { uploading.upload_model(tokio_stream::wrappers::ReceiverStream::new(receiver)).await });
+    let mut parts = messages(state_dict_header("shared", &state_dict), &state_dict, 30_000).into_iter();
+    for message in parts.by_ref().take(2) {
+        sender.send(message).await.unwrap();
+    }
+    let started = Instant::now();
+    while staged_files(models.path()).1 == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first chunk never reached staging");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let staged = staged_files(models.path());
+    let second = Server::start_logging_to(models.path(), &["--allow-uploads"], &models.path().join("second.server.log"), &[]);
+    assert_eq!(staged_files(models.path()), staged, "the second server's start kept the first one's upload");
+    for message in parts {
+        sender.send(message).await.unwrap();
+    }
+    drop(sender);
+    let uploaded = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(uploaded.name, "uploads/local/shared");
+    let mut other = second.client().await;
+    let seen = other.describe_model(DescribeModelRequest { model: uploaded.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(seen.weights_sha256, uploaded.weights_sha256);
+}
+
+/// `tests/python/hostile_models.py`'s modules (loops_always.pt: a forward that never ends).
+fn hostile_modules() -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/hostile_models.py");
+    let nowhere = out.path().join("nowhere").display().to_string();
+    let output = Command::new(python())
+        .arg(script)
+        .arg(out.path())
+        .arg(&nowhere)
+        .arg(&nowhere)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("start python");
+    assert!(output.status.success(), "hostile_models.py: {}", String::from_utf8_lossy(&output.stderr));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
+    let files = model_files();
+    let hostile = hostile_modules();
+    let models = common::models_dir();
+    // Trusted, so that the module's checks start on any machine (in a worker process either way).
+    let server = Server::start(
+        models.path(),
+        &["--allow-uploads", "--trust-torchscript", "--max-concurrent-imports", "1", "--check-timeout", "8s"],
+    );
+    let mut client = server.client().await;
+    let state_dict = std::fs::read(files.join("state_dict.pt")).unwrap();
+    let looping = std::fs::read(hostile.path().join("loops_always.pt")).unwrap();
+    let before = listing(models.path());
+
+    // A module whose checks never end (the check timeout is 10 minutes), sent with a deadline.
+    let mut slow = client.clone();
+    let mut request = Request::new(tokio_stream::iter(messages(
+        header("loops", &looping, ModelFormat::Torchscript, ""),
+        &looping,
+        looping.len(),
+    )));
+    request.set_timeout(Duration::from_secs(5));
+    let call = tokio::spawn(async move { slow.upload_model(request).await });
+    let started = Instant::now();
+    while workers_of(&server).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the module's check worker never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Meanwhile the one import permit is taken: a state dict (imported in well under a second)
+    // waits for its turn, and its deadline passes while it waits.
+    let mut waiting = Request::new(tokio_stream::iter(messages(state_dict_header("waits", &state_dict), &state_dict, 30_000)));
+    waiting.set_timeout(Duration::from_millis(1500));
+    let sent = Instant::now();
+    let refused = client.upload_model(waiting).await.unwrap_err();
+    // tonic's own timeout answers CANCELLED ("Timeout expired"), the server DEADLINE_EXCEEDED.
+    assert!(matches!(refused.code(), Code::DeadlineExceeded | Code::Cancelled), "{refused:?}");
+    assert!(sent.elapsed() >= Duration::from_millis(1400), "it waited for the deadline: {refused:?}");
+
+    let ended = call.await.unwrap().unwrap_err();
+    eprintln!("the looping module's upload: {:?}: {}", ended.code(), ended.message());
+    assert!(matches!(ended.code(), Code::DeadlineExceeded | Code::Cancelled), "{ended:?}");
+    // Nothing published or staged, and the check worker is gone, soon after the deadline (well
+    // before the check timeout, 3 s later, would have stopped it).
+    let cancelled = Instant::now();
+    while !(workers_of(&server).is_empty() && listing(models.path()) == before) {
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(2),
+            "after the deadline: workers {:?}, models dir\n{:?}\nwas\n{before:?}",
+            workers_of(&server),
+            listing(models.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(workers_of(&server).is_empty() && listing(models.path()) == before, "nothing came back");
+    assert!(common::wait_for_log(&server, "upload cancelled", Duration::from_secs(5)), "the cancellation is logged");
+
+    // The permit was returned: the next upload is imported at once.
+    let uploaded = upload(&mut client, None, messages(state_dict_header("after", &state_dict), &state_dict, 30_000)).await.unwrap();
+    assert_eq!(uploaded.name, "uploads/local/after");
+
+    // Without a deadline, the module's checks stop at serve's --check-timeout.
+    let before = listing(models.path());
+    let sent = Instant::now();
+    let timed_out =
+        upload(&mut client, None, messages(header("loops", &looping, ModelFormat::Torchscript, ""), &looping, looping.len()))
+            .await
+            .unwrap_err();
+    assert_eq!(timed_out.code(), Code::FailedPrecondition, "{timed_out:?}");
+    assert!(timed_out.message().contains("within 8s"), "{timed_out:?}");
+    assert!(sent.elapsed() >= Duration::from_secs(8), "{:?}", sent.elapsed());
+    assert!(settles_to(models.path(), &before) && workers_of(&server).is_empty());
 }

@@ -29,7 +29,13 @@ function parseArgs(argv) {
     const arg = argv[i];
     if (arg.startsWith("--")) {
       const [key, inline] = arg.slice(2).split(/=(.*)/s);
-      options[key] = inline !== undefined ? inline : argv[++i];
+      if (inline !== undefined) {
+        options[key] = inline;
+      } else if (i + 1 < argv.length && !argv[i + 1].startsWith("--")) {
+        options[key] = argv[++i];
+      } else {
+        throw new Error(`--${key} needs a value`);
+      }
     } else {
       positional.push(arg);
     }
@@ -82,6 +88,13 @@ function unary(ctx, method, request) {
   });
 }
 
+// The file's name as the server records it, as the Python client makes it: characters other
+// than letters, digits, '_', '+', '.' and '-' become '_', leading dots go, at most 128 bytes.
+function safeFileName(file) {
+  const name = path.basename(file).replace(/[^A-Za-z0-9_+.-]+/g, "_").replace(/^\.+/, "");
+  return name.slice(0, 128) || "upload";
+}
+
 async function sha256OfFile(file) {
   const hash = crypto.createHash("sha256");
   for await (const block of fs.createReadStream(file)) hash.update(block);
@@ -94,7 +107,15 @@ async function send(ctx, file, options) {
   const sha256 = await sha256OfFile(file);
   const started = process.hrtime.bigint();
   const info = await new Promise((resolve, reject) => {
-    const call = ctx.client.UploadModel(ctx.metadata, (error, answer) => (error ? reject(failure("UploadModel", error)) : resolve(answer)));
+    let stream = null;
+    // The server may answer before the last chunk (a refusal): then stop reading and writing.
+    let answered = false;
+    const call = ctx.client.UploadModel(ctx.metadata, (error, answer) => {
+      answered = true;
+      if (stream) stream.destroy();
+      if (error) reject(failure("UploadModel", error));
+      else resolve(answer);
+    });
     call.write({
       header: {
         name: options.name,
@@ -107,18 +128,26 @@ async function send(ctx, file, options) {
         method: options.method || "imported",
         size,
         sha256,
-        file_name: path.basename(file),
+        file_name: safeFileName(file),
       },
     });
-    const stream = fs.createReadStream(file, { highWaterMark: CHUNK });
+    stream = fs.createReadStream(file, { highWaterMark: CHUNK });
     stream.on("data", (chunk) => {
+      if (answered) return;
       if (!call.write({ chunk })) {
         stream.pause();
-        call.once("drain", () => stream.resume());
+        call.once("drain", () => {
+          if (!answered) stream.resume();
+        });
       }
     });
-    stream.on("end", () => call.end());
+    stream.on("end", () => {
+      if (answered) return;
+      call.end();
+      process.stderr.write("sent; the server is checking the model\n");
+    });
     stream.on("error", (error) => {
+      if (answered) return;
       call.cancel();
       reject(error);
     });

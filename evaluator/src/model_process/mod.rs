@@ -340,11 +340,13 @@ pub fn probe(config: &SandboxConfig, device: tch::Device) -> Result<Protection, 
 
 /// Runs a TorchScript module's import checks in a worker: `Ok(Ok(..))` when they pass,
 /// `Ok(Err(problem))` when the module fails one, `Err` when the worker could not do them.
+/// `stop` is asked every [`POLL`]: a reason kills the worker and is returned.
 pub fn check_torchscript(
     config: &SandboxConfig,
     protection: &Protection,
     bytes: Vec<u8>,
     spec: &rfb_core::models::ModelSpec,
+    stop: &dyn Fn() -> Option<EngineError>,
 ) -> Result<Result<rfb_core::checkpoint::import::TorchScriptChecked, rfb_core::models::TorchScriptError>, EngineError> {
     protection.check_torchscript()?;
     let program = config.program()?;
@@ -361,9 +363,9 @@ pub fn check_torchscript(
     let mut worker = WorkerProcess::start(&program, &task, Some(bytes))?;
     let deadline = std::time::Instant::now() + timeout;
     let stop = || {
-        (std::time::Instant::now() >= deadline).then(|| {
+        stop().or_else(|| (std::time::Instant::now() >= deadline).then(|| {
             EngineError::DeadlineExceeded
-        })
+        }))
     };
     loop {
         match worker.next(&stop).map_err(|e| match e {

@@ -337,6 +337,20 @@ class AgainstAFakeServer(unittest.TestCase):
             progress._tqdm = real
         self.assertIn("[rfb] PGD-5 [2/3]", stderr.getvalue())
 
+    def test_upload_progress_says_the_server_checks_the_model(self):
+        from rfb_client import progress
+
+        real = progress._tqdm
+        progress._tqdm = lambda: None
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                self.client.send(b"0123456789" * 300, "raw", "digits", chunk_size=1024, progress=True)
+        finally:
+            progress._tqdm = real
+        lines = stderr.getvalue().splitlines()
+        self.assertIn("the server is checking the model", lines[-1], lines)
+
     def test_errors_carry_the_servers_message(self):
         with self.assertRaises(rfb_client.NotFound) as caught:
             self.client.evaluate("missing", progress=False)

@@ -307,6 +307,9 @@ class Client:
             for chunk in model_file.chunks(chunk_size):
                 yield pb.UploadModelRequest(chunk=chunk)
                 bar.update(len(chunk))
+            # Everything is sent; the server now checks and converts the model, which may take
+            # a while (a TorchScript module is run a few times, or waits for its turn).
+            bar.set("upload %s: sent; the server is checking the model" % name, model_file.size, model_file.size)
 
         started = time.monotonic()
         try:

@@ -97,8 +97,9 @@ class EvaluatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadModel(self, request_iterator, context):
-        """Sends a model file: one UploadHeader, then the file's bytes in chunks (each at most 4 MiB;
-        the service decodes messages of at most 4 MiB + 64 KiB). Off unless the server runs with
+        """Sends a model file: one UploadHeader, then the file's bytes in chunks (each at most 4 MiB:
+        a larger chunk is INVALID_ARGUMENT; the service decodes messages of at most 4 MiB + 64 KiB,
+        and a message above that is refused by the transport with OUT_OF_RANGE). Off unless the server runs with
         --allow-uploads (else FAILED_PRECONDITION). The header and the limits are checked before any
         byte is taken, and no more than `size` bytes are. The file gets exactly the checks of `evaluator import` (a TorchScript
         module's inside the sandbox of model code), its size and sha256 are verified, and it is
@@ -109,12 +110,21 @@ class EvaluatorServicer:
         header (every field equal once defaults are filled in; the server keeps the header beside
         the manifest as upload.json) again answers the existing model (idempotent, and counts
         toward no limit); other bytes or another header under a taken name are refused with
-        ALREADY_EXISTS. Of two concurrent uploads of one name exactly one publishes. Errors: INVALID_ARGUMENT (bad header, size or
-        sha256 mismatch, not a model, a pickle that asks for code), RESOURCE_EXHAUSTED (over the
-        file, count or per-client byte limits), FAILED_PRECONDITION (uploads disabled; TorchScript
-        without a sandbox on a server that does not trust it), CANCELLED or INVALID_ARGUMENT (the
-        stream ended early), ALREADY_EXISTS (a taken name). Nothing is left in the models directory
-        by a refused upload (bytes are staged in a hidden directory and removed). docs/uploads.md.
+        ALREADY_EXISTS. Of two concurrent uploads of one name exactly one publishes. The server
+        imports at most --max-concurrent-imports uploads at once; the others wait for their turn
+        after their last chunk (DEADLINE_EXCEEDED when the call's deadline passes meanwhile).
+        Errors: INVALID_ARGUMENT (bad header, size or sha256 mismatch, not a model, a pickle that
+        asks for code, a TorchScript module that fails its checks), RESOURCE_EXHAUSTED (over the
+        file, count or per-client byte limits, which count the bytes sent; not enough free disk
+        for three times the file; the check worker killed for its memory or CPU time),
+        FAILED_PRECONDITION (uploads disabled; TorchScript without a sandbox on a server that does
+        not trust it; the module's checks did not finish within the server's --check-timeout; the
+        module did what the sandbox forbids), INTERNAL (the check worker died otherwise, e.g. an
+        abort, or the server's disk failed), CANCELLED or INVALID_ARGUMENT (the stream ended
+        early), ALREADY_EXISTS (a taken name). A call cancelled or past its deadline before the
+        model is published stops the import (its check worker is killed) and publishes nothing.
+        Nothing is left in the models directory by a refused upload (bytes are staged in a hidden
+        directory and removed). docs/uploads.md.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,8 +133,8 @@ class EvaluatorServicer:
     def DeleteModel(self, request, context):
         """Removes a model this client uploaded (only under its own `uploads/<client>/`), atomically,
         and answers the bytes freed; they and the model no longer count toward the client's limits.
-        NOT_FOUND when there is none, PERMISSION_DENIED for any other model, FAILED_PRECONDITION
-        when uploads are off.
+        FAILED_PRECONDITION when uploads are off (before the name is looked at), NOT_FOUND when
+        there is none, PERMISSION_DENIED for any other model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
