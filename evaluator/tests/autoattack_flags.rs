@@ -4,18 +4,12 @@
 //! `core/tests/autoattack.rs`; the targets flag in the evaluator's unit tests.
 
 mod common;
+use common::python;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 /// The sanity flags of the one AutoAttack result of `evaluator eval --json` on `model`.
 fn autoattack_flags(models: &Path, model: &str) -> Value {

@@ -16,6 +16,7 @@
 //! part where Node.js or the npm registry (or its cache) is missing.
 
 mod common;
+use common::python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -29,14 +30,6 @@ const PER_CLASS: &str = "3";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// The workspace's Python (`RFB_PYTHON`, else the project's `.venv`).
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => workspace().join(".venv/bin/python"),
-    }
 }
 
 fn ok(what: &str, output: Output) -> String {

@@ -14,6 +14,7 @@
 //! * the container image does not serve unauthenticated by default.
 
 mod common;
+use common::python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,13 +23,6 @@ use common::{copy_checkpoint, events, results, spec, trained_run, Server};
 use rfb_evaluator::cache::{cache_key, Lookup, ResultCache, StoredResult};
 use rfb_proto::v1::{AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest};
 use tonic::Code;
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 /// `evaluator ARGS` as a user runs it.
 fn evaluator(args: &[&str]) -> Output {

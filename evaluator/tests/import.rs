@@ -16,8 +16,9 @@
 //! PyTorch and the evaluator both run with OMP_NUM_THREADS=1 so that they compute alike.
 
 mod common;
+use common::python;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{correct, events, results, spec, Server};
@@ -33,13 +34,6 @@ use rfb_proto::v1::{
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 /// Runs `tests/python/byo_model.py` with `args`; its stdout.
 fn byo_model(args: &[&str]) -> String {

@@ -26,9 +26,10 @@
 //! The table of every cell is printed (`--nocapture`) for the record.
 
 mod common;
+use common::python;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{correct, events, results, Server};
@@ -43,13 +44,6 @@ const ITERATIONS: i64 = 3;
 /// Environment of both paths: one libtorch thread, so that the server and `evaluator eval`
 /// compute alike whatever else runs beside them.
 const ENVIRONMENT: [(&str, &str); 1] = [("OMP_NUM_THREADS", "1")];
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 fn run_python(args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/product_matrix.py");

@@ -9,6 +9,7 @@
 //! `RFB_SANDBOX_PRETEND_NO_LANDLOCK=1` tests that path everywhere.
 
 mod common;
+use common::python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,13 +20,6 @@ use rfb_proto::v1::evaluator_client::EvaluatorClient;
 use rfb_proto::v1::{AttackKind, EvaluateRequest, ListModelsRequest, ServerInfoRequest};
 use tonic::transport::Channel;
 use tonic::Code;
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 /// A work directory: `models/` (the trained digits model), `secret.txt` beside it, and the
 /// hostile modules in `files/`.

@@ -4,6 +4,7 @@
 //! command, and a Python client that generates its stubs from the .proto and uses reflection.
 
 mod common;
+use common::python;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -612,15 +613,6 @@ fn eval_prints_the_per_class_table() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains(".."));
-}
-
-/// The workspace's Python with grpcio-tools and grpcio-reflection (`RFB_PYTHON`, else the
-/// project's `.venv`).
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
 }
 
 #[test]

@@ -19,6 +19,7 @@
 //!   FAILED_PRECONDITION whatever the name.
 
 mod common;
+use common::python;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,13 +34,6 @@ use rfb_proto::v1::{
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-
-fn python() -> PathBuf {
-    match std::env::var_os("RFB_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
 
 /// `tests/python/upload_files.py`'s files for the trained digits model (state_dict.pt,
 /// torchscript.pt, evil.pt), made once per trained run and shared by the test processes.

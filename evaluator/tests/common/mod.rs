@@ -20,6 +20,14 @@ pub const MODEL: &str = "natural-s0/best";
 
 /// A natural digits-cnn (2 quick epochs), trained once and kept under Cargo's target tmp dir so
 /// that test processes (nextest runs one per test) share it ([`trained_once`]).
+/// The project's Python, with torch and grpcio (`RFB_PYTHON`, else the workspace's `.venv`).
+pub fn python() -> PathBuf {
+    match std::env::var_os("RFB_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+    }
+}
+
 pub fn trained_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| trained_once("natural-digits", "digits-cnn", 2, None))
