@@ -4,7 +4,7 @@
 use tch::{Device, TchError, Tensor};
 
 use super::{ModelError, ModelSpec, Network, Precision, PreparedNetwork, TorchScriptBf16, TorchScriptModel};
-use crate::attacks::Classifier;
+use crate::classifier::Classifier;
 
 /// A loaded checkpoint: a network of the registry, or a TorchScript module.
 #[derive(Debug)]

@@ -20,7 +20,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::classifier::Classifier;
 
 pub use digits_cnn::DigitsCnn;
 pub use loaded::{LoadedModel, PreparedModel};
@@ -265,6 +267,15 @@ impl Network {
         } else {
             self.var_store.freeze();
         }
+    }
+}
+
+impl Classifier for Network {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        crate::guard::guarded(|| self.forward_t(images, false))
+    }
+    fn device(&self) -> Device {
+        Network::device(self)
     }
 }
 

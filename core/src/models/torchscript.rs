@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
 use super::{normalization_tensors, ModelError, ModelSpec};
-use crate::attacks::Classifier;
+use crate::classifier::Classifier;
 use crate::guard::{guarded, guarded_result};
 
 /// The architecture name a TorchScript checkpoint records.
