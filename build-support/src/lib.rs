@@ -1,5 +1,6 @@
-//! Build-script helper shared by every crate that links libtorch, and the hash of the sources
-//! that decide the benchmark's results ([`sources`]).
+//! Build-script helper shared by every crate that links libtorch, the hash of the sources that
+//! decide the benchmark's results ([`sources`]), and the shell quoting of the command lines we
+//! record and generate ([`shell`]).
 //!
 //! `torch-sys` declares `links = "tch"` and publishes the libtorch library directory as
 //! `DEP_TCH_LIBTORCH_LIB` to the crates that depend on it directly. Baking that directory into
@@ -66,4 +67,5 @@ fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+pub mod shell;
 pub mod sources;
