@@ -326,7 +326,7 @@ impl ClassCounts {
 }
 
 pub(crate) fn check_eps(eps: f64) -> Result<(), AttackError> {
-    if !(eps.is_finite() && eps >= 0.0 && eps <= 1.0) {
+    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
         return Err(AttackError::InvalidParameter(format!("eps must be in [0, 1], got {eps}")));
     }
     Ok(())

@@ -83,6 +83,9 @@ impl Classifier for LoadedModel {
 }
 
 /// A [`LoadedModel`] at a precision, ready for attacks.
+// One per evaluation, borrowed by every attack: its size does not matter, and boxing the
+// prepared network would add an indirection to every forward pass.
+#[allow(clippy::large_enum_variant)]
 pub enum PreparedModel<'a> {
     Fp32(&'a LoadedModel),
     Native(PreparedNetwork),
