@@ -175,24 +175,6 @@ struct Server {
     models: HashSet<String>,
 }
 
-fn split_of(name: &str) -> anyhow::Result<Split> {
-    Ok(match name {
-        "test" | "" => Split::Test,
-        "validation" | "val" => Split::Validation,
-        "train" => Split::Train,
-        other => bail!("unknown split '{other}' (test, validation, train)"),
-    })
-}
-
-fn precision_of(name: &str) -> anyhow::Result<Precision> {
-    Ok(match name {
-        "fp32" | "" => Precision::Fp32,
-        "bf16" => Precision::Bf16,
-        "fp32-fast" => Precision::Fp32Fast,
-        other => bail!("unknown precision '{other}' (fp32, fp32-fast, bf16)"),
-    })
-}
-
 fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow::Result<AttackRun> {
     if let Some(spec) = &result.attack {
         let expected = AttackKind::from_str_name(&setting.kind).map(|k| k as i32);
@@ -249,37 +231,49 @@ async fn evaluate_one(
     label: &str,
     versions: &Mutex<ServerInfo>,
 ) -> Result<Result<SeedRun, String>, Status> {
-    let specs: Vec<_> = match settings.attacks.iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>() {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(e.to_string())),
+    let request = match evaluate_request(job, settings, deadline) {
+        Ok(request) => request,
+        Err(e) => return Ok(Err(e)),
     };
-    let (split, precision) = match (split_of(&settings.split), precision_of(&settings.precision)) {
-        (Ok(s), Ok(p)) => (s, p),
-        (Err(e), _) | (_, Err(e)) => return Ok(Err(e.to_string())),
+    let label = match job.shard {
+        Some((index, count)) => format!("{label} [shard {}/{count}]", index + 1),
+        None => label.to_string(),
     };
+    bar.set_message(format!("{label} seed {}: starting", job.seed));
+    let stream = client.evaluate(request).await?.into_inner();
+    let answers = receive_answers(stream, job, settings.attacks.len(), bar, &label).await?;
+    Ok(seed_run(job, settings, answers, versions))
+}
+
+/// The request for `job`, with the deadline as its gRPC timeout.
+fn evaluate_request(job: &Job, settings: &Settings, deadline: Option<Duration>) -> Result<Request<EvaluateRequest>, String> {
+    let specs = settings.attacks.iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>().map_err(|e| e.to_string())?;
     let mut request = Request::new(EvaluateRequest {
         model: job.info.name.clone(),
         dataset: settings.dataset.clone(),
-        split: split as i32,
+        split: Split::from(settings.split) as i32,
         examples_per_class: settings.examples_per_class,
         attacks: specs,
         batch_size: settings.batch_size,
-        precision: precision as i32,
+        precision: Precision::from(settings.precision) as i32,
         shard: job.shard.map(|(index, count)| Shard { index, count }),
         ..Default::default()
     });
     if let Some(d) = deadline {
         request.set_timeout(d);
     }
-    let label = match job.shard {
-        Some((index, count)) => format!("{label} [shard {}/{count}]", index + 1),
-        None => label.to_string(),
-    };
-    let label = label.as_str();
-    bar.set_message(format!("{label} seed {}: starting", job.seed));
-    let mut stream = client.evaluate(request).await?.into_inner();
+    Ok(request)
+}
+
+/// The attack results of an evaluation's event stream, showing its progress on `bar` meanwhile.
+async fn receive_answers(
+    mut stream: tonic::Streaming<rfb_proto::v1::EvaluateEvent>,
+    job: &Job,
+    attacks: usize,
+    bar: &Task,
+    label: &str,
+) -> Result<Vec<AttackResult>, Status> {
     let mut answers: Vec<AttackResult> = Vec::new();
-    let n = settings.attacks.len();
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(Event::Queued(q)) => bar.set_message(format!("{label} seed {}: queued, {} ahead", job.seed, q.ahead)),
@@ -287,19 +281,26 @@ async fn evaluate_one(
                 bar.set_total(p.examples_total.max(1) as u64);
                 bar.set_position(p.examples_done.max(0) as u64);
                 let component = if p.components > 1 && !p.component.is_empty() { format!(" {}", p.component) } else { String::new() };
-                bar.set_message(format!("{label} seed {}: {}{component} ({}/{n})", job.seed, p.attack, p.attack_index + 1));
+                bar.set_message(format!("{label} seed {}: {}{component} ({}/{attacks})", job.seed, p.attack, p.attack_index + 1));
             }
             Some(Event::Result(r)) => answers.push(r),
             Some(Event::Done(_)) => break,
             None => {}
         }
     }
+    Ok(answers)
+}
+
+/// The seed's run from the server's answers, after checking that they answer what was asked;
+/// records the versions the server reported.
+fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions: &Mutex<ServerInfo>) -> Result<SeedRun, String> {
+    let n = settings.attacks.len();
     if answers.len() != n {
-        return Ok(Err(format!("the server sent {} attack results for {n} attacks", answers.len())));
+        return Err(format!("the server sent {} attack results for {n} attacks", answers.len()));
     }
     let asked = job.shard.map(|(index, count)| Shard { index, count });
     if let Some(wrong) = answers.iter().find(|a| a.shard != asked) {
-        return Ok(Err(format!("asked for shard {asked:?}, the server answered for {:?}", wrong.shard)));
+        return Err(format!("asked for shard {asked:?}, the server answered for {:?}", wrong.shard));
     }
     if let Some(v) = answers.iter().find_map(|a| a.versions.clone()) {
         let mut info = versions.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,12 +312,9 @@ async fn evaluate_one(
     let dataset = answers.iter().map(|a| a.dataset.clone()).find(|d| !d.is_empty()).unwrap_or_else(|| job.info.dataset.clone());
     let mut runs = Vec::new();
     for (setting, answer) in settings.attacks.iter().zip(answers) {
-        match attack_run(setting, answer) {
-            Ok(r) => runs.push(r),
-            Err(e) => return Ok(Err(format!("{}: {e}", setting.label))),
-        }
+        runs.push(attack_run(setting, answer).map_err(|e| format!("{}: {e}", setting.label))?);
     }
-    Ok(Ok(SeedRun {
+    Ok(SeedRun {
         seed: job.seed,
         model: job.info.name.clone(),
         method: job.info.method.clone(),
@@ -326,7 +324,7 @@ async fn evaluate_one(
         server: String::new(),
         attacks: runs,
         shards: Vec::new(),
-    }))
+    })
 }
 
 /// The next job `server` can do (it lists the model and has not failed the job yet), counted
@@ -353,27 +351,32 @@ async fn next_job(queue: &WorkQueue, server: &Server) -> Option<Job> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn worker(
-    mut server: Server,
-    queue: Arc<WorkQueue>,
-    settings: Arc<Settings>,
-    labels: Arc<Vec<String>>,
+/// What the servers' workers share.
+struct Shared {
+    queue: WorkQueue,
+    settings: Settings,
+    /// The compared models' row labels.
+    labels: Vec<String>,
+    /// Deadline of one request, if any.
     deadline: Option<Duration>,
     progress: Progress,
-    overall: Arc<Task>,
-    versions: Arc<Mutex<ServerInfo>>,
-) -> Vec<Outcome> {
+    /// Jobs finished (or failed for good), over every server.
+    overall: Task,
+}
+
+/// Takes jobs `server` can do from the shared queue until none is left, one request at a time.
+async fn worker(mut server: Server, shared: Arc<Shared>, versions: Arc<Mutex<ServerInfo>>) -> Vec<Outcome> {
+    let Shared { queue, settings, labels, deadline, progress, overall } = &*shared;
     let bar = progress.task(server.endpoint.clone(), 1, "examples");
     let mut outcomes = Vec::new();
-    while let Some(job) = next_job(&queue, &server).await {
+    while let Some(job) = next_job(queue, &server).await {
         let label = labels[job.model_index].clone();
         let what = match job.shard {
             Some((index, count)) => format!("{label} seed {} shard {}/{count} ({})", job.seed, index + 1, job.info.name),
             None => format!("{label} seed {} ({})", job.seed, job.info.name),
         };
         bar.set_position(0);
-        let answer = evaluate_one(&mut server.client, &job, &settings, deadline, &bar, &label, &versions).await;
+        let answer = evaluate_one(&mut server.client, &job, settings, *deadline, &bar, &label, &versions).await;
         let mut gone = false;
         match answer {
             Ok(Ok(run)) => {
@@ -391,10 +394,10 @@ async fn worker(
                 let error = status_text(&status);
                 gone = server_is_gone(status.code());
                 progress.eprintln(format!(
-                        "bench-client: {what} failed on {} ({error}){}; another server will redo it",
-                        server.endpoint,
-                        if gone { ", which stops taking work" } else { "" }
-                    ));
+                    "bench-client: {what} failed on {} ({error}){}; another server will redo it",
+                    server.endpoint,
+                    if gone { ", which stops taking work" } else { "" }
+                ));
                 outcomes.push(Outcome::Requeued { server: server.endpoint.clone() });
                 let mut job = job;
                 job.failed_on.push(ShardFailure { server: server.endpoint.clone(), error });
@@ -416,19 +419,22 @@ async fn worker(
     outcomes
 }
 
-/// Connects to every server, resolves the models, runs every evaluation and gathers results.
-pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Selection>)> {
-    if config.servers.is_empty() {
-        bail!("give at least one --server");
-    }
-    let auth = Auth::new(config.token.as_deref())?;
-    let mut servers = Vec::new();
-    let mut server_infos: Vec<ServerInfo> = Vec::new();
-    let mut available: Vec<ModelInfo> = Vec::new();
+/// The servers that answered, with a record for every server asked, and every checkpoint
+/// listed (once, in the order first seen).
+struct Reached {
+    servers: Vec<Server>,
+    infos: Vec<ServerInfo>,
+    available: Vec<ModelInfo>,
+}
+
+/// Connects to every server and lists its checkpoints; a server that cannot be reached is
+/// recorded with its error and left out.
+async fn reach_servers(config: &CompareConfig, auth: &Auth) -> Reached {
+    let mut reached = Reached { servers: Vec::new(), infos: Vec::new(), available: Vec::new() };
     for address in &config.servers {
         let endpoint = normalise_endpoint(address);
         let listed = async {
-            let mut client = connect(address, &auth, config.connect_timeout).await?;
+            let mut client = connect(address, auth, config.connect_timeout).await?;
             let (models, problems) = list_models(&mut client).await?;
             anyhow::Ok((client, models, problems))
         }
@@ -439,104 +445,127 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
                     eprintln!("bench-client: {endpoint} could not read a checkpoint: {p}");
                 }
                 for m in &models {
-                    if !available.iter().any(|a| a.name == m.name) {
-                        available.push(m.clone());
+                    if !reached.available.iter().any(|a| a.name == m.name) {
+                        reached.available.push(m.clone());
                     }
                 }
-                servers.push(Server { endpoint: endpoint.clone(), client, models: models.iter().map(|m| m.name.clone()).collect() });
-                server_infos.push(ServerInfo { endpoint, ..Default::default() });
+                let names = models.iter().map(|m| m.name.clone()).collect();
+                reached.servers.push(Server { endpoint: endpoint.clone(), client, models: names });
+                reached.infos.push(ServerInfo { endpoint, ..Default::default() });
             }
             Err(e) => {
                 eprintln!("bench-client: not using {endpoint}: {e:#}");
-                server_infos.push(ServerInfo { endpoint, error: Some(format!("{e:#}")), ..Default::default() });
+                reached.infos.push(ServerInfo { endpoint, error: Some(format!("{e:#}")), ..Default::default() });
             }
         }
     }
-    if servers.is_empty() {
-        bail!("no server could be reached: {}", server_infos.iter().filter_map(|s| s.error.clone()).collect::<Vec<_>>().join("; "));
-    }
-    let selections = selection::select(&config.requests, &available, config.seeds.as_deref(), &config.checkpoint)?;
+    reached
+}
 
-    // One evaluation per model and seed; with several servers, each is split into shards that
-    // the servers take in turn.
-    let shard_count = match config.shards {
-        0 => servers.len(),
-        n => n,
-    } as i64;
+/// One evaluation to make: a compared model's checkpoint of one seed.
+struct Evaluation {
+    model_index: usize,
+    seed: u64,
+    info: ModelInfo,
+}
+
+/// One evaluation per model and seed, and the jobs that make them: the evaluation itself, or
+/// each of its `shard_count` shards when there are more than one.
+fn plan(selections: &[Selection], shard_count: i64) -> (Vec<Evaluation>, VecDeque<Job>) {
     let mut evaluations = Vec::new();
-    let mut queue = VecDeque::new();
+    let mut jobs = VecDeque::new();
     for (model_index, selection) in selections.iter().enumerate() {
         for run in &selection.runs {
             let evaluation = evaluations.len();
-            evaluations.push((model_index, run.seed, run.info.clone()));
+            evaluations.push(Evaluation { model_index, seed: run.seed, info: run.info.clone() });
             let job = |shard| Job { evaluation, model_index, seed: run.seed, info: run.info.clone(), shard, failed_on: Vec::new() };
             if shard_count > 1 {
-                queue.extend((0..shard_count).map(|index| job(Some((index, shard_count)))));
+                jobs.extend((0..shard_count).map(|index| job(Some((index, shard_count)))));
             } else {
-                queue.push_back(job(None));
+                jobs.push_back(job(None));
             }
         }
     }
-    let total_jobs = queue.len();
-    let queue = Arc::new(WorkQueue { jobs: Mutex::new(queue), running: AtomicUsize::new(0) });
+    (evaluations, jobs)
+}
+
+/// What the workers left: every outcome, the jobs no server could do, and the versions each
+/// server reported.
+struct Worked {
+    outcomes: Vec<Outcome>,
+    left_over: Vec<Job>,
+    versions: Vec<ServerInfo>,
+}
+
+/// Runs `jobs` on `servers`, one worker per server, with progress on stderr.
+async fn run_jobs(servers: Vec<Server>, jobs: VecDeque<Job>, labels: Vec<String>, shard_count: i64, config: &CompareConfig) -> anyhow::Result<Worked> {
+    let total_jobs = jobs.len();
     // Bars on a terminal; in a log, a plain line per server and one for the whole every few
     // seconds (rfb_progress).
     let progress = Progress::new(Mode::detect(!config.progress));
     // Sharded, the work comes back shard by shard, and that is what the count follows.
     let unit = if shard_count > 1 { "shards" } else { "evaluations" };
-    let overall = Arc::new(progress.task("compare", total_jobs as u64, unit));
-    let settings = Arc::new(config.settings.clone());
-    let labels = Arc::new(selections.iter().map(|s| s.request.label.clone()).collect::<Vec<_>>());
+    let overall = progress.task("compare", total_jobs as u64, unit);
+    let shared = Arc::new(Shared {
+        queue: WorkQueue { jobs: Mutex::new(jobs), running: AtomicUsize::new(0) },
+        settings: config.settings.clone(),
+        labels,
+        deadline: config.deadline,
+        progress,
+        overall,
+    });
     let mut handles = Vec::new();
     let mut version_slots = Vec::new();
     for server in servers {
         let slot = Arc::new(Mutex::new(ServerInfo { endpoint: server.endpoint.clone(), ..Default::default() }));
         version_slots.push(slot.clone());
-        handles.push(tokio::spawn(worker(
-            server,
-            queue.clone(),
-            settings.clone(),
-            labels.clone(),
-            config.deadline,
-            progress.clone(),
-            overall.clone(),
-            slot,
-        )));
+        handles.push(tokio::spawn(worker(server, shared.clone(), slot)));
     }
     let mut outcomes = Vec::new();
     for handle in handles {
         outcomes.extend(handle.await.context("an evaluation worker panicked")?);
     }
-    if let Ok(overall) = Arc::try_unwrap(overall) {
-        overall.finish();
+    // Jobs still queued: every server that lists the model failed them (or none does).
+    let left_over = shared.queue.jobs.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        shared.overall.finish();
     }
-    for slot in version_slots {
-        let info = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(existing) = server_infos.iter_mut().find(|s| s.endpoint == info.endpoint) {
+    let versions = version_slots.iter().map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    Ok(Worked { outcomes, left_over, versions })
+}
+
+/// Copies the versions the servers reported into their records.
+fn record_versions(infos: &mut [ServerInfo], versions: Vec<ServerInfo>) {
+    for info in versions {
+        if let Some(existing) = infos.iter_mut().find(|s| s.endpoint == info.endpoint) {
             existing.evaluator_version = info.evaluator_version;
             existing.libtorch_version = info.libtorch_version;
             existing.proto_version = info.proto_version;
         }
     }
+}
 
-    let mut models: Vec<ModelResults> = selections
-        .iter()
-        .map(|s| ModelResults { label: s.request.label.clone(), class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(), runs: Vec::new() })
-        .collect();
-    // Per evaluation: the parts done (with their shard records) and the first failure.
-    let mut parts: Vec<Vec<(SeedRun, ShardRun)>> = vec![Vec::new(); evaluations.len()];
-    let mut failed: Vec<Option<(String, String)>> = vec![None; evaluations.len()];
-    let count_for = |infos: &mut Vec<ServerInfo>, server: &str, f: &mut dyn FnMut(&mut ServerInfo)| {
+/// Per evaluation: the parts done (with their shard records) and the first failure (server,
+/// error).
+struct Gathered {
+    parts: Vec<Vec<(SeedRun, ShardRun)>>,
+    failed: Vec<Option<(String, String)>>,
+}
+
+/// Sorts the outcomes by evaluation, and counts each server's work in its record.
+fn gather(worked: Worked, evaluations: usize, infos: &mut [ServerInfo]) -> Gathered {
+    let mut gathered = Gathered { parts: vec![Vec::new(); evaluations], failed: vec![None; evaluations] };
+    let mut count_for = |server: &str, f: &mut dyn FnMut(&mut ServerInfo)| {
         if let Some(info) = infos.iter_mut().find(|s| s.endpoint == server) {
             f(info);
         }
     };
-    for outcome in outcomes {
+    for outcome in worked.outcomes {
         match outcome {
             Outcome::Done { job, mut run, server } => {
                 let examples = run.examples();
                 let seconds: f64 = run.attacks.iter().filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
-                count_for(&mut server_infos, &server, &mut |info| {
+                count_for(&server, &mut |info| {
                     info.evaluations_done += 1;
                     info.examples += examples;
                     info.compute_seconds += seconds;
@@ -544,17 +573,16 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
                 run.server = server.clone();
                 let (index, count) = job.shard.unwrap_or((0, 1));
                 let record = ShardRun { index, count, server, examples, compute_seconds: seconds, failed_on: job.failed_on };
-                parts[job.evaluation].push((run, record));
+                gathered.parts[job.evaluation].push((run, record));
             }
             Outcome::Failed { job, server, error } => {
-                count_for(&mut server_infos, &server, &mut |info| info.evaluations_failed += 1);
-                failed[job.evaluation].get_or_insert((server, error));
+                count_for(&server, &mut |info| info.evaluations_failed += 1);
+                gathered.failed[job.evaluation].get_or_insert((server, error));
             }
-            Outcome::Requeued { server } => count_for(&mut server_infos, &server, &mut |info| info.evaluations_failed += 1),
+            Outcome::Requeued { server } => count_for(&server, &mut |info| info.evaluations_failed += 1),
         }
     }
-    // Jobs still queued: every server that lists the model failed them (or none does).
-    for job in queue.jobs.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+    for job in worked.left_over {
         let error = match job.failed_on.last() {
             Some(last) => (
                 last.server.clone(),
@@ -565,52 +593,92 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
             ),
             None => (String::new(), "no reachable server lists this checkpoint".into()),
         };
-        failed[job.evaluation].get_or_insert(error);
+        gathered.failed[job.evaluation].get_or_insert(error);
     }
+    gathered
+}
+
+/// An evaluation's result from the parts that came back: the one run, or its shards merged
+/// ([`results::merge_shards`]); Err says why there is none.
+fn evaluation_result(mut done: Vec<(SeedRun, ShardRun)>, shard_count: i64) -> Result<SeedRun, String> {
+    if shard_count > 1 {
+        done.sort_by_key(|(_, record)| record.index);
+        if done.len() as i64 != shard_count {
+            return Err(format!("{} of {shard_count} shards came back", done.len()));
+        }
+        let (runs, records): (Vec<SeedRun>, Vec<ShardRun>) = done.into_iter().unzip();
+        results::merge_shards(&runs, records).map_err(|e| format!("{e:#}"))
+    } else {
+        done.into_iter().next().map(|(run, _)| run).ok_or_else(|| "no result came back".to_string())
+    }
+}
+
+/// Every model's runs in seed order, and the failures sorted by label and seed.
+fn assemble(selections: &[Selection], evaluations: &[Evaluation], mut gathered: Gathered, shard_count: i64) -> (Vec<ModelResults>, Vec<Failure>) {
+    let mut models: Vec<ModelResults> = selections
+        .iter()
+        .map(|s| ModelResults { label: s.request.label.clone(), class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(), runs: Vec::new() })
+        .collect();
     let mut failures = Vec::new();
-    for (evaluation, (model_index, seed, info)) in evaluations.iter().enumerate() {
-        let done = std::mem::take(&mut parts[evaluation]);
-        let failure = |server: String, error: String| Failure { label: labels[*model_index].clone(), model: info.name.clone(), seed: Some(*seed), server, error };
-        if let Some((server, error)) = failed[evaluation].take() {
+    for (index, evaluation) in evaluations.iter().enumerate() {
+        let done = std::mem::take(&mut gathered.parts[index]);
+        let failure = |server: String, error: String| Failure {
+            label: selections[evaluation.model_index].request.label.clone(),
+            model: evaluation.info.name.clone(),
+            seed: Some(evaluation.seed),
+            server,
+            error,
+        };
+        if let Some((server, error)) = gathered.failed[index].take() {
             failures.push(failure(server, error));
             continue;
         }
-        let run = if shard_count > 1 {
-            let mut done = done;
-            done.sort_by_key(|(_, record)| record.index);
-            if done.len() as i64 != shard_count {
-                failures.push(failure(String::new(), format!("{} of {shard_count} shards came back", done.len())));
-                continue;
-            }
-            let (runs, records): (Vec<SeedRun>, Vec<ShardRun>) = done.into_iter().unzip();
-            match results::merge_shards(&runs, records) {
-                Ok(run) => run,
-                Err(e) => {
-                    failures.push(failure(String::new(), format!("{e:#}")));
-                    continue;
-                }
-            }
-        } else {
-            match done.into_iter().next() {
-                Some((run, _)) => run,
-                None => {
-                    failures.push(failure(String::new(), "no result came back".into()));
-                    continue;
-                }
-            }
-        };
-        models[*model_index].runs.push(run);
-    }
-    for model in &mut models {
-        model.runs.sort_by_key(|r| r.seed);
-        if let Some(names) = model.runs.iter().flat_map(|r| r.attacks.iter()).map(|a| a.class_names.clone()).find(|n| !n.is_empty()) {
-            if model.runs.iter().flat_map(|r| r.attacks.iter()).any(|a| a.class_names != names) {
-                eprintln!("bench-client: warning: the seeds of '{}' report different class names", model.label);
-            }
-            model.class_names = names;
+        match evaluation_result(done, shard_count) {
+            Ok(run) => models[evaluation.model_index].runs.push(run),
+            Err(error) => failures.push(failure(String::new(), error)),
         }
     }
+    for model in &mut models {
+        settle_class_names(model);
+    }
     failures.sort_by(|a, b| (a.label.as_str(), a.seed).cmp(&(b.label.as_str(), b.seed)));
+    (models, failures)
+}
+
+/// Puts a model's runs in seed order and takes its class names from what the server reported
+/// (warning when the seeds disagree).
+fn settle_class_names(model: &mut ModelResults) {
+    model.runs.sort_by_key(|r| r.seed);
+    if let Some(names) = model.runs.iter().flat_map(|r| r.attacks.iter()).map(|a| a.class_names.clone()).find(|n| !n.is_empty()) {
+        if model.runs.iter().flat_map(|r| r.attacks.iter()).any(|a| a.class_names != names) {
+            eprintln!("bench-client: warning: the seeds of '{}' report different class names", model.label);
+        }
+        model.class_names = names;
+    }
+}
+
+/// Connects to every server, resolves the models, runs every evaluation and gathers results.
+pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Selection>)> {
+    if config.servers.is_empty() {
+        bail!("give at least one --server");
+    }
+    let auth = Auth::new(config.token.as_deref())?;
+    let Reached { servers, infos: mut server_infos, available } = reach_servers(config, &auth).await;
+    if servers.is_empty() {
+        bail!("no server could be reached: {}", server_infos.iter().filter_map(|s| s.error.clone()).collect::<Vec<_>>().join("; "));
+    }
+    let selections = selection::select(&config.requests, &available, config.seeds.as_deref(), &config.checkpoint)?;
+    // With several servers, each evaluation is split into shards that the servers take in turn.
+    let shard_count = match config.shards {
+        0 => servers.len(),
+        n => n,
+    } as i64;
+    let (evaluations, jobs) = plan(&selections, shard_count);
+    let labels = selections.iter().map(|s| s.request.label.clone()).collect();
+    let mut worked = run_jobs(servers, jobs, labels, shard_count, config).await?;
+    record_versions(&mut server_infos, std::mem::take(&mut worked.versions));
+    let gathered = gather(worked, evaluations.len(), &mut server_infos);
+    let (models, failures) = assemble(&selections, &evaluations, gathered, shard_count);
     let results = Results {
         format: results::FORMAT.into(),
         format_version: results::FORMAT_VERSION,

@@ -442,13 +442,13 @@ fn provenance(out: &mut String, results: &Results) {
 
     let s = &results.settings;
     out.push_str("<h3>Settings</h3><dl class=\"kv\">");
-    let _ = write!(out, "<dt>data</dt><dd>{}, {} split</dd>", escape(if s.dataset.is_empty() { "each model's own data set" } else { &s.dataset }), escape(&s.split));
+    let _ = write!(out, "<dt>data</dt><dd>{}, {} split</dd>", escape(if s.dataset.is_empty() { "each model's own data set" } else { &s.dataset }), s.split);
     let _ = write!(
         out,
         "<dt>examples</dt><dd>{} per class; batch {}; precision {}</dd>",
         if s.examples_per_class == 0 { "all".to_string() } else { s.examples_per_class.to_string() },
         if s.batch_size == 0 { "server default".to_string() } else { s.batch_size.to_string() },
-        escape(if s.precision.is_empty() { "fp32" } else { &s.precision })
+        s.precision
     );
     for a in &s.attacks {
         let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(&a.label), escape(&report::attack_parameters(&results.attack_as_run(a))));
@@ -555,7 +555,7 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     let per_class = if results.settings.examples_per_class > 0 {
         format!("{} test examples per class", results.settings.examples_per_class)
     } else {
-        format!("every example of the {} split", escape(&results.settings.split))
+        format!("every example of the {} split", results.settings.split)
     };
     let _ = write!(
         out,
@@ -631,10 +631,10 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     out.push_str("<section id=\"provenance\"><h2>Provenance</h2>");
     provenance(&mut out, results);
     out.push_str("</section>");
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<footer>Made by {} from results.json; `bench-client report --from results.json` rebuilds it. The same numbers: \
-         table.md, report.md, summary.csv, comparison.csv, per_seed.csv.</footer></main></body></html>\n",
+         table.md, report.md, summary.csv, comparison.csv, per_seed.csv.</footer></main></body></html>",
         escape(&results.client_version)
     );
     out

@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use rfb_bench_client::attacks::{self, Common, DEFAULT_ATTACKS};
 use rfb_bench_client::client::{self, CompareConfig};
 use rfb_bench_client::logs::{self, Normalisation};
 use rfb_bench_client::plots::{self, LabelledRun};
+use rfb_bench_client::precision::Precision;
 use rfb_bench_client::results::{Results, Settings};
 use rfb_bench_client::selection::{self, name_parts, Selection};
-use rfb_bench_client::report;
-use rfb_bench_client::{html, provenance};
-use rfb_build_support::sources;
+use rfb_bench_client::split::Split;
+use rfb_bench_client::{html, provenance, report, summary};
+use rfb_build_support::{shell, sources};
 
 #[derive(Parser)]
 #[command(name = "bench-client", version, about = "Compare robust models across seeds: class-wise statistics, tables and plots from evaluator servers")]
@@ -24,26 +25,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum SplitArg {
-    Test,
-    Validation,
-    Train,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PrecisionArg {
-    /// The network as it is.
-    Fp32,
-    /// An fp32 copy with batch norm folded and channels-last weights attacks; the network counts.
-    #[value(name = "fp32-fast")]
-    Fp32Fast,
-    /// A bf16 copy attacks; the fp32 network takes every decision.
-    Bf16,
-}
-
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Evaluate every seed of every model on the servers and write results.json, tables and plots.
     ///
@@ -51,156 +33,206 @@ enum Command {
     /// listed by the servers (else those whose manifest method is `absld`); `LABEL=NAME` sets the
     /// row label; an exact checkpoint name (`absld-s1/best`) is one seed. The first model is the
     /// baseline of the differences and Welch tests.
-    Compare {
-        /// Evaluator address (host:port or http://host:port); repeat or comma-separate to share
-        /// the work, one request in flight per server. With several servers each evaluation is
-        /// split into shards (see --shards) that the servers take in turn; a shard that fails on
-        /// one server (unreachable, out of memory) is redone on another.
-        #[arg(long = "server", required = true, value_delimiter = ',')]
-        servers: Vec<String>,
-        /// Models to compare, comma-separated: NAME or LABEL=NAME.
-        #[arg(long)]
-        models: String,
-        /// Only these seeds (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        seeds: Option<Vec<u64>>,
-        /// Which checkpoint of each run: best, last or epoch-NNNN.
-        #[arg(long, default_value = "best")]
-        checkpoint: String,
-        /// Attacks in column order: clean, fgsm, pgd (PGD-20), pgd-N, cw (CW-inf), cw-N, aa
-        /// (AutoAttack standard), aa-rand, aa:apgd-ce+apgd-t+...
-        #[arg(long, default_value = DEFAULT_ATTACKS)]
-        attacks: String,
-        /// L-inf radius of every attack: a number or a fraction such as 8/255.
-        #[arg(long, default_value = "8/255")]
-        eps: String,
-        /// Step size of PGD and CW (a number or fraction); default: the server's, eps/4 (2/255 at 8/255).
-        #[arg(long)]
-        step_size: Option<String>,
-        /// Seed of the attacks' random starts.
-        #[arg(long, default_value_t = 0)]
-        attack_seed: u64,
-        /// Data set to evaluate on; default: each model's own.
-        #[arg(long, default_value = "")]
-        dataset: String,
-        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
-        split: SplitArg,
-        /// Examples per class (the first n of each class); 0: the whole split.
-        #[arg(long, default_value_t = 0)]
-        examples_per_class: i64,
-        /// Batch size; 0: the server's default.
-        #[arg(long, default_value_t = 0)]
-        batch_size: i64,
-        #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
-        precision: PrecisionArg,
-        /// Confidence level of the intervals.
-        #[arg(long, default_value_t = 0.95)]
-        confidence: f64,
-        /// File holding a bearer token sent with every call.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Output directory (results.json, table.md, report.md, CSV files, PNG plots).
-        #[arg(long)]
-        out: PathBuf,
-        /// Training run directories (or folders of them) whose log.jsonl to plot as well.
-        #[arg(long, num_args = 1..)]
-        logs: Vec<PathBuf>,
-        /// The servers' models directory, when this machine sees it: the compared runs' own
-        /// training logs are then plotted too.
-        #[arg(long)]
-        models_dir: Option<PathBuf>,
-        /// Normalisation of the class-wise risks in the log plots.
-        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
-        normalise: Normalisation,
-        /// Seconds to wait for a server connection.
-        #[arg(long, default_value_t = 10)]
-        connect_timeout_s: u64,
-        /// Deadline of one request in seconds (all its attacks; one shard's when sharded); none
-        /// by default.
-        #[arg(long)]
-        deadline_s: Option<u64>,
-        /// Shards per evaluation: 0 = one per reachable server; 1 = no sharding (each server
-        /// takes whole evaluations). The shards' per-class counts add up to the unsharded
-        /// result exactly at fp32 and bf16.
-        #[arg(long, default_value_t = 0)]
-        shards: usize,
-        /// Exit with failure when any evaluation failed (default: only when all did).
-        #[arg(long)]
-        strict: bool,
-        /// A JSON object describing the run (commit, sources hash, host, versions), kept in
-        /// results.json and shown on the report page.
-        #[arg(long)]
-        run_info: Option<PathBuf>,
-        /// No progress: neither bars (terminal) nor the plain lines written every 15 s when
-        /// stderr is not a terminal (RFB_PROGRESS_SECONDS sets that pace).
-        #[arg(long)]
-        quiet: bool,
-    },
+    Compare(Box<CompareArgs>),
     /// Rebuild tables, plots and index.html from a results.json, without a server. The page
     /// also shows the training plots (risk-sd.png, temperatures-*.png) found in OUT when no
     /// --logs are given.
-    Report {
-        #[arg(long)]
-        from: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        /// Training run directories (or folders of them) whose log.jsonl to plot as well.
-        #[arg(long, num_args = 1..)]
-        logs: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
-        normalise: Normalisation,
-    },
+    Report(ReportArgs),
     /// Plot training logs: SD of the normalised class-wise error risks per epoch (clean and
     /// adversarial) and ABSLD's class-wise temperatures.
-    PlotLogs {
-        /// Run directories with log.jsonl, or folders of them. Runs named <group>-s<seed> are
-        /// drawn as one line per group with a band over seeds.
-        #[arg(long, num_args = 1.., required = true)]
-        runs: Vec<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
-        normalise: Normalisation,
-    },
+    PlotLogs(PlotLogsArgs),
     /// Print the hash of the sources that decide the results (JSON, as run.json records it).
-    Sources {
-        /// Repository root; default: found above the current directory.
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Only the sources that decide trained weights (the main job reuses a trained run only
-        /// while these are unchanged).
-        #[arg(long)]
-        training: bool,
-        /// Print the hash alone instead of JSON.
-        #[arg(long)]
-        hash_only: bool,
-    },
+    Sources(SourcesArgs),
     /// Check that committed results were made from the sources checked out now: every
     /// run.json under the results directories must record their hash (or say "archived" and
     /// why). Exits with failure, naming what changed and the command that regenerates it, when
     /// one does not.
-    CheckResults {
-        /// Repository root; default: found above the current directory.
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Results directories to check; default: ROOT/results.
-        dirs: Vec<PathBuf>,
-    },
+    CheckResults(CheckResultsArgs),
     /// List the checkpoints a server offers, with method and seed.
-    List {
-        #[arg(long = "server", required = true, value_delimiter = ',')]
-        servers: Vec<String>,
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
+    List(ListArgs),
 }
 
-fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
-    }
+#[derive(Args)]
+struct CompareArgs {
+    /// Evaluator address (host:port or http://host:port); repeat or comma-separate to share
+    /// the work, one request in flight per server. With several servers each evaluation is
+    /// split into shards (see --shards) that the servers take in turn; a shard that fails on
+    /// one server (unreachable, out of memory) is redone on another.
+    #[arg(long = "server", required = true, value_delimiter = ',')]
+    servers: Vec<String>,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    evaluation: EvaluationArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Output directory (results.json, table.md, report.md, CSV files, PNG plots).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    logs: LogsArgs,
+    /// The servers' models directory, when this machine sees it: the compared runs' own
+    /// training logs are then plotted too.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    normalisation: NormalisationArgs,
+    /// Seconds to wait for a server connection.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout_s: u64,
+    /// Deadline of one request in seconds (all its attacks; one shard's when sharded); none
+    /// by default.
+    #[arg(long)]
+    deadline_s: Option<u64>,
+    /// Shards per evaluation: 0 = one per reachable server; 1 = no sharding (each server
+    /// takes whole evaluations). The shards' per-class counts add up to the unsharded
+    /// result exactly at fp32 and bf16.
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Exit with failure when any evaluation failed (default: only when all did).
+    #[arg(long)]
+    strict: bool,
+    /// A JSON object describing the run (commit, sources hash, host, versions), kept in
+    /// results.json and shown on the report page.
+    #[arg(long)]
+    run_info: Option<PathBuf>,
+    /// No progress: neither bars (terminal) nor the plain lines written every 15 s when
+    /// stderr is not a terminal (RFB_PROGRESS_SECONDS sets that pace).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Which checkpoints `compare` evaluates.
+#[derive(Args)]
+struct SelectionArgs {
+    /// Models to compare, comma-separated: NAME or LABEL=NAME.
+    #[arg(long)]
+    models: String,
+    /// Only these seeds (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Which checkpoint of each run: best, last or epoch-NNNN.
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+}
+
+/// How `compare` evaluates each checkpoint: the settings recorded in results.json.
+#[derive(Args)]
+struct EvaluationArgs {
+    /// Attacks in column order: clean, fgsm, pgd (PGD-20), pgd-N, cw (CW-inf), cw-N, aa
+    /// (AutoAttack standard), aa-rand, aa:apgd-ce+apgd-t+...
+    #[arg(long, default_value = DEFAULT_ATTACKS)]
+    attacks: String,
+    /// L-inf radius of every attack: a number or a fraction such as 8/255.
+    #[arg(long, default_value = "8/255")]
+    eps: String,
+    /// Step size of PGD and CW (a number or fraction); default: the server's, eps/4 (2/255 at 8/255).
+    #[arg(long)]
+    step_size: Option<String>,
+    /// Seed of the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    attack_seed: u64,
+    /// Data set to evaluate on; default: each model's own.
+    #[arg(long, default_value = "")]
+    dataset: String,
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    split: Split,
+    /// Examples per class (the first n of each class); 0: the whole split.
+    #[arg(long, default_value_t = 0)]
+    examples_per_class: i64,
+    /// Batch size; 0: the server's default.
+    #[arg(long, default_value_t = 0)]
+    batch_size: i64,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+}
+
+/// A bearer token for the servers.
+#[derive(Args)]
+struct TokenArgs {
+    /// File holding a bearer token sent with every call.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Training logs to plot beside the results.
+#[derive(Args)]
+struct LogsArgs {
+    /// Training run directories (or folders of them) whose log.jsonl to plot as well.
+    #[arg(long, num_args = 1..)]
+    logs: Vec<PathBuf>,
+}
+
+/// How the log plots normalise the class-wise risks.
+#[derive(Args)]
+struct NormalisationArgs {
+    /// Normalisation of the class-wise risks in the log plots.
+    #[arg(long, value_enum, default_value_t = Normalisation::Sum)]
+    normalise: Normalisation,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[arg(long)]
+    from: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    logs: LogsArgs,
+    #[command(flatten)]
+    normalisation: NormalisationArgs,
+}
+
+#[derive(Args)]
+struct PlotLogsArgs {
+    /// Run directories with log.jsonl, or folders of them. Runs named <group>-s<seed> are
+    /// drawn as one line per group with a band over seeds.
+    #[arg(long, num_args = 1.., required = true)]
+    runs: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    normalisation: NormalisationArgs,
+}
+
+/// Where the repository is.
+#[derive(Args)]
+struct RootArgs {
+    /// Repository root; default: found above the current directory.
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SourcesArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Only the sources that decide trained weights (the main job reuses a trained run only
+    /// while these are unchanged).
+    #[arg(long)]
+    training: bool,
+    /// Print the hash alone instead of JSON.
+    #[arg(long)]
+    hash_only: bool,
+}
+
+#[derive(Args)]
+struct CheckResultsArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Results directories to check; default: ROOT/results.
+    dirs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[arg(long = "server", required = true, value_delimiter = ',')]
+    servers: Vec<String>,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 fn labelled_runs(dirs: &[PathBuf]) -> anyhow::Result<Vec<LabelledRun>> {
@@ -254,217 +286,221 @@ fn read_run_info(path: &Path) -> anyhow::Result<std::collections::BTreeMap<Strin
     serde_json::from_str(&text).with_context(|| format!("--run-info {} must hold a JSON object", path.display()))
 }
 
-fn repository_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match given {
-        Some(root) => Ok(root),
-        None => {
-            let here = std::env::current_dir().context("the current directory")?;
-            sources::find_root(&here).with_context(|| format!("no repository root above {} (give --root)", here.display()))
-        }
-    }
-}
-
 fn print_files(files: &[PathBuf]) {
     for f in files {
         println!("wrote {}", f.display());
     }
 }
 
+impl EvaluationArgs {
+    /// The settings these flags ask for, checked.
+    fn settings(self) -> anyhow::Result<Settings> {
+        if !(self.confidence > 0.0 && self.confidence < 1.0) {
+            bail!("--confidence must be between 0 and 1");
+        }
+        if self.examples_per_class < 0 || self.batch_size < 0 {
+            bail!("--examples-per-class and --batch-size must not be negative");
+        }
+        let common = Common {
+            eps: attacks::parse_eps(&self.eps)?,
+            step_size: self.step_size.as_deref().map(attacks::parse_eps).transpose().context("--step-size")?,
+            seed: self.attack_seed,
+        };
+        Ok(Settings {
+            dataset: self.dataset,
+            split: self.split,
+            examples_per_class: self.examples_per_class,
+            batch_size: self.batch_size,
+            precision: self.precision,
+            attacks: attacks::parse_attacks(&self.attacks, &common)?,
+            confidence: self.confidence,
+        })
+    }
+}
+
+impl TokenArgs {
+    fn read(&self) -> anyhow::Result<Option<String>> {
+        self.token_file.as_deref().map(client::read_token).transpose()
+    }
+}
+
+impl RootArgs {
+    /// The given root, else the repository root above the current directory.
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        match self.root {
+            Some(root) => Ok(root),
+            None => {
+                let here = std::env::current_dir().context("the current directory")?;
+                sources::find_root(&here).with_context(|| format!("no repository root above {} (give --root)", here.display()))
+            }
+        }
+    }
+}
+
+fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let settings = args.evaluation.settings()?;
+    let run = args.run_info.as_deref().map(read_run_info).transpose()?.unwrap_or_default();
+    let config = CompareConfig {
+        servers: args.servers,
+        token: args.token.read()?,
+        requests: selection::parse_models(&args.selection.models)?,
+        seeds: args.selection.seeds,
+        checkpoint: args.selection.checkpoint,
+        settings,
+        progress: !args.quiet,
+        command: std::env::args().map(|a| shell::quote(&a)).collect::<Vec<_>>().join(" "),
+        connect_timeout: Duration::from_secs(args.connect_timeout_s.max(1)),
+        deadline: args.deadline_s.map(Duration::from_secs),
+        shards: args.shards,
+    };
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (mut results, selections) = runtime.block_on(client::compare(&config))?;
+    results.run = run;
+    let json = out.join("results.json");
+    results.save(&json)?;
+    let mut files = vec![json];
+    files.extend(report::write_report(&results, out)?);
+    // The results are safe on disk by now: a log that cannot be read is only a warning.
+    let log_runs = compared_log_runs(&args.logs.logs, args.models_dir.as_deref(), &selections);
+    if !log_runs.is_empty() {
+        match plots::plot_logs(&log_runs, args.normalisation.normalise, out) {
+            Ok(f) => files.extend(f),
+            Err(e) => eprintln!("bench-client: could not plot the training logs: {e:#}"),
+        }
+    }
+    let summary = summary::summarize(&results);
+    match html::write_index(&results, &summary, &files, out) {
+        Ok(page) => files.push(page),
+        Err(e) => eprintln!("bench-client: could not write index.html: {e}"),
+    }
+    println!("{}", report::table1_markdown(&summary));
+    print!("{}", report::work_by_server(&results));
+    print_files(&files);
+    Ok(compare_exit_code(&results, args.strict))
+}
+
+/// The training logs to plot after a comparison: those of `--logs` (a warning when they cannot
+/// be read), and the compared runs' own under the models directory; a run found both ways is
+/// plotted once, under its comparison label.
+fn compared_log_runs(log_dirs: &[PathBuf], models_dir: Option<&Path>, selections: &[Selection]) -> Vec<LabelledRun> {
+    let mut log_runs = labelled_runs(log_dirs).unwrap_or_else(|e| {
+        eprintln!("bench-client: not plotting --logs: {e:#}");
+        Vec::new()
+    });
+    if let Some(dir) = models_dir {
+        let next_to_checkpoints = logs_next_to_checkpoints(dir, selections);
+        let same_dir = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+        log_runs.retain(|r| !next_to_checkpoints.iter().any(|n| same_dir(&n.run.dir, &r.run.dir)));
+        log_runs.extend(next_to_checkpoints);
+    }
+    log_runs
+}
+
+/// Failure when nothing was evaluated, or (with --strict) when anything failed; says how many
+/// evaluations failed.
+fn compare_exit_code(results: &Results, strict: bool) -> ExitCode {
+    let evaluated: usize = results.models.iter().map(|m| m.runs.len()).sum();
+    let failed = results.failures.len();
+    if failed > 0 {
+        eprintln!("bench-client: {failed} of {} evaluations failed (listed in report.md)", failed + evaluated);
+    }
+    if evaluated == 0 || (strict && failed > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let out = &args.out;
+    let results = Results::load(&args.from)?;
+    let mut files = report::write_report(&results, out)?;
+    let log_runs = labelled_runs(&args.logs.logs)?;
+    let mut page_files = files.clone();
+    if !log_runs.is_empty() {
+        let plotted = plots::plot_logs(&log_runs, args.normalisation.normalise, out)?;
+        page_files.extend(plotted.iter().cloned());
+        files.extend(plotted);
+    } else {
+        // The training plots a compare run left in OUT still belong on the page.
+        page_files.extend(training_plots_in(out));
+    }
+    let summary = summary::summarize(&results);
+    files.push(html::write_index(&results, &summary, &page_files, out)?);
+    println!("{}", report::table1_markdown(&summary));
+    print_files(&files);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_plot_logs(args: PlotLogsArgs) -> anyhow::Result<ExitCode> {
+    let log_runs = labelled_runs(&args.runs)?;
+    print_files(&plots::plot_logs(&log_runs, args.normalisation.normalise, &args.out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sources(args: SourcesArgs) -> anyhow::Result<ExitCode> {
+    let root = args.root.resolve()?;
+    let paths = if args.training { sources::TRAINING_SOURCES } else { sources::RESULT_SOURCES };
+    let hashes = sources::hash_sources(&root, paths)?;
+    if args.hash_only {
+        println!("{}", hashes.total);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&provenance::sources_json(&hashes))?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_check_results(args: CheckResultsArgs) -> anyhow::Result<ExitCode> {
+    let root = args.root.resolve()?;
+    let dirs = if args.dirs.is_empty() { vec![root.join("results")] } else { args.dirs };
+    let mut stale = 0;
+    for dir in &dirs {
+        for report in provenance::check_all(&root, dir)? {
+            println!("{}", report.describe(&root));
+            stale += usize::from(!report.passes());
+        }
+    }
+    if stale > 0 {
+        eprintln!("bench-client: {stale} results directories do not match the checked-out sources (see results/digits/README.md)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let auth = client::Auth::new(args.token.read()?.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        for server in &args.servers {
+            let mut c = client::connect(server, &auth, Duration::from_secs(10)).await?;
+            let (models, problems) = client::list_models(&mut c).await?;
+            println!("{}:", client::normalise_endpoint(server));
+            for m in models {
+                let seed = m.seed.or(name_parts(&m.name).seed).map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                println!("  {:<40} method {:<8} seed {:<4} {} {} ({} classes)", m.name, m.method, seed, m.architecture, m.dataset, m.num_classes);
+                if let Some(source) = imported_from(&m.manifest_json) {
+                    println!("  {:<40} imported from {source}", "");
+                }
+            }
+            for p in problems {
+                println!("  unreadable: {p}");
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Compare {
-            servers,
-            models,
-            seeds,
-            checkpoint,
-            attacks: attack_list,
-            eps,
-            step_size,
-            attack_seed,
-            dataset,
-            split,
-            examples_per_class,
-            batch_size,
-            precision,
-            confidence,
-            token_file,
-            out,
-            logs: log_dirs,
-            models_dir,
-            normalise,
-            connect_timeout_s,
-            deadline_s,
-            shards,
-            strict,
-            run_info,
-            quiet,
-        } => {
-            if !(confidence > 0.0 && confidence < 1.0) {
-                bail!("--confidence must be between 0 and 1");
-            }
-            if examples_per_class < 0 || batch_size < 0 {
-                bail!("--examples-per-class and --batch-size must not be negative");
-            }
-            let common = Common {
-                eps: attacks::parse_eps(&eps)?,
-                step_size: step_size.as_deref().map(attacks::parse_eps).transpose().context("--step-size")?,
-                seed: attack_seed,
-            };
-            let settings = Settings {
-                dataset,
-                split: match split {
-                    SplitArg::Test => "test",
-                    SplitArg::Validation => "validation",
-                    SplitArg::Train => "train",
-                }
-                .into(),
-                examples_per_class,
-                batch_size,
-                precision: match precision {
-                    PrecisionArg::Fp32 => "fp32",
-                    PrecisionArg::Fp32Fast => "fp32-fast",
-                    PrecisionArg::Bf16 => "bf16",
-                }
-                .into(),
-                attacks: attacks::parse_attacks(&attack_list, &common)?,
-                confidence,
-            };
-            let run = run_info.as_deref().map(read_run_info).transpose()?.unwrap_or_default();
-            let token = token_file.as_deref().map(client::read_token).transpose()?;
-            let config = CompareConfig {
-                servers,
-                token,
-                requests: selection::parse_models(&models)?,
-                seeds,
-                checkpoint,
-                settings,
-                progress: !quiet,
-                command: std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "),
-                connect_timeout: Duration::from_secs(connect_timeout_s.max(1)),
-                deadline: deadline_s.map(Duration::from_secs),
-                shards,
-            };
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let (mut results, selections) = runtime.block_on(client::compare(&config))?;
-            results.run = run;
-            let json = out.join("results.json");
-            results.save(&json)?;
-            let mut files = vec![json];
-            files.extend(report::write_report(&results, &out)?);
-            // The results are safe on disk by now: a log that cannot be read is only a warning.
-            let mut log_runs = labelled_runs(&log_dirs).unwrap_or_else(|e| {
-                eprintln!("bench-client: not plotting --logs: {e:#}");
-                Vec::new()
-            });
-            if let Some(dir) = &models_dir {
-                // A run found both ways is plotted once, under its comparison label.
-                let next_to_checkpoints = logs_next_to_checkpoints(dir, &selections);
-                let same_dir = |a: &std::path::Path, b: &std::path::Path| {
-                    a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
-                };
-                log_runs.retain(|r| !next_to_checkpoints.iter().any(|n| same_dir(&n.run.dir, &r.run.dir)));
-                log_runs.extend(next_to_checkpoints);
-            }
-            if !log_runs.is_empty() {
-                match plots::plot_logs(&log_runs, normalise, &out) {
-                    Ok(f) => files.extend(f),
-                    Err(e) => eprintln!("bench-client: could not plot the training logs: {e:#}"),
-                }
-            }
-            match html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &files, &out) {
-                Ok(page) => files.push(page),
-                Err(e) => eprintln!("bench-client: could not write index.html: {e}"),
-            }
-            println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
-            print!("{}", report::work_by_server(&results));
-            print_files(&files);
-            let evaluated: usize = results.models.iter().map(|m| m.runs.len()).sum();
-            if !results.failures.is_empty() {
-                eprintln!("bench-client: {} of {} evaluations failed (listed in report.md)", results.failures.len(), results.failures.len() + evaluated);
-            }
-            if evaluated == 0 || (strict && !results.failures.is_empty()) {
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Report { from, out, logs: log_dirs, normalise } => {
-            let results = Results::load(&from)?;
-            let mut files = report::write_report(&results, &out)?;
-            let log_runs = labelled_runs(&log_dirs)?;
-            let mut page_files = files.clone();
-            if !log_runs.is_empty() {
-                let plotted = plots::plot_logs(&log_runs, normalise, &out)?;
-                page_files.extend(plotted.iter().cloned());
-                files.extend(plotted);
-            } else {
-                // The training plots a compare run left in OUT still belong on the page.
-                page_files.extend(training_plots_in(&out));
-            }
-            let page = html::write_index(&results, &rfb_bench_client::summary::summarize(&results), &page_files, &out)?;
-            files.push(page);
-            println!("{}", report::table1_markdown(&rfb_bench_client::summary::summarize(&results)));
-            print_files(&files);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::PlotLogs { runs, out, normalise } => {
-            let log_runs = labelled_runs(&runs)?;
-            let files = plots::plot_logs(&log_runs, normalise, &out)?;
-            print_files(&files);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sources { root, training, hash_only } => {
-            let root = repository_root(root)?;
-            let paths = if training { sources::TRAINING_SOURCES } else { sources::RESULT_SOURCES };
-            let hashes = sources::hash_sources(&root, paths)?;
-            if hash_only {
-                println!("{}", hashes.total);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&provenance::sources_json(&hashes))?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CheckResults { root, dirs } => {
-            let root = repository_root(root)?;
-            let dirs = if dirs.is_empty() { vec![root.join("results")] } else { dirs };
-            let mut stale = 0;
-            for dir in &dirs {
-                for report in provenance::check_all(&root, dir)? {
-                    println!("{}", report.describe(&root));
-                    stale += usize::from(!report.passes());
-                }
-            }
-            if stale > 0 {
-                eprintln!("bench-client: {stale} results directories do not match the checked-out sources (see results/digits/README.md)");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::List { servers, token_file } => {
-            let token = token_file.as_deref().map(client::read_token).transpose()?;
-            let auth = client::Auth::new(token.as_deref())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(async {
-                for server in &servers {
-                    let mut c = client::connect(server, &auth, Duration::from_secs(10)).await?;
-                    let (models, problems) = client::list_models(&mut c).await?;
-                    println!("{}:", client::normalise_endpoint(server));
-                    for m in models {
-                        let seed = m.seed.or(name_parts(&m.name).seed).map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-                        println!("  {:<40} method {:<8} seed {:<4} {} {} ({} classes)", m.name, m.method, seed, m.architecture, m.dataset, m.num_classes);
-                        if let Some(source) = imported_from(&m.manifest_json) {
-                            println!("  {:<40} imported from {source}", "");
-                        }
-                    }
-                    for p in problems {
-                        println!("  unreadable: {p}");
-                    }
-                }
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+    match Cli::parse().command {
+        Command::Compare(args) => run_compare(*args),
+        Command::Report(args) => run_report(args),
+        Command::PlotLogs(args) => run_plot_logs(args),
+        Command::Sources(args) => run_sources(args),
+        Command::CheckResults(args) => run_check_results(args),
+        Command::List(args) => run_list(args),
     }
 }
 

@@ -273,7 +273,7 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         "- examples per class: {}; batch size: {}; precision: {}",
         if s.examples_per_class == 0 { "all".to_string() } else { s.examples_per_class.to_string() },
         if s.batch_size == 0 { "server default".to_string() } else { s.batch_size.to_string() },
-        if s.precision.is_empty() { "fp32" } else { &s.precision }
+        s.precision
     );
     for a in &s.attacks {
         let _ = writeln!(out, "- {}: {}", a.label, attack_parameters(&results.attack_as_run(a)));

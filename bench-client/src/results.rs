@@ -10,6 +10,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::precision::Precision;
+use crate::split::Split;
+
 pub const FORMAT: &str = "rfb-bench-results";
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -47,14 +50,15 @@ pub struct Settings {
     /// Empty: each model's own data set.
     #[serde(default)]
     pub dataset: String,
-    pub split: String,
+    pub split: Split,
     /// 0: the whole split.
     pub examples_per_class: i64,
     /// 0: the server's default.
     #[serde(default)]
     pub batch_size: i64,
+    /// fp32 where a file made before the field existed has none.
     #[serde(default)]
-    pub precision: String,
+    pub precision: Precision,
     /// Attacks in column order.
     pub attacks: Vec<AttackSetting>,
     /// Confidence level of the intervals (0.95).

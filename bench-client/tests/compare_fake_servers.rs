@@ -180,10 +180,10 @@ async fn start(name: &str, token: Option<&str>, fail: Option<&str>) -> (SocketAd
 fn settings() -> Settings {
     Settings {
         dataset: String::new(),
-        split: "test".into(),
+        split: rfb_bench_client::split::Split::Test,
         examples_per_class: 20,
         batch_size: 0,
-        precision: "fp32".into(),
+        precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: parse_attacks("clean,fgsm,pgd", &Common { eps: 0.1, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
     }

@@ -1,5 +1,6 @@
-//! Build-script helper shared by every crate that links libtorch, and the hash of the sources
-//! that decide the benchmark's results ([`sources`]).
+//! Build-script helper shared by every crate that links libtorch, the hash of the sources that
+//! decide the benchmark's results ([`sources`]), and the shell quoting of the command lines we
+//! record and generate ([`shell`]).
 //!
 //! `torch-sys` declares `links = "tch"` and publishes the libtorch library directory as
 //! `DEP_TCH_LIBTORCH_LIB` to the crates that depend on it directly. Baking that directory into
@@ -23,10 +24,10 @@ pub fn emit_libtorch_rpath() {
     }
 }
 
-/// Hashes (sha256) every file under `dirs` (relative to the crate's manifest directory, walked
-/// in sorted order, paths included) and exposes the first 16 hex digits to the crate as the
-/// environment variable `name`. Cargo re-runs the build script when any of those files
-/// changes, so the value always describes the sources the crate was built from.
+/// Hashes (sha256) every file under `dirs` (directories or single files, relative to the crate's
+/// manifest directory, walked in sorted order, paths included) and exposes the first 16 hex
+/// digits to the crate as the environment variable `name`. Cargo re-runs the build script when
+/// any of those files changes, so the value always describes the sources the crate was built from.
 pub fn emit_source_hash(name: &str, dirs: &[&str]) {
     use sha2::{Digest, Sha256};
     let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -51,6 +52,10 @@ pub fn emit_source_hash(name: &str, dirs: &[&str]) {
 }
 
 fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    if dir.is_file() {
+        out.push(dir.to_path_buf());
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -62,4 +67,5 @@ fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+pub mod shell;
 pub mod sources;

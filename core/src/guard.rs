@@ -5,7 +5,7 @@
 //! the arithmetic operators exist only in the panicking form, and a user's model or request can
 //! make them fail (a TorchScript module that raises, a memory layout an operation does not
 //! accept, an allocation beyond the device). [`guarded`] runs such work and turns a panic into
-//! `TchError::Torch(message)`, so that callers — the attacks' [`crate::attacks::Classifier`]
+//! `TchError::Torch(message)`, so that callers — the attacks' [`crate::classifier::Classifier`]
 //! implementations and the evaluation driver — return a typed error naming what failed instead
 //! of unwinding through the evaluator. While guarded work runs, the panic is not printed: it
 //! becomes the error the caller reports.

@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod attacks;
 pub mod checkpoint;
+pub mod classifier;
 pub mod data;
 pub mod guard;
 pub mod models;

@@ -545,8 +545,8 @@ fn import(args: ImportArgs) -> Result<()> {
             Some(list)
         }
     };
-    let normalization = match (args.mean, args.std) {
-        (Some(mean), Some(std)) => Some(rfb_core::models::Normalization { mean, std }),
+    let normalisation = match (args.mean, args.std) {
+        (Some(mean), Some(std)) => Some(rfb_core::models::Normalisation { mean, std }),
         _ => None,
     };
     let options = rfb_core::checkpoint::import::ImportOptions {
@@ -555,7 +555,7 @@ fn import(args: ImportArgs) -> Result<()> {
         dataset,
         architecture: args.arch,
         method: args.method,
-        normalization,
+        normalisation,
         class_names,
         data_dir: args.data_dir,
         overwrite: args.force,

@@ -833,8 +833,8 @@ impl Upload {
             dataset: record.dataset.parse().map_err(|e: rfb_core::data::DataError| UploadError::InvalidArgument(e.to_string()))?,
             architecture: (!record.architecture.is_empty()).then(|| record.architecture.clone()),
             method: record.method.clone(),
-            normalization: (!record.mean.is_empty())
-                .then(|| rfb_core::models::Normalization { mean: record.mean.clone(), std: record.std.clone() }),
+            normalisation: (!record.mean.is_empty())
+                .then(|| rfb_core::models::Normalisation { mean: record.mean.clone(), std: record.std.clone() }),
             class_names: (!record.class_names.is_empty()).then(|| record.class_names.clone()),
             data_dir: uploads.data_dir.clone(),
             overwrite: false,

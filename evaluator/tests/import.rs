@@ -26,7 +26,7 @@ use common::{correct, events, results, spec, Server};
 use rfb_core::attacks::{self, Fgsm, Interrupt};
 use rfb_core::checkpoint;
 use rfb_core::data::{self, DatasetKind, Split};
-use rfb_core::models::{ModelSpec, Normalization};
+use rfb_core::models::{ModelSpec, Normalisation};
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
 use rfb_proto::v1::{
     AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision,
@@ -118,7 +118,7 @@ async fn a_torchscript_convnext_and_a_state_dict_evaluate_as_in_pytorch() {
     let source = manifest.source.clone().unwrap();
     assert_eq!((source.file.as_str(), source.format.as_str()), ("convnext.pt", "torchscript"));
     assert_eq!(manifest.class_names[0], "airplane");
-    assert_eq!(manifest.model.normalization, Some(Normalization { mean: mean.clone(), std: std.clone() }));
+    assert_eq!(manifest.model.normalization, Some(Normalisation { mean: mean.clone(), std: std.clone() }));
     let cnn_manifest = checkpoint::read_manifest(&models.join("cnn")).unwrap();
     assert_eq!((cnn_manifest.model.architecture.as_str(), cnn_manifest.method.as_str()), ("digits-cnn", "imported"));
     assert_eq!(cnn_manifest.source.as_ref().unwrap().sha256, sha256_file(&state_dict));
@@ -175,7 +175,7 @@ async fn a_torchscript_convnext_and_a_state_dict_evaluate_as_in_pytorch() {
     assert_eq!(correct(&cnn[1]), counts(&reference, "cnn", "fgsm"), "state dict, FGSM");
     tch::set_num_threads(1);
     let teacher_spec = ModelSpec {
-        normalization: Some(Normalization { mean: mean.clone(), std: std.clone() }),
+        normalization: Some(Normalisation { mean: mean.clone(), std: std.clone() }),
         ..ModelSpec::new("digits-cnn", 10, [3, 32, 32])
     };
     let mut teacher = checkpoint::import_pytorch(&state_dict, &teacher_spec, tch::Device::Cpu).unwrap();

@@ -33,10 +33,10 @@ fn setting(label: &str, kind: &str, steps: Option<i64>, components: &[&str]) -> 
 fn settings() -> Settings {
     Settings {
         dataset: String::new(),
-        split: "test".into(),
+        split: rfb_bench_client::split::Split::Test,
         examples_per_class: 4,
         batch_size: 8,
-        precision: "fp32".into(),
+        precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: vec![
             setting("Clean", "CLEAN", None, &[]),
             setting("FGSM", "FGSM", None, &[]),

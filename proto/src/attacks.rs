@@ -21,6 +21,9 @@ use crate::v1::{AttackKind, AttackSpec};
 /// The components an AUTOATTACK_CUSTOM spec may list, in AutoAttack's order.
 pub const AUTOATTACK_COMPONENTS: [&str; 5] = ["apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "square"];
 
+/// The components of AutoAttack's standard version (AUTOATTACK_STANDARD), in the order they run.
+pub const AUTOATTACK_STANDARD_COMPONENTS: [&str; 4] = ["apgd-ce", "apgd-t", "fab-t", "square"];
+
 /// The paper's attacks, in Table 1's column order.
 pub const DEFAULT_ATTACKS: &str = "clean,fgsm,pgd,cw,aa";
 

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use rfb_build_support::shell::quote as shell_quote;
 use rfb_core::data::{DatasetKind, Split};
 use serde::Deserialize;
 use tch::Device;
@@ -422,10 +423,6 @@ pub struct SlurmOptions {
     pub gpus: u32,
     /// Seconds before the time limit at which the batch shell gets USR1.
     pub signal_before_s: u32,
-}
-
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// The Slurm files for a plan: `grid.sbatch` (one array task per run: `trainer grid run` with

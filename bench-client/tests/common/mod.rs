@@ -18,10 +18,10 @@ pub fn noise(a: u64, b: u64, c: u64, d: u64) -> f64 {
 pub fn settings(eps: f64) -> Settings {
     Settings {
         dataset: String::new(),
-        split: "test".into(),
+        split: rfb_bench_client::split::Split::Test,
         examples_per_class: 100,
         batch_size: 0,
-        precision: "fp32".into(),
+        precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: parse_attacks(DEFAULT_ATTACKS, &Common { eps, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
     }

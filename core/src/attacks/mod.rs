@@ -29,7 +29,8 @@ mod square;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use crate::models::Network;
+/// At its old path too: attacks are where most callers meet it.
+pub use crate::classifier::Classifier;
 
 pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss, ApgdRun};
 pub use autoattack::{sanity_flags, sanity_flags_in_chunks, AutoAttack, SanityFlags, SANITY_POINTS};
@@ -71,56 +72,6 @@ pub enum AttackError {
     Libtorch { component: String, message: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-}
-
-/// What attacks query: logits of a batch of images in [0, 1], in eval mode.
-///
-/// Every forward pass can fail (a user's TorchScript module raises, a layout or an allocation
-/// libtorch refuses): the methods return libtorch's error instead of panicking, and the attacks
-/// pass it up with `?` ([`crate::guard::guarded`] turns the panicking forms of tch into these
-/// errors where no fallible form exists).
-pub trait Classifier {
-    /// Logits of the attack network: the model itself, or a faster copy of it (batch norm folded,
-    /// channels-last, bf16).
-    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError>;
-    fn device(&self) -> Device;
-
-    /// Logits of the model as it is evaluated: the points counted robust and the clean accuracy
-    /// are decided by these. The same as [`Classifier::logits`] unless the attack network is a
-    /// copy ([`crate::models::PreparedNetwork`]).
-    fn judge_logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
-        self.logits(images)
-    }
-
-    /// True when the attack network may disagree with the judge by more than rounding (a bf16
-    /// copy): attacks then ask the judge wherever they decide whether a point is still robust,
-    /// at every iteration. A copy that only rounds differently (batch norm folded, another
-    /// memory layout) leaves those decisions to the attack network, and the final count to the
-    /// judge, with a second attack by the judge itself where the two disagree ([`run_points`]).
-    fn has_separate_judge(&self) -> bool {
-        false
-    }
-
-    /// The judge as a classifier of its own, when the attack network is a copy: what
-    /// [`run_points`] re-attacks with where the copy and the judge disagree.
-    fn exact(&self) -> Option<&dyn Classifier> {
-        None
-    }
-
-    /// True when the model's own code takes gradients inside its forward pass (a TorchScript
-    /// module calling `torch.autograd.grad` or `backward`): AutoAttack's dynamic-defence flag.
-    fn computes_gradients_in_forward(&self) -> bool {
-        false
-    }
-}
-
-impl Classifier for Network {
-    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
-        crate::guard::guarded(|| self.forward_t(images, false))
-    }
-    fn device(&self) -> Device {
-        Network::device(self)
-    }
 }
 
 /// Bool [N]: whether `images` are still classified as `labels`, for the decisions an attack takes
@@ -375,7 +326,7 @@ impl ClassCounts {
 }
 
 pub(crate) fn check_eps(eps: f64) -> Result<(), AttackError> {
-    if !(eps.is_finite() && eps >= 0.0 && eps <= 1.0) {
+    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
         return Err(AttackError::InvalidParameter(format!("eps must be in [0, 1], got {eps}")));
     }
     Ok(())

@@ -28,7 +28,7 @@ use super::{
     CheckpointError, CheckpointInfo, Manifest, Source, MANIFEST_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
 };
 use crate::data::{self, DatasetKind, Split};
-use crate::models::{ModelError, ModelSpec, Normalization, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
+use crate::models::{ModelError, ModelSpec, Normalisation, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
 
 /// The format version of TorchScript manifests (see [`super::FORMAT_VERSION`]).
 const TORCHSCRIPT_FORMAT_VERSION: u32 = 2;
@@ -95,7 +95,7 @@ pub struct ImportOptions {
     /// Recorded as the manifest's method (how the model was trained, as its owner names it).
     pub method: String,
     /// Per-channel normalisation applied in front of the model.
-    pub normalization: Option<Normalization>,
+    pub normalisation: Option<Normalisation>,
     /// Class names; `None`: from the data set's files under `data_dir`, else the standard ones.
     pub class_names: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
@@ -313,7 +313,7 @@ pub fn plan_import(options: &ImportOptions) -> Result<ImportPlan, CheckpointErro
         architecture: architecture.to_string(),
         num_classes,
         input_shape: options.dataset.input_shape(),
-        normalization: options.normalization.clone(),
+        normalization: options.normalisation.clone(),
     };
     let info = CheckpointInfo {
         class_names,

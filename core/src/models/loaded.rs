@@ -4,7 +4,7 @@
 use tch::{Device, TchError, Tensor};
 
 use super::{ModelError, ModelSpec, Network, Precision, PreparedNetwork, TorchScriptBf16, TorchScriptModel};
-use crate::attacks::Classifier;
+use crate::classifier::Classifier;
 
 /// A loaded checkpoint: a network of the registry, or a TorchScript module.
 #[derive(Debug)]
@@ -83,6 +83,9 @@ impl Classifier for LoadedModel {
 }
 
 /// A [`LoadedModel`] at a precision, ready for attacks.
+// One per evaluation, borrowed by every attack: its size does not matter, and boxing the
+// prepared network would add an indirection to every forward pass.
+#[allow(clippy::large_enum_variant)]
 pub enum PreparedModel<'a> {
     Fp32(&'a LoadedModel),
     Native(PreparedNetwork),

@@ -20,7 +20,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::classifier::Classifier;
 
 pub use digits_cnn::DigitsCnn;
 pub use loaded::{LoadedModel, PreparedModel};
@@ -173,7 +175,7 @@ impl fmt::Display for Architecture {
 
 /// Per-channel normalisation applied inside the model: (x - mean) / std.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Normalization {
+pub struct Normalisation {
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
 }
@@ -186,9 +188,10 @@ pub struct ModelSpec {
     pub num_classes: i64,
     /// [channels, height, width] of the input images.
     pub input_shape: [i64; 3],
-    /// `None`: the network sees pixels in [0, 1] as they are.
+    /// `None`: the network sees pixels in [0, 1] as they are. (Spelled as the manifests' key,
+    /// `normalization`, which existing checkpoints carry.)
     #[serde(default)]
-    pub normalization: Option<Normalization>,
+    pub normalization: Option<Normalisation>,
 }
 
 impl ModelSpec {
@@ -209,7 +212,7 @@ pub struct Network {
     pub architecture: Architecture,
     body: Box<dyn Body>,
     /// Mean and 1/std as [1, C, 1, 1] tensors on the model's device.
-    normalization: Option<(Tensor, Tensor)>,
+    normalisation: Option<(Tensor, Tensor)>,
 }
 
 impl fmt::Debug for Network {
@@ -224,11 +227,11 @@ impl fmt::Debug for Network {
 impl Network {
     /// Logits for a batch of images in [0, 1]; `train` selects batch-norm statistics mode.
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        match &self.normalization {
+        match &self.normalisation {
             Some((mean, inv_std)) => {
                 let kind = images.kind();
-                let normalized = (images - mean.to_kind(kind)) * inv_std.to_kind(kind);
-                self.body.forward_t(&normalized, train)
+                let normalised = (images - mean.to_kind(kind)) * inv_std.to_kind(kind);
+                self.body.forward_t(&normalised, train)
             }
             None => self.body.forward_t(images, train),
         }
@@ -268,6 +271,15 @@ impl Network {
     }
 }
 
+impl Classifier for Network {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
+        crate::guard::guarded(|| self.forward_t(images, false))
+    }
+    fn device(&self) -> Device {
+        Network::device(self)
+    }
+}
+
 /// What every architecture is: a module that can list its foldable conv-then-batch-norm
 /// layers ([`Network::fold_batch_norm`]).
 pub(crate) trait Body: ModuleT + Send {
@@ -304,13 +316,13 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
         Architecture::DigitsCnn => Box::new(DigitsCnn::new(&root, channels, classes, 1)),
         Architecture::DigitsCnnWide => Box::new(DigitsCnn::new(&root, channels, classes, 2)),
     };
-    let normalization = normalization_tensors(spec, device)?;
-    Ok(Network { var_store, spec: spec.clone(), architecture, body, normalization })
+    let normalisation = normalisation_tensors(spec, device)?;
+    Ok(Network { var_store, spec: spec.clone(), architecture, body, normalisation })
 }
 
 /// The normalisation of `spec` as mean and 1/std `[1, C, 1, 1]` tensors on `device`, after
 /// checking it (one mean and one positive, finite std per input channel).
-pub(crate) fn normalization_tensors(spec: &ModelSpec, device: Device) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+pub(crate) fn normalisation_tensors(spec: &ModelSpec, device: Device) -> Result<Option<(Tensor, Tensor)>, ModelError> {
     let Some(norm) = &spec.normalization else {
         return Ok(None);
     };

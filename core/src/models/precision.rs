@@ -18,7 +18,7 @@ use std::str::FromStr;
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::{build, ModelError, Network};
-use crate::attacks::Classifier;
+use crate::classifier::Classifier;
 use crate::guard::guarded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

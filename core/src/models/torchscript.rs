@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
-use super::{normalization_tensors, ModelError, ModelSpec};
-use crate::attacks::Classifier;
+use super::{normalisation_tensors, ModelError, ModelSpec};
+use crate::classifier::Classifier;
 use crate::guard::{guarded, guarded_result};
 
 /// The architecture name a TorchScript checkpoint records.
@@ -141,7 +141,7 @@ pub struct TorchScriptModel {
     spec: ModelSpec,
     device: Device,
     /// Mean and 1/std as [1, C, 1, 1] tensors on the device.
-    normalization: Option<(Tensor, Tensor)>,
+    normalisation: Option<(Tensor, Tensor)>,
     /// The file's bytes, for the bf16 copy (loaded from what was checked, not the file again).
     bytes: Arc<[u8]>,
     parameter_count: i64,
@@ -166,7 +166,7 @@ impl TorchScriptModel {
         if spec.input_shape.iter().any(|&d| d < 1) {
             return Err(ModelError::InvalidConfig(format!("input shape must be positive, got {:?}", spec.input_shape)));
         }
-        let normalization = normalization_tensors(spec, device)?;
+        let normalisation = normalisation_tensors(spec, device)?;
         let module = load_module(&bytes, device)?;
         let parameter_count = module
             .named_parameters()
@@ -176,7 +176,7 @@ impl TorchScriptModel {
             .sum();
         let takes_gradients = takes_gradients_in_code(&bytes);
         let model =
-            TorchScriptModel { module, spec: spec.clone(), device, normalization, bytes, parameter_count, takes_gradients };
+            TorchScriptModel { module, spec: spec.clone(), device, normalisation, bytes, parameter_count, takes_gradients };
         model.check(&model.module, Kind::Float)?;
         Ok(model)
     }
@@ -209,7 +209,7 @@ impl TorchScriptModel {
     /// The module's logits (as fp32) for images in [0, 1], the input cast to `kind` after the
     /// normalisation.
     fn forward(&self, module: &CModule, images: &Tensor, kind: Kind) -> Result<Tensor, TchError> {
-        let input = match &self.normalization {
+        let input = match &self.normalisation {
             Some((mean, inv_std)) => images.f_sub(mean)?.f_mul(inv_std)?,
             None => images.shallow_clone(),
         };
@@ -233,7 +233,7 @@ impl TorchScriptModel {
 
         // One tensor of [2, classes] finite logits.
         let two = probe_images(2, self.spec.input_shape, self.device);
-        let prepared = match &self.normalization {
+        let prepared = match &self.normalisation {
             Some((mean, inv_std)) => (&two - mean) * inv_std,
             None => two.shallow_clone(),
         }

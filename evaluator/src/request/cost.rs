@@ -52,7 +52,7 @@ pub fn passes_per_example(spec: &AttackSpec, num_classes: i64) -> u64 {
         Ok(AttackKind::Clean | AttackKind::Fgsm) => 1,
         Ok(AttackKind::Pgd) => steps(super::DEFAULT_PGD_STEPS) * restarts + 1,
         Ok(AttackKind::CwInf) => steps(super::DEFAULT_CW_STEPS) + 1,
-        Ok(AttackKind::AutoattackStandard) => ["apgd-ce", "apgd-t", "fab-t", "square"]
+        Ok(AttackKind::AutoattackStandard) => rfb_proto::attacks::AUTOATTACK_STANDARD_COMPONENTS
             .iter()
             .map(|c| passes_of_component(c, spec.steps, 1, targets))
             .sum(),

@@ -606,7 +606,7 @@ mod tests {
             changed
         };
         let function_changes: [fn(&mut Manifest); 5] = [
-            |m| m.model.normalization = Some(rfb_core::models::Normalization { mean: vec![0.5], std: vec![0.25] }),
+            |m| m.model.normalization = Some(rfb_core::models::Normalisation { mean: vec![0.5], std: vec![0.25] }),
             |m| m.model.architecture = "digits-cnn-wide".into(),
             |m| m.class_names[0] = "zero".into(),
             |m| m.model.num_classes = 9,
