@@ -2,7 +2,7 @@
 # The whole test suite: sets up the Python environment (libtorch), installs Chromium for the
 # report page's browser test (Debian's package, once, where apt-get may be used), builds every
 # target with the main job's profile and features (so a build left by digits-benchmark.sh is
-# reused), runs every test.
+# reused), runs every test, then checks the formatting (cargo fmt) and the lints (cargo clippy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,8 +41,24 @@ else
 fi
 
 echo "== test"
+tests_status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+    cargo nextest run --workspace --locked --no-fail-fast --failure-output final || tests_status=$?
 else
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast || tests_status=$?
 fi
+
+# The habits of the field: one formatting (rustfmt.toml) and no clippy warning (clippy.toml and
+# the few allows written where they apply). After the tests, so that a formatting slip still
+# shows every test's outcome; either failing fails the suite.
+echo "== format and lints"
+if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 || echo "   note: rustup could not add rustfmt and clippy"
+fi
+lint_status=0
+cargo fmt --all --check || { lint_status=1; echo "== cargo fmt --check failed: run cargo fmt --all"; }
+cargo clippy --workspace --all-targets --locked -- -D warnings || { lint_status=1; echo "== cargo clippy found warnings"; }
+if [ "$tests_status" -ne 0 ]; then
+    exit "$tests_status"
+fi
+exit "$lint_status"
