@@ -236,6 +236,7 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             .into_iter()
             .map(|c| results::ComponentRun { name: c.name, seconds: c.seconds, attacked: c.attacked, robust_after: c.robust_after })
             .collect(),
+        confusion: Vec::new(),
     })
 }
 
@@ -326,6 +327,7 @@ async fn evaluate_one(
         server: String::new(),
         attacks: runs,
         shards: Vec::new(),
+        sweep: Vec::new(),
     }))
 }
 

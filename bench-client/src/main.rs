@@ -329,6 +329,8 @@ fn run() -> anyhow::Result<ExitCode> {
                 .into(),
                 attacks: attacks::parse_attacks(&attack_list, &common)?,
                 confidence,
+                uncertainty: Default::default(),
+                sweep: None,
             };
             let run = run_info.as_deref().map(read_run_info).transpose()?.unwrap_or_default();
             let token = token_file.as_deref().map(client::read_token).transpose()?;

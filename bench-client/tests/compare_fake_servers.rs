@@ -186,6 +186,8 @@ fn settings() -> Settings {
         precision: "fp32".into(),
         attacks: parse_attacks("clean,fgsm,pgd", &Common { eps: 0.1, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
+        uncertainty: Default::default(),
+        sweep: None,
     }
 }
 

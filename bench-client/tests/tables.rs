@@ -37,9 +37,11 @@ fn hand_results() -> Results {
                 evaluator_version: String::new(),
                 server_metrics: None,
                 components: Vec::new(),
+                confusion: Vec::new(),
             })
             .collect(),
         shards: Vec::new(),
+        sweep: Vec::new(),
     };
     Results {
         format: FORMAT.into(),

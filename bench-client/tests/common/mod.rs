@@ -24,6 +24,8 @@ pub fn settings(eps: f64) -> Settings {
         precision: "fp32".into(),
         attacks: parse_attacks(DEFAULT_ATTACKS, &Common { eps, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
+        uncertainty: Default::default(),
+        sweep: None,
     }
 }
 
@@ -64,6 +66,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                         evaluator_version: "test".into(),
                         server_metrics: None,
                         components: Vec::new(),
+                        confusion: Vec::new(),
                     }
                 })
                 .collect();
@@ -77,6 +80,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                 server: "http://127.0.0.1:1".into(),
                 attacks,
                 shards: Vec::new(),
+                sweep: Vec::new(),
             });
         }
         out.push(ModelResults { label: model.to_string(), class_names: CIFAR10.iter().map(|c| c.to_string()).collect(), runs });
