@@ -14,3 +14,4 @@ pub mod results;
 pub mod selection;
 pub mod stats;
 pub mod summary;
+pub mod uncertainty;
