@@ -5,6 +5,8 @@
 
 pub mod attacks;
 pub mod client;
+pub mod confusion;
+pub mod curves;
 pub mod html;
 pub mod logs;
 pub mod plots;
