@@ -8,6 +8,8 @@ pub mod client;
 pub mod confusion;
 pub mod curves;
 pub mod html;
+pub mod insight_tables;
+pub mod insight_plots;
 pub mod logs;
 pub mod plots;
 pub mod provenance;
