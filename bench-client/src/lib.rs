@@ -9,6 +9,7 @@ pub mod confusion;
 pub mod curves;
 pub mod html;
 pub mod insight_tables;
+pub mod insight_html;
 pub mod insight_plots;
 pub mod logs;
 pub mod plots;
