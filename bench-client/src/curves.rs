@@ -41,7 +41,7 @@ pub enum Halving {
 pub fn halving_radius(radii: &[f64], accuracy: &[f64]) -> Halving {
     let Some(start) = radii.iter().position(|&r| r == 0.0) else { return Halving::Undefined };
     let a0 = accuracy.get(start).copied().unwrap_or(f64::NAN);
-    if !(a0 > 0.0) {
+    if a0.is_nan() || a0 <= 0.0 {
         return Halving::Undefined;
     }
     let half = a0 / 2.0;

@@ -651,11 +651,11 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     out.push_str("<section id=\"provenance\"><h2>Provenance</h2>");
     provenance(&mut out, results);
     out.push_str("</section>");
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<footer>Made by {} from results.json; `bench-client report --from results.json` rebuilds it. The same numbers: \
          table.md, report.md, summary.csv, comparison.csv, per_seed.csv, uncertainty.csv (and confusion.csv, curves.csv when \
-         the results have them).</footer></main></body></html>\n",
+         the results have them).</footer></main></body></html>",
         escape(&results.client_version)
     );
     out

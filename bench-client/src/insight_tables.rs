@@ -98,7 +98,7 @@ pub fn uncertainty_markdown(results: &Results, summary: &Summary) -> String {
     }
     let c = fmt_confidence(summary.confidence);
     let _ = writeln!(out, "\n### Per class: accuracy (%) and its {c}% Clopper-Pearson interval, per seed\n");
-    out.push_str(&class_interval_table(summary, |text| markdown_cell(text), "| ", " | ", " |\n"));
+    out.push_str(&class_interval_table(summary, markdown_cell, "| ", " | ", " |\n"));
     out
 }
 

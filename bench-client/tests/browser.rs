@@ -233,7 +233,7 @@ fn check_page(chrome: &Path, tmp: &Path, from: &Path, screenshots: bool) -> Opti
     std::fs::write(probe_dir.join("check.html"), CHECK_PAGE).unwrap();
     let profile = tmp.join("profile");
     let run = headless(
-        &chrome,
+        chrome,
         &profile,
         &[
             "--window-size=1700,1000".into(),
@@ -299,7 +299,7 @@ fn check_page(chrome: &Path, tmp: &Path, from: &Path, screenshots: bool) -> Opti
     for (name, size) in [("index.png", (1280u32, 2000u32)), ("index-phone.png", (500, 1400))] {
         let shot = tmp.join(name);
         let run = headless(
-            &chrome,
+            chrome,
             &profile,
             &[
                 format!("--window-size={},{}", size.0, size.1),
