@@ -20,7 +20,8 @@
 //! sizes and the settings only (two evaluations with the same class sizes resample the same
 //! positions), so a report rebuilt from results.json draws them again exactly.
 
-use rand::{Rng, SeedableRng};
+use rand::distributions::{Distribution, Uniform};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::{Beta, ContinuousCDF};
@@ -78,12 +79,19 @@ pub fn class_intervals(correct: &[i64], total: &[i64], confidence: f64) -> Vec<C
 pub fn draw_resamples(total: &[i64], settings: &UncertaintySettings, mut visit: impl FnMut(usize, usize, &[u32])) {
     let mut rng = ChaCha8Rng::seed_from_u64(settings.bootstrap_seed);
     let mut positions: Vec<u32> = Vec::new();
-    for r in 0..settings.bootstrap_resamples as usize {
-        for (class, &n) in total.iter().enumerate() {
-            positions.clear();
+    // One uniform distribution per class, made once (rand's Uniform: exact, by rejection).
+    let classes: Vec<(u32, Option<Uniform<u32>>)> = total
+        .iter()
+        .map(|&n| {
             let n = u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-            if n > 0 {
-                positions.extend((0..n).map(|_| rng.gen_range(0..n)));
+            (n, (n > 0).then(|| Uniform::new(0, n)))
+        })
+        .collect();
+    for r in 0..settings.bootstrap_resamples as usize {
+        for (class, (n, uniform)) in classes.iter().enumerate() {
+            positions.clear();
+            if let Some(uniform) = uniform {
+                positions.extend((0..*n).map(|_| uniform.sample(&mut rng)));
             }
             visit(r, class, &positions);
         }
@@ -266,22 +274,32 @@ fn evaluation(model: &str, seed: u64, attack: &AttackRun, settings: &Uncertainty
     }
 }
 
-/// Every evaluation's uncertainty, in model, seed and attack (settings) order.
+/// Every evaluation's uncertainty, in model, seed and attack (settings) order. Evaluations are
+/// independent (each draws from its own generator), so they run on every core; the result is the
+/// same whatever the number of threads.
 pub fn evaluations(results: &Results) -> Vec<Evaluation> {
     let confidence = confidence(results);
     let settings = &results.settings.uncertainty;
     let labels = results.attack_labels();
-    let mut out = Vec::new();
+    let mut jobs: Vec<(&str, u64, &AttackRun)> = Vec::new();
     for model in &results.models {
         for run in &model.runs {
             for label in &labels {
                 if let Some(attack) = run.attack(label) {
-                    out.push(evaluation(&model.label, run.seed, attack, settings, confidence));
+                    jobs.push((&model.label, run.seed, attack));
                 }
             }
         }
     }
-    out
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len()).max(1);
+    let chunk = jobs.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|&(m, s, a)| evaluation(m, s, a, settings, confidence)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// A within-seed quantity of one model and attack described across its seeds.
