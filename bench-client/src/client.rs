@@ -218,6 +218,7 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             .into_iter()
             .map(|c| results::ComponentRun { name: c.name, seconds: c.seconds, attacked: c.attacked, robust_after: c.robust_after })
             .collect(),
+        confusion: Vec::new(),
     })
 }
 
@@ -324,6 +325,7 @@ fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions
         server: String::new(),
         attacks: runs,
         shards: Vec::new(),
+        sweep: Vec::new(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `index.html`: the whole report as one self-contained page, for a browser on a laptop or a
 //! phone, without a network: the paper-style table, a class-by-model heatmap of accuracy per
-//! attack, the statistics against the baseline, the plots (PNG files embedded as data URIs),
+//! attack, the statistics against the baseline, the uncertainty of one evaluation, the
+//! adversarial confusions and the robustness curves (`insight_html`), the plots (PNG files embedded as data URIs),
 //! and the provenance of every number (checkpoints and their weight hashes, servers and
 //! versions, settings, the command, and the run record given with `--run-info`).
 //!
@@ -186,6 +187,18 @@ pub fn describe_plot(file: &str, summary: &Summary) -> Option<(String, String)> 
         return Some((
             format!("ABSLD temperatures, {run}"),
             "The teacher's class-wise temperatures per epoch, for clean and adversarial soft labels.".into(),
+        ));
+    }
+    if let Some(name) = stem.strip_prefix("confusion-") {
+        return Some((
+            format!("Adversarial confusions, {name}"),
+            "Rows: true class; columns: the class predicted after the attack; % of the true class's points, mean over seeds; outlined: the diagonal (points that survived).".into(),
+        ));
+    }
+    if let Some(model) = stem.strip_prefix("curves-") {
+        return Some((
+            format!("Robustness curves, {model}"),
+            "Class-wise accuracy against the radius, mean over seeds; thick black: the worst class (lowest mean accuracy over the range).".into(),
         ));
     }
     if let Some(attack_slug) = stem.strip_prefix("classwise-") {
@@ -541,9 +554,10 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta name=\"generator\" content=\"{}\"><title>{}</title><style>{STYLE}</style></head><body><main>",
+         <meta name=\"generator\" content=\"{}\"><title>{}</title><style>{STYLE}{}</style></head><body><main>",
         escape(&results.client_version),
-        escape(&title)
+        escape(&title),
+        crate::insight_html::STYLE
     );
     let seeds: Vec<u64> = {
         let mut all: Vec<u64> = summary.models.iter().flat_map(|m| summary.seeds(m)).collect();
@@ -577,6 +591,7 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     }
     out.push_str(
         "<nav><a href=\"#table\">Table</a><a href=\"#heatmaps\">Class heatmaps</a><a href=\"#differences\">Against the baseline</a>\
+         <a href=\"#uncertainty\">Uncertainty</a><a href=\"#confusions\">Confusions</a><a href=\"#curves\">Robustness curves</a>\
          <a href=\"#plots\">Plots</a><a href=\"#provenance\">Provenance</a></nav></header>",
     );
 
@@ -604,6 +619,11 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     out.push_str("<section id=\"differences\"><h2>Against the baseline</h2>");
     differences(&mut out, summary);
     out.push_str("</section>");
+
+    crate::insight_html::uncertainty_section(&mut out, results, summary);
+    crate::insight_html::confusions_section(&mut out, results, figures);
+    crate::insight_html::curves_section(&mut out, results, figures);
+    let figures: Vec<&Figure> = figures.iter().filter(|f| !crate::insight_html::is_insight_figure(f)).collect();
 
     out.push_str("<section id=\"plots\"><h2>Plots</h2>");
     if figures.is_empty() {
@@ -634,7 +654,8 @@ pub fn render(results: &Results, summary: &Summary, figures: &[Figure]) -> Strin
     let _ = writeln!(
         out,
         "<footer>Made by {} from results.json; `bench-client report --from results.json` rebuilds it. The same numbers: \
-         table.md, report.md, summary.csv, comparison.csv, per_seed.csv.</footer></main></body></html>",
+         table.md, report.md, summary.csv, comparison.csv, per_seed.csv, uncertainty.csv (and confusion.csv, curves.csv when \
+         the results have them).</footer></main></body></html>",
         escape(&results.client_version)
     );
     out

@@ -5,7 +5,12 @@
 
 pub mod attacks;
 pub mod client;
+pub mod confusion;
+pub mod curves;
 pub mod html;
+pub mod insight_tables;
+pub mod insight_html;
+pub mod insight_plots;
 pub mod logs;
 pub mod plots;
 pub mod precision;
@@ -16,3 +21,4 @@ pub mod selection;
 pub mod split;
 pub mod stats;
 pub mod summary;
+pub mod uncertainty;

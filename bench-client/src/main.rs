@@ -314,6 +314,8 @@ impl EvaluationArgs {
             precision: self.precision,
             attacks: attacks::parse_attacks(&self.attacks, &common)?,
             confidence: self.confidence,
+            uncertainty: Default::default(),
+            sweep: None,
         })
     }
 }

@@ -24,7 +24,7 @@ use plotters::style::FontStyle;
 use crate::logs::{self, Normalisation, RunLog};
 use crate::summary::{Metric, Summary};
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 static FONTS: Once = Once::new();
 
@@ -102,14 +102,14 @@ pub fn slug(label: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 /// A continuous axis whose labelled ticks are exactly the given values (class or attack
 /// positions), with the default value formatting so that a label formatter can name them.
 #[derive(Clone)]
-struct TickedAxis {
-    range: std::ops::Range<f64>,
-    ticks: Vec<f64>,
+pub(crate) struct TickedAxis {
+    pub(crate) range: std::ops::Range<f64>,
+    pub(crate) ticks: Vec<f64>,
 }
 
 impl Ranged for TickedAxis {
@@ -134,12 +134,12 @@ impl Ranged for TickedAxis {
     }
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing: {e:?}")
 }
 
 /// Draws a horizontal legend (colour swatch and text per entry), centred in `area`.
-fn legend_strip(area: &Area, entries: &[(String, RGBColor)], line: bool, band: bool, size: u32) -> anyhow::Result<()> {
+pub(crate) fn legend_strip(area: &Area, entries: &[(String, RGBColor)], line: bool, band: bool, size: u32) -> anyhow::Result<()> {
     let style: TextStyle = (FONT, size).into();
     let swatch = 28i32;
     let gap = 26i32;
@@ -165,7 +165,7 @@ fn legend_strip(area: &Area, entries: &[(String, RGBColor)], line: bool, band: b
 }
 
 /// A text style anchored at its centre.
-fn centred(size: u32) -> TextStyle<'static> {
+pub(crate) fn centred(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).pos(plotters::style::text_anchor::Pos::new(
         plotters::style::text_anchor::HPos::Center,
         plotters::style::text_anchor::VPos::Center,
@@ -207,7 +207,7 @@ fn y_range(values: impl Iterator<Item = f64>, floor: f64, ceiling: f64, step: f6
 
 /// Which class ticks to label and with what: every class up to 25 classes, else about 20
 /// evenly spaced class indices.
-fn class_ticks(names: &[String]) -> (Vec<f64>, bool) {
+pub(crate) fn class_ticks(names: &[String]) -> (Vec<f64>, bool) {
     let c = names.len();
     if c <= 25 {
         ((0..c).map(|k| k as f64).collect(), true)

@@ -3,10 +3,14 @@
 //! Files written by [`write_report`] into the output directory:
 //! - `table.md`: rows models, column groups attacks, each Avg / Worst / NSD as mean ± sd;
 //! - `report.md`: that table, Worst-10%, intervals, comparisons, per-seed values, settings;
-//! - `summary.csv`: model, attack, metric, mean, sd, ci_low, ci_high, n;
+//! - `summary.csv`: model, attack, metric, mean, sd, ci_low, ci_high, n; after the four metrics'
+//!   rows, the within-one-evaluation quantities of `crate::uncertainty` described across seeds
+//!   (metric `class_clopper_pearson_width`, `<metric>_bootstrap_width`, `p_worst_class_is_worst`);
 //! - `comparison.csv`: every model against the first, Welch's test per attack and metric;
 //! - `per_seed.csv`: every metric of every seed;
-//! - the PNG plots of [`crate::plots`].
+//! - `uncertainty.csv`, and with confusions or a sweep in the results `confusion.csv` and
+//!   `curves.csv` ([`crate::insight_tables`]);
+//! - the PNG plots of [`crate::plots`] and [`crate::insight_plots`].
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,7 @@ pub fn mean_sd(description: &crate::stats::Description, decimals: usize) -> Stri
     format!("{:.*} ± {:.*}", decimals, description.mean, decimals, description.sd)
 }
 
-fn interval(low: f64, high: f64, decimals: usize) -> String {
+pub(crate) fn interval(low: f64, high: f64, decimals: usize) -> String {
     if low.is_finite() && high.is_finite() {
         format!("[{low:.decimals$}, {high:.decimals$}]")
     } else {
@@ -35,7 +39,7 @@ fn interval(low: f64, high: f64, decimals: usize) -> String {
     }
 }
 
-fn number(value: f64, decimals: usize) -> String {
+pub(crate) fn number(value: f64, decimals: usize) -> String {
     if value.is_finite() {
         format!("{value:.decimals$}")
     } else {
@@ -62,7 +66,7 @@ fn seeds_text(summary: &Summary, model: &str) -> String {
     }
 }
 
-fn markdown_cell(text: &str) -> String {
+pub(crate) fn markdown_cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
@@ -198,6 +202,8 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
         }
     }
 
+    out.push_str(&crate::insight_tables::uncertainty_markdown(results, summary));
+
     if !summary.comparisons.is_empty() {
         let _ = writeln!(
             out,
@@ -244,6 +250,9 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
             }
         }
     }
+
+    out.push_str(&crate::insight_tables::confusions_markdown(results));
+    out.push_str(&crate::insight_tables::curves_markdown(results));
 
     let sanity = sanity_markdown(results);
     if !sanity.is_empty() {
@@ -364,7 +373,7 @@ pub fn work_by_server(results: &Results) -> String {
     out
 }
 
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
@@ -372,7 +381,7 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-fn csv_number(value: f64) -> String {
+pub(crate) fn csv_number(value: f64) -> String {
     if value.is_finite() {
         format!("{value}")
     } else if value.is_infinite() {
@@ -382,7 +391,8 @@ fn csv_number(value: f64) -> String {
     }
 }
 
-/// `summary.csv`: one row per model x attack x metric.
+/// `summary.csv`: one row per model x attack x metric, then per model x attack the
+/// within-one-evaluation quantities across seeds (mean, sd, interval of the per-seed values).
 pub fn summary_csv(summary: &Summary) -> String {
     let mut out = String::from("model,attack,metric,mean,sd,ci_low,ci_high,n\n");
     for c in &summary.cells {
@@ -393,6 +403,21 @@ pub fn summary_csv(summary: &Summary) -> String {
             csv_field(&c.model),
             csv_field(&c.attack),
             c.metric.key(),
+            csv_number(d.mean),
+            csv_number(d.sd),
+            csv_number(d.ci_low),
+            csv_number(d.ci_high),
+            d.n
+        );
+    }
+    for w in &summary.within_seed {
+        let d = &w.description;
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{}",
+            csv_field(&w.model),
+            csv_field(&w.attack),
+            w.key,
             csv_number(d.mean),
             csv_number(d.sd),
             csv_number(d.ci_low),
@@ -470,6 +495,14 @@ pub fn write_report(results: &Results, out: &Path) -> anyhow::Result<Vec<PathBuf
     write("summary.csv", summary_csv(&summary))?;
     write("comparison.csv", comparison_csv(&summary))?;
     write("per_seed.csv", per_seed_csv(results))?;
+    write("uncertainty.csv", crate::insight_tables::uncertainty_csv(results, &summary))?;
+    if let Some(text) = crate::insight_tables::confusion_csv(results) {
+        write("confusion.csv", text)?;
+    }
+    if let Some(text) = crate::insight_tables::curves_csv(results) {
+        write("curves.csv", text)?;
+    }
     written.extend(crate::plots::plot_results(&summary, out)?);
+    written.extend(crate::insight_plots::plot_insights(results, out)?);
     Ok(written)
 }

@@ -63,6 +63,37 @@ pub struct Settings {
     pub attacks: Vec<AttackSetting>,
     /// Confidence level of the intervals (0.95).
     pub confidence: f64,
+    /// How the uncertainty of one evaluation is estimated (per-class Clopper-Pearson intervals
+    /// at `confidence`; a class-stratified bootstrap over the test points for Worst, Worst-10%
+    /// and NSD). Recorded so that a report rebuilt from this file draws the same resamples.
+    #[serde(default)]
+    pub uncertainty: UncertaintySettings,
+    /// The robustness curve asked for (`--eps-sweep`): one attack over a list of radii, each
+    /// radius evaluated (and cached) on its own; the counts are in `SeedRun::sweep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSetting>,
+}
+
+/// Settings of the within-one-evaluation uncertainty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UncertaintySettings {
+    /// Resamples of the class-stratified bootstrap.
+    pub bootstrap_resamples: u32,
+    /// Seed of the bootstrap's random draws.
+    pub bootstrap_seed: u64,
+}
+
+impl Default for UncertaintySettings {
+    fn default() -> Self {
+        UncertaintySettings { bootstrap_resamples: 2000, bootstrap_seed: 0 }
+    }
+}
+
+/// A robustness curve: `attack` (its `eps` unset) run at each of `radii`, in increasing order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepSetting {
+    pub attack: AttackSetting,
+    pub radii: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -146,6 +177,17 @@ pub struct SeedRun {
     /// the sums over the shards).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardRun>,
+    /// The robustness curve (`Settings::sweep`): one entry per radius, in the order of
+    /// `SweepSetting::radii`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepPoint>,
+}
+
+/// One radius of a robustness curve and what the attack left at it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepPoint {
+    pub eps: f64,
+    pub run: AttackRun,
 }
 
 /// One shard of a sharded evaluation: shard `index` of `count` (the examples at positions
@@ -203,6 +245,12 @@ pub struct AttackRun {
     /// went and how many points of each class survived it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ComponentRun>,
+    /// Adversarial confusions: `confusion[true_class][predicted_class]` counts the points of
+    /// each class by the class predicted after the attack (for AutoAttack, by the output of the
+    /// component that broke the point; a point that survived counts on the diagonal). Each row
+    /// adds up to `total`, the diagonal equals `correct`. Empty for results made before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confusion: Vec<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

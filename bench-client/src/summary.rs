@@ -113,6 +113,11 @@ pub struct Summary {
     pub cells: Vec<Cell>,
     pub comparisons: Vec<Comparison>,
     pub bands: Vec<ClassBand>,
+    /// The uncertainty of every single evaluation (model, seed, attack): per-class
+    /// Clopper-Pearson intervals and the class-stratified bootstrap (`crate::uncertainty`).
+    pub evaluations: Vec<crate::uncertainty::Evaluation>,
+    /// Those within-seed quantities described across seeds (rows of summary.csv).
+    pub within_seed: Vec<crate::uncertainty::AcrossSeeds>,
 }
 
 impl Summary {
@@ -197,5 +202,7 @@ pub fn summarize(results: &Results) -> Summary {
             }
         }
     }
-    Summary { models: results.models.iter().map(|m| m.label.clone()).collect(), attacks, confidence, cells, comparisons, bands }
+    let evaluations = crate::uncertainty::evaluations(results);
+    let within_seed = crate::uncertainty::across_seeds(results, &evaluations);
+    Summary { models: results.models.iter().map(|m| m.label.clone()).collect(), attacks, confidence, cells, comparisons, bands, evaluations, within_seed }
 }

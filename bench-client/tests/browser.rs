@@ -5,15 +5,23 @@
 //! and a coloured heatmap cell for every class, model and attack, keep everything but the
 //! scrolling tables within the screen's width, and make a non-blank screenshot.
 //!
+//! The sections on where the robustness goes (uncertainty of one evaluation, adversarial
+//! confusions, robustness curves) are there for the digits results, and on synthetic results
+//! with confusions and a sweep they show their tables and decoded plots; a screenshot of the page
+//! with only those sections shown (index-insights.png) must show them.
+//!
 //! Without Chromium the test says so and passes, unless RFB_REQUIRE_BROWSER=1 (scripts/test.sh
 //! sets it once Chromium is installed), when it fails. RFB_CHROMIUM names another binary.
-//! RFB_SCREENSHOT_DIR=DIR keeps the screenshots there (index.png at 1280 px, index-phone.png).
+//! RFB_SCREENSHOT_DIR=DIR keeps the screenshots there (index.png at 1280 px, index-phone.png,
+//! index-insights.png of the synthetic page).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rfb_bench_client::results::Results;
-use rfb_bench_client::summary;
+use rfb_bench_client::{confusion, curves, summary};
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -87,6 +95,15 @@ window.addEventListener('load',function(){
       heatCells:cells.length,
       colouredCells:cells.filter(function(td){var c=getComputedStyle(td).backgroundColor;return c!=='rgba(0, 0, 0, 0)'&&c!=='rgb(255, 255, 255)';}).length,
       fontSize:parseFloat(getComputedStyle(document.body).fontSize),
+      nav:Array.prototype.map.call(document.querySelectorAll('nav a'),function(a){return a.getAttribute('href');}),
+      sections:['uncertainty','confusions','curves'].map(function(id){var s=document.getElementById(id);if(!s)return null;
+        var imgs=Array.prototype.slice.call(s.querySelectorAll('img'));
+        return {heading:(s.querySelector('h2')||{textContent:''}).textContent,tables:s.querySelectorAll('table').length,
+          images:imgs.length,decoded:imgs.filter(function(i){return i.complete&&i.naturalWidth>=400;}).length,
+          withinRows:s.querySelectorAll('table.within tbody tr').length,perClassRows:s.querySelectorAll('table.perclass tbody tr').length,
+          flowRows:s.querySelectorAll('table.flows tbody tr').length,flowCells:s.querySelectorAll('table.flows td.flow').length,
+          curveTables:s.querySelectorAll('table.curvetable').length,halving:s.querySelectorAll('table.curvetable td.halving').length,
+          notes:s.querySelectorAll('p.note').length,height:s.getBoundingClientRect().height};}),
       title:document.title
     },'*');
   })(images.map(function(i){return i.complete?i.naturalWidth:0;}));
@@ -114,11 +131,72 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let page_dir = tmp.path().join("page");
-    let from = repository().join("results/digits/results.json");
+    check_page(&chrome, tmp.path(), &repository().join("results/digits/results.json"), true);
+}
+
+/// Synthetic results with confusions and a sweep: the new sections show their content.
+#[test]
+fn the_sections_on_where_the_robustness_goes_render_in_chromium() {
+    let Some(chrome) = chromium() else {
+        skip("no Chromium on PATH (chromium, chromium-browser, google-chrome) and RFB_CHROMIUM is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut results = common::cifar_like(&["rslad", "absld"], &[0, 1], 100);
+    common::add_confusions(&mut results);
+    common::add_sweep(&mut results);
+    let from = tmp.path().join("results.json");
+    results.save(&from).unwrap();
+    let Some(views) = check_page(&chrome, tmp.path(), &from, false) else { return };
+    let classes = 10;
+    for width in ["1280", "390"] {
+        let v = &views[width];
+        let what = format!("at {width} px");
+        let [uncertainty, confusions, curves] = [&v["sections"][0], &v["sections"][1], &v["sections"][2]];
+        assert_eq!(uncertainty["withinRows"].as_u64().unwrap(), 2 * 5, "{what}");
+        assert_eq!(uncertainty["perClassRows"].as_u64().unwrap(), 2 * 5 * classes, "{what}");
+        assert_eq!(confusions["flowRows"].as_u64().unwrap(), 2 * 5, "{what}");
+        assert_eq!(confusions["flowCells"].as_u64().unwrap(), 2 * 5 * 5, "five flows each, {what}");
+        assert_eq!(confusions["decoded"].as_u64().unwrap(), 2 * 5, "a heatmap per model and attack, {what}");
+        assert_eq!(curves["curveTables"].as_u64().unwrap(), 2, "{what}");
+        assert_eq!(curves["halving"].as_u64().unwrap(), 2 * classes, "{what}");
+        assert_eq!(curves["decoded"].as_u64().unwrap(), 2, "a curve plot per model, {what}");
+    }
+    // The screenshot of the new sections: the page with the others hidden.
+    let html = std::fs::read_to_string(tmp.path().join("page/index.html")).unwrap();
+    let only = html.replacen("<head>", "<head><style>#table,#heatmaps,#differences,#plots,#provenance{display:none}</style>", 1);
+    let only_path = tmp.path().join("page/insights.html");
+    std::fs::write(&only_path, only).unwrap();
+    let shot = tmp.path().join("index-insights.png");
+    let size = (1280u32, 2400u32);
+    let run = headless(
+        &chrome,
+        &tmp.path().join("profile"),
+        &[format!("--window-size={},{}", size.0, size.1), format!("--screenshot={}", shot.display()), format!("file://{}", only_path.display())],
+    );
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&run.stderr));
+    let image = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!((image.width(), image.height()), size);
+    // Text, and the heatmaps' blues (blue well above red) in the lower part, where they sit.
+    let dark = image.pixels().filter(|p| p.0.iter().all(|&c| c < 80)).count();
+    let lower = image.enumerate_pixels().filter(|(_, y, _)| *y > size.1 / 2);
+    let blue = lower.filter(|(_, _, p)| u16::from(p.0[2]) > u16::from(p.0[0]) + 40 && p.0[2] > 90).count();
+    assert!(dark > 5000, "index-insights.png: little text ({dark} dark pixels)");
+    assert!(blue > 5000, "index-insights.png: no heatmap in the lower half ({blue} blue pixels)");
+    if let Some(dir) = std::env::var_os("RFB_SCREENSHOT_DIR").map(PathBuf::from) {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&shot, dir.join("index-insights.png")).unwrap();
+    }
+}
+
+/// Makes the page from `from`, checks it at a laptop's and a phone's width and returns what the
+/// probe saw per width (None when Chromium could not start); `screenshots`: also the laptop and
+/// phone screenshots.
+fn check_page(chrome: &Path, tmp: &Path, from: &Path, screenshots: bool) -> Option<serde_json::Value> {
+    let page_dir = tmp.join("page");
     let output = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args(["report", "--from"])
-        .arg(&from)
+        .arg(from)
         .arg("--out")
         .arg(&page_dir)
         .output()
@@ -137,21 +215,25 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
     }
 
     // Expected content, from the same results.
-    let results = Results::load(&from).unwrap();
+    let results = Results::load(from).unwrap();
     let summary = summary::summarize(&results);
     let classes = results.models[0].class_names.len();
     let expected_cells = summary.models.len() * classes * summary.attacks.len();
-    let expected_images = summary.attacks.len() + 1; // one class-wise picture per attack, metrics
+    let confusions = confusion::mean_confusions(&results).len();
+    let model_curves = curves::model_curves(&results).len();
+    // One class-wise picture per attack, metrics, a heatmap per model and attack with
+    // confusions, a curve plot per model with a sweep.
+    let expected_images = summary.attacks.len() + 1 + confusions + model_curves;
 
-    let probe_dir = tmp.path().join("probe");
+    let probe_dir = tmp.join("probe");
     std::fs::create_dir_all(&probe_dir).unwrap();
     let instrumented = html.replacen("<head>", &format!("<head>{PROBE}"), 1);
     assert_ne!(instrumented, html);
     std::fs::write(probe_dir.join("page.html"), instrumented).unwrap();
     std::fs::write(probe_dir.join("check.html"), CHECK_PAGE).unwrap();
-    let profile = tmp.path().join("profile");
+    let profile = tmp.join("profile");
     let run = headless(
-        &chrome,
+        chrome,
         &profile,
         &[
             "--window-size=1700,1000".into(),
@@ -163,7 +245,7 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
     let dom = String::from_utf8_lossy(&run.stdout);
     if !run.status.success() && dom.trim().is_empty() {
         skip(&format!("{} did not start: {}", chrome.display(), String::from_utf8_lossy(&run.stderr).lines().last().unwrap_or("")));
-        return;
+        return None;
     }
     let start = dom.find("<pre id=\"result\">").map(|i| i + "<pre id=\"result\">".len()).expect("the check page");
     let end = start + dom[start..].find("</pre>").unwrap();
@@ -185,16 +267,39 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
         assert!(v["scrollWidth"].as_f64().unwrap() <= v["clientWidth"].as_f64().unwrap(), "no sideways scrolling of the page, {what}");
         assert_eq!(v["outside"], serde_json::json!([]), "everything but the scrolling tables fits the width, {what}");
         assert!(v["fontSize"].as_f64().unwrap() >= 14.0, "readable text, {what}");
-        assert!(v["title"].as_str().unwrap().contains("digits"), "{what}");
+        if screenshots {
+            assert!(v["title"].as_str().unwrap().contains("digits"), "{what}");
+        }
+        // The sections on where the robustness goes, linked and headed, whatever the results hold.
+        for (i, (id, heading)) in [("uncertainty", "Uncertainty of one evaluation"), ("confusions", "Adversarial confusions"), ("curves", "Robustness curves")].iter().enumerate() {
+            assert!(v["nav"].as_array().unwrap().iter().any(|h| h == &format!("#{id}")), "#{id} in the navigation, {what}");
+            let section = &v["sections"][i];
+            assert_eq!(section["heading"], *heading, "{what}");
+            assert!(section["height"].as_f64().unwrap() > 40.0, "{id} shows, {what}");
+        }
+        let [uncertainty, confusions_seen, curves_seen] = [&v["sections"][0], &v["sections"][1], &v["sections"][2]];
+        let evaluated: usize = results.models.iter().flat_map(|m| &m.runs).map(|r| r.attacks.len()).sum();
+        assert!(evaluated == 0 || uncertainty["withinRows"].as_u64().unwrap() > 0, "{what}");
+        assert_eq!(confusions_seen["images"].as_u64().unwrap() as usize, confusions, "{what}");
+        assert_eq!(curves_seen["images"].as_u64().unwrap() as usize, model_curves, "{what}");
+        if confusions == 0 {
+            assert!(confusions_seen["notes"].as_u64().unwrap() >= 1, "the section says why it is empty, {what}");
+        }
+        if model_curves == 0 {
+            assert!(curves_seen["notes"].as_u64().unwrap() >= 1, "the section says why it is empty, {what}");
+        }
+    }
+    if !screenshots {
+        return Some(views);
     }
 
     // Screenshots: the laptop view, and the narrowest window headless Chromium lays out (500 px;
     // the 390 px checks above ran in a frame).
     let keep = std::env::var_os("RFB_SCREENSHOT_DIR").map(PathBuf::from);
     for (name, size) in [("index.png", (1280u32, 2000u32)), ("index-phone.png", (500, 1400))] {
-        let shot = tmp.path().join(name);
+        let shot = tmp.join(name);
         let run = headless(
-            &chrome,
+            chrome,
             &profile,
             &[
                 format!("--window-size={},{}", size.0, size.1),
@@ -215,4 +320,5 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
             std::fs::copy(&shot, dir.join(name)).unwrap();
         }
     }
+    Some(views)
 }

@@ -186,6 +186,8 @@ fn settings() -> Settings {
         precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: parse_attacks("clean,fgsm,pgd", &Common { eps: 0.1, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
+        uncertainty: Default::default(),
+        sweep: None,
     }
 }
 

@@ -37,9 +37,11 @@ fn hand_results() -> Results {
                 evaluator_version: String::new(),
                 server_metrics: None,
                 components: Vec::new(),
+                confusion: Vec::new(),
             })
             .collect(),
         shards: Vec::new(),
+        sweep: Vec::new(),
     };
     Results {
         format: FORMAT.into(),
@@ -119,7 +121,9 @@ fn csv_matches_independent_computation() {
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("model,attack,metric,mean,sd,ci_low,ci_high,n"));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows.len(), 3 * 5 * 4);
+    // The four metrics per model and attack, then six within-seed rows (uncertainty.rs).
+    assert_eq!(rows.len(), 3 * 5 * 4 + 3 * 5 * 6);
+    assert!(rows[..3 * 5 * 4].iter().all(|r| ["avg", "worst", "worst_10_percent", "nsd"].contains(&r[2])));
     let t3 = 3.182446305284263; // t_{0.975, 3}
     for model in &results.models {
         for attack in results.attack_labels() {

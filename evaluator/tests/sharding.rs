@@ -45,6 +45,8 @@ fn settings() -> Settings {
             setting("AA", "AUTOATTACK_CUSTOM", Some(8), &["apgd-ce", "apgd-t", "fab-t", "square"]),
         ],
         confidence: 0.95,
+        uncertainty: Default::default(),
+        sweep: None,
     }
 }
 

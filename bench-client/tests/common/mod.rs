@@ -24,6 +24,8 @@ pub fn settings(eps: f64) -> Settings {
         precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: parse_attacks(DEFAULT_ATTACKS, &Common { eps, step_size: None, seed: 0 }).unwrap(),
         confidence: 0.95,
+        uncertainty: Default::default(),
+        sweep: None,
     }
 }
 
@@ -64,6 +66,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                         evaluator_version: "test".into(),
                         server_metrics: None,
                         components: Vec::new(),
+                        confusion: Vec::new(),
                     }
                 })
                 .collect();
@@ -77,6 +80,7 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                 server: "http://127.0.0.1:1".into(),
                 attacks,
                 shards: Vec::new(),
+                sweep: Vec::new(),
             });
         }
         out.push(ModelResults { label: model.to_string(), class_names: CIFAR10.iter().map(|c| c.to_string()).collect(), runs });
@@ -119,4 +123,68 @@ pub fn mean_sd(values: &[f64]) -> (f64, f64) {
     let m = values.iter().sum::<f64>() / n;
     let v = values.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
     (m, v.sqrt())
+}
+
+/// Where a CIFAR-10 class's broken points mostly go (cat <-> dog, automobile <-> truck, ...).
+pub const PARTNER: [usize; 10] = [8, 9, 4, 5, 7, 3, 3, 4, 0, 1];
+
+/// A confusion matrix consistent with the counts: each class's broken points go 60% (rounded
+/// down) to its partner class, the rest one at a time round the other classes.
+pub fn confusion(correct: &[i64], total: &[i64]) -> Vec<Vec<i64>> {
+    let c = correct.len();
+    let mut matrix = vec![vec![0i64; c]; c];
+    for k in 0..c {
+        matrix[k][k] = correct[k];
+        let broken = total[k] - correct[k];
+        let partner = PARTNER[k % PARTNER.len()] % c;
+        let to_partner = if partner == k { 0 } else { broken * 6 / 10 };
+        matrix[k][partner] += to_partner;
+        let others: Vec<usize> = (1..c).map(|i| (k + i) % c).filter(|&j| j != partner).collect();
+        let others = if others.is_empty() { vec![partner] } else { others };
+        for i in 0..(broken - to_partner) as usize {
+            matrix[k][others[i % others.len()]] += 1;
+        }
+    }
+    matrix
+}
+
+/// Fills every attack's confusion matrix from its counts.
+pub fn add_confusions(results: &mut Results) {
+    for model in &mut results.models {
+        for run in &mut model.runs {
+            for attack in &mut run.attacks {
+                attack.confusion = confusion(&attack.correct, &attack.total);
+            }
+        }
+    }
+}
+
+/// The radii of the synthetic sweep: 0, 2, 4, 8, 12 and 16 /255.
+pub const SWEEP_RADII: [f64; 6] = [0.0, 2.0 / 255.0, 4.0 / 255.0, 8.0 / 255.0, 12.0 / 255.0, 16.0 / 255.0];
+
+/// A PGD sweep for every run: class-wise accuracy falling geometrically from the clean counts at
+/// radius 0 through the PGD-20 counts at 8/255 (equal to them there), with consistent confusions.
+pub fn add_sweep(results: &mut Results) {
+    use rfb_bench_client::results::{SweepPoint, SweepSetting};
+    let pgd = results.settings.attacks.iter().find(|a| a.kind == "PGD").expect("a PGD attack").clone();
+    let clean = results.settings.attacks.iter().find(|a| a.kind == "CLEAN").expect("a clean evaluation").label.clone();
+    results.settings.sweep = Some(SweepSetting { attack: rfb_bench_client::results::AttackSetting { eps: None, ..pgd.clone() }, radii: SWEEP_RADII.to_vec() });
+    for model in &mut results.models {
+        for run in &mut model.runs {
+            let c0 = run.attack(&clean).unwrap().correct.clone();
+            let base = run.attack(&pgd.label).unwrap().clone();
+            run.sweep = SWEEP_RADII
+                .iter()
+                .map(|&eps| {
+                    let correct: Vec<i64> = c0
+                        .iter()
+                        .zip(&base.correct)
+                        .map(|(&a, &b)| if a == 0 { 0 } else { (a as f64 * (b as f64 / a as f64).powf(eps * 255.0 / 8.0)).round() as i64 })
+                        .collect();
+                    let confusion = confusion(&correct, &base.total);
+                    SweepPoint { eps, run: rfb_bench_client::results::AttackRun { correct, confusion, ..base.clone() } }
+                })
+                .collect();
+        }
+    }
 }
