@@ -363,7 +363,8 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let json = out.join("results.json");
     results.save(&json)?;
     let mut files = vec![json];
-    files.extend(report::write_report(&results, out)?);
+    let summary = summary::summarize(&results);
+    files.extend(report::write_report_with(&results, &summary, out)?);
     // The results are safe on disk by now: a log that cannot be read is only a warning.
     let log_runs = compared_log_runs(&args.logs.logs, args.models_dir.as_deref(), &selections);
     if !log_runs.is_empty() {
@@ -372,7 +373,6 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("bench-client: could not plot the training logs: {e:#}"),
         }
     }
-    let summary = summary::summarize(&results);
     match html::write_index(&results, &summary, &files, out) {
         Ok(page) => files.push(page),
         Err(e) => eprintln!("bench-client: could not write index.html: {e}"),
@@ -418,7 +418,8 @@ fn compare_exit_code(results: &Results, strict: bool) -> ExitCode {
 fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let out = &args.out;
     let results = Results::load(&args.from)?;
-    let mut files = report::write_report(&results, out)?;
+    let summary = summary::summarize(&results);
+    let mut files = report::write_report_with(&results, &summary, out)?;
     let log_runs = labelled_runs(&args.logs.logs)?;
     let mut page_files = files.clone();
     if !log_runs.is_empty() {
@@ -429,7 +430,6 @@ fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         // The training plots a compare run left in OUT still belong on the page.
         page_files.extend(training_plots_in(out));
     }
-    let summary = summary::summarize(&results);
     files.push(html::write_index(&results, &summary, &page_files, out)?);
     println!("{}", report::table1_markdown(&summary));
     print_files(&files);

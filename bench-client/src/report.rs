@@ -481,8 +481,13 @@ pub fn per_seed_csv(results: &Results) -> String {
 
 /// Writes tables, CSV files and plots for a results file into `out`; returns the files written.
 pub fn write_report(results: &Results, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    write_report_with(results, &summary::summarize(results), out)
+}
+
+/// [`write_report`] with the summary already computed (its bootstrap is the costly part of a
+/// report, so a caller that also builds the page summarises once).
+pub fn write_report_with(results: &Results, summary: &Summary, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let summary = summary::summarize(results);
     let mut written = Vec::new();
     let mut write = |name: &str, text: String| -> anyhow::Result<()> {
         let path = out.join(name);
@@ -490,19 +495,19 @@ pub fn write_report(results: &Results, out: &Path) -> anyhow::Result<Vec<PathBuf
         written.push(path);
         Ok(())
     };
-    write("table.md", table_file(results, &summary))?;
-    write("report.md", report_markdown(results, &summary))?;
-    write("summary.csv", summary_csv(&summary))?;
-    write("comparison.csv", comparison_csv(&summary))?;
+    write("table.md", table_file(results, summary))?;
+    write("report.md", report_markdown(results, summary))?;
+    write("summary.csv", summary_csv(summary))?;
+    write("comparison.csv", comparison_csv(summary))?;
     write("per_seed.csv", per_seed_csv(results))?;
-    write("uncertainty.csv", crate::insight_tables::uncertainty_csv(results, &summary))?;
+    write("uncertainty.csv", crate::insight_tables::uncertainty_csv(results, summary))?;
     if let Some(text) = crate::insight_tables::confusion_csv(results) {
         write("confusion.csv", text)?;
     }
     if let Some(text) = crate::insight_tables::curves_csv(results) {
         write("curves.csv", text)?;
     }
-    written.extend(crate::plots::plot_results(&summary, out)?);
+    written.extend(crate::plots::plot_results(summary, out)?);
     written.extend(crate::insight_plots::plot_insights(results, out)?);
     Ok(written)
 }
