@@ -193,6 +193,23 @@ fn precision_of(name: &str) -> anyhow::Result<Precision> {
     })
 }
 
+/// The attack of each radius of the robustness curve: `sweep.attack` at that eps, and clean
+/// accuracy at radius 0 (no perturbation at all: what any attack at eps 0 must leave, and
+/// cached once with the compared attacks' clean column).
+pub fn sweep_settings(sweep: &results::SweepSetting) -> Vec<results::AttackSetting> {
+    sweep
+        .radii
+        .iter()
+        .map(|&eps| {
+            if eps == 0.0 {
+                attacks::setting_of_spec(&sweep.attack.label, rfb_proto::v1::AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() })
+            } else {
+                results::AttackSetting { eps: Some(eps), ..sweep.attack.clone() }
+            }
+        })
+        .collect()
+}
+
 fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow::Result<AttackRun> {
     if let Some(spec) = &result.attack {
         let expected = AttackKind::from_str_name(&setting.kind).map(|k| k as i32);
@@ -204,10 +221,13 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
     let class_names = result.classes.iter().map(|c| c.class_name.clone()).collect();
     let correct = result.classes.iter().map(|c| c.correct).collect();
     let total = result.classes.iter().map(|c| c.total).collect();
+    // Empty from a server older than the field; else one row per class, checked below.
+    let confusion =
+        if result.classes.iter().all(|c| c.predicted_as.is_empty()) { Vec::new() } else { result.classes.iter().map(|c| c.predicted_as.clone()).collect() };
     let server_metrics = result.metrics.map(|m| {
         [("average", m.average), ("worst", m.worst), ("worst_10_percent", m.worst_10_percent), ("nsd", m.nsd)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     });
-    Ok(AttackRun {
+    let run = AttackRun {
         attack: setting.label.clone(),
         attack_name: result.attack_name,
         class_names,
@@ -236,8 +256,10 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             .into_iter()
             .map(|c| results::ComponentRun { name: c.name, seconds: c.seconds, attacked: c.attacked, robust_after: c.robust_after })
             .collect(),
-        confusion: Vec::new(),
-    })
+        confusion,
+    };
+    run.check_confusion().context("the server's answer is inconsistent")?;
+    Ok(run)
 }
 
 /// Runs one evaluation; Err(status) for gRPC failures, Ok(Err(text)) for wrong answers.
@@ -250,7 +272,11 @@ async fn evaluate_one(
     label: &str,
     versions: &Mutex<ServerInfo>,
 ) -> Result<Result<SeedRun, String>, Status> {
-    let specs: Vec<_> = match settings.attacks.iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>() {
+    // The compared attacks, then one attack per radius of the robustness curve: each radius is
+    // its own attack of the request, so the evaluator computes and caches it on its own.
+    let curve = settings.sweep.as_ref().map(sweep_settings).unwrap_or_default();
+    let requested: Vec<&results::AttackSetting> = settings.attacks.iter().chain(&curve).collect();
+    let specs: Vec<_> = match requested.iter().map(|s| attacks::to_spec(s)).collect::<anyhow::Result<Vec<_>>>() {
         Ok(s) => s,
         Err(e) => return Ok(Err(e.to_string())),
     };
@@ -280,7 +306,7 @@ async fn evaluate_one(
     bar.set_message(format!("{label} seed {}: starting", job.seed));
     let mut stream = client.evaluate(request).await?.into_inner();
     let mut answers: Vec<AttackResult> = Vec::new();
-    let n = settings.attacks.len();
+    let n = requested.len();
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(Event::Queued(q)) => bar.set_message(format!("{label} seed {}: queued, {} ahead", job.seed, q.ahead)),
@@ -311,12 +337,14 @@ async fn evaluate_one(
     let weights = answers.iter().map(|a| a.weights_sha256.clone()).find(|w| !w.is_empty()).unwrap_or_else(|| job.info.weights_sha256.clone());
     let dataset = answers.iter().map(|a| a.dataset.clone()).find(|d| !d.is_empty()).unwrap_or_else(|| job.info.dataset.clone());
     let mut runs = Vec::new();
-    for (setting, answer) in settings.attacks.iter().zip(answers) {
+    for (setting, answer) in requested.iter().zip(answers) {
         match attack_run(setting, answer) {
             Ok(r) => runs.push(r),
-            Err(e) => return Ok(Err(format!("{}: {e}", setting.label))),
+            Err(e) => return Ok(Err(format!("{}: {e:#}", setting.label))),
         }
     }
+    let radii = settings.sweep.as_ref().map(|s| s.radii.clone()).unwrap_or_default();
+    let sweep = radii.into_iter().zip(runs.split_off(settings.attacks.len())).map(|(eps, run)| results::SweepPoint { eps, run }).collect();
     Ok(Ok(SeedRun {
         seed: job.seed,
         model: job.info.name.clone(),
@@ -327,7 +355,7 @@ async fn evaluate_one(
         server: String::new(),
         attacks: runs,
         shards: Vec::new(),
-        sweep: Vec::new(),
+        sweep,
     }))
 }
 
@@ -537,7 +565,8 @@ pub async fn compare(config: &CompareConfig) -> anyhow::Result<(Results, Vec<Sel
         match outcome {
             Outcome::Done { job, mut run, server } => {
                 let examples = run.examples();
-                let seconds: f64 = run.attacks.iter().filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
+                let seconds: f64 =
+                    run.attacks.iter().chain(run.sweep.iter().map(|p| &p.run)).filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
                 count_for(&mut server_infos, &server, &mut |info| {
                     info.evaluations_done += 1;
                     info.examples += examples;

@@ -11,7 +11,7 @@ use rfb_bench_client::attacks::{self, Common, DEFAULT_ATTACKS};
 use rfb_bench_client::client::{self, CompareConfig};
 use rfb_bench_client::logs::{self, Normalisation};
 use rfb_bench_client::plots::{self, LabelledRun};
-use rfb_bench_client::results::{Results, Settings};
+use rfb_bench_client::results::{self, Results, Settings, SweepSetting};
 use rfb_bench_client::selection::{self, name_parts, Selection};
 use rfb_bench_client::report;
 use rfb_bench_client::{html, provenance};
@@ -80,6 +80,17 @@ enum Command {
         /// Seed of the attacks' random starts.
         #[arg(long, default_value_t = 0)]
         attack_seed: u64,
+        /// Robustness curve: also run --sweep-attack at START:END:COUNT evenly spaced radii
+        /// (ends as --eps takes them, e.g. 0:16/255:17), each radius its own attack (and cache
+        /// entry); radius 0 is clean accuracy. Counts in results.json's `sweep`.
+        #[arg(long, value_name = "START:END:COUNT", conflicts_with = "eps_sweep_list")]
+        eps_sweep: Option<String>,
+        /// Robustness curve at these radii (comma-separated, increasing), e.g. 1/255,2/255,4/255.
+        #[arg(long, value_name = "EPS,EPS,...")]
+        eps_sweep_list: Option<String>,
+        /// The attack of the robustness curve (one name of --attacks' grammar; its eps is the radius).
+        #[arg(long, default_value = "pgd")]
+        sweep_attack: String,
         /// Data set to evaluate on; default: each model's own.
         #[arg(long, default_value = "")]
         dataset: String,
@@ -270,6 +281,20 @@ fn print_files(files: &[PathBuf]) {
     }
 }
 
+/// The robustness curve asked for by `--eps-sweep` / `--eps-sweep-list`, if any.
+fn sweep_setting(range: Option<&str>, list: Option<&str>, attack: &str, common: &Common) -> anyhow::Result<Option<SweepSetting>> {
+    let radii = match (range, list) {
+        (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,
+        (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
+        (None, None) => return Ok(None),
+    };
+    let setting = attacks::parse_attack(attack, common).context("--sweep-attack")?;
+    if setting.kind == "CLEAN" {
+        bail!("--sweep-attack: clean accuracy does not depend on the radius; name an attack");
+    }
+    Ok(Some(SweepSetting { attack: results::AttackSetting { eps: None, ..setting }, radii }))
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -282,6 +307,9 @@ fn run() -> anyhow::Result<ExitCode> {
             eps,
             step_size,
             attack_seed,
+            eps_sweep,
+            eps_sweep_list,
+            sweep_attack,
             dataset,
             split,
             examples_per_class,
@@ -330,7 +358,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 attacks: attacks::parse_attacks(&attack_list, &common)?,
                 confidence,
                 uncertainty: Default::default(),
-                sweep: None,
+                sweep: sweep_setting(eps_sweep.as_deref(), eps_sweep_list.as_deref(), &sweep_attack, &common)?,
             };
             let run = run_info.as_deref().map(read_run_info).transpose()?.unwrap_or_default();
             let token = token_file.as_deref().map(client::read_token).transpose()?;
