@@ -438,7 +438,8 @@ impl AttackRun {
             }
             let sum = row.iter().try_fold(0i64, |sum, &c| sum.checked_add(c));
             if sum != Some(self.total[k]) {
-                bail!("the adversarial confusion's row of class {k} ({name}) adds up to {sum:?}, not its {} points", self.total[k]);
+                let sum = sum.map_or_else(|| "more than an i64 holds".to_string(), |s| s.to_string());
+                bail!("the adversarial confusion's row of class {k} ({name}) adds up to {sum}, not its {} points", self.total[k]);
             }
             if self.correct.get(k) != Some(&row[k]) {
                 bail!("the adversarial confusion's diagonal for class {k} ({name}) is {}, not its {:?} robust points", row[k], self.correct.get(k));
