@@ -82,7 +82,9 @@ enum Command {
         attack_seed: u64,
         /// Robustness curve: also run --sweep-attack at START:END:COUNT evenly spaced radii
         /// (ends as --eps takes them, e.g. 0:16/255:17), each radius its own attack (and cache
-        /// entry); radius 0 is clean accuracy. Counts in results.json's `sweep`.
+        /// entry), evaluated independently (docs/attacks.md); radius 0 is clean accuracy. Its
+        /// step size is the server's eps/4 at each radius (--step-size does not apply). Counts in
+        /// results.json's `sweep`.
         #[arg(long, value_name = "START:END:COUNT", conflicts_with = "eps_sweep_list")]
         eps_sweep: Option<String>,
         /// Robustness curve at these radii (comma-separated, increasing), e.g. 1/255,2/255,4/255.
@@ -288,7 +290,8 @@ fn sweep_setting(range: Option<&str>, list: Option<&str>, attack: &str, common: 
         (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
         (None, None) => return Ok(None),
     };
-    let setting = attacks::parse_attack(attack, common).context("--sweep-attack")?;
+    // The step follows the radius (the server's eps/4), whatever --step-size says for the columns.
+    let setting = attacks::parse_attack(attack, &Common { step_size: None, ..*common }).context("--sweep-attack")?;
     if setting.kind == "CLEAN" {
         bail!("--sweep-attack: clean accuracy does not depend on the radius; name an attack");
     }

@@ -297,7 +297,9 @@ struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Robustness curve: also run --sweep-attack at START:END:COUNT evenly spaced radii (e.g.
-    /// 0:16/255:17), each radius its own attack and cache entry; radius 0 is clean accuracy.
+    /// 0:16/255:17), each radius its own attack and cache entry, evaluated independently
+    /// (docs/attacks.md); radius 0 is clean accuracy. Its step size is eps/4 at each radius
+    /// (--step-size does not apply to it).
     #[arg(long, value_name = "START:END:COUNT", conflicts_with = "eps_sweep_list")]
     eps_sweep: Option<String>,
     /// Robustness curve at these radii (comma-separated, increasing), e.g. 1/255,2/255,4/255.
@@ -441,7 +443,8 @@ fn eval(args: EvalArgs) -> Result<()> {
     let compared = attacks.len();
     let mut attacks = attacks;
     if !radii.is_empty() {
-        let swept = rfb_proto::attacks::parse_attack(&args.sweep_attack, &defaults).context("--sweep-attack")?.spec;
+        let at_each_radius = rfb_proto::attacks::AttackDefaults { step_size: None, ..defaults };
+        let swept = rfb_proto::attacks::parse_attack(&args.sweep_attack, &at_each_radius).context("--sweep-attack")?.spec;
         if swept.kind == rfb_proto::v1::AttackKind::Clean as i32 {
             anyhow::bail!("--sweep-attack: clean accuracy does not depend on the radius; name an attack");
         }
