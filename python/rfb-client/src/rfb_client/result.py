@@ -50,7 +50,10 @@ class ClassCount:
         return _percent(self.correct, self.total)
 
     def to_dict(self):
-        return {"class": self.name, "correct": self.correct, "total": self.total}
+        out = {"class": self.name, "correct": self.correct, "total": self.total}
+        if self.predicted_as:
+            out["predicted_as"] = list(self.predicted_as)
+        return out
 
     def __repr__(self):
         return "ClassCount(%r, %d/%d)" % (self.name, self.correct, self.total)
