@@ -542,7 +542,8 @@ fn eval(args: EvalArgs) -> Result<()> {
             .zip(&radii)
             .map(|(result, eps)| rfb_proto::v1::AttackResult { attack_name: format!("eps {eps:.4}"), ..result.clone() })
             .collect();
-        println!("\nRobustness curve: {} at each radius (radius 0: clean accuracy)", args.sweep_attack);
+        let name = curve.iter().find(|r| r.attack_name != "Clean").map_or(args.sweep_attack.as_str(), |r| r.attack_name.as_str());
+        println!("\nRobustness curve: {name} at each radius (radius 0: clean accuracy)");
         print!("{}", rfb_evaluator::table::render(&columns));
     }
     if results.iter().chain(&curve).any(|r| r.cached) {
