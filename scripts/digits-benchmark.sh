@@ -8,8 +8,9 @@
 #    resumed;
 # 3. starts JOBS `evaluator serve` on loopback (one shared cache), runs `bench-client compare`
 #    (the servers take whole evaluations in turn) with Clean, FGSM,
-#    PGD-20, CW-inf and AutoAttack, and writes tables, plots and index.html to results/digits/
-#    (with a screenshot of the page, index.png, when Chromium is installed);
+#    PGD-20, CW-inf and AutoAttack (each with its adversarial confusions) and a robustness
+#    curve of PGD-20 at a few radii (SWEEP), and writes tables, plots and index.html to
+#    results/digits/ (with a screenshot of the page, index.png, when Chromium is installed);
 # 4. stops the servers, also on failure or Ctrl-C;
 # 5. writes run.json: settings, the time of every phase, host and versions, the commit, and the
 #    hash of the sources that decide the results (`bench-client check-results` compares it with
@@ -21,7 +22,9 @@
 #
 # Settings (environment): SEEDS (default 0,1,2), METHODS (natural,sat,trades,rslad,absld; `all`
 # adds the other baselines ard,adaad,fair-ard,frl,bat,cfa), PER_CLASS (test examples per class,
-# default 10), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa), OUT (where tables and plots go,
+# default 10), EPS (0.1), ATTACKS (clean,fgsm,pgd,cw,aa), SWEEP (the radii of the PGD-20
+# robustness curve, default 0,0.05,0.1,0.15,0.2; radius 0 and EPS come from the cache of the
+# Clean and PGD-20 columns; `none` for no curve), OUT (where tables and plots go,
 # results/digits), WORK (trained models, evaluator cache and log, results/digits/work; shared
 # between outputs, so `METHODS=all OUT=results/digits-all` reuses the default run's models),
 # JOBS (processes side by side: training runs and evaluation servers; default the number of
@@ -38,6 +41,9 @@ methods=${METHODS:-natural,sat,trades,rslad,absld}
 per_class=${PER_CLASS:-10}
 eps=${EPS:-0.1}
 attacks=${ATTACKS:-clean,fgsm,pgd,cw,aa}
+sweep=${SWEEP:-0,0.05,0.1,0.15,0.2}
+sweep_args=()
+[ "$sweep" = none ] || sweep_args=(--eps-sweep-list "$sweep" --sweep-attack pgd)
 out=${OUT:-results/digits}
 work=${WORK:-results/digits/work}
 cores=$(nproc)
@@ -45,7 +51,7 @@ jobs=${JOBS:-$((cores < 4 ? cores : 4))}
 [ "$jobs" -ge 1 ] 2>/dev/null || { echo "JOBS must be a positive whole number, not '$jobs'" >&2; exit 2; }
 threads=$((cores / jobs > 0 ? cores / jobs : 1))
 command="bash scripts/digits-benchmark.sh"
-for setting in SEEDS METHODS PER_CLASS EPS ATTACKS OUT WORK JOBS; do
+for setting in SEEDS METHODS PER_CLASS EPS ATTACKS SWEEP OUT WORK JOBS; do
     [ -n "${!setting:-}" ] && command="$setting=${!setting} $command"
 done
 models=$work/models
@@ -183,14 +189,14 @@ PY
 
 step_size=$("$RFB_PYTHON" -c "print($eps / 4)")
 "$bin"/bench-client compare "${server_args[@]}" --shards 1 --models "$methods" --seeds "$seeds" \
-    --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
+    --attacks "$attacks" --eps "$eps" --step-size "$step_size" "${sweep_args[@]}" \
     --examples-per-class "$per_class" --out "$out" --models-dir "$models" --run-info "$run_info"
 case ",$methods," in
     ,rslad,absld,) ;; # already RSLAD against ABSLD
     *,rslad,*absld,* | *,absld,*rslad,*)
         echo "== ABSLD against RSLAD (from the evaluator's cache)"
         "$bin"/bench-client compare "${server_args[@]}" --shards 1 --models rslad,absld --seeds "$seeds" \
-            --attacks "$attacks" --eps "$eps" --step-size "$step_size" \
+            --attacks "$attacks" --eps "$eps" --step-size "$step_size" "${sweep_args[@]}" \
             --examples-per-class "$per_class" --out "$out/rslad-vs-absld" --models-dir "$models" \
             --run-info "$run_info"
         ;;
@@ -227,7 +233,7 @@ import json, sys
 info = json.load(open(sys.argv[1]))
 record = {
     "command": info.pop("job"),
-    "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks", "jobs": $jobs, "threads_per_process": $threads},
+    "settings": {"seeds": "$seeds", "methods": "$methods", "examples_per_class": $per_class, "eps": $eps, "attacks": "$attacks", "sweep": "$sweep", "jobs": $jobs, "threads_per_process": $threads},
     "wall_seconds": $elapsed,
     "phase_seconds": {"environment_and_build": $((built - started)), "training": $((trained_at - built)), "evaluation": $((evaluated_at - trained_at))},
     "runs_trained": $trained,

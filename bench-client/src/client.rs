@@ -175,6 +175,30 @@ struct Server {
     models: HashSet<String>,
 }
 
+/// The attack of each radius of the robustness curve: `sweep.attack` at that eps, and clean
+/// accuracy at radius 0 (no perturbation at all: what any attack at eps 0 must leave, and
+/// cached once with the compared attacks' clean column).
+pub fn sweep_settings(sweep: &results::SweepSetting) -> Vec<results::AttackSetting> {
+    sweep
+        .radii
+        .iter()
+        .map(|&eps| {
+            if eps == 0.0 {
+                attacks::setting_of_spec(&sweep.attack.label, rfb_proto::v1::AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() })
+            } else {
+                results::AttackSetting { eps: Some(eps), ..sweep.attack.clone() }
+            }
+        })
+        .collect()
+}
+
+/// Every attack of a request: the compared attacks, then one per radius of the robustness
+/// curve (each radius its own attack, so the evaluator computes and caches it on its own).
+fn requested_attacks(settings: &Settings) -> Vec<results::AttackSetting> {
+    let curve = settings.sweep.as_ref().map(sweep_settings).unwrap_or_default();
+    settings.attacks.iter().cloned().chain(curve).collect()
+}
+
 fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow::Result<AttackRun> {
     if let Some(spec) = &result.attack {
         let expected = AttackKind::from_str_name(&setting.kind).map(|k| k as i32);
@@ -186,10 +210,16 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
     let class_names = result.classes.iter().map(|c| c.class_name.clone()).collect();
     let correct = result.classes.iter().map(|c| c.correct).collect();
     let total = result.classes.iter().map(|c| c.total).collect();
+    // Empty from a server older than the field; else one row per class, checked below.
+    let confusion = if result.classes.iter().all(|c| c.predicted_as.is_empty()) {
+        Vec::new()
+    } else {
+        result.classes.iter().map(|c| c.predicted_as.clone()).collect()
+    };
     let server_metrics = result.metrics.map(|m| {
         [("average", m.average), ("worst", m.worst), ("worst_10_percent", m.worst_10_percent), ("nsd", m.nsd)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     });
-    Ok(AttackRun {
+    let run = AttackRun {
         attack: setting.label.clone(),
         attack_name: result.attack_name,
         class_names,
@@ -218,8 +248,10 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
             .into_iter()
             .map(|c| results::ComponentRun { name: c.name, seconds: c.seconds, attacked: c.attacked, robust_after: c.robust_after })
             .collect(),
-        confusion: Vec::new(),
-    })
+        confusion,
+    };
+    run.check_confusion().context("the server's answer is inconsistent")?;
+    Ok(run)
 }
 
 /// Runs one evaluation; Err(status) for gRPC failures, Ok(Err(text)) for wrong answers.
@@ -242,13 +274,13 @@ async fn evaluate_one(
     };
     bar.set_message(format!("{label} seed {}: starting", job.seed));
     let stream = client.evaluate(request).await?.into_inner();
-    let answers = receive_answers(stream, job, settings.attacks.len(), bar, &label).await?;
+    let answers = receive_answers(stream, job, requested_attacks(settings).len(), bar, &label).await?;
     Ok(seed_run(job, settings, answers, versions))
 }
 
 /// The request for `job`, with the deadline as its gRPC timeout.
 fn evaluate_request(job: &Job, settings: &Settings, deadline: Option<Duration>) -> Result<Request<EvaluateRequest>, String> {
-    let specs = settings.attacks.iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>().map_err(|e| e.to_string())?;
+    let specs = requested_attacks(settings).iter().map(attacks::to_spec).collect::<anyhow::Result<Vec<_>>>().map_err(|e| e.to_string())?;
     let mut request = Request::new(EvaluateRequest {
         model: job.info.name.clone(),
         dataset: settings.dataset.clone(),
@@ -295,7 +327,8 @@ async fn receive_answers(
 /// The seed's run from the server's answers, after checking that they answer what was asked;
 /// records the versions the server reported.
 fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions: &Mutex<ServerInfo>) -> Result<SeedRun, String> {
-    let n = settings.attacks.len();
+    let requested = requested_attacks(settings);
+    let n = requested.len();
     if answers.len() != n {
         return Err(format!("the server sent {} attack results for {n} attacks", answers.len()));
     }
@@ -312,9 +345,11 @@ fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions
     let weights = answers.iter().map(|a| a.weights_sha256.clone()).find(|w| !w.is_empty()).unwrap_or_else(|| job.info.weights_sha256.clone());
     let dataset = answers.iter().map(|a| a.dataset.clone()).find(|d| !d.is_empty()).unwrap_or_else(|| job.info.dataset.clone());
     let mut runs = Vec::new();
-    for (setting, answer) in settings.attacks.iter().zip(answers) {
-        runs.push(attack_run(setting, answer).map_err(|e| format!("{}: {e}", setting.label))?);
+    for (setting, answer) in requested.iter().zip(answers) {
+        runs.push(attack_run(setting, answer).map_err(|e| format!("{}: {e:#}", setting.label))?);
     }
+    let radii = settings.sweep.as_ref().map(|s| s.radii.clone()).unwrap_or_default();
+    let sweep = radii.into_iter().zip(runs.split_off(settings.attacks.len())).map(|(eps, run)| results::SweepPoint { eps, run }).collect();
     Ok(SeedRun {
         seed: job.seed,
         model: job.info.name.clone(),
@@ -325,7 +360,7 @@ fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions
         server: String::new(),
         attacks: runs,
         shards: Vec::new(),
-        sweep: Vec::new(),
+        sweep,
     })
 }
 
@@ -566,7 +601,8 @@ fn gather(worked: Worked, evaluations: usize, infos: &mut [ServerInfo]) -> Gathe
         match outcome {
             Outcome::Done { job, mut run, server } => {
                 let examples = run.examples();
-                let seconds: f64 = run.attacks.iter().filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
+                let seconds: f64 =
+                    run.attacks.iter().chain(run.sweep.iter().map(|p| &p.run)).filter(|a| !a.cached).map(|a| a.elapsed_seconds).sum();
                 count_for(&server, &mut |info| {
                     info.evaluations_done += 1;
                     info.examples += examples;

@@ -12,7 +12,7 @@ use rfb_bench_client::client::{self, CompareConfig};
 use rfb_bench_client::logs::{self, Normalisation};
 use rfb_bench_client::plots::{self, LabelledRun};
 use rfb_bench_client::precision::Precision;
-use rfb_bench_client::results::{Results, Settings};
+use rfb_bench_client::results::{self, Results, Settings, SweepSetting};
 use rfb_bench_client::selection::{self, name_parts, Selection};
 use rfb_bench_client::split::Split;
 use rfb_bench_client::{html, provenance, report, summary};
@@ -132,6 +132,19 @@ struct EvaluationArgs {
     /// Seed of the attacks' random starts.
     #[arg(long, default_value_t = 0)]
     attack_seed: u64,
+    /// Robustness curve: also run --sweep-attack at START:END:COUNT evenly spaced radii
+    /// (ends as --eps takes them, e.g. 0:16/255:17), each radius its own attack (and cache
+    /// entry), evaluated independently (docs/attacks.md); radius 0 is clean accuracy. Its
+    /// step size is the server's eps/4 at each radius (--step-size does not apply). Counts in
+    /// results.json's `sweep`.
+    #[arg(long, value_name = "START:END:COUNT", conflicts_with = "eps_sweep_list")]
+    eps_sweep: Option<String>,
+    /// Robustness curve at these radii (comma-separated, increasing), e.g. 1/255,2/255,4/255.
+    #[arg(long, value_name = "EPS,EPS,...")]
+    eps_sweep_list: Option<String>,
+    /// The attack of the robustness curve (one name of --attacks' grammar; its eps is the radius).
+    #[arg(long, default_value = "pgd")]
+    sweep_attack: String,
     /// Data set to evaluate on; default: each model's own.
     #[arg(long, default_value = "")]
     dataset: String,
@@ -315,9 +328,24 @@ impl EvaluationArgs {
             attacks: attacks::parse_attacks(&self.attacks, &common)?,
             confidence: self.confidence,
             uncertainty: Default::default(),
-            sweep: None,
+            sweep: sweep_setting(self.eps_sweep.as_deref(), self.eps_sweep_list.as_deref(), &self.sweep_attack, &common)?,
         })
     }
+}
+
+/// The robustness curve asked for by `--eps-sweep` / `--eps-sweep-list`, if any.
+fn sweep_setting(range: Option<&str>, list: Option<&str>, attack: &str, common: &Common) -> anyhow::Result<Option<SweepSetting>> {
+    let radii = match (range, list) {
+        (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,
+        (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
+        (None, None) => return Ok(None),
+    };
+    // The step follows the radius (the server's eps/4), whatever --step-size says for the columns.
+    let setting = attacks::parse_attack(attack, &Common { step_size: None, ..*common }).context("--sweep-attack")?;
+    if setting.kind == "CLEAN" {
+        bail!("--sweep-attack: clean accuracy does not depend on the radius; name an attack");
+    }
+    Ok(Some(SweepSetting { attack: results::AttackSetting { eps: None, ..setting }, radii }))
 }
 
 impl TokenArgs {

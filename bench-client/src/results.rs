@@ -393,48 +393,21 @@ pub fn merge_shards(parts: &[SeedRun], shards: Vec<ShardRun>) -> anyhow::Result<
             bail!("shards of {} disagree on the model, its weights or the attacks", first.model);
         }
         for (into, from) in merged.attacks.iter_mut().zip(&part.attacks) {
-            if into.attack != from.attack || into.class_names != from.class_names {
-                bail!("shards of {} disagree on attack {} or its classes", first.model, into.attack);
+            merge_attack_run(&first.model, into, from)?;
+        }
+        if part.sweep.len() != first.sweep.len() {
+            bail!("shards of {} disagree on the robustness curve's radii", first.model);
+        }
+        for (into, from) in merged.sweep.iter_mut().zip(&part.sweep) {
+            if into.eps != from.eps {
+                bail!("shards of {} disagree on the robustness curve's radii ({} and {})", first.model, into.eps, from.eps);
             }
-            for k in 0..into.correct.len() {
-                into.correct[k] += from.correct[k];
-                into.total[k] += from.total[k];
-            }
-            into.elapsed_seconds += from.elapsed_seconds;
-            into.cached &= from.cached;
-            into.sanity = match (into.sanity.take(), &from.sanity) {
-                (Some(a), Some(b)) => Some(Sanity {
-                    randomised: a.randomised || b.randomised,
-                    probabilities_not_logits: a.probabilities_not_logits || b.probabilities_not_logits,
-                    zero_gradient_fraction: a.zero_gradient_fraction.max(b.zero_gradient_fraction),
-                    possible_gradient_masking: a.possible_gradient_masking || b.possible_gradient_masking,
-                    dynamic: a.dynamic || b.dynamic,
-                    dlr_zero_gradient_points: a.dlr_zero_gradient_points + b.dlr_zero_gradient_points,
-                    square_robust_accuracy_drop: a.square_robust_accuracy_drop.max(b.square_robust_accuracy_drop),
-                    square_lowered_robust_accuracy: a.square_lowered_robust_accuracy || b.square_lowered_robust_accuracy,
-                    targets_requested: a.targets_requested.max(b.targets_requested),
-                    targets_used: a.targets_used.min(b.targets_used),
-                }),
-                (a, b) => a.or_else(|| b.clone()),
-            };
-            for (position, component) in from.components.iter().enumerate() {
-                match into.components.get_mut(position) {
-                    Some(existing) if existing.name == component.name => {
-                        existing.seconds += component.seconds;
-                        existing.attacked += component.attacked;
-                        for (a, b) in existing.robust_after.iter_mut().zip(&component.robust_after) {
-                            *a += b;
-                        }
-                    }
-                    Some(existing) => bail!("shards of {} ran AutoAttack components in different orders ({} and {})", first.model, existing.name, component.name),
-                    None => into.components.push(component.clone()),
-                }
-            }
+            merge_attack_run(&first.model, &mut into.run, &from.run)?;
         }
     }
     if parts.len() > 1 {
         // The servers' metrics were of their shards; the report recomputes them from the counts.
-        for attack in &mut merged.attacks {
+        for attack in merged.attacks.iter_mut().chain(merged.sweep.iter_mut().map(|p| &mut p.run)) {
             attack.server_metrics = None;
         }
     }
@@ -447,6 +420,92 @@ pub fn merge_shards(parts: &[SeedRun], shards: Vec<ShardRun>) -> anyhow::Result<
     merged.server = servers.join(",");
     merged.shards = shards;
     Ok(merged)
+}
+
+impl AttackRun {
+    /// Checks the adversarial confusion against the counts (an empty one, from a server or a
+    /// file older than it, passes): `classes x classes`, non-negative, each row adding up to
+    /// the class's total, the diagonal equal to the correct counts.
+    pub fn check_confusion(&self) -> anyhow::Result<()> {
+        if self.confusion.is_empty() {
+            return Ok(());
+        }
+        let classes = self.total.len();
+        if self.confusion.len() != classes || self.confusion.iter().any(|row| row.len() != classes) {
+            let shape: Vec<usize> = self.confusion.iter().map(|row| row.len()).collect();
+            bail!("the adversarial confusion is not {classes} x {classes} (row lengths {shape:?})");
+        }
+        for (k, row) in self.confusion.iter().enumerate() {
+            let name = self.class_names.get(k).map(String::as_str).unwrap_or("?");
+            if row.iter().any(|&c| c < 0) {
+                bail!("the adversarial confusion's row of class {k} ({name}) has a negative count");
+            }
+            let sum = row.iter().try_fold(0i64, |sum, &c| sum.checked_add(c));
+            if sum != Some(self.total[k]) {
+                let sum = sum.map_or_else(|| "more than an i64 holds".to_string(), |s| s.to_string());
+                bail!("the adversarial confusion's row of class {k} ({name}) adds up to {sum}, not its {} points", self.total[k]);
+            }
+            if self.correct.get(k) != Some(&row[k]) {
+                bail!("the adversarial confusion's diagonal for class {k} ({name}) is {}, not its {:?} robust points", row[k], self.correct.get(k));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds shard `from`'s counts of one attack to `into` (counts, confusions and components cell
+/// by cell; a confusion is kept only when every shard has one).
+fn merge_attack_run(model: &str, into: &mut AttackRun, from: &AttackRun) -> anyhow::Result<()> {
+    if into.attack != from.attack || into.class_names != from.class_names {
+        bail!("shards of {} disagree on attack {} or its classes", model, into.attack);
+    }
+    for k in 0..into.correct.len() {
+        into.correct[k] += from.correct[k];
+        into.total[k] += from.total[k];
+    }
+    if into.confusion.is_empty() || from.confusion.is_empty() {
+        into.confusion.clear();
+    } else {
+        if into.confusion.len() != from.confusion.len() || into.confusion.iter().zip(&from.confusion).any(|(a, b)| a.len() != b.len()) {
+            bail!("shards of {model} sent confusions of different shapes for attack {}", into.attack);
+        }
+        for (a, b) in into.confusion.iter_mut().zip(&from.confusion) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+    into.elapsed_seconds += from.elapsed_seconds;
+    into.cached &= from.cached;
+    into.sanity = match (into.sanity.take(), &from.sanity) {
+        (Some(a), Some(b)) => Some(Sanity {
+            randomised: a.randomised || b.randomised,
+            probabilities_not_logits: a.probabilities_not_logits || b.probabilities_not_logits,
+            zero_gradient_fraction: a.zero_gradient_fraction.max(b.zero_gradient_fraction),
+            possible_gradient_masking: a.possible_gradient_masking || b.possible_gradient_masking,
+            dynamic: a.dynamic || b.dynamic,
+            dlr_zero_gradient_points: a.dlr_zero_gradient_points + b.dlr_zero_gradient_points,
+            square_robust_accuracy_drop: a.square_robust_accuracy_drop.max(b.square_robust_accuracy_drop),
+            square_lowered_robust_accuracy: a.square_lowered_robust_accuracy || b.square_lowered_robust_accuracy,
+            targets_requested: a.targets_requested.max(b.targets_requested),
+            targets_used: a.targets_used.min(b.targets_used),
+        }),
+        (a, b) => a.or_else(|| b.clone()),
+    };
+    for (position, component) in from.components.iter().enumerate() {
+        match into.components.get_mut(position) {
+            Some(existing) if existing.name == component.name => {
+                existing.seconds += component.seconds;
+                existing.attacked += component.attacked;
+                for (a, b) in existing.robust_after.iter_mut().zip(&component.robust_after) {
+                    *a += b;
+                }
+            }
+            Some(existing) => bail!("shards of {} ran AutoAttack components in different orders ({} and {})", model, existing.name, component.name),
+            None => into.components.push(component.clone()),
+        }
+    }
+    Ok(())
 }
 
 impl Results {
@@ -499,6 +558,17 @@ impl Results {
                     if attack.correct.iter().zip(&attack.total).any(|(&k, &t)| k < 0 || k > t) {
                         bail!("model '{}' seed {} attack '{}': a correct count is negative or above its total", model.label, run.seed, attack.attack);
                     }
+                    attack.check_confusion().with_context(|| format!("model '{}' seed {} attack '{}'", model.label, run.seed, attack.attack))?;
+                }
+                for point in &run.sweep {
+                    let c = point.run.class_names.len();
+                    if point.run.correct.len() != c
+                        || point.run.total.len() != c
+                        || point.run.correct.iter().zip(&point.run.total).any(|(&k, &t)| k < 0 || k > t)
+                    {
+                        bail!("model '{}' seed {}: the robustness curve's counts at eps {} do not fit its classes", model.label, run.seed, point.eps);
+                    }
+                    point.run.check_confusion().with_context(|| format!("model '{}' seed {} curve at eps {}", model.label, run.seed, point.eps))?;
                 }
             }
         }

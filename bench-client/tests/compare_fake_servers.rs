@@ -1,7 +1,8 @@
 //! `compare` against in-process evaluators that speak the real rfb.v1 contract: the work is
 //! shared between servers with one evaluation in flight on each, every per-class count lands in
 //! results.json, a failed evaluation is reported while the rest goes on, and bearer tokens are
-//! sent. The binary is driven the way a researcher would run it.
+//! sent. The binary is driven the way a researcher would run it. Adversarial confusions are
+//! kept (and added up over shards); a server answering a malformed one is refused clearly.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +31,46 @@ fn correct_for(model: &str, attack: usize, class: usize) -> i64 {
     ((h as usize + 3 * attack + 5 * class) % (TOTAL as usize + 1)) as i64
 }
 
+/// The adversarial confusion row the fake sends for a class: its correct points on the
+/// diagonal, the rest predicted as the next class.
+fn confusion_row(correct: i64, class: usize) -> Vec<i64> {
+    let mut row = vec![0; CLASSES.len()];
+    row[class] = correct;
+    row[(class + 1) % CLASSES.len()] += TOTAL - correct;
+    row
+}
+
+/// How the fake answers the confusions: as it should, not at all (a server older than them), or
+/// malformed in one way (in class 0's row).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Confusions {
+    Right,
+    Absent,
+    ShortRow,
+    RowSumWrong,
+    DiagonalWrong,
+    Negative,
+}
+
+fn confusion_rows(kind: Confusions, correct: &[i64]) -> Vec<Vec<i64>> {
+    let mut rows: Vec<Vec<i64>> = correct.iter().enumerate().map(|(k, &c)| confusion_row(c, k)).collect();
+    match kind {
+        Confusions::Right => {}
+        Confusions::Absent => rows.iter_mut().for_each(Vec::clear),
+        Confusions::ShortRow => {
+            rows[0].pop();
+        }
+        Confusions::RowSumWrong => rows[0][2] += 1,
+        Confusions::DiagonalWrong => {
+            let d = if rows[0][0] > 0 { -1 } else { 1 };
+            rows[0][0] += d;
+            rows[0][1] -= d;
+        }
+        Confusions::Negative => rows[0] = vec![correct[0], TOTAL - correct[0] + 1, -1],
+    }
+    rows
+}
+
 #[derive(Default)]
 struct Stats {
     in_flight: AtomicUsize,
@@ -42,6 +83,7 @@ struct Fake {
     models: Vec<ModelInfo>,
     token: Option<String>,
     fail: Option<String>,
+    confusions: Confusions,
     stats: Arc<Stats>,
 }
 
@@ -101,6 +143,7 @@ impl Evaluator for Fake {
         stats.served.lock().unwrap().push(request.model.clone());
         let fail = self.fail.as_deref() == Some(request.model.as_str());
         let server = self.name.clone();
+        let confusions = self.confusions;
         tokio::spawn(async move {
             let send = |e: Event| EvaluateEvent { event: Some(e) };
             let _ = tx.send(Ok(send(Event::Queued(QueuePosition { ahead: 0 })))).await;
@@ -114,10 +157,12 @@ impl Evaluator for Fake {
                     let _ = tx.send(Err(Status::internal("simulated CUDA out of memory"))).await;
                     return;
                 }
+                let correct: Vec<i64> = (0..CLASSES.len()).map(|k| correct_for(&request.model, i, k)).collect();
+                let rows = confusion_rows(confusions, &correct);
                 let classes = CLASSES
                     .iter()
-                    .enumerate()
-                    .map(|(k, c)| ClassResult { class_name: c.to_string(), correct: correct_for(&request.model, i, k), total: TOTAL })
+                    .zip(correct.iter().zip(rows))
+                    .map(|(c, (&correct, predicted_as))| ClassResult { class_name: c.to_string(), correct, total: TOTAL, predicted_as })
                     .collect();
                 let result = AttackResult {
                     attack: Some(spec.clone()),
@@ -169,8 +214,19 @@ fn catalogue() -> Vec<ModelInfo> {
 }
 
 async fn start(name: &str, token: Option<&str>, fail: Option<&str>) -> (SocketAddr, Arc<Stats>) {
+    start_answering(name, token, fail, Confusions::Right).await
+}
+
+async fn start_answering(name: &str, token: Option<&str>, fail: Option<&str>, confusions: Confusions) -> (SocketAddr, Arc<Stats>) {
     let stats = Arc::new(Stats::default());
-    let fake = Fake { name: name.into(), models: catalogue(), token: token.map(str::to_string), fail: fail.map(str::to_string), stats: stats.clone() };
+    let fake = Fake {
+        name: name.into(),
+        models: catalogue(),
+        token: token.map(str::to_string),
+        fail: fail.map(str::to_string),
+        confusions,
+        stats: stats.clone(),
+    };
     let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = incoming.local_addr().unwrap();
     tokio::spawn(tonic::transport::Server::builder().add_service(EvaluatorServer::new(fake)).serve_with_incoming(incoming));
@@ -242,6 +298,7 @@ async fn work_is_shared_counts_are_kept_failures_are_reported() {
                 assert_eq!(attack.correct, expected, "{} {}", run.model, attack.attack);
                 assert_eq!(attack.total, vec![TOTAL; 3]);
                 assert_eq!(attack.attack_name, format!("fake-{}", [1, 2, 3][i]));
+                assert_eq!(attack.confusion, confusion_rows(Confusions::Right, &expected), "{} {}", run.model, attack.attack);
             }
         }
     }
@@ -306,6 +363,10 @@ async fn the_binary_writes_the_whole_report() {
         token.display().to_string(),
         "--out".into(),
         out.display().to_string(),
+        "--eps-sweep".into(),
+        "0:0.1:3".into(),
+        "--sweep-attack".into(),
+        "pgd-7".into(),
     ];
     // stderr is a pipe here, as in a log: plain progress lines, no bars (RFB_PROGRESS unset).
     // Two servers: each of the 6 evaluations is split into 2 shards.
@@ -330,6 +391,16 @@ async fn the_binary_writes_the_whole_report() {
     assert_eq!(results.models.iter().map(|m| m.runs.len()).sum::<usize>(), 6);
     assert!(results.command.contains("--models rslad,absld"), "{}", results.command);
     assert_eq!(results.settings.attacks[1].eps, Some(0.1));
+    // The robustness curve: PGD-7 at 0.05 and 0.1, clean at radius 0, in every run.
+    let sweep = results.settings.sweep.as_ref().expect("the sweep is recorded");
+    assert_eq!((sweep.attack.label.as_str(), sweep.attack.eps, sweep.attack.steps), ("PGD-7", None, Some(7)));
+    assert_eq!(sweep.radii, [0.0, 0.05, 0.1]);
+    for run in results.models.iter().flat_map(|m| &m.runs) {
+        assert_eq!(run.sweep.iter().map(|p| p.eps).collect::<Vec<_>>(), sweep.radii);
+        let kinds: Vec<&str> = run.sweep.iter().map(|p| p.run.ran.as_ref().unwrap().kind.as_str()).collect();
+        assert_eq!(kinds, ["CLEAN", "PGD", "PGD"]);
+        assert_eq!(run.sweep[2].run.ran.as_ref().unwrap().eps, Some(0.1));
+    }
     // The table's numbers are the counts': rslad Clean Avg over seeds 0, 1, 2.
     let avg: Vec<f64> = (0..3)
         .map(|s| {
@@ -347,4 +418,46 @@ async fn the_binary_writes_the_whole_report() {
     }
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(page.contains(&format!("{mean:.2}")), "the page shows rslad's Clean Avg");
+    // Two shards, each answering the same confusion: the merged one is their sum, cell by cell.
+    let run = &results.models[0].runs[0];
+    let expected: Vec<i64> = (0..3).map(|k| correct_for(&run.model, 2, k)).collect();
+    let doubled: Vec<Vec<i64>> = confusion_rows(Confusions::Right, &expected).iter().map(|r| r.iter().map(|c| 2 * c).collect()).collect();
+    assert_eq!(run.attacks[2].confusion, doubled);
+    assert_eq!(run.attacks[2].correct, expected.iter().map(|c| 2 * c).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_confusion_is_refused_clearly_and_an_absent_one_is_left_empty() {
+    for (kind, says) in [
+        (Confusions::ShortRow, "is not 3 x 3"),
+        (Confusions::RowSumWrong, "adds up to 21, not its 20 points"),
+        (Confusions::DiagonalWrong, "diagonal for class 0 (zero)"),
+        (Confusions::Negative, "negative count"),
+        (Confusions::Absent, ""),
+    ] {
+        let (a, _) = start_answering("a", None, None, kind).await;
+        let config = CompareConfig {
+            servers: vec![a.to_string()],
+            token: None,
+            requests: parse_models("rslad").unwrap(),
+            seeds: Some(vec![0]),
+            checkpoint: "best".into(),
+            settings: settings(),
+            progress: false,
+            command: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            deadline: Some(Duration::from_secs(60)),
+            shards: 1,
+        };
+        let (results, _) = compare(&config).await.unwrap();
+        if kind == Confusions::Absent {
+            assert!(results.failures.is_empty(), "{:?}", results.failures);
+            assert!(results.models[0].runs[0].attacks.iter().all(|a| a.confusion.is_empty()));
+            continue;
+        }
+        assert_eq!(results.failures.len(), 1, "{kind:?}: {:?}", results.failures);
+        let error = &results.failures[0].error;
+        assert!(error.contains("inconsistent") && error.contains("adversarial confusion") && error.contains(says), "{kind:?}: {error}");
+        assert!(results.models[0].runs.is_empty(), "{kind:?}: a malformed answer was kept");
+    }
 }

@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 ///    per-component reports.
 /// 4: keys carry the model's function hash (manifest fields, not only the weights), the data
 ///    split's content hash, and at fp32-fast the batch size.
-pub const CACHE_SCHEMA: u32 = 4;
+/// 5: results carry the adversarial confusion (a schema-4 entry has none, so it is not reused).
+pub const CACHE_SCHEMA: u32 = 5;
 
 /// One attack's result as the cache stores it (the wire result is assembled from it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +40,9 @@ pub struct StoredResult {
     pub class_names: Vec<String>,
     pub correct: Vec<i64>,
     pub total: Vec<i64>,
+    /// `confusion[true_class][predicted_class]` after the attack ([`rfb_core::attacks::Confusion`]):
+    /// rows add up to `total`, the diagonal is `correct`.
+    pub confusion: Vec<Vec<i64>>,
     pub sanity: Option<SanityFlags>,
     /// What each component did (seconds, points attacked, robust per class after it).
     #[serde(default)]
@@ -155,6 +159,7 @@ impl ResultCache {
             || result.correct.len() != classes
             || result.total.len() != classes
             || result.correct.iter().zip(&result.total).any(|(&c, &t)| c < 0 || c > t)
+            || !confusion_fits(&result.confusion, &result.correct, &result.total)
         {
             return Lookup::Corrupt(format!("{}: inconsistent class counts", path.display()));
         }
@@ -167,6 +172,20 @@ impl ResultCache {
         let path = self.path(key);
         write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Whether `confusion` is `classes x classes`, non-negative, with rows adding up to `total` and
+/// the diagonal equal to `correct` (what a stored or a worker's result must satisfy).
+pub fn confusion_fits(confusion: &[Vec<i64>], correct: &[i64], total: &[i64]) -> bool {
+    let classes = total.len();
+    confusion.len() == classes
+        && correct.len() == classes
+        && confusion.iter().enumerate().all(|(k, row)| {
+            row.len() == classes
+                && row.iter().all(|&c| c >= 0)
+                && row.iter().try_fold(0i64, |sum, &c| sum.checked_add(c)) == Some(total[k])
+                && row[k] == correct[k]
+        })
 }
 
 /// Temporary files: hidden (`.` first, so listings skip them), 16 random characters, and
@@ -214,6 +233,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             correct: vec![1, 2],
             total: vec![3, 3],
+            confusion: vec![vec![1, 2], vec![1, 2]],
             sanity: None,
             components: Vec::new(),
             device: "cpu".into(),
@@ -247,6 +267,33 @@ mod tests {
         bad.correct = vec![4, 0];
         cache.store(&key, &material, &bad).unwrap();
         assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)));
+        // A confusion whose diagonal, rows or shape disagree with the counts: refused.
+        for confusion in [vec![vec![2, 1], vec![1, 2]], vec![vec![1, 1], vec![1, 2]], vec![vec![1, 2]], vec![vec![1, 2, 0], vec![1, 2, 0]]] {
+            let bad = StoredResult { confusion, ..result() };
+            cache.store(&key, &material, &bad).unwrap();
+            assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)), "{:?}", bad.confusion);
+        }
+    }
+
+    /// An entry written by the code before confusions (schema 4, no `confusion`) is never served:
+    /// its key was made with the old schema number, and under the current key it would not parse.
+    #[test]
+    fn an_old_schema_entry_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::open(dir.path()).unwrap();
+        let material = |schema: u32| serde_json::json!({"schema": schema, "attack": "pgd", "seed": 1});
+        let mut old_result = serde_json::to_value(result()).unwrap();
+        old_result.as_object_mut().unwrap().remove("confusion");
+        let old_key = cache_key(&material(4));
+        let old = serde_json::json!({"key": old_key, "material": material(4), "result": old_result});
+        std::fs::write(cache.path(&old_key), serde_json::to_vec(&old).unwrap()).unwrap();
+        let key = cache_key(&material(CACHE_SCHEMA));
+        assert_ne!(key, old_key);
+        assert!(matches!(cache.load(&key, &material(CACHE_SCHEMA)), Lookup::Miss));
+        // The old entry copied under the current key (material rewritten to match): refused.
+        let moved = serde_json::json!({"key": key, "material": material(CACHE_SCHEMA), "result": old["result"]});
+        std::fs::write(cache.path(&key), serde_json::to_vec(&moved).unwrap()).unwrap();
+        assert!(matches!(cache.load(&key, &material(CACHE_SCHEMA)), Lookup::Corrupt(_)));
     }
 
     /// Replicas sharing one cache directory: many writers store the same key (and others)

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rfb_core::attacks::{self, AttackError, ClassCounts};
+use rfb_core::attacks::{self, AttackError, Confusion};
 use rfb_core::checkpoint;
 use rfb_core::data::{self, CompactDataset, Dataset, DatasetKind, Split};
 use rfb_core::models::{LoadedModel, Precision as ModelPrecision};
@@ -308,11 +308,11 @@ impl Engine {
         let mut emitted: Option<EngineError> = None;
         let mut sanity = None;
         let mut components = Vec::new();
-        let counts = match &built {
+        let confusion = match &built {
             None => {
                 // Clean accuracy, a batch at a time so that progress and cancellation work.
                 emit(progress(&attack.name, 0, 1, 0, total))?;
-                let mut counts = ClassCounts::new(subset.num_classes() as usize);
+                let mut confusion = Confusion::new(subset.num_classes() as usize);
                 let mut start = 0;
                 while start < total {
                     if let Some(reason) = stop() {
@@ -320,15 +320,12 @@ impl Engine {
                     }
                     let length = batch_size.min(total - start);
                     let batch = subset.narrow(start, length);
-                    let part = attacks::clean_accuracy(network, &batch, batch_size).map_err(failed)?;
-                    for k in 0..counts.total.len() {
-                        counts.correct[k] += part.correct[k];
-                        counts.total[k] += part.total[k];
-                    }
+                    let part = attacks::clean_confusion(network, &batch, batch_size).map_err(failed)?;
+                    confusion.add(&part).map_err(failed)?;
                     start += length;
                     emit(progress(&attack.name, 0, 1, start, total))?;
                 }
-                counts
+                confusion
             }
             Some(built) => {
                 if is_autoattack(attack.spec.kind) && total > 0 {
@@ -370,7 +367,7 @@ impl Engine {
                         // The checks the reference makes during and after the run.
                         sanity = sanity.map(|flags| flags.with_run(&evaluation.components, total));
                         components = evaluation.components;
-                        evaluation.counts
+                        evaluation.confusion
                     }
                     Err(AttackError::Cancelled) => {
                         return Err(emitted.or_else(stop).unwrap_or(EngineError::Cancelled));
@@ -379,6 +376,9 @@ impl Engine {
                 }
             }
         };
+        // The counts are the confusion's diagonal and row sums (for an attack, the same as the
+        // evaluation's counts: each point is robust exactly where it is predicted as its class).
+        let counts = confusion.class_counts();
         let elapsed = started.elapsed().as_secs_f64();
         tracing::info!(
             model = %job.model,
@@ -392,6 +392,7 @@ impl Engine {
             class_names: subset.class_names.clone(),
             correct: counts.correct,
             total: counts.total,
+            confusion: confusion.into_rows(),
             sanity,
             components,
             device: crate::device_name(device),

@@ -296,6 +296,18 @@ struct EvalArgs {
     /// Seed of the randomised attacks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Robustness curve: also run --sweep-attack at START:END:COUNT evenly spaced radii (e.g.
+    /// 0:16/255:17), each radius its own attack and cache entry, evaluated independently
+    /// (docs/attacks.md); radius 0 is clean accuracy. Its step size is eps/4 at each radius
+    /// (--step-size does not apply to it).
+    #[arg(long, value_name = "START:END:COUNT", conflicts_with = "eps_sweep_list")]
+    eps_sweep: Option<String>,
+    /// Robustness curve at these radii (comma-separated, increasing), e.g. 1/255,2/255,4/255.
+    #[arg(long, value_name = "EPS,EPS,...")]
+    eps_sweep_list: Option<String>,
+    /// The attack of the robustness curve (one name of --attacks' grammar).
+    #[arg(long, default_value = "pgd")]
+    sweep_attack: String,
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: i64,
     /// fp32: the network as it is (results independent of the batch size); fp32-fast: an fp32
@@ -422,6 +434,28 @@ fn eval(args: EvalArgs) -> Result<()> {
         .into_iter()
         .map(|attack| attack.spec)
         .collect();
+    // The robustness curve: one more attack per radius (clean accuracy at radius 0).
+    let radii = match (&args.eps_sweep, &args.eps_sweep_list) {
+        (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,
+        (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
+        (None, None) => Vec::new(),
+    };
+    let compared = attacks.len();
+    let mut attacks = attacks;
+    if !radii.is_empty() {
+        let at_each_radius = rfb_proto::attacks::AttackDefaults { step_size: None, ..defaults };
+        let swept = rfb_proto::attacks::parse_attack(&args.sweep_attack, &at_each_radius).context("--sweep-attack")?.spec;
+        if swept.kind == rfb_proto::v1::AttackKind::Clean as i32 {
+            anyhow::bail!("--sweep-attack: clean accuracy does not depend on the radius; name an attack");
+        }
+        attacks.extend(radii.iter().map(|&eps| {
+            if eps == 0.0 {
+                rfb_proto::v1::AttackSpec { kind: rfb_proto::v1::AttackKind::Clean as i32, ..Default::default() }
+            } else {
+                rfb_proto::v1::AttackSpec { eps: Some(eps), ..swept.clone() }
+            }
+        }));
+    }
     let request = EvaluateRequest {
         model: args.model.clone(),
         dataset: args.dataset.clone().unwrap_or_default(),
@@ -474,7 +508,8 @@ fn eval(args: EvalArgs) -> Result<()> {
         Ok(())
     })?;
     bar.finish();
-    let first = &results[0];
+    let curve = results.split_off(compared.min(results.len()));
+    let first = results.first().or(curve.first()).context("the evaluation returned no result")?;
     println!(
         "model {} ({}), {} {} split, {} examples per class, device {}",
         job.model,
@@ -500,7 +535,18 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     println!();
     print!("{}", rfb_evaluator::table::render(&results));
-    if results.iter().any(|r| r.cached) {
+    if !curve.is_empty() {
+        // One column per radius.
+        let columns: Vec<_> = curve
+            .iter()
+            .zip(&radii)
+            .map(|(result, eps)| rfb_proto::v1::AttackResult { attack_name: format!("eps {eps:.4}"), ..result.clone() })
+            .collect();
+        let name = curve.iter().find(|r| r.attack_name != "Clean").map_or(args.sweep_attack.as_str(), |r| r.attack_name.as_str());
+        println!("\nRobustness curve: {name} at each radius (radius 0: clean accuracy)");
+        print!("{}", rfb_evaluator::table::render(&columns));
+    }
+    if results.iter().chain(&curve).any(|r| r.cached) {
         println!("* from the cache ({})", catalog.cache_dir().map(|p| p.display().to_string()).unwrap_or_default());
     }
     println!("class-wise accuracy in percent; NSD = population SD / Avg");
@@ -516,6 +562,11 @@ fn eval(args: EvalArgs) -> Result<()> {
                     json["cached"] = serde_json::json!(result.cached);
                     json
                 })
+                .collect::<Vec<_>>(),
+            "sweep": curve
+                .iter()
+                .zip(&radii)
+                .map(|(result, eps)| serde_json::json!({"eps": eps, "result": rfb_evaluator::table::result_json(result)}))
                 .collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&document)?;

@@ -197,6 +197,7 @@ fn check_result(job: &PreparedEvaluation, stored: &StoredResult) -> Result<(), E
         || stored.class_names.len() != classes
         || examples != job.examples()
         || stored.correct.iter().zip(&stored.total).any(|(c, t)| *c < 0 || c > t)
+        || !crate::cache::confusion_fits(&stored.confusion, &stored.correct, &stored.total)
     {
         return Err(EngineError::Internal(format!(
             "the model's worker process sent a result that does not fit the job ({} classes, {} examples)",

@@ -49,7 +49,36 @@ pub fn render(results: &[AttackResult]) -> String {
     out.push_str(&metric("Worst", |m| m.worst, 2));
     out.push_str(&metric("Worst-10%", |m| m.worst_10_percent, 2));
     out.push_str(&metric("NSD", |m| m.nsd, 3));
+    let flows: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            let top = largest_flows(r, FLOWS_SHOWN);
+            (!top.is_empty()).then(|| format!("  {}: {}", r.attack_name, top.join(", ")))
+        })
+        .collect();
+    if !flows.is_empty() {
+        out.push_str(&format!("\nLargest adversarial confusions (true -> predicted after the attack: points):\n{}\n", flows.join("\n")));
+    }
     out
+}
+
+/// Flows listed per attack under the table.
+const FLOWS_SHOWN: usize = 3;
+
+/// The `count` largest off-diagonal cells of a result's confusion, as `true -> predicted: n`
+/// (largest first, ties in class order); empty when the result has no confusion.
+pub fn largest_flows(result: &AttackResult, count: usize) -> Vec<String> {
+    let mut cells: Vec<(i64, usize, usize)> = Vec::new();
+    for (from, class) in result.classes.iter().enumerate() {
+        for (to, &n) in class.predicted_as.iter().enumerate() {
+            if to != from && n > 0 {
+                cells.push((n, from, to));
+            }
+        }
+    }
+    cells.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let name = |k: usize| result.classes.get(k).map(|c| c.class_name.clone()).unwrap_or_else(|| k.to_string());
+    cells.into_iter().take(count).map(|(n, from, to)| format!("{} -> {}: {n}", name(from), name(to))).collect()
 }
 
 /// One result as JSON, for `evaluator eval --json`: what a script needs to read the counts
@@ -70,7 +99,7 @@ pub fn result_json(result: &AttackResult) -> serde_json::Value {
             "components": spec.components,
         },
         "precision": name_of(result.precision, |p| rfb_proto::v1::Precision::try_from(p).ok().map(|p| p.as_str_name())),
-        "classes": result.classes.iter().map(|c| serde_json::json!({"class_name": c.class_name, "correct": c.correct, "total": c.total})).collect::<Vec<_>>(),
+        "classes": result.classes.iter().map(|c| serde_json::json!({"class_name": c.class_name, "correct": c.correct, "total": c.total, "predicted_as": c.predicted_as})).collect::<Vec<_>>(),
         "metrics": result.metrics.as_ref().map(|m| serde_json::json!({
             "average": m.average, "worst": m.worst, "worst_10_percent": m.worst_10_percent, "nsd": m.nsd,
         })),
@@ -115,8 +144,8 @@ mod tests {
         let result = |name: &str, correct: [i64; 2]| AttackResult {
             attack_name: name.into(),
             classes: vec![
-                ClassResult { class_name: "cat".into(), correct: correct[0], total: 4 },
-                ClassResult { class_name: "dog".into(), correct: correct[1], total: 4 },
+                ClassResult { class_name: "cat".into(), correct: correct[0], total: 4, predicted_as: vec![correct[0], 4 - correct[0]] },
+                ClassResult { class_name: "dog".into(), correct: correct[1], total: 4, predicted_as: vec![4 - correct[1], correct[1]] },
             ],
             metrics: Some(Metrics { average: 50.0, worst: 25.0, worst_10_percent: 25.0, nsd: 0.5 }),
             ..Default::default()
@@ -127,5 +156,8 @@ mod tests {
         assert!(lines[2].starts_with("cat") && lines[2].contains("100.00") && lines[2].contains("25.00"));
         assert!(lines[3].starts_with("dog") && lines[3].contains("75.00") && lines[3].contains("50.00"));
         assert!(text.contains("Worst-10%") && text.contains("NSD") && text.contains("0.500"));
+        // The largest confusions, largest first; Clean's one off-diagonal point too.
+        assert!(text.contains("  PGD-20: cat -> dog: 3, dog -> cat: 2"), "{text}");
+        assert!(text.contains("  Clean: dog -> cat: 1"), "{text}");
     }
 }

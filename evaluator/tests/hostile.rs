@@ -229,6 +229,7 @@ fn writer_result(writer: usize, round: usize) -> StoredResult {
         class_names: vec!["a".into(), "b".into()],
         correct: vec![writer as i64, round as i64],
         total: vec![1000, 1000],
+        confusion: vec![vec![writer as i64, 1000 - writer as i64], vec![1000 - round as i64, round as i64]],
         sanity: None,
         components: Vec::new(),
         device: "cpu".into(),

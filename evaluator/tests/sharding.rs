@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::Server;
 use rfb_bench_client::client::{compare, CompareConfig};
-use rfb_bench_client::results::{AttackSetting, Results, Settings};
+use rfb_bench_client::results::{AttackSetting, Results, Settings, SweepSetting};
 use rfb_bench_client::selection::parse_models;
 
 fn setting(label: &str, kind: &str, steps: Option<i64>, components: &[&str]) -> AttackSetting {
@@ -46,7 +46,8 @@ fn settings() -> Settings {
         ],
         confidence: 0.95,
         uncertainty: Default::default(),
-        sweep: None,
+        // A short robustness curve of PGD-5: radius 0 (clean) and 0.1 (PGD-5's own radius).
+        sweep: Some(SweepSetting { attack: AttackSetting { eps: None, ..setting("PGD-5", "PGD", Some(5), &[]) }, radii: vec![0.0, 0.05, 0.1] }),
     }
 }
 
@@ -76,19 +77,26 @@ fn three_servers(models: &Path, tag: &str) -> Vec<Server> {
         .collect()
 }
 
-/// The one evaluation's attacks: (label, correct, total, per-component robust counts).
-type Counts = Vec<(String, Vec<i64>, Vec<i64>, Vec<(String, i64, Vec<i64>)>)>;
+/// The one evaluation's attacks, then its robustness curve's radii: (label, correct, total,
+/// per-component robust counts, adversarial confusion).
+type Counts = Vec<(String, Vec<i64>, Vec<i64>, Vec<(String, i64, Vec<i64>)>, Vec<Vec<i64>>)>;
 
 fn counts(results: &Results) -> Counts {
     assert!(results.failures.is_empty(), "{:?}", results.failures);
     assert_eq!(results.models.len(), 1);
     assert_eq!(results.models[0].runs.len(), 1);
-    results.models[0].runs[0]
-        .attacks
+    let run = &results.models[0].runs[0];
+    assert_eq!(run.sweep.iter().map(|p| p.eps).collect::<Vec<_>>(), [0.0, 0.05, 0.1]);
+    run.attacks
         .iter()
+        .chain(run.sweep.iter().map(|p| &p.run))
         .map(|a| {
+            // Every attack's confusion fits its counts: rows add up to the class totals, the
+            // diagonal is the robust count (AutoAttack's included).
+            assert_eq!(a.confusion.len(), a.total.len(), "{}: no confusion", a.attack);
+            a.check_confusion().unwrap();
             let components = a.components.iter().map(|c| (c.name.clone(), c.attacked, c.robust_after.clone())).collect();
-            (a.attack.clone(), a.correct.clone(), a.total.clone(), components)
+            (a.attack.clone(), a.correct.clone(), a.total.clone(), components, a.confusion.clone())
         })
         .collect()
 }
@@ -108,6 +116,10 @@ async fn sharded_evaluation_over_three_servers_equals_one_server_also_when_one_d
     let aa = &reference[4];
     assert!(aa.1.iter().sum::<i64>() > 0 && aa.1.iter().sum::<i64>() < reference[0].1.iter().sum::<i64>(), "{aa:?}");
     assert_eq!(aa.3.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["APGD-CE", "APGD-T", "FAB-T", "Square"], "{aa:?}");
+    // The curve: radius 0 is the clean column, radius 0.1 the PGD-5 column (counts and confusions).
+    let (clean, pgd, curve) = (&reference[0], &reference[2], &reference[5..]);
+    assert_eq!((&curve[0].1, &curve[0].4), (&clean.1, &clean.4));
+    assert_eq!((&curve[2].1, &curve[2].4), (&pgd.1, &pgd.4));
 
     // Three servers, one shard each.
     let sharded = compare(&config(urls.clone(), 0)).await.unwrap().0;

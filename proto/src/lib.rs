@@ -2,6 +2,7 @@
 //! that the evaluator and every client share. No libtorch here.
 
 pub mod attacks;
+pub mod eps_sweep;
 pub mod metrics;
 pub mod sanity;
 

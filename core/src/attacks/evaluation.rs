@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    counted_correct, guarded_in, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
+    counted_correct, guarded_in, judged_classes, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Confusion, Interrupt, BOUND_TOLERANCE,
 };
 use crate::data::Dataset;
 
@@ -40,6 +40,9 @@ pub struct ComponentReport {
 pub struct Evaluation {
     /// Points still correctly classified after the attack, per class.
     pub counts: ClassCounts,
+    /// Points of each class by the class predicted after the attack: rows add up to
+    /// `counts.total`, the diagonal is `counts.correct`.
+    pub confusion: Confusion,
     /// One entry per component that ran (ensembles stop early once no point is left).
     pub components: Vec<ComponentReport>,
 }
@@ -72,6 +75,7 @@ pub fn evaluate(
     let run = run_points(attack, model, &points, batch_size, interrupt, false, on_progress)?;
     let classes = dataset.num_classes() as usize;
     let counts = class_counts(classes, &points.labels, &run.robust);
+    let confusion = Confusion::from_predictions(classes, &points.labels, &run.predicted)?;
     let components = run
         .components
         .into_iter()
@@ -83,7 +87,7 @@ pub fn evaluate(
             zero_gradient_points: c.zero_gradient_points,
         })
         .collect();
-    Ok(Evaluation { counts, components })
+    Ok(Evaluation { counts, confusion, components })
 }
 
 /// [`evaluate`] without interruption that reports `(done, total)` of the current component to
@@ -121,6 +125,22 @@ pub fn clean_accuracy(model: &dyn Classifier, dataset: &Dataset, batch_size: i64
     Ok(counts)
 }
 
+/// Clean predictions counted per true class ([`Confusion`]; its diagonal is [`clean_accuracy`]'s
+/// correct counts), judged as attacks judge, with one read of the predictions per batch.
+pub fn clean_confusion(model: &dyn Classifier, dataset: &Dataset, batch_size: i64) -> Result<Confusion, AttackError> {
+    if batch_size < 1 {
+        return Err(AttackError::InvalidParameter(format!("batch size must be positive, got {batch_size}")));
+    }
+    let classes = dataset.num_classes() as usize;
+    let mut confusion = Confusion::new(classes);
+    for (images, labels) in dataset.batches(batch_size) {
+        let images = images.to_device(model.device());
+        let predicted = guarded_in(|| "Clean".into(), || judged_classes(model, &images))?;
+        confusion.add(&Confusion::from_predictions(classes, &labels, &predicted)?)?;
+    }
+    Ok(confusion)
+}
+
 /// Per-class counts of `robust` (bool [N]) over `labels`.
 fn class_counts(classes: usize, labels: &Tensor, robust: &Tensor) -> ClassCounts {
     let mut counts = ClassCounts::new(classes);
@@ -144,6 +164,10 @@ pub struct ComponentRun {
 pub struct PointsRun {
     /// Bool [N] on the points' device: still correctly classified after the attack.
     pub robust: Tensor,
+    /// I64 [N] on the points' device: the class the judge predicts after the attack (for an
+    /// ensemble, on the output of the component that broke the point, or on the clean point
+    /// when it was misclassified clean); equal to the true class exactly where `robust`.
+    pub predicted: Tensor,
     /// The returned points (the first adversarial example found for an ensemble, else the
     /// clean point), when asked for.
     pub adversarial: Option<Tensor>,
@@ -185,25 +209,22 @@ pub fn run_points(
             )));
         }
     }
-    let mut robust = if ensemble {
+    // What the judge predicts, point by point; a point is robust exactly where it predicts the
+    // true class.
+    let (mut robust, mut predicted) = if ensemble {
         // Points misclassified clean are never attacked and never robust.
         let mut clean = Vec::new();
         for start in (0..n).step_by(batch_size as usize) {
             interrupt.check()?;
             let length = batch_size.min(n - start);
             let images = points.images.narrow(0, start, length).to_device(device);
-            let labels = points.labels.narrow(0, start, length).to_device(device);
-            let correct =
-                guarded_in(|| format!("{} (clean pass)", attack.name()), || counted_correct(model, &images, &labels))?;
-            clean.push(correct.to_device(home));
+            let classes = guarded_in(|| format!("{} (clean pass)", attack.name()), || judged_classes(model, &images))?;
+            clean.push(classes.to_device(home));
         }
-        if clean.is_empty() {
-            Tensor::zeros([0], (Kind::Bool, home))
-        } else {
-            Tensor::cat(&clean, 0)
-        }
+        let predicted = if clean.is_empty() { Tensor::zeros([0], (Kind::Int64, home)) } else { Tensor::cat(&clean, 0) };
+        (predicted.eq_tensor(&points.labels), predicted)
     } else {
-        Tensor::ones([n], (Kind::Bool, home))
+        (Tensor::ones([n], (Kind::Bool, home)), points.labels.copy())
     };
 
     let mut reports = Vec::with_capacity(components.len());
@@ -228,7 +249,8 @@ pub fn run_points(
                 perturb_guarded_noting(*component, model, &batch, interrupt, &mut notes)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
             let judging = || format!("{name} (judging its output)");
-            let mut correct = guarded_in(judging, || counted_correct(model, &candidate, &batch.labels))?;
+            let mut classes = guarded_in(judging, || judged_classes(model, &candidate))?;
+            let mut correct = classes.eq_tensor(&batch.labels);
             if let Some(exact) = model.exact() {
                 // The attack network is a copy of the judge: where it took a point for broken and
                 // the judge does not, attack that point again with the judge itself.
@@ -240,9 +262,10 @@ pub fn run_points(
                     let again = batch.select(&disputed);
                     let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
                     verify_adversarial(&name, &again.images, &retried, component.eps())?;
-                    let retried_correct = guarded_in(judging, || counted_correct(model, &retried, &again.labels))?;
+                    let retried_classes = guarded_in(judging, || judged_classes(model, &retried))?;
                     candidate = candidate.index_copy(0, &disputed, &retried);
-                    correct = correct.index_copy(0, &disputed, &retried_correct);
+                    classes = classes.index_copy(0, &disputed, &retried_classes);
+                    correct = classes.eq_tensor(&batch.labels);
                 }
             }
             let broken = correct.logical_not();
@@ -252,7 +275,10 @@ pub fn run_points(
                 let kept = if ensemble { candidate.where_self(&expand_mask(&broken, &candidate), &batch.images) } else { candidate };
                 *adversarial = adversarial.index_copy(0, &index, &kept.to_device(home));
             }
-            robust = robust.index_copy(0, &index, &correct.to_device(home));
+            // One read per batch: the predictions; robustness follows from them on the points' device.
+            let classes = classes.to_device(home);
+            robust = robust.index_copy(0, &index, &classes.eq_tensor(&points.labels.index_select(0, &index)));
+            predicted = predicted.index_copy(0, &index, &classes);
             done += length;
             on_progress(&report(done));
         }
@@ -264,7 +290,7 @@ pub fn run_points(
             zero_gradient_points: notes.zero_gradient_points(),
         });
     }
-    Ok(PointsRun { robust, adversarial, components: reports })
+    Ok(PointsRun { robust, predicted, adversarial, components: reports })
 }
 
 /// Broadcasts a per-point [N] mask against [N, ...] images.

@@ -17,6 +17,7 @@
 
 mod apgd;
 mod autoattack;
+mod confusion;
 mod cw;
 mod evaluation;
 mod fab;
@@ -34,9 +35,10 @@ pub use crate::classifier::Classifier;
 
 pub use apgd::{checkpoints as apgd_checkpoints, Apgd, ApgdLoss, ApgdRun};
 pub use autoattack::{sanity_flags, sanity_flags_in_chunks, AutoAttack, SanityFlags, SANITY_POINTS};
+pub use confusion::Confusion;
 pub use cw::CarliniWagnerLinf;
 pub use evaluation::{
-    clean_accuracy, evaluate, robust_accuracy, run_points, ComponentReport, ComponentRun, Evaluation, PointsRun, Progress,
+    clean_accuracy, clean_confusion, evaluate, robust_accuracy, run_points, ComponentReport, ComponentRun, Evaluation, PointsRun, Progress,
 };
 pub use fab::Fab;
 pub use fgsm::Fgsm;
@@ -66,6 +68,9 @@ pub enum AttackError {
     WrongShape { attack: String, expected: Vec<i64>, found: Vec<i64> },
     #[error("the attack was cancelled")]
     Cancelled,
+    /// A class index outside the data set's classes (a model with more outputs than classes).
+    #[error("{what} {class} is outside the data set's {classes} classes")]
+    ClassOutOfRange { what: &'static str, class: i64, classes: usize },
     /// libtorch refused an operation of `component` (an attack or one of AutoAttack's
     /// components), or the model's forward pass failed inside it.
     #[error("{component}: libtorch failed: {message}")]
@@ -91,6 +96,12 @@ pub fn judged_correct(
         Some(logits) => logits.f_argmax(-1, false)?.f_eq_tensor(labels),
         None => tch::no_grad(|| model.logits(images)?.f_argmax(-1, false)?.f_eq_tensor(labels)),
     }
+}
+
+/// I64 [N]: the class the judge predicts for each of `images` ([`counted_correct`] compares
+/// it with the true class; adversarial confusions count it).
+pub fn judged_classes(model: &dyn Classifier, images: &Tensor) -> Result<Tensor, TchError> {
+    tch::no_grad(|| model.judge_logits(images)?.f_argmax(-1, false))
 }
 
 /// Bool [N]: whether the judge classifies `images` as `labels`: what is counted.

@@ -118,6 +118,10 @@ impl EngineError {
                 EngineError::InvalidArgument(format!("{attack} on model {model:?}: invalid parameter: {message}"))
             }
             AttackError::Cancelled => EngineError::Cancelled,
+            // The model answered more classes than it declares (a module whose output changed).
+            wrong @ AttackError::ClassOutOfRange { .. } => {
+                EngineError::FailedPrecondition(format!("{attack} on model {model:?} at precision {precision}: {wrong}"))
+            }
             other => EngineError::Internal(format!("{attack} on model {model:?} at precision {precision}: {other}")),
         }
     }

@@ -412,7 +412,13 @@ pub fn attack_result(job: &PreparedEvaluation, attack: &PreparedAttack, stored: 
             .class_names
             .iter()
             .zip(stored.correct.iter().zip(&stored.total))
-            .map(|(name, (&correct, &total))| ClassResult { class_name: name.clone(), correct, total })
+            .enumerate()
+            .map(|(k, (name, (&correct, &total)))| ClassResult {
+                class_name: name.clone(),
+                correct,
+                total,
+                predicted_as: stored.confusion.get(k).cloned().unwrap_or_default(),
+            })
             .collect(),
         metrics: Some(Metrics {
             average: summary.average,

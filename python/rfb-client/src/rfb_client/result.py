@@ -34,12 +34,15 @@ def _percent(correct, total):
 
 
 class ClassCount:
-    """One class under one attack: ``correct`` of ``total`` examples still classified correctly."""
+    """One class under one attack: ``correct`` of ``total`` examples still classified correctly,
+    and ``predicted_as``: its examples counted by the class predicted after the attack (indexed
+    like the result's classes; empty from a server older than it)."""
 
-    __slots__ = ("name", "correct", "total")
+    __slots__ = ("name", "correct", "total", "predicted_as")
 
-    def __init__(self, name, correct, total):
+    def __init__(self, name, correct, total, predicted_as=()):
         self.name, self.correct, self.total = name, int(correct), int(total)
+        self.predicted_as = [int(n) for n in predicted_as]
 
     @property
     def accuracy(self):
@@ -47,7 +50,10 @@ class ClassCount:
         return _percent(self.correct, self.total)
 
     def to_dict(self):
-        return {"class": self.name, "correct": self.correct, "total": self.total}
+        out = {"class": self.name, "correct": self.correct, "total": self.total}
+        if self.predicted_as:
+            out["predicted_as"] = list(self.predicted_as)
+        return out
 
     def __repr__(self):
         return "ClassCount(%r, %d/%d)" % (self.name, self.correct, self.total)
@@ -199,7 +205,7 @@ class AttackResult:
         self.requested = requested
         self.name = message.attack_name
         self.spec = _spec_dict(message.attack)
-        self.classes = [ClassCount(c.class_name, c.correct, c.total) for c in message.classes]
+        self.classes = [ClassCount(c.class_name, c.correct, c.total, c.predicted_as) for c in message.classes]
         self.metrics = Metrics.from_proto(message.metrics)
         names = [c.name for c in self.classes]
         self.components = [
@@ -234,6 +240,14 @@ class AttackResult:
     def accuracy(self):
         """Percent of all examples correct (equals metrics.average when the classes are balanced)."""
         return _percent(self.correct, self.total)
+
+    @property
+    def confusion(self):
+        """Adversarial confusion: rows are true classes, columns the class predicted after the
+        attack (row sums are the totals, the diagonal the correct counts); [] when absent."""
+        if not any(c.predicted_as for c in self.classes):
+            return []
+        return [list(c.predicted_as) for c in self.classes]
 
     @property
     def counts(self):

@@ -279,14 +279,16 @@ class ComponentResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., seconds: _Optional[float] = ..., attacked: _Optional[int] = ..., robust_after: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClassResult(_message.Message):
-    __slots__ = ("class_name", "correct", "total")
+    __slots__ = ("class_name", "correct", "total", "predicted_as")
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_AS_FIELD_NUMBER: _ClassVar[int]
     class_name: str
     correct: int
     total: int
-    def __init__(self, class_name: _Optional[str] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    predicted_as: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, class_name: _Optional[str] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., predicted_as: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("average", "worst", "worst_10_percent", "nsd")
