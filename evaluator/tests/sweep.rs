@@ -100,10 +100,10 @@ fn settings() -> Settings {
     let clean = AttackSetting { label: "Clean".into(), kind: "CLEAN".into(), eps: None, steps: None, seed: 0, ..pgd.clone() };
     Settings {
         dataset: String::new(),
-        split: "test".into(),
+        split: rfb_bench_client::split::Split::Test,
         examples_per_class: 6,
         batch_size: 16,
-        precision: "fp32".into(),
+        precision: rfb_bench_client::precision::Precision::Fp32,
         attacks: vec![clean, pgd.clone()],
         confidence: 0.95,
         uncertainty: Default::default(),
