@@ -40,11 +40,9 @@ use rfb_core::data::{DatasetKind, Split};
 use serde::Deserialize;
 use tch::Device;
 
+use crate::methods::Method;
 use crate::overrides::{OverrideError, Overrides};
 use crate::run::{self, RunConfig, RunSummary, TeacherSource, TrainError};
-
-/// Methods that distil from a teacher.
-pub const DISTILLATION_METHODS: [&str; 5] = ["rslad", "absld", "ard", "adaad", "fair-ard"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
@@ -68,7 +66,7 @@ struct GridFile {
     datasets: Vec<String>,
     #[serde(default)]
     architectures: Vec<String>,
-    methods: Vec<String>,
+    methods: Vec<Method>,
     seeds: Vec<u64>,
     out: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -77,14 +75,14 @@ struct GridFile {
     #[serde(default)]
     overrides: Overrides,
     #[serde(default)]
-    method: BTreeMap<String, MethodFile>,
+    method: BTreeMap<Method, MethodFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct TeacherFile {
     #[serde(default = "default_teacher_method")]
-    method: String,
+    method: Method,
     arch: Option<String>,
     #[serde(default)]
     seed: u64,
@@ -93,14 +91,14 @@ struct TeacherFile {
     overrides: Overrides,
 }
 
-fn default_teacher_method() -> String {
-    "trades".into()
+fn default_teacher_method() -> Method {
+    Method::Trades
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MethodFile {
-    init_from: Option<String>,
+    init_from: Option<Method>,
     #[serde(default)]
     overrides: Overrides,
 }
@@ -111,7 +109,7 @@ pub struct PlannedRun {
     pub index: usize,
     /// Its directory relative to the grid's output directory, e.g. `models/absld-s1`.
     pub name: String,
-    pub method: String,
+    pub method: Method,
     pub dataset: DatasetKind,
     pub seed: u64,
     /// Every setting over the recipe's (the architecture among them).
@@ -197,8 +195,8 @@ impl Plan {
         let architectures: Vec<Option<String>> =
             if file.architectures.is_empty() { vec![None] } else { file.architectures.iter().cloned().map(Some).collect() };
         let single = datasets.len() == 1 && architectures.len() == 1;
-        let needs_teacher = file.methods.iter().any(|m| DISTILLATION_METHODS.contains(&m.as_str()));
-        let method_file = |m: &str| file.method.get(m).cloned().unwrap_or_default();
+        let needs_teacher = file.methods.iter().any(|m| m.is_distillation());
+        let method_file = |m: Method| file.method.get(&m).cloned().unwrap_or_default();
 
         // (level, run): teachers 0, runs others start from 1, the rest 2; stable within a level.
         let mut runs: Vec<(u8, PlannedRun)> = Vec::new();
@@ -208,10 +206,10 @@ impl Plan {
             Some((l, _)) => *l = (*l).min(level),
             None => runs.push((level, run)),
         };
-        let new_run = |name: String, method: &str, dataset: DatasetKind, seed: u64, overrides: Overrides| PlannedRun {
+        let new_run = |name: String, method: Method, dataset: DatasetKind, seed: u64, overrides: Overrides| PlannedRun {
             index: 0,
             name,
-            method: method.to_string(),
+            method,
             dataset,
             seed,
             overrides,
@@ -229,7 +227,7 @@ impl Plan {
             if let (true, Some(teacher)) = (needs_teacher, &file.teacher) {
                 if teacher.path.is_none() {
                     let overrides = file.overrides.then(&Overrides { arch: teacher.arch.clone(), ..Default::default() }).then(&teacher.overrides);
-                    add(&mut runs, 0, new_run(teacher_name(dataset), &teacher.method, dataset, teacher.seed, overrides));
+                    add(&mut runs, 0, new_run(teacher_name(dataset), teacher.method, dataset, teacher.seed, overrides));
                 }
             }
             for architecture in &architectures {
@@ -239,11 +237,11 @@ impl Plan {
                     format!("{}-{}/", dataset.name(), architecture.as_deref().unwrap_or("recipe"))
                 };
                 let base = file.overrides.then(&Overrides { arch: architecture.clone(), ..Default::default() });
-                for method in &file.methods {
+                for &method in &file.methods {
                     let settings = method_file(method);
                     for &seed in &file.seeds {
                         let name = format!("{prefix}models/{method}-s{seed}");
-                        if let Some(source) = &settings.init_from {
+                        if let Some(source) = settings.init_from {
                             let source_name = format!("{prefix}models/{source}-s{seed}");
                             let overrides = base.then(&method_file(source).overrides);
                             add(&mut runs, 1, new_run(source_name.clone(), source, dataset, seed, overrides));
@@ -260,7 +258,7 @@ impl Plan {
         let index_of = |name: &str| names.iter().position(|n| n == name);
         for (index, run) in runs.iter_mut().enumerate() {
             run.index = index;
-            if DISTILLATION_METHODS.contains(&run.method.as_str()) {
+            if run.method.is_distillation() {
                 match file.teacher.as_ref().and_then(|t| t.path.clone()) {
                     Some(path) => run.external_teacher = Some(path),
                     None => run.teacher = index_of(&teacher_name(run.dataset)),
@@ -312,7 +310,7 @@ impl Plan {
         let run = self.run(index)?;
         let preset = run
             .overrides
-            .preset(&run.method, run.dataset)
+            .preset(run.method, run.dataset)
             .map_err(|source| GridError::Settings { index, name: run.name.clone(), source })?;
         let best = |i: usize| self.dir(&self.runs[i]).join("best");
         let teacher = match (run.teacher, &run.external_teacher) {
@@ -323,7 +321,7 @@ impl Plan {
         .map(|path| TeacherSource { path, architecture: preset.teacher_architecture.clone() });
         let dir = self.dir(run);
         Ok(RunConfig {
-            method: run.method.clone(),
+            method: run.method,
             dataset: run.dataset,
             data_dir: self.data_dir.clone(),
             teacher,
