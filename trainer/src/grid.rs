@@ -177,7 +177,8 @@ impl Plan {
         Plan::expand(file, out)
     }
 
-    fn expand(file: GridFile, out: PathBuf) -> Result<Plan, GridError> {
+    /// The selection split and the data sets of a grid file, checked.
+    fn checked_axes(file: &GridFile) -> Result<(Split, Vec<DatasetKind>), GridError> {
         let invalid = |m: String| Err(GridError::Invalid(m));
         if file.datasets.is_empty() || file.methods.is_empty() || file.seeds.is_empty() {
             return invalid("a grid needs at least one data set, method and seed".into());
@@ -192,6 +193,12 @@ impl Plan {
             let kind: DatasetKind = name.parse().map_err(|_| GridError::Invalid(format!("unknown data set {name:?}")))?;
             datasets.push(kind);
         }
+        Ok((select_on, datasets))
+    }
+
+    fn expand(file: GridFile, out: PathBuf) -> Result<Plan, GridError> {
+        let invalid = |m: String| Err(GridError::Invalid(m));
+        let (select_on, datasets) = Plan::checked_axes(&file)?;
         let architectures: Vec<Option<String>> =
             if file.architectures.is_empty() { vec![None] } else { file.architectures.iter().cloned().map(Some).collect() };
         let single = datasets.len() == 1 && architectures.len() == 1;
@@ -254,19 +261,31 @@ impl Plan {
         }
         runs.sort_by_key(|(level, _)| *level);
         let mut runs: Vec<PlannedRun> = runs.into_iter().map(|(_, r)| r).collect();
+        let external_teacher = file.teacher.as_ref().and_then(|t| t.path.clone());
+        Plan::link(&mut runs, external_teacher, &init_of, teacher_name);
+        Ok(Plan { out, data_dir: file.data_dir, select_on, runs })
+    }
+
+    /// Numbers the ordered runs and points each at the runs it needs: its teacher (the grid's
+    /// teacher run of its data set, or the external one) and the run it starts from.
+    fn link(
+        runs: &mut [PlannedRun],
+        external_teacher: Option<PathBuf>,
+        init_of: &[(String, String)],
+        teacher_name: impl Fn(DatasetKind) -> String,
+    ) {
         let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
         let index_of = |name: &str| names.iter().position(|n| n == name);
         for (index, run) in runs.iter_mut().enumerate() {
             run.index = index;
             if run.method.is_distillation() {
-                match file.teacher.as_ref().and_then(|t| t.path.clone()) {
-                    Some(path) => run.external_teacher = Some(path),
+                match &external_teacher {
+                    Some(path) => run.external_teacher = Some(path.clone()),
                     None => run.teacher = index_of(&teacher_name(run.dataset)),
                 }
             }
             run.init = init_of.iter().find(|(n, _)| *n == run.name).and_then(|(_, source)| index_of(source));
         }
-        Ok(Plan { out, data_dir: file.data_dir, select_on, runs })
     }
 
     pub fn dir(&self, run: &PlannedRun) -> PathBuf {

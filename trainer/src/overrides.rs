@@ -51,12 +51,22 @@ impl Overrides {
 
     /// The method's recipe on `dataset` with these overrides applied and checked.
     pub fn preset(&self, method: Method, dataset: DatasetKind) -> Result<Preset, OverrideError> {
-        let invalid = |message: String| Err(OverrideError::Invalid(message));
         let options = RecipeOptions { architecture: self.arch.clone(), fair_ard_variant: self.fair_ard_variant };
         let mut preset = Recipe::new(method, dataset, &options).preset;
         if let Some(teacher_arch) = &self.teacher_arch {
             preset.teacher_architecture = teacher_arch.clone();
         }
+        self.apply_schedule(&mut preset)?;
+        self.apply_attack(&mut preset)?;
+        self.apply_method_settings(method, &mut preset)?;
+        if let Some(every) = self.eval_every {
+            preset.eval_every = every.max(1);
+        }
+        Ok(preset)
+    }
+
+    /// Epochs, batch size, learning rate and weight decay.
+    fn apply_schedule(&self, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(epochs) = self.epochs {
             if epochs < 1 {
                 return invalid("epochs must be at least 1".into());
@@ -85,6 +95,11 @@ impl Overrides {
             }
             preset.weight_decay = weight_decay;
         }
+        Ok(())
+    }
+
+    /// The training attack's radius (its step size scales with it) and steps.
+    fn apply_attack(&self, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(eps) = self.eps {
             if !(0.0..=1.0).contains(&eps) {
                 return invalid(format!("eps must be in [0, 1], got {eps}"));
@@ -98,6 +113,11 @@ impl Overrides {
             }
             preset.attack.steps = steps;
         }
+        Ok(())
+    }
+
+    /// The distillation KL's scale and ABSLD's temperature schedule.
+    fn apply_method_settings(&self, method: Method, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(scale) = self.kl_scale {
             if !(scale > 0.0 && scale.is_finite()) {
                 return invalid(format!("the KL scale must be a positive number, got {scale}"));
@@ -127,9 +147,10 @@ impl Overrides {
         if !(temperature.min > 0.0 && temperature.min <= temperature.max) {
             return invalid("temperature bounds must satisfy 0 < min <= max".into());
         }
-        if let Some(every) = self.eval_every {
-            preset.eval_every = every.max(1);
-        }
-        Ok(preset)
+        Ok(())
     }
+}
+
+fn invalid<T>(message: String) -> Result<T, OverrideError> {
+    Err(OverrideError::Invalid(message))
 }

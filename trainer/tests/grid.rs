@@ -124,6 +124,9 @@ overrides = { kl-scale = 0.5 }
     assert!(Plan::load(&bad, None).unwrap_err().to_string().contains("[teacher]"));
     let bad = write_grid(dir.path(), "datasets = [\"digits\"]\nmethods = [\"natural\"]\nseeds = [0]\n[overrides]\nepoch = 3\n");
     assert!(Plan::load(&bad, None).unwrap_err().to_string().contains("epoch"), "an unknown setting is an error");
+    let bad = write_grid(dir.path(), "datasets = [\"digits\"]\nmethods = [\"natural\", \"fancy\"]\nseeds = [0]\n");
+    let error = format!("{:?}", Plan::load(&bad, None).unwrap_err());
+    assert!(error.contains("unknown variant `fancy`") && error.contains("`fair-ard`"), "an unknown method is an error: {error}");
 }
 
 #[test]
