@@ -10,7 +10,7 @@ use std::time::Instant;
 use rfb_core::data::DatasetKind;
 use rfb_core::models::{self, ModelSpec};
 use rfb_trainer::method::{StepContext, TrainingAttack};
-use rfb_trainer::methods;
+use rfb_trainer::methods::Method;
 use rfb_trainer::presets::Preset;
 use rfb_trainer::sgd::Sgd;
 use tch::{Device, Kind, Tensor};
@@ -35,9 +35,9 @@ fn main() {
     println!("{arch} input {channels}x{height}x{width}, batch {batch}, device {device:?}, threads {}", tch::get_num_threads());
     println!("{:<8} {:>14} {:>12}", "method", "seconds/step", "images/s");
     let mut seconds = std::collections::BTreeMap::new();
-    for name in methods::METHOD_NAMES {
+    for name in Method::ALL {
         let student = models::build(&spec, device).expect("student builds");
-        let mut method = methods::build(name, 10, &settings).expect("method");
+        let mut method = name.build(10, &settings);
         let mut optimizer = Sgd::new(&student, 0.9, 2e-4);
         let mut best = f64::INFINITY;
         for repeat in 0..=repeats {
@@ -50,7 +50,7 @@ fn main() {
                 best = best.min(started.elapsed().as_secs_f64());
             }
         }
-        seconds.insert(*name, best);
+        seconds.insert(name.as_str(), best);
         println!("{:<8} {:>14.3} {:>12.1}", name, best, batch as f64 / best);
     }
     println!("ABSLD / RSLAD per step: {:.3}", seconds["absld"] / seconds["rslad"]);

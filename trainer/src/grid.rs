@@ -41,11 +41,9 @@ use rfb_core::data::{DatasetKind, Split};
 use serde::Deserialize;
 use tch::Device;
 
+use crate::methods::Method;
 use crate::overrides::{OverrideError, Overrides};
 use crate::run::{self, RunConfig, RunSummary, TeacherSource, TrainError};
-
-/// Methods that distil from a teacher.
-pub const DISTILLATION_METHODS: [&str; 5] = ["rslad", "absld", "ard", "adaad", "fair-ard"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
@@ -69,7 +67,7 @@ struct GridFile {
     datasets: Vec<String>,
     #[serde(default)]
     architectures: Vec<String>,
-    methods: Vec<String>,
+    methods: Vec<Method>,
     seeds: Vec<u64>,
     out: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -78,14 +76,14 @@ struct GridFile {
     #[serde(default)]
     overrides: Overrides,
     #[serde(default)]
-    method: BTreeMap<String, MethodFile>,
+    method: BTreeMap<Method, MethodFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct TeacherFile {
     #[serde(default = "default_teacher_method")]
-    method: String,
+    method: Method,
     arch: Option<String>,
     #[serde(default)]
     seed: u64,
@@ -94,14 +92,14 @@ struct TeacherFile {
     overrides: Overrides,
 }
 
-fn default_teacher_method() -> String {
-    "trades".into()
+fn default_teacher_method() -> Method {
+    Method::Trades
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MethodFile {
-    init_from: Option<String>,
+    init_from: Option<Method>,
     #[serde(default)]
     overrides: Overrides,
 }
@@ -112,7 +110,7 @@ pub struct PlannedRun {
     pub index: usize,
     /// Its directory relative to the grid's output directory, e.g. `models/absld-s1`.
     pub name: String,
-    pub method: String,
+    pub method: Method,
     pub dataset: DatasetKind,
     pub seed: u64,
     /// Every setting over the recipe's (the architecture among them).
@@ -180,7 +178,8 @@ impl Plan {
         Plan::expand(file, out)
     }
 
-    fn expand(file: GridFile, out: PathBuf) -> Result<Plan, GridError> {
+    /// The selection split and the data sets of a grid file, checked.
+    fn checked_axes(file: &GridFile) -> Result<(Split, Vec<DatasetKind>), GridError> {
         let invalid = |m: String| Err(GridError::Invalid(m));
         if file.datasets.is_empty() || file.methods.is_empty() || file.seeds.is_empty() {
             return invalid("a grid needs at least one data set, method and seed".into());
@@ -195,11 +194,17 @@ impl Plan {
             let kind: DatasetKind = name.parse().map_err(|_| GridError::Invalid(format!("unknown data set {name:?}")))?;
             datasets.push(kind);
         }
+        Ok((select_on, datasets))
+    }
+
+    fn expand(file: GridFile, out: PathBuf) -> Result<Plan, GridError> {
+        let invalid = |m: String| Err(GridError::Invalid(m));
+        let (select_on, datasets) = Plan::checked_axes(&file)?;
         let architectures: Vec<Option<String>> =
             if file.architectures.is_empty() { vec![None] } else { file.architectures.iter().cloned().map(Some).collect() };
         let single = datasets.len() == 1 && architectures.len() == 1;
-        let needs_teacher = file.methods.iter().any(|m| DISTILLATION_METHODS.contains(&m.as_str()));
-        let method_file = |m: &str| file.method.get(m).cloned().unwrap_or_default();
+        let needs_teacher = file.methods.iter().any(|m| m.is_distillation());
+        let method_file = |m: Method| file.method.get(&m).cloned().unwrap_or_default();
 
         // (level, run): teachers 0, runs others start from 1, the rest 2; stable within a level.
         let mut runs: Vec<(u8, PlannedRun)> = Vec::new();
@@ -209,10 +214,10 @@ impl Plan {
             Some((l, _)) => *l = (*l).min(level),
             None => runs.push((level, run)),
         };
-        let new_run = |name: String, method: &str, dataset: DatasetKind, seed: u64, overrides: Overrides| PlannedRun {
+        let new_run = |name: String, method: Method, dataset: DatasetKind, seed: u64, overrides: Overrides| PlannedRun {
             index: 0,
             name,
-            method: method.to_string(),
+            method,
             dataset,
             seed,
             overrides,
@@ -230,7 +235,7 @@ impl Plan {
             if let (true, Some(teacher)) = (needs_teacher, &file.teacher) {
                 if teacher.path.is_none() {
                     let overrides = file.overrides.then(&Overrides { arch: teacher.arch.clone(), ..Default::default() }).then(&teacher.overrides);
-                    add(&mut runs, 0, new_run(teacher_name(dataset), &teacher.method, dataset, teacher.seed, overrides));
+                    add(&mut runs, 0, new_run(teacher_name(dataset), teacher.method, dataset, teacher.seed, overrides));
                 }
             }
             for architecture in &architectures {
@@ -240,11 +245,11 @@ impl Plan {
                     format!("{}-{}/", dataset.name(), architecture.as_deref().unwrap_or("recipe"))
                 };
                 let base = file.overrides.then(&Overrides { arch: architecture.clone(), ..Default::default() });
-                for method in &file.methods {
+                for &method in &file.methods {
                     let settings = method_file(method);
                     for &seed in &file.seeds {
                         let name = format!("{prefix}models/{method}-s{seed}");
-                        if let Some(source) = &settings.init_from {
+                        if let Some(source) = settings.init_from {
                             let source_name = format!("{prefix}models/{source}-s{seed}");
                             let overrides = base.then(&method_file(source).overrides);
                             add(&mut runs, 1, new_run(source_name.clone(), source, dataset, seed, overrides));
@@ -257,19 +262,31 @@ impl Plan {
         }
         runs.sort_by_key(|(level, _)| *level);
         let mut runs: Vec<PlannedRun> = runs.into_iter().map(|(_, r)| r).collect();
+        let external_teacher = file.teacher.as_ref().and_then(|t| t.path.clone());
+        Plan::link(&mut runs, external_teacher, &init_of, teacher_name);
+        Ok(Plan { out, data_dir: file.data_dir, select_on, runs })
+    }
+
+    /// Numbers the ordered runs and points each at the runs it needs: its teacher (the grid's
+    /// teacher run of its data set, or the external one) and the run it starts from.
+    fn link(
+        runs: &mut [PlannedRun],
+        external_teacher: Option<PathBuf>,
+        init_of: &[(String, String)],
+        teacher_name: impl Fn(DatasetKind) -> String,
+    ) {
         let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
         let index_of = |name: &str| names.iter().position(|n| n == name);
         for (index, run) in runs.iter_mut().enumerate() {
             run.index = index;
-            if DISTILLATION_METHODS.contains(&run.method.as_str()) {
-                match file.teacher.as_ref().and_then(|t| t.path.clone()) {
-                    Some(path) => run.external_teacher = Some(path),
+            if run.method.is_distillation() {
+                match &external_teacher {
+                    Some(path) => run.external_teacher = Some(path.clone()),
                     None => run.teacher = index_of(&teacher_name(run.dataset)),
                 }
             }
             run.init = init_of.iter().find(|(n, _)| *n == run.name).and_then(|(_, source)| index_of(source));
         }
-        Ok(Plan { out, data_dir: file.data_dir, select_on, runs })
     }
 
     pub fn dir(&self, run: &PlannedRun) -> PathBuf {
@@ -313,7 +330,7 @@ impl Plan {
         let run = self.run(index)?;
         let preset = run
             .overrides
-            .preset(&run.method, run.dataset)
+            .preset(run.method, run.dataset)
             .map_err(|source| GridError::Settings { index, name: run.name.clone(), source })?;
         let best = |i: usize| self.dir(&self.runs[i]).join("best");
         let teacher = match (run.teacher, &run.external_teacher) {
@@ -324,7 +341,7 @@ impl Plan {
         .map(|path| TeacherSource { path, architecture: preset.teacher_architecture.clone() });
         let dir = self.dir(run);
         Ok(RunConfig {
-            method: run.method.clone(),
+            method: run.method,
             dataset: run.dataset,
             data_dir: self.data_dir.clone(),
             teacher,

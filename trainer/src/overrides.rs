@@ -6,12 +6,11 @@ use rfb_core::data::DatasetKind;
 use serde::{Deserialize, Serialize};
 
 use crate::methods::fair_ard::FairArdVariant;
-use crate::presets::{Preset, PresetError, Recipe, RecipeOptions};
+use crate::methods::Method;
+use crate::presets::{Preset, Recipe, RecipeOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverrideError {
-    #[error(transparent)]
-    Preset(#[from] PresetError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -25,7 +24,7 @@ pub struct Overrides {
     /// Architecture of a PyTorch teacher state dict.
     pub teacher_arch: Option<String>,
     /// Fair-ARD's form: "ard" or "rslad".
-    pub fair_ard_variant: Option<String>,
+    pub fair_ard_variant: Option<FairArdVariant>,
     /// Epochs (the learning-rate drops move to the same fractions of the run).
     pub epochs: Option<i64>,
     pub batch_size: Option<i64>,
@@ -51,19 +50,23 @@ impl Overrides {
     }
 
     /// The method's recipe on `dataset` with these overrides applied and checked.
-    pub fn preset(&self, method: &str, dataset: DatasetKind) -> Result<Preset, OverrideError> {
-        let invalid = |message: String| Err(OverrideError::Invalid(message));
-        let variant = match self.fair_ard_variant.as_deref() {
-            None => None,
-            Some("ard") => Some(FairArdVariant::Ard),
-            Some("rslad") => Some(FairArdVariant::Rslad),
-            Some(other) => return invalid(format!("fair-ard-variant must be ard or rslad, got {other:?}")),
-        };
-        let options = RecipeOptions { architecture: self.arch.clone(), fair_ard_variant: variant };
-        let mut preset = Recipe::new(method, dataset, &options)?.preset;
+    pub fn preset(&self, method: Method, dataset: DatasetKind) -> Result<Preset, OverrideError> {
+        let options = RecipeOptions { architecture: self.arch.clone(), fair_ard_variant: self.fair_ard_variant };
+        let mut preset = Recipe::new(method, dataset, &options).preset;
         if let Some(teacher_arch) = &self.teacher_arch {
             preset.teacher_architecture = teacher_arch.clone();
         }
+        self.apply_schedule(&mut preset)?;
+        self.apply_attack(&mut preset)?;
+        self.apply_method_settings(method, &mut preset)?;
+        if let Some(every) = self.eval_every {
+            preset.eval_every = every.max(1);
+        }
+        Ok(preset)
+    }
+
+    /// Epochs, batch size, learning rate and weight decay.
+    fn apply_schedule(&self, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(epochs) = self.epochs {
             if epochs < 1 {
                 return invalid("epochs must be at least 1".into());
@@ -92,6 +95,11 @@ impl Overrides {
             }
             preset.weight_decay = weight_decay;
         }
+        Ok(())
+    }
+
+    /// The training attack's radius (its step size scales with it) and steps.
+    fn apply_attack(&self, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(eps) = self.eps {
             if !(0.0..=1.0).contains(&eps) {
                 return invalid(format!("eps must be in [0, 1], got {eps}"));
@@ -105,21 +113,24 @@ impl Overrides {
             }
             preset.attack.steps = steps;
         }
+        Ok(())
+    }
+
+    /// The distillation KL's scale and ABSLD's temperature schedule.
+    fn apply_method_settings(&self, method: Method, preset: &mut Preset) -> Result<(), OverrideError> {
         if let Some(scale) = self.kl_scale {
             if !(scale > 0.0 && scale.is_finite()) {
                 return invalid(format!("the KL scale must be a positive number, got {scale}"));
             }
-            let methods = &mut preset.methods;
-            match method {
-                "rslad" => methods.rslad.kl_scale = scale,
-                "absld" => methods.absld.kl_scale = scale,
-                "fair-ard" => methods.fair_ard.kl_scale = scale,
-                "ard" => methods.ard.kl_scale = scale,
-                "adaad" => methods.adaad.kl_scale = scale,
-                other => {
+            match preset.methods.kl_scale_mut(method) {
+                Some(kl_scale) => *kl_scale = scale,
+                None => {
+                    let distillation: Vec<&str> =
+                        Method::ALL.into_iter().filter(|m| m.is_distillation()).map(Method::as_str).collect();
                     return invalid(format!(
-                        "the KL scale applies to the distillation methods (rslad, absld, fair-ard, ard, adaad), not {other}"
-                    ))
+                        "the KL scale applies to the distillation methods ({}), not {method}",
+                        distillation.join(", ")
+                    ));
                 }
             }
         }
@@ -136,9 +147,10 @@ impl Overrides {
         if !(temperature.min > 0.0 && temperature.min <= temperature.max) {
             return invalid("temperature bounds must satisfy 0 < min <= max".into());
         }
-        if let Some(every) = self.eval_every {
-            preset.eval_every = every.max(1);
-        }
-        Ok(preset)
+        Ok(())
     }
+}
+
+fn invalid<T>(message: String) -> Result<T, OverrideError> {
+    Err(OverrideError::Invalid(message))
 }

@@ -6,8 +6,8 @@
 //! minutes), so that the comparison differs only in the method; FRL, which fine-tunes, is the
 //! exception there as everywhere.
 //!
-//! What is not a schedule but a method's hyper-parameter lives in [`MethodSettings`], one
-//! sub-structure per method, filled for the data set by [`Preset::for_dataset`] (for example
+//! What is not a schedule but a method's hyper-parameter lives in [`MethodSettings`] (beside
+//! the methods), one sub-structure per method, filled for the data set by [`Preset::for_dataset`] (for example
 //! the scale of the distillation KL, CFA's threshold, the Fair-ARD form).
 
 use std::collections::BTreeMap;
@@ -25,48 +25,9 @@ use crate::methods::distillation::DistillationSettings;
 use crate::methods::fair_ard::{FairArdSettings, FairArdVariant};
 use crate::methods::frl::FrlSettings;
 use crate::methods::trades::TradesSettings;
-use crate::methods::METHOD_NAMES;
+use crate::methods::{Method, MethodSettings};
 use crate::selection::WorstClasses;
 use crate::temperature::TemperatureSchedule;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PresetError {
-    #[error("unknown method '{name}'; known: {known}")]
-    UnknownMethod { name: String, known: String },
-}
-
-/// Every method's own hyper-parameters for one data set; a run reads its method's part.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MethodSettings {
-    pub trades: TradesSettings,
-    pub rslad: DistillationSettings,
-    pub absld: AbsldSettings,
-    pub ard: ArdSettings,
-    pub adaad: AdaAdSettings,
-    pub fair_ard: FairArdSettings,
-    pub frl: FrlSettings,
-    pub bat: BatSettings,
-    pub cfa: CfaSettings,
-}
-
-impl MethodSettings {
-    /// The field of [`MethodSettings`] that `method` reads; `None` for methods without
-    /// hyper-parameters of their own (natural, sat).
-    pub fn key(method: &str) -> Option<&'static str> {
-        Some(match method {
-            "trades" => "trades",
-            "rslad" => "rslad",
-            "absld" => "absld",
-            "ard" => "ard",
-            "adaad" => "adaad",
-            "fair-ard" => "fair_ard",
-            "frl" => "frl",
-            "bat" => "bat",
-            "cfa" => "cfa",
-            _ => return None,
-        })
-    }
-}
 
 /// The settings of one training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,11 +93,20 @@ impl Preset {
     }
 
     /// The preset as JSON with only `method`'s own hyper-parameters (what a run records).
-    pub fn record(&self, method: &str) -> serde_json::Value {
+    pub fn record(&self, method: Method) -> serde_json::Value {
+        self.record_settings_of(Some(&MethodSettings::key(method)))
+    }
+
+    /// The preset as JSON without any method's hyper-parameters (what a run of a method
+    /// defined outside this crate records).
+    pub fn record_without_method_settings(&self) -> serde_json::Value {
+        self.record_settings_of(None)
+    }
+
+    fn record_settings_of(&self, key: Option<&str>) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
-            let own = MethodSettings::key(method)
-                .and_then(|key| object.get("methods").and_then(|m| m.get(key)).map(|v| (key, v.clone())));
+            let own = key.and_then(|key| object.get("methods").and_then(|m| m.get(key)).map(|v| (key, v.clone())));
             match own {
                 Some((key, settings)) => {
                     object.insert("methods".into(), serde_json::json!({ key: settings }));
@@ -163,7 +133,7 @@ pub struct RecipeOptions {
 /// A method's recipe on a data set: the preset and the source of every value.
 #[derive(Debug, Clone)]
 pub struct Recipe {
-    pub method: String,
+    pub method: Method,
     pub dataset: DatasetKind,
     pub preset: Preset,
     /// Source per dotted path of the preset's JSON; a path covers everything below it.
@@ -171,10 +141,7 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    pub fn new(method: &str, dataset: DatasetKind, options: &RecipeOptions) -> Result<Recipe, PresetError> {
-        if !METHOD_NAMES.contains(&method) {
-            return Err(PresetError::UnknownMethod { name: method.to_string(), known: METHOD_NAMES.join(", ") });
-        }
+    pub fn new(method: Method, dataset: DatasetKind, options: &RecipeOptions) -> Recipe {
         let mut draft = Draft::base(dataset, options.architecture.as_deref());
         if let Some(variant) = options.fair_ard_variant {
             draft.fair_ard_variant(dataset, variant, "command line (--fair-ard-variant)");
@@ -184,7 +151,7 @@ impl Recipe {
             draft.preset.architecture = architecture.clone();
             draft.cite("command line (--arch)", &["architecture"]);
         }
-        Ok(Recipe { method: method.to_string(), dataset, preset: draft.preset, sources: draft.sources })
+        Recipe { method, dataset, preset: draft.preset, sources: draft.sources }
     }
 
     /// The source of the value at `path` (e.g. `methods.absld.kl_scale`): the entry of the
@@ -203,7 +170,7 @@ impl Recipe {
     /// with its source.
     pub fn settings(&self) -> Vec<(String, serde_json::Value, Option<String>)> {
         let mut leaves = Vec::new();
-        flatten("", &self.preset.record(&self.method), &mut leaves);
+        flatten("", &self.preset.record(self.method), &mut leaves);
         leaves
             .into_iter()
             .map(|(path, value)| {
@@ -225,7 +192,7 @@ impl Recipe {
             "method": self.method,
             "dataset": self.dataset.name(),
             "settings": settings,
-            "preset": self.preset.record(&self.method),
+            "preset": self.preset.record(self.method),
         })
     }
 }
@@ -521,9 +488,9 @@ impl Draft {
 
     /// The schedule `method` trains with on `kind` (its own recipe, where the ABSLD paper
     /// defers to it).
-    fn method_schedule(&mut self, method: &str, kind: DatasetKind) {
+    fn method_schedule(&mut self, method: Method, kind: DatasetKind) {
         if kind == DatasetKind::Digits {
-            if method == "frl" {
+            if method == Method::Frl {
                 let p = &mut self.preset;
                 p.epochs = 10;
                 p.learning_rate = 0.01;
@@ -539,28 +506,28 @@ impl Draft {
             p.weight_decay = weight_decay;
         };
         match method {
-            "natural" => {
+            Method::Natural => {
                 self.cite("no recipe for Natural in the ABSLD paper: its own training settings (5.1)", &["epochs", "lr_milestones"]);
             }
-            "sat" => {
+            Method::Sat => {
                 schedule(&mut self.preset, 205, &[102, 154], 2e-4);
                 self.cite(&format!("{MADRY_CONFIG}: 80000 steps of batch 128 (204.8 epochs of 50000), lr 0.1 to 0.01 at step 40000 (epoch 102.4) and 0.001 at 60000 (153.6); rounded to epochs"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{MADRY_CONFIG}: momentum 0.9, weight decay 2e-4, batch 128, lr 0.1"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
                 self.cite(&format!("{MADRY_CONFIG}: 10 steps of 2/255 within 8/255 from a uniform random start"), &["attack"]);
             }
-            "trades" => {
+            Method::Trades => {
                 schedule(&mut self.preset, 76, &[74], 2e-4);
                 self.cite(&format!("{TRADES_SCRIPT}: --epochs 76, lr 0.1 divided by 10 from epoch 75 (1-based; the drops at 90 and 100 are never reached)"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{TRADES_SCRIPT}: batch 128, lr 0.1, momentum 0.9, weight decay 2e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
                 self.cite(&format!("{TRADES_SCRIPT}: 10 steps from x + 0.001 N(0, 1); its eps 0.031 and step 0.007 are 8/255 and about 2/255"), &["attack"]);
             }
-            "rslad" => {
+            Method::Rslad => {
                 let script = if kind == DatasetKind::Cifar10 { RSLAD_C10 } else { RSLAD_C100 };
                 self.cite(&format!("{script}: 300 epochs, lr divided by 10 at 215, 260 and 285"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{script}: SGD lr 0.1, momentum 0.9, weight decay 2e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
             }
-            "absld" => {}
-            "ard" => {
+            Method::Absld => {}
+            Method::Ard => {
                 schedule(&mut self.preset, 200, &[100, 150], 2e-4);
                 self.cite(&format!("{ARD_SCRIPT}: --epochs 200, --lr_schedule 100 150 (as written, the script sets 0.01 at both; we divide twice, as the option says)"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{ARD_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 2e-4; batch 128 on CIFAR-10, 256 on CIFAR-100"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
@@ -568,12 +535,12 @@ impl Draft {
                     self.preset.batch_size = 256;
                 }
             }
-            "adaad" => {
+            Method::Adaad => {
                 schedule(&mut self.preset, 200, &[100, 150], 5e-4);
                 self.cite(&format!("{ADAAD_SCRIPT}: --epochs 200, piecewise lr 0.1 / 0.01 / 0.001 at 100 and 150"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{ADAAD_SCRIPT}: --bs 128, --lr_max 0.1, --momentum 0.9, --weight_decay 5e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
             }
-            "fair-ard" => {
+            Method::FairArd => {
                 let (script, epochs, milestones): (&str, i64, &[i64]) = match self.preset.methods.fair_ard.variant {
                     FairArdVariant::Ard => (FAIR_ARD_SCRIPT, 200, &[100, 150]),
                     FairArdVariant::Rslad => (FAIR_RSLAD_SCRIPT, 300, &[215, 260, 285]),
@@ -583,7 +550,7 @@ impl Draft {
                 self.cite(&format!("{script}: {epochs} epochs, lr divided by 10 at {milestones:?}"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{script}: SGD lr 0.1, momentum 0.9, Nesterov, weight decay 2e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
             }
-            "frl" => {
+            Method::Frl => {
                 let p = &mut self.preset;
                 schedule(p, 40, &[], 5e-4);
                 p.learning_rate = 0.001;
@@ -593,17 +560,16 @@ impl Draft {
                 self.cite(&format!("{FRL_SCRIPT}: SGD momentum 0.9, weight decay 5e-4, --batch_size 128"), &["batch_size", "momentum", "nesterov", "weight_decay"]);
                 self.cite("our choice: the whole fine-tuning runs at a final-stage learning rate, where the ABSLD script evaluates every epoch", &["eval_every"]);
             }
-            "bat" => {
+            Method::Bat => {
                 schedule(&mut self.preset, 200, &[74, 89, 99], 2e-4);
                 self.cite(&format!("{BAT_SCRIPT}: --epochs 200, lr 0.1 divided by 10 from epochs 75, 90 and 100 (1-based; TRADES' adjust_learning_rate)"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{BAT_SCRIPT}: batch 128, lr 0.1, momentum 0.9, --weight-decay 2e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
             }
-            "cfa" => {
+            Method::Cfa => {
                 schedule(&mut self.preset, 200, &[100, 150], 5e-4);
                 self.cite(&format!("{CFA_SCRIPT}: --epochs 200, lr 0.1 divided by 10 at 50% and by 100 at 75% of the run"), &["epochs", "lr_milestones"]);
                 self.cite(&format!("{CFA_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
             }
-            _ => {}
         }
         if kind == DatasetKind::TinyImageNet {
             self.tiny_imagenet_epochs(method);
@@ -613,10 +579,10 @@ impl Draft {
     /// A.5: the Tiny-ImageNet comparison (RSLAD, CFA, ABSLD) trains 100 epochs; the drops of
     /// each method's recipe are kept at the same fractions of the run. The other methods keep
     /// their own schedule (the paper has no Tiny-ImageNet run of them).
-    fn tiny_imagenet_epochs(&mut self, method: &str) {
+    fn tiny_imagenet_epochs(&mut self, method: Method) {
         match method {
-            "absld" | "natural" => {}
-            "rslad" | "cfa" => {
+            Method::Absld | Method::Natural => {}
+            Method::Rslad | Method::Cfa => {
                 let p = &mut self.preset;
                 let old = p.epochs as f64;
                 p.lr_milestones = p.lr_milestones.iter().map(|m| ((*m as f64) * 100.0 / old).round() as i64).collect();
@@ -650,7 +616,7 @@ mod tests {
     use super::*;
 
     fn recipe(method: &str, kind: DatasetKind) -> Recipe {
-        Recipe::new(method, kind, &RecipeOptions::default()).unwrap()
+        Recipe::new(method.parse().unwrap(), kind, &RecipeOptions::default())
     }
 
     const KINDS: [DatasetKind; 4] =
@@ -659,8 +625,8 @@ mod tests {
     #[test]
     fn every_printed_value_of_every_recipe_has_a_source() {
         for kind in KINDS {
-            for method in METHOD_NAMES {
-                let recipe = recipe(method, kind);
+            for method in Method::ALL {
+                let recipe = Recipe::new(method, kind, &RecipeOptions::default());
                 let settings = recipe.settings();
                 assert!(settings.len() > 15, "{method} on {kind:?}: {settings:?}");
                 for (path, value, source) in settings {
@@ -670,10 +636,30 @@ mod tests {
                 // Only the method's own hyper-parameters are printed.
                 let printed = recipe.to_json();
                 let methods = printed["preset"]["methods"].as_object().map(|m| m.len()).unwrap_or(0);
-                assert_eq!(methods, usize::from(MethodSettings::key(method).is_some()), "{method}");
+                assert_eq!(methods, usize::from(!matches!(method, Method::Natural | Method::Sat)), "{method}");
             }
         }
-        assert!(Recipe::new("fancy", DatasetKind::Cifar10, &RecipeOptions::default()).is_err());
+    }
+
+    #[test]
+    fn every_method_builds_under_its_name_and_distils_where_it_says() {
+        let settings = Preset::for_dataset(DatasetKind::Digits).methods;
+        for method in Method::ALL {
+            let built = method.build(10, &settings);
+            assert_eq!(built.name(), method.as_str());
+            assert_eq!(built.needs_teacher(), method.is_distillation(), "{method}");
+        }
+    }
+
+    #[test]
+    fn every_method_settings_field_is_named_as_its_method() {
+        let settings = serde_json::to_value(Preset::for_dataset(DatasetKind::Digits).methods).unwrap();
+        let fields: Vec<&String> = settings.as_object().unwrap().keys().collect();
+        assert_eq!(fields.len(), 9);
+        for field in fields {
+            let method: Method = field.replace('_', "-").parse().unwrap();
+            assert_eq!(&MethodSettings::key(method), field);
+        }
     }
 
     #[test]
@@ -716,7 +702,7 @@ mod tests {
         assert_eq!(fair100.methods.fair_ard.variant, FairArdVariant::Rslad);
         assert_eq!((fair100.methods.fair_ard.alpha, fair100.epochs), (5.0 / 6.0, 300));
         let options = RecipeOptions { fair_ard_variant: Some(FairArdVariant::Rslad), ..Default::default() };
-        let chosen = Recipe::new("fair-ard", c10, &options).unwrap();
+        let chosen = Recipe::new(Method::FairArd, c10, &options);
         assert_eq!(chosen.preset.methods.fair_ard.variant, FairArdVariant::Rslad);
         assert_eq!(chosen.preset.epochs, 300);
         assert!(chosen.source("methods.fair_ard.variant").unwrap().contains("--fair-ard-variant"));
@@ -728,13 +714,13 @@ mod tests {
         // ABSLD's CIFAR-100 bounds are those of ResNet-18; another student uses the default.
         assert_eq!(recipe("absld", c100).preset.methods.absld.temperature.max, 3.0);
         let mobile = RecipeOptions { architecture: Some("mobilenet-v2".into()), ..Default::default() };
-        let mobile = Recipe::new("absld", c100, &mobile).unwrap();
+        let mobile = Recipe::new(Method::Absld, c100, &mobile);
         assert_eq!(mobile.preset.methods.absld.temperature.max, 5.0);
         assert_eq!(mobile.preset.architecture, "mobilenet-v2");
         // Digits: one preset for every method but FRL's fine-tuning.
         let digits = recipe("absld", DatasetKind::Digits).preset;
-        for method in METHOD_NAMES.iter().filter(|m| **m != "frl") {
-            let p = recipe(method, DatasetKind::Digits).preset;
+        for method in Method::ALL.into_iter().filter(|m| *m != Method::Frl) {
+            let p = Recipe::new(method, DatasetKind::Digits, &RecipeOptions::default()).preset;
             assert_eq!((p.epochs, &p.lr_milestones, p.weight_decay), (digits.epochs, &digits.lr_milestones, digits.weight_decay));
         }
         assert_eq!(Preset::for_dataset(DatasetKind::Digits), digits);
@@ -742,7 +728,7 @@ mod tests {
         let m = &digits.methods;
         assert_eq!([m.rslad.kl_scale, m.absld.kl_scale, m.ard.kl_scale, m.adaad.kl_scale, m.fair_ard.kl_scale], [1.0; 5]);
         let ard_form = RecipeOptions { fair_ard_variant: Some(FairArdVariant::Ard), ..Default::default() };
-        let fair = Recipe::new("fair-ard", DatasetKind::Digits, &ard_form).unwrap();
+        let fair = Recipe::new(Method::FairArd, DatasetKind::Digits, &ard_form);
         assert_eq!((fair.preset.methods.fair_ard.kl_scale, fair.preset.methods.fair_ard.temperature), (1.0, 30.0));
         assert!(fair.source("methods.fair_ard.kl_scale").unwrap().starts_with("digits preset"));
     }

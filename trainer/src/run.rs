@@ -31,11 +31,13 @@ use rfb_core::data::{self, Dataset, DatasetKind, Split};
 use rfb_core::models::{self, ModelSpec, Network};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::method::{EpochEnd, EpochRisks, StepContext, TrainingMethod};
-use crate::methods;
+use crate::methods::Method;
 use crate::presets::Preset;
+use crate::resume::{self, PartialEpoch, ResumeError, ResumePoint, ResumeState};
+use crate::risks::RiskAccumulator;
 use crate::selection::selection_score;
 use crate::sgd::Sgd;
 
@@ -65,6 +67,8 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     /// [`request_stop`] was called (SIGTERM/SIGUSR1 in the binary): the run stopped after its
     /// current batch and saved its state there; `--resume` continues from that batch and ends
     /// with the same weights as an uninterrupted run.
@@ -102,7 +106,9 @@ pub struct TeacherSource {
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub method: String,
+    /// The built-in method to train ([`Trainer::new`]), whose recipe the preset is; a
+    /// [`Trainer::with_method`] run trains its own method instead and does not read this.
+    pub method: Method,
     pub dataset: DatasetKind,
     pub data_dir: Option<PathBuf>,
     pub teacher: Option<TeacherSource>,
@@ -136,30 +142,6 @@ pub struct RunSummary {
     pub class_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ResumeState {
-    epochs_done: i64,
-    best_score: Option<f64>,
-    best_epoch: Option<i64>,
-    method_state: serde_json::Value,
-    /// The unfinished epoch a stop on request left (none at an epoch's end).
-    #[serde(default)]
-    partial: PartialEpoch,
-}
-
-/// How far into epoch `epochs_done` a stopped run got: the batches done and their loss sum
-/// (the class-wise sums are in the resume directory's `risks.safetensors`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct PartialEpoch {
-    batches: usize,
-    loss_sum: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ResumePointer {
-    dir: String,
-}
-
 /// Seeds for the parts of a run, derived so that none depends on what ran before it.
 fn derived_seed(seed: u64, epoch: i64, batch: usize, stream: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -190,102 +172,6 @@ fn load_teacher(
     Ok(teacher)
 }
 
-/// Per-class sums of per-sample cross-entropy, kept on the device during an epoch.
-struct RiskAccumulator {
-    clean: Tensor,
-    adversarial: Tensor,
-    clean_correct: Tensor,
-    adversarial_correct: Tensor,
-    counts: Tensor,
-    has_adversarial: bool,
-}
-
-impl RiskAccumulator {
-    fn new(classes: i64, device: Device) -> Self {
-        let zeros = || Tensor::zeros([classes], (Kind::Double, device));
-        RiskAccumulator {
-            clean: zeros(),
-            adversarial: zeros(),
-            clean_correct: zeros(),
-            adversarial_correct: zeros(),
-            counts: zeros(),
-            has_adversarial: false,
-        }
-    }
-
-    fn add(&mut self, labels: &Tensor, clean_logits: &Tensor, adversarial_logits: Option<&Tensor>) {
-        let per_sample =
-            |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
-        let correct = |logits: &Tensor| logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double);
-        let _ = self.clean.index_add_(0, labels, &per_sample(clean_logits));
-        let _ = self.clean_correct.index_add_(0, labels, &correct(clean_logits));
-        let _ =
-            self.counts
-                .index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
-        if let Some(logits) = adversarial_logits {
-            self.has_adversarial = true;
-            let _ = self.adversarial.index_add_(0, labels, &per_sample(logits));
-            let _ = self.adversarial_correct.index_add_(0, labels, &correct(logits));
-        }
-    }
-
-    /// The sums, for a resume state saved within an epoch.
-    fn state(&self) -> Vec<(String, Tensor)> {
-        let mut named = vec![
-            ("clean".to_string(), self.clean.shallow_clone()),
-            ("clean_correct".to_string(), self.clean_correct.shallow_clone()),
-            ("counts".to_string(), self.counts.shallow_clone()),
-        ];
-        if self.has_adversarial {
-            named.push(("adversarial".to_string(), self.adversarial.shallow_clone()));
-            named.push(("adversarial_correct".to_string(), self.adversarial_correct.shallow_clone()));
-        }
-        named
-    }
-
-    /// Restores sums saved by [`RiskAccumulator::state`].
-    fn restore(&mut self, mut saved: std::collections::HashMap<String, Tensor>, device: Device) -> Result<(), String> {
-        let mut take = |name: &str, into: &mut Tensor| -> Result<bool, String> {
-            match saved.remove(name) {
-                Some(tensor) if tensor.size() == into.size() => {
-                    *into = tensor.to_kind(Kind::Double).to_device(device);
-                    Ok(true)
-                }
-                Some(_) => Err(format!("the saved class-wise sums {name} have the wrong shape")),
-                None => Ok(false),
-            }
-        };
-        for (name, into) in [("clean", &mut self.clean), ("clean_correct", &mut self.clean_correct), ("counts", &mut self.counts)] {
-            if !take(name, into)? {
-                return Err(format!("the saved class-wise sums lack {name}"));
-            }
-        }
-        self.has_adversarial = take("adversarial", &mut self.adversarial)?;
-        take("adversarial_correct", &mut self.adversarial_correct)?;
-        Ok(())
-    }
-
-    /// Class-wise accuracy of the clean and (where there were any) adversarial logits.
-    fn accuracies(&self) -> (Vec<f64>, Option<Vec<f64>>) {
-        let mean = |sums: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
-                .unwrap_or_default()
-        };
-        (mean(&self.clean_correct), self.has_adversarial.then(|| mean(&self.adversarial_correct)))
-    }
-
-    fn risks(&self) -> EpochRisks {
-        let mean = |sums: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
-                .unwrap_or_default()
-        };
-        EpochRisks {
-            clean: mean(&self.clean),
-            adversarial: self.has_adversarial.then(|| mean(&self.adversarial)),
-        }
-    }
-}
-
 /// Clean and PGD class-wise accuracy of `network` on `dataset`, and the selection score of
 /// A.3: average + worst classes' PGD accuracy (the worst class, or the worst 10% of classes on
 /// CIFAR-100 and Tiny-ImageNet, as the preset says).
@@ -294,7 +180,7 @@ fn evaluate(
     dataset: &Dataset,
     preset: &Preset,
     seed: u64,
-) -> Result<(ClassCounts, ClassCounts, f64), TrainError> {
+) -> Result<Evaluation, TrainError> {
     let clean = attacks::clean_accuracy(network, dataset, 256)?;
     let pgd = Pgd {
         steps: preset.selection_pgd_steps,
@@ -305,19 +191,8 @@ fn evaluate(
     Ok((clean, robust, score))
 }
 
-/// Every training image: the training split and the validation hold-out together (the paper's
-/// mode, where selection uses the test split).
-fn all_training_images(train: &Dataset, holdout: &Dataset) -> Dataset {
-    let labels = Tensor::cat(&[&train.labels, &holdout.labels], 0);
-    Dataset {
-        images: Tensor::cat(&[&train.images, &holdout.images], 0),
-        ids: Tensor::arange(labels.size()[0], (tch::Kind::Int64, labels.device())),
-        labels,
-        class_names: train.class_names.clone(),
-        name: train.name.clone(),
-        split: Split::Train,
-    }
-}
+/// Clean and PGD class-wise counts and the selection score.
+type Evaluation = (ClassCounts, ClassCounts, f64);
 
 fn append_log(path: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
     let mut file = std::fs::OpenOptions::new()
@@ -330,113 +205,10 @@ fn append_log(path: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
         .map_err(io_error(path))
 }
 
-/// Keeps only the log lines of epochs before `epochs_done` (a killed run may have logged an
-/// epoch whose state it never saved).
-fn truncate_log(path: &Path, epochs_done: i64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["epoch"].as_i64())
-                .is_some_and(|epoch| epoch < epochs_done)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
-    checkpoint::write_atomic(path, kept.as_bytes())?;
-    Ok(())
-}
-
-fn info_for(
-    config: &RunConfig,
-    method: &dyn TrainingMethod,
-    class_names: &[String],
-    epoch: i64,
-    selection: Option<Selection>,
-) -> CheckpointInfo {
-    CheckpointInfo {
-        class_names: class_names.to_vec(),
-        dataset: config.dataset.name().to_string(),
-        method: method.name().to_string(),
-        hyperparameters: json!({
-            "method": method.hyperparameters(),
-            "preset": config.preset.record(&config.method),
-            "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
-            "select_on": config.select_on.as_str(),
-        }),
-        seed: Some(config.seed),
-        epoch: Some(epoch),
-        selection,
-    }
-}
-
 /// Trains as `config` says and returns the summary; see the module docs for what it writes.
-///
-/// The stages, each a function the grid runner and the CLI reach through this one:
-/// [`check_config`], [`prepare_data`], [`prepare_models`], [`restore_or_start`],
-/// [`write_run_record`], then per epoch [`train_epoch`] and [`finish_epoch`], and at the end
-/// [`test_selected`].
+/// The same as `Trainer::new(config.clone())?.run()`.
 pub fn run(config: &RunConfig) -> Result<RunSummary, TrainError> {
-    check_config(config)?;
-    let out = &config.out;
-    std::fs::create_dir_all(out).map_err(io_error(out))?;
-    let mut data = prepare_data(config)?;
-    let mut method = methods::build(&config.method, data.classes as usize, &config.preset.methods)
-        .map_err(TrainError::Config)?;
-    if config.preset.init_required && config.init.is_none() && !resuming(config) {
-        return Err(TrainError::Config(format!(
-            "{} fine-tunes a robust model ({} epochs at lr {}): pass --init with one of our checkpoint \
-             directories of the same architecture, e.g. a TRADES run's best/",
-            config.method, config.preset.epochs, config.preset.learning_rate
-        )));
-    }
-    data.choose_splits(config, method.as_ref())?;
-    let mut models = prepare_models(config, &data, method.as_ref())?;
-    let mut state = restore_or_start(config, &data, &mut models, method.as_mut())?;
-    write_run_record(config, &data)?;
-
-    let preset = &config.preset;
-    let batches_per_epoch = data.batches_per_epoch(preset);
-    let remaining = (preset.epochs - state.epochs_done).max(0) as usize * batches_per_epoch - state.partial.batches;
-    // A bar on a terminal; in a log, a plain line every few seconds (rfb_progress).
-    let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(!config.progress));
-    let bar = progress.task(format!("{} seed {}", method.name(), config.seed), remaining as u64, "batches");
-    let mut batches_this_run = 0usize;
-    for (epochs_this_run, epoch) in (state.epochs_done..preset.epochs).enumerate() {
-        let trained = train_epoch(config, &data, &mut models, method.as_mut(), &mut state, epoch, &bar, &mut batches_this_run);
-        let trained = match trained {
-            Ok(trained) => trained,
-            Err(error) => {
-                bar.abandon();
-                return Err(error);
-            }
-        };
-        finish_epoch(config, &data, &mut models, method.as_mut(), &mut state, epoch, trained, &bar, &progress)?;
-        let is_last = epoch + 1 == preset.epochs;
-        // A stop asked for during the epoch's last batch or its end: the state just saved is
-        // that of the finished epoch.
-        if stop_requested() && !is_last {
-            bar.abandon();
-            return Err(TrainError::StopRequested { epochs_done: state.epochs_done, batches_done: 0, out: out.clone() });
-        }
-        if config.stop_after.is_some_and(|n| epochs_this_run as i64 + 1 >= n) && !is_last {
-            bar.abandon();
-            progress.println(format!("stopped after {} epochs as asked", epochs_this_run + 1));
-            return Ok(RunSummary {
-                best_epoch: state.best_epoch,
-                best_score: state.best_score,
-                epochs_done: state.epochs_done,
-                test_clean: None,
-                test_pgd: None,
-                class_names: data.class_names,
-            });
-        }
-    }
-    bar.finish();
-    test_selected(config, &state, data.class_names)
+    Trainer::new(config.clone())?.run()
 }
 
 /// Stage: settings that cannot work, refused before anything is read or written.
@@ -498,14 +270,17 @@ impl RunData {
     }
 
     /// Methods that adapt on the validation hold-out never train on it; selection on the test
-    /// split trains on every training image otherwise.
+    /// split trains on every training image otherwise (the training split and the hold-out
+    /// together, the paper's mode).
     pub fn choose_splits(&mut self, config: &RunConfig, method: &dyn TrainingMethod) -> Result<(), TrainError> {
         let Some(holdout) = self.holdout.take() else {
             return Ok(());
         };
         self.adaptation_split = method.needs_validation().then(|| holdout.shallow_clone());
         if let (Split::Test, None) = (config.select_on, &self.adaptation_split) {
-            self.train = all_training_images(&self.train, &holdout);
+            let labels = Tensor::cat(&[&self.train.labels, &holdout.labels], 0);
+            let ids = Tensor::arange(labels.size()[0], (tch::Kind::Int64, labels.device()));
+            self.train = self.train.with_examples(Tensor::cat(&[&self.train.images, &holdout.images], 0), labels, ids);
             self.train_splits = "train+val";
         }
         if config.select_on == Split::Test {
@@ -544,64 +319,13 @@ pub fn prepare_models(config: &RunConfig, data: &RunData, method: &dyn TrainingM
     Ok(RunModels { spec, student, teacher, optimizer })
 }
 
-/// Stage: the state of a new run, or the saved one of `--resume` (weights, momentum, the
-/// method's state, and the part of an epoch a stop on request left unfinished).
-fn restore_or_start(
-    config: &RunConfig,
-    data: &RunData,
-    models: &mut RunModels,
-    method: &mut dyn TrainingMethod,
-) -> Result<ResumeState, TrainError> {
-    let out = &config.out;
-    let log_path = out.join("log.jsonl");
-    if !resuming(config) {
-        let _ = std::fs::remove_file(&log_path);
-        return Ok(ResumeState::default());
-    }
-    let resume_pointer = out.join("resume.json");
-    let pointer: ResumePointer =
-        serde_json::from_slice(&std::fs::read(&resume_pointer).map_err(io_error(&resume_pointer))?)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", resume_pointer.display())))?;
-    let dir = out.join(&pointer.dir);
-    let state_path = dir.join("state.json");
-    let state: ResumeState = serde_json::from_slice(&std::fs::read(&state_path).map_err(io_error(&state_path))?)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
-    let expect = Expectation { architecture: Some(models.spec.architecture.clone()), num_classes: Some(data.classes) };
-    let (saved, _) = checkpoint::load(&dir.join("model"), config.device, &expect)?;
-    copy_weights(&models.student, &saved.var_store.variables().into_iter().collect::<Vec<_>>())?;
-    let momentum = checkpoint::load_tensors(&dir.join("momentum.safetensors"))?;
-    models.optimizer.restore(momentum).map_err(TrainError::Config)?;
-    method.restore(&state.method_state).map_err(TrainError::Config)?;
-    let method_tensors = dir.join("method.safetensors");
-    if method_tensors.is_file() {
-        method.restore_tensors(checkpoint::load_tensors(&method_tensors)?).map_err(TrainError::Config)?;
-    }
-    truncate_log(&log_path, state.epochs_done)?;
-    Ok(state)
-}
-
-/// Stage: `run.json`, the configuration, seed and versions of the run.
-pub fn write_run_record(config: &RunConfig, data: &RunData) -> Result<(), TrainError> {
-    let run_record = json!({
-        "method": config.method,
-        "dataset": config.dataset.name(),
-        "seed": config.seed,
-        "preset": config.preset.record(&config.method),
-        "select_on": config.select_on.as_str(),
-        "train_splits": data.train_splits,
-        "train_examples": data.train.len(),
-        "adaptation_split": data.adaptation_split.as_ref().map(|split| split.split.as_str()),
-        "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
-        "init": config.init.as_ref().map(|p| p.display().to_string()),
-        "device": format!("{:?}", config.device),
-        "code_version": checkpoint::code_version(),
-        "libtorch_version": checkpoint::libtorch_version(),
-    });
-    checkpoint::write_atomic(
-        &config.out.join("run.json"),
-        serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes(),
-    )?;
-    Ok(())
+/// How the run's records (run.json, checkpoint manifests) give its method.
+struct MethodRecord {
+    /// `method` of run.json.
+    name: String,
+    /// The preset as recorded: only the method's own hyper-parameters, or none for a method
+    /// defined outside this crate.
+    preset: serde_json::Value,
 }
 
 /// What an epoch's batches leave for its end.
@@ -613,35 +337,261 @@ struct TrainedEpoch {
     risks: RiskAccumulator,
 }
 
-/// Stage: one epoch's batches (from where a stop left it). On a stop request it saves the
-/// state after the batch it finished, so that `--resume` continues from that batch.
-#[allow(clippy::too_many_arguments)]
-fn train_epoch(
-    config: &RunConfig,
-    data: &RunData,
-    models: &mut RunModels,
-    method: &mut dyn TrainingMethod,
-    state: &mut ResumeState,
-    epoch: i64,
-    bar: &rfb_progress::Task,
-    batches_this_run: &mut usize,
-) -> Result<TrainedEpoch, TrainError> {
-    let preset = &config.preset;
-    let mut trained = TrainedEpoch {
-        started: Instant::now(),
-        lr: preset.learning_rate_at(epoch),
-        loss_sum: state.partial.loss_sum,
-        batches: state.partial.batches,
-        risks: RiskAccumulator::new(data.classes, config.device),
-    };
-    if state.partial.batches > 0 {
-        let saved = out_dir_tensors(&config.out, &state.partial)?;
-        trained.risks.restore(saved, config.device).map_err(TrainError::Config)?;
+impl TrainedEpoch {
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.batches.max(1) as f64
     }
-    let skip = state.partial.batches;
-    state.partial = PartialEpoch::default();
-    let batches = data.train.shuffled_batches(preset.batch_size, derived_seed(config.seed, epoch, 0, 1));
-    for (batch, (images, labels)) in batches.enumerate().skip(skip) {
+}
+
+/// The progress display of a run: a bar on a terminal; in a log, a plain line every few seconds
+/// (rfb_progress).
+struct Display {
+    progress: rfb_progress::Progress,
+    bar: rfb_progress::Task,
+}
+
+/// One training run, prepared: data, networks, method and state. [`Trainer::run`] trains it.
+///
+/// The stages: [`check_config`], [`prepare_data`], the method, [`RunData::choose_splits`],
+/// [`prepare_models`], the state of a new run or the one `--resume` restores, `run.json`; then
+/// per epoch its batches and its end (adaptation, evaluation and selection, checkpoints, resume
+/// state, log line), and at the end the selected checkpoint on the test split.
+pub struct Trainer {
+    config: RunConfig,
+    data: RunData,
+    models: RunModels,
+    method: Box<dyn TrainingMethod>,
+    record: MethodRecord,
+    state: ResumeState,
+    /// The saved state this run resumed from, if it did.
+    resumed_from: Option<ResumePoint>,
+    batches_this_run: usize,
+}
+
+impl Trainer {
+    /// Prepares a run of the built-in method `config.method`.
+    pub fn new(config: RunConfig) -> Result<Trainer, TrainError> {
+        let data = Trainer::load_data(&config)?;
+        let method = config.method.build(data.classes as usize, &config.preset.methods);
+        let record = MethodRecord { name: config.method.to_string(), preset: config.preset.record(config.method) };
+        Trainer::prepare(config, data, method, record)
+    }
+
+    /// Prepares a run of a method defined by the caller (`config.method` is not read); the
+    /// records name it by [`TrainingMethod::name`] and keep no method's recipe settings.
+    pub fn with_method(config: RunConfig, method: Box<dyn TrainingMethod>) -> Result<Trainer, TrainError> {
+        let data = Trainer::load_data(&config)?;
+        let record =
+            MethodRecord { name: method.name().to_string(), preset: config.preset.record_without_method_settings() };
+        Trainer::prepare(config, data, method, record)
+    }
+
+    fn load_data(config: &RunConfig) -> Result<RunData, TrainError> {
+        check_config(config)?;
+        std::fs::create_dir_all(&config.out).map_err(io_error(&config.out))?;
+        prepare_data(config)
+    }
+
+    fn prepare(
+        config: RunConfig,
+        mut data: RunData,
+        method: Box<dyn TrainingMethod>,
+        record: MethodRecord,
+    ) -> Result<Trainer, TrainError> {
+        if config.preset.init_required && config.init.is_none() && !resuming(&config) {
+            return Err(TrainError::Config(format!(
+                "{} fine-tunes a robust model ({} epochs at lr {}): pass --init with one of our checkpoint \
+                 directories of the same architecture, e.g. a TRADES run's best/",
+                record.name, config.preset.epochs, config.preset.learning_rate
+            )));
+        }
+        data.choose_splits(&config, method.as_ref())?;
+        let models = prepare_models(&config, &data, method.as_ref())?;
+        let mut trainer = Trainer {
+            config,
+            data,
+            models,
+            method,
+            record,
+            state: ResumeState::default(),
+            resumed_from: None,
+            batches_this_run: 0,
+        };
+        trainer.restore_or_start()?;
+        trainer.write_run_record()?;
+        Ok(trainer)
+    }
+
+    /// The class names of the data set.
+    pub fn class_names(&self) -> &[String] {
+        &self.data.class_names
+    }
+
+    /// Stage: the state of a new run, or the saved one of `--resume` (weights, momentum, the
+    /// method's state, and the part of an epoch a stop on request left unfinished).
+    fn restore_or_start(&mut self) -> Result<(), TrainError> {
+        let log_path = self.config.out.join("log.jsonl");
+        if !resuming(&self.config) {
+            let _ = std::fs::remove_file(&log_path);
+            return Ok(());
+        }
+        let point = ResumePoint::read(&self.config.out)?;
+        let expect =
+            Expectation { architecture: Some(self.models.spec.architecture.clone()), num_classes: Some(self.data.classes) };
+        let (saved, _) = checkpoint::load(&point.dir.join("model"), self.config.device, &expect)?;
+        copy_weights(&self.models.student, &saved.var_store.variables().into_iter().collect::<Vec<_>>())?;
+        let momentum = checkpoint::load_tensors(&point.dir.join("momentum.safetensors"))?;
+        self.models.optimizer.restore(momentum).map_err(ResumeError::Momentum)?;
+        self.method.restore(&point.state.method_state).map_err(ResumeError::MethodState)?;
+        let method_tensors = point.dir.join("method.safetensors");
+        if method_tensors.is_file() {
+            self.method.restore_tensors(checkpoint::load_tensors(&method_tensors)?).map_err(ResumeError::MethodState)?;
+        }
+        resume::truncate_log(&log_path, point.state.epochs_done)?;
+        self.state = point.state.clone();
+        self.resumed_from = Some(point);
+        Ok(())
+    }
+
+    /// Stage: `run.json`, the configuration, seed and versions of the run.
+    fn write_run_record(&self) -> Result<(), TrainError> {
+        let config = &self.config;
+        let data = &self.data;
+        let run_record = json!({
+            "method": self.record.name,
+            "dataset": config.dataset.name(),
+            "seed": config.seed,
+            "preset": self.record.preset,
+            "select_on": config.select_on.as_str(),
+            "train_splits": data.train_splits,
+            "train_examples": data.train.len(),
+            "adaptation_split": data.adaptation_split.as_ref().map(|split| split.split.as_str()),
+            "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
+            "init": config.init.as_ref().map(|p| p.display().to_string()),
+            "device": format!("{:?}", config.device),
+            "code_version": checkpoint::code_version(),
+            "libtorch_version": checkpoint::libtorch_version(),
+        });
+        checkpoint::write_atomic(
+            &config.out.join("run.json"),
+            serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Trains the remaining epochs, then measures the selected checkpoint on the test split.
+    pub fn run(mut self) -> Result<RunSummary, TrainError> {
+        let display = self.display();
+        for (epochs_this_run, epoch) in (self.state.epochs_done..self.config.preset.epochs).enumerate() {
+            let trained = match self.train_epoch(epoch, &display.bar) {
+                Ok(trained) => trained,
+                Err(error) => {
+                    display.bar.abandon();
+                    return Err(error);
+                }
+            };
+            self.finish_epoch(epoch, trained, &display)?;
+            if let Some(stopped) = self.stop_after_epoch(epoch, epochs_this_run) {
+                display.bar.abandon();
+                if stopped.is_ok() {
+                    display.progress.println(format!("stopped after {} epochs as asked", epochs_this_run + 1));
+                }
+                return stopped;
+            }
+        }
+        display.bar.finish();
+        self.test_selected()
+    }
+
+    fn display(&self) -> Display {
+        let preset = &self.config.preset;
+        let remaining = (preset.epochs - self.state.epochs_done).max(0) as usize * self.data.batches_per_epoch(preset)
+            - self.state.partial.batches;
+        let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(!self.config.progress));
+        let bar = progress.task(format!("{} seed {}", self.method.name(), self.config.seed), remaining as u64, "batches");
+        Display { progress, bar }
+    }
+
+    /// A stop asked for during the epoch's last batch or its end (the state just saved is that
+    /// of the finished epoch), or the end of `stop_after`'s epochs.
+    fn stop_after_epoch(&self, epoch: i64, epochs_this_run: usize) -> Option<Result<RunSummary, TrainError>> {
+        if epoch + 1 == self.config.preset.epochs {
+            return None;
+        }
+        if stop_requested() {
+            let out = self.config.out.clone();
+            return Some(Err(TrainError::StopRequested { epochs_done: self.state.epochs_done, batches_done: 0, out }));
+        }
+        if self.config.stop_after.is_some_and(|n| epochs_this_run as i64 + 1 >= n) {
+            return Some(Ok(RunSummary {
+                best_epoch: self.state.best_epoch,
+                best_score: self.state.best_score,
+                epochs_done: self.state.epochs_done,
+                test_clean: None,
+                test_pgd: None,
+                class_names: self.data.class_names.clone(),
+            }));
+        }
+        None
+    }
+
+    /// The start of `epoch`: fresh sums, or those of the batches a stop on request left.
+    fn start_epoch(&mut self, epoch: i64) -> Result<TrainedEpoch, TrainError> {
+        let partial = std::mem::take(&mut self.state.partial);
+        let mut trained = TrainedEpoch {
+            started: Instant::now(),
+            lr: self.config.preset.learning_rate_at(epoch),
+            loss_sum: partial.loss_sum,
+            batches: partial.batches,
+            risks: RiskAccumulator::new(self.data.classes, self.config.device),
+        };
+        if partial.batches > 0 {
+            let path = match &self.resumed_from {
+                Some(point) => point.partial_risks_path()?,
+                None => {
+                    let path = self.config.out.join("risks.safetensors");
+                    return Err(ResumeError::MissingRisks { path, batches: partial.batches }.into());
+                }
+            };
+            trained.risks.restore(checkpoint::load_tensors(&path)?, self.config.device)?;
+        }
+        Ok(trained)
+    }
+
+    /// Stage: one epoch's batches (from where a stop left it). On a stop request it saves the
+    /// state after the batch it finished, so that `--resume` continues from that batch.
+    fn train_epoch(&mut self, epoch: i64, bar: &rfb_progress::Task) -> Result<TrainedEpoch, TrainError> {
+        let skip = self.state.partial.batches;
+        let mut trained = self.start_epoch(epoch)?;
+        let batches_per_epoch = self.data.batches_per_epoch(&self.config.preset);
+        // A view, so that the batches do not borrow the trainer that trains on them.
+        let train = self.data.train.shallow_clone();
+        let batches = train.shuffled_batches(self.config.preset.batch_size, derived_seed(self.config.seed, epoch, 0, 1));
+        for (batch, (images, labels)) in batches.enumerate().skip(skip) {
+            let loss_value = self.train_batch(epoch, batch, images, labels, &mut trained)?;
+            bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, self.config.preset.epochs, loss_value));
+            bar.inc(1);
+            let stop_for_test = self.config.stop_after_batches.is_some_and(|n| self.batches_this_run >= n);
+            if (stop_requested() || stop_for_test) && batch + 1 < batches_per_epoch {
+                bar.set_message("stopped on request");
+                return Err(self.stop_within_epoch(epoch, batch + 1, &trained));
+            }
+        }
+        Ok(trained)
+    }
+
+    /// One batch: augmentation, the method's loss, the optimiser's step and the class-wise
+    /// sums; returns the batch's loss.
+    fn train_batch(
+        &mut self,
+        epoch: i64,
+        batch: usize,
+        images: Tensor,
+        labels: Tensor,
+        trained: &mut TrainedEpoch,
+    ) -> Result<f64, TrainError> {
+        let config = &self.config;
+        let preset = &config.preset;
         let images = if preset.crop_padding > 0 {
             data::augment_crop_flip(&images, preset.crop_padding, derived_seed(config.seed, epoch, batch, 2))
         } else {
@@ -650,8 +600,9 @@ fn train_epoch(
         let images = images.to_device(config.device);
         let labels = labels.to_device(config.device);
         tch::manual_seed((derived_seed(config.seed, epoch, batch, 3) >> 1) as i64);
+        let models = &mut self.models;
         let context = StepContext { student: &models.student, teacher: models.teacher.as_ref(), attack: preset.attack };
-        let output = method.step(&context, &images, &labels);
+        let output = self.method.step(&context, &images, &labels);
         let loss_value = f64::try_from(&output.loss).unwrap_or(f64::NAN);
         if !loss_value.is_finite() {
             return Err(TrainError::NonFiniteLoss { epoch, batch, value: loss_value, out: config.out.clone() });
@@ -660,95 +611,113 @@ fn train_epoch(
         trained.risks.add(&labels, &output.clean_logits, output.adversarial_logits.as_ref());
         trained.loss_sum += loss_value;
         trained.batches += 1;
-        *batches_this_run += 1;
-        bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, loss_value));
-        bar.inc(1);
-        let stop_for_test = config.stop_after_batches.is_some_and(|n| *batches_this_run >= n);
-        if (stop_requested() || stop_for_test) && batch + 1 < data.batches_per_epoch(preset) {
-            bar.set_message("stopped on request");
-            state.partial = PartialEpoch { batches: batch + 1, loss_sum: trained.loss_sum };
-            save_resume_state(config, models, method, state, epoch, &data.class_names, Some(&trained.risks))?;
-            return Err(TrainError::StopRequested {
-                epochs_done: state.epochs_done,
-                batches_done: batch + 1,
-                out: config.out.clone(),
-            });
+        self.batches_this_run += 1;
+        Ok(loss_value)
+    }
+
+    /// Saves the state `batches` batches into `epoch` and points `resume.json` at it; the
+    /// error to return (the stop, or why saving failed).
+    fn stop_within_epoch(&mut self, epoch: i64, batches: usize, trained: &TrainedEpoch) -> TrainError {
+        self.state.partial = PartialEpoch { batches, loss_sum: trained.loss_sum };
+        let name = self.state.dir_name();
+        let saved = self
+            .write_resume_dir(&name, epoch, Some(&trained.risks))
+            .and_then(|()| Ok(resume::move_pointer(&self.config.out, &name)?));
+        match saved {
+            Ok(()) => TrainError::StopRequested {
+                epochs_done: self.state.epochs_done,
+                batches_done: batches,
+                out: self.config.out.clone(),
+            },
+            Err(error) => error,
         }
     }
-    Ok(trained)
-}
 
-/// Stage: the end of an epoch: the method's class-wise adaptation, evaluation and selection
-/// (A.3), the checkpoints, the resume state and the log line.
-#[allow(clippy::too_many_arguments)]
-fn finish_epoch(
-    config: &RunConfig,
-    data: &RunData,
-    models: &mut RunModels,
-    method: &mut dyn TrainingMethod,
-    state: &mut ResumeState,
-    epoch: i64,
-    trained: TrainedEpoch,
-    bar: &rfb_progress::Task,
-    progress: &rfb_progress::Progress,
-) -> Result<(), TrainError> {
-    let preset = &config.preset;
-    let out = &config.out;
-    let student = &mut models.student;
-    let mean_loss = trained.loss_sum / trained.batches.max(1) as f64;
-    let epoch_risks = trained.risks.risks();
-    let (train_clean_accuracy, train_adversarial_accuracy) = trained.risks.accuracies();
-    // FRL's and CFA's class-wise adaptation: always on the validation hold-out.
-    let student_evaluation = match &data.adaptation_split {
-        Some(split) => {
-            bar.set_message(format!("epoch {}/{}: measuring the classes on the validation split", epoch + 1, preset.epochs));
-            student.set_trainable(false);
-            let evaluation = evaluate(student, split, preset, config.seed)?;
-            student.set_trainable(true);
-            Some(evaluation)
-        }
-        None => None,
-    };
-    method.end_epoch(&EpochEnd {
-        epoch,
-        epochs: preset.epochs,
-        risks: &epoch_risks,
-        train_clean_accuracy: &train_clean_accuracy,
-        train_adversarial_accuracy: train_adversarial_accuracy.as_deref(),
-        validation: student_evaluation.as_ref().map(|(clean, robust, _)| (clean, robust)),
-        lr_decayed: preset.lr_drops_after(epoch),
-        student,
-    });
-    // What is evaluated and saved: the student, or the method's weight average (CFA).
-    let averaged = match method.averaged_weights() {
-        Some(weights) => Some(network_with_weights(&models.spec, config.device, weights)?),
-        None => None,
-    };
-
-    let mut evaluation = serde_json::Value::Null;
-    if preset.evaluates_after(epoch) {
-        // The adaptation's measurement is the selection's when both are of the student on the
-        // validation hold-out.
-        let reusable = averaged.is_none() && config.select_on == Split::Validation;
-        let (clean, robust, score) = match (reusable, student_evaluation) {
-            (true, Some(done)) => done,
-            _ => {
-                // In a log the progress line says so instead of repeating 100% for as long as
-                // the evaluation (PGD on the selection split) takes.
-                bar.set_message(format!(
-                    "epoch {}/{}: evaluating on the {} split (clean and PGD)",
-                    epoch + 1,
-                    preset.epochs,
-                    config.select_on.as_str()
-                ));
-                student.set_trainable(false);
-                let result = evaluate(averaged.as_ref().unwrap_or(student), &data.selection_split, preset, config.seed);
-                student.set_trainable(true);
-                result?
-            }
+    /// Stage: the end of an epoch: the method's class-wise adaptation, evaluation and selection
+    /// (A.3), the checkpoints, the resume state and the log line.
+    fn finish_epoch(&mut self, epoch: i64, trained: TrainedEpoch, display: &Display) -> Result<(), TrainError> {
+        let (epoch_risks, student_evaluation) = self.adapt(epoch, &trained, &display.bar)?;
+        // What is evaluated and saved: the student, or the method's weight average (CFA).
+        let averaged = match self.method.averaged_weights() {
+            Some(weights) => Some(network_with_weights(&self.models.spec, self.config.device, weights)?),
+            None => None,
         };
-        let evaluated = averaged.as_ref().unwrap_or(student);
-        evaluation = json!({
+        let evaluation = match self.config.preset.evaluates_after(epoch) {
+            true => self.select(epoch, trained.mean_loss(), student_evaluation, averaged.as_ref(), display)?,
+            false => serde_json::Value::Null,
+        };
+        self.save_checkpoints(epoch, averaged.as_ref())?;
+        self.state.epochs_done = epoch + 1;
+        let log_line = json!({
+            "epoch": epoch,
+            "learning_rate": trained.lr,
+            "loss": trained.mean_loss(),
+            "seconds": trained.started.elapsed().as_secs_f64(),
+            "risk_clean": epoch_risks.clean,
+            "risk_adversarial": epoch_risks.adversarial,
+            "temperatures": self.method.temperatures(),
+            "method_state": self.method.state(),
+            "weight_average": self.method.averaged_weights().is_some(),
+            "evaluation": evaluation,
+        });
+        // The resume state first, then the log line, then the pointer: a crash before the pointer
+        // moves resumes from the previous state (and drops the log line of this epoch).
+        let name = self.state.dir_name();
+        self.write_resume_dir(&name, epoch, None)?;
+        append_log(&self.config.out.join("log.jsonl"), &log_line)?;
+        Ok(resume::move_pointer(&self.config.out, &name)?)
+    }
+
+    /// The method's class-wise adaptation after `epoch`: FRL's and CFA's on the validation
+    /// hold-out (measured here, and returned for reuse by the selection), every method's from
+    /// the epoch's class-wise risks.
+    fn adapt(
+        &mut self,
+        epoch: i64,
+        trained: &TrainedEpoch,
+        bar: &rfb_progress::Task,
+    ) -> Result<(EpochRisks, Option<Evaluation>), TrainError> {
+        let preset = &self.config.preset;
+        let student = &mut self.models.student;
+        let epoch_risks = trained.risks.risks();
+        let (train_clean_accuracy, train_adversarial_accuracy) = trained.risks.accuracies();
+        let student_evaluation = match &self.data.adaptation_split {
+            Some(split) => {
+                bar.set_message(format!("epoch {}/{}: measuring the classes on the validation split", epoch + 1, preset.epochs));
+                student.set_trainable(false);
+                let evaluation = evaluate(student, split, preset, self.config.seed)?;
+                student.set_trainable(true);
+                Some(evaluation)
+            }
+            None => None,
+        };
+        self.method.end_epoch(&EpochEnd {
+            epoch,
+            epochs: preset.epochs,
+            risks: &epoch_risks,
+            train_clean_accuracy: &train_clean_accuracy,
+            train_adversarial_accuracy: train_adversarial_accuracy.as_deref(),
+            validation: student_evaluation.as_ref().map(|(clean, robust, _)| (clean, robust)),
+            lr_decayed: preset.lr_drops_after(epoch),
+            student,
+        });
+        Ok((epoch_risks, student_evaluation))
+    }
+
+    /// Evaluation on the selection split after `epoch` and selection (A.3): a better score
+    /// saves `best/`. Returns the log line's `evaluation`.
+    fn select(
+        &mut self,
+        epoch: i64,
+        mean_loss: f64,
+        student_evaluation: Option<Evaluation>,
+        averaged: Option<&Network>,
+        display: &Display,
+    ) -> Result<serde_json::Value, TrainError> {
+        let (clean, robust, score) = self.selection_evaluation(epoch, student_evaluation, averaged, &display.bar)?;
+        let config = &self.config;
+        let preset = &config.preset;
+        let evaluation = json!({
             "split": config.select_on.as_str(),
             "clean_class_accuracy": clean.class_accuracy(),
             "pgd_class_accuracy": robust.class_accuracy(),
@@ -757,23 +726,23 @@ fn finish_epoch(
             "pgd_worst_accuracy": preset.selection_worst.accuracy(&robust.class_accuracy()),
             "score": score,
         });
-        if state.best_score.is_none_or(|best| score > best) {
-            state.best_score = Some(score);
-            state.best_epoch = Some(epoch);
+        if self.state.best_score.is_none_or(|best| score > best) {
+            self.state.best_score = Some(score);
+            self.state.best_epoch = Some(epoch);
             let rule = format!(
                 "max avg + {} PGD-{} accuracy on {}",
                 preset.selection_worst.describe(),
                 preset.selection_pgd_steps,
                 config.select_on.as_str()
             );
-            let info = info_for(config, method, &data.class_names, epoch, Some(Selection { rule, value: Some(score) }));
-            checkpoint::save(&out.join("best"), evaluated, info)?;
+            let info = self.info(epoch, Selection { rule, value: Some(score) });
+            checkpoint::save(&config.out.join("best"), averaged.unwrap_or(&self.models.student), info)?;
         }
-        bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, mean_loss));
+        display.bar.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, preset.epochs, mean_loss));
         // Named, so that the lines of runs side by side in one log can be told apart.
-        progress.println(format!(
+        display.progress.println(format!(
             "{} seed {}, epoch {:>3}: loss {:.4}  {} clean {:.2}%  PGD {:.2}%  selection score {:.2}",
-            method.name(),
+            self.method.name(),
             config.seed,
             epoch + 1,
             mean_loss,
@@ -782,126 +751,108 @@ fn finish_epoch(
             robust.overall_accuracy(),
             score
         ));
-    }
-    let evaluated = averaged.as_ref().unwrap_or(student);
-    let last_info = info_for(config, method, &data.class_names, epoch, Some(Selection { rule: "last".into(), value: None }));
-    checkpoint::save(&out.join("last"), evaluated, last_info.clone())?;
-    if preset.checkpoint_every > 0 && (epoch + 1) % preset.checkpoint_every == 0 {
-        checkpoint::save(&out.join(format!("epoch-{:04}", epoch + 1)), evaluated, last_info)?;
+        Ok(evaluation)
     }
 
-    state.epochs_done = epoch + 1;
-    let resume_dir_name = resume_dir_name(state);
-    let log_line = json!({
-        "epoch": epoch,
-        "learning_rate": trained.lr,
-        "loss": mean_loss,
-        "seconds": trained.started.elapsed().as_secs_f64(),
-        "risk_clean": epoch_risks.clean,
-        "risk_adversarial": epoch_risks.adversarial,
-        "temperatures": method.temperatures(),
-        "method_state": method.state(),
-        "weight_average": method.averaged_weights().is_some(),
-        "evaluation": evaluation,
-    });
-    // The resume state first, then the log line, then the pointer: a crash before the pointer
-    // moves resumes from the previous state (and drops the log line of this epoch).
-    write_resume_dir(config, models, method, state, &resume_dir_name, epoch, &data.class_names, None)?;
-    append_log(&out.join("log.jsonl"), &log_line)?;
-    move_resume_pointer(out, &resume_dir_name)
-}
-
-/// Saves the state of a run stopped within `epoch` and points `resume.json` at it.
-fn save_resume_state(
-    config: &RunConfig,
-    models: &RunModels,
-    method: &dyn TrainingMethod,
-    state: &mut ResumeState,
-    epoch: i64,
-    class_names: &[String],
-    risks: Option<&RiskAccumulator>,
-) -> Result<(), TrainError> {
-    let name = resume_dir_name(state);
-    write_resume_dir(config, models, method, state, &name, epoch, class_names, risks)?;
-    move_resume_pointer(&config.out, &name)
-}
-
-/// `resume-0005` after five epochs; `resume-0005-b00042` 42 batches into the sixth.
-fn resume_dir_name(state: &ResumeState) -> String {
-    match state.partial.batches {
-        0 => format!("resume-{:04}", state.epochs_done),
-        batches => format!("resume-{:04}-b{batches:05}", state.epochs_done),
+    /// The selection's measurement: the adaptation's, when both are of the student on the
+    /// validation hold-out, else a new one on the selection split.
+    fn selection_evaluation(
+        &mut self,
+        epoch: i64,
+        student_evaluation: Option<Evaluation>,
+        averaged: Option<&Network>,
+        bar: &rfb_progress::Task,
+    ) -> Result<Evaluation, TrainError> {
+        let config = &self.config;
+        let reusable = averaged.is_none() && config.select_on == Split::Validation;
+        if let (true, Some(done)) = (reusable, student_evaluation) {
+            return Ok(done);
+        }
+        // In a log the progress line says so instead of repeating 100% for as long as the
+        // evaluation (PGD on the selection split) takes.
+        bar.set_message(format!(
+            "epoch {}/{}: evaluating on the {} split (clean and PGD)",
+            epoch + 1,
+            config.preset.epochs,
+            config.select_on.as_str()
+        ));
+        let student = &mut self.models.student;
+        student.set_trainable(false);
+        let result = evaluate(averaged.unwrap_or(student), &self.data.selection_split, &config.preset, config.seed);
+        student.set_trainable(true);
+        result
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn write_resume_dir(
-    config: &RunConfig,
-    models: &RunModels,
-    method: &dyn TrainingMethod,
-    state: &mut ResumeState,
-    name: &str,
-    epoch: i64,
-    class_names: &[String],
-    risks: Option<&RiskAccumulator>,
-) -> Result<(), TrainError> {
-    state.method_state = method.state();
-    let dir = config.out.join(name);
-    let info = info_for(config, method, class_names, epoch, Some(Selection { rule: "resume".into(), value: None }));
-    checkpoint::save(&dir.join("model"), &models.student, info)?;
-    checkpoint::save_tensors(&dir.join("momentum.safetensors"), &models.optimizer.state())?;
-    checkpoint::save_tensors(&dir.join("method.safetensors"), &method.tensor_state())?;
-    if let Some(risks) = risks {
-        checkpoint::save_tensors(&dir.join("risks.safetensors"), &risks.state())?;
+    /// `last/`, and `epoch-NNNN/` every `checkpoint_every` epochs.
+    fn save_checkpoints(&self, epoch: i64, averaged: Option<&Network>) -> Result<(), TrainError> {
+        let evaluated = averaged.unwrap_or(&self.models.student);
+        let out = &self.config.out;
+        let every = self.config.preset.checkpoint_every;
+        let last_info = self.info(epoch, Selection { rule: "last".into(), value: None });
+        checkpoint::save(&out.join("last"), evaluated, last_info.clone())?;
+        if every > 0 && (epoch + 1) % every == 0 {
+            checkpoint::save(&out.join(format!("epoch-{:04}", epoch + 1)), evaluated, last_info)?;
+        }
+        Ok(())
     }
-    checkpoint::write_atomic(&dir.join("state.json"), serde_json::to_string(&state).unwrap_or_default().as_bytes())?;
-    Ok(())
-}
 
-fn move_resume_pointer(out: &Path, name: &str) -> Result<(), TrainError> {
-    checkpoint::write_atomic(
-        &out.join("resume.json"),
-        serde_json::to_string(&ResumePointer { dir: name.to_string() }).unwrap_or_default().as_bytes(),
-    )?;
-    remove_old_resume_dirs(out, name);
-    Ok(())
-}
-
-/// The class-wise sums of the unfinished epoch a stop on request saved.
-fn out_dir_tensors(out: &Path, partial: &PartialEpoch) -> Result<std::collections::HashMap<String, Tensor>, TrainError> {
-    let pointer = out.join("resume.json");
-    let pointer: ResumePointer = serde_json::from_slice(&std::fs::read(&pointer).map_err(io_error(&pointer))?)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", pointer.display())))?;
-    let path = out.join(pointer.dir).join("risks.safetensors");
-    if !path.is_file() {
-        return Err(TrainError::Config(format!(
-            "{} is missing: the resume state stopped {} batches into an epoch but lacks its class-wise sums",
-            path.display(),
-            partial.batches
-        )));
+    /// The manifest of a checkpoint of this run after `epoch`.
+    fn info(&self, epoch: i64, selection: Selection) -> CheckpointInfo {
+        let config = &self.config;
+        CheckpointInfo {
+            class_names: self.data.class_names.clone(),
+            dataset: config.dataset.name().to_string(),
+            method: self.method.name().to_string(),
+            hyperparameters: json!({
+                "method": self.method.hyperparameters(),
+                "preset": self.record.preset,
+                "teacher": config.teacher.as_ref().map(|t| t.path.display().to_string()),
+                "select_on": config.select_on.as_str(),
+            }),
+            seed: Some(config.seed),
+            epoch: Some(epoch),
+            selection: Some(selection),
+        }
     }
-    Ok(checkpoint::load_tensors(&path)?)
-}
 
-/// Stage: the selected checkpoint measured on the test split, written to `summary.json`.
-fn test_selected(config: &RunConfig, state: &ResumeState, class_names: Vec<String>) -> Result<RunSummary, TrainError> {
-    let (mut selected, _) = checkpoint::load(&config.out.join("best"), config.device, &Expectation::default())?;
-    selected.set_trainable(false);
-    let test = data::load(config.dataset, Split::Test, config.data_dir.as_deref())?;
-    let (clean, robust, _) = evaluate(&selected, &test, &config.preset, config.seed)?;
-    let summary = RunSummary {
-        best_epoch: state.best_epoch,
-        best_score: state.best_score,
-        epochs_done: state.epochs_done,
-        test_clean: Some(clean),
-        test_pgd: Some(robust),
-        class_names,
-    };
-    checkpoint::write_atomic(
-        &config.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
-    )?;
-    Ok(summary)
+    /// The resume directory `name`: the student, momentum, the method's state and, within an
+    /// epoch, the class-wise sums so far.
+    fn write_resume_dir(&mut self, name: &str, epoch: i64, risks: Option<&RiskAccumulator>) -> Result<(), TrainError> {
+        self.state.method_state = self.method.state();
+        let dir = self.config.out.join(name);
+        let info = self.info(epoch, Selection { rule: "resume".into(), value: None });
+        checkpoint::save(&dir.join("model"), &self.models.student, info)?;
+        checkpoint::save_tensors(&dir.join("momentum.safetensors"), &self.models.optimizer.state())?;
+        checkpoint::save_tensors(&dir.join("method.safetensors"), &self.method.tensor_state())?;
+        if let Some(risks) = risks {
+            checkpoint::save_tensors(&dir.join("risks.safetensors"), &risks.state())?;
+        }
+        let state = serde_json::to_string(&self.state).unwrap_or_default();
+        checkpoint::write_atomic(&dir.join("state.json"), state.as_bytes())?;
+        Ok(())
+    }
+
+    /// Stage: the selected checkpoint measured on the test split, written to `summary.json`.
+    fn test_selected(self) -> Result<RunSummary, TrainError> {
+        let config = &self.config;
+        let (mut selected, _) = checkpoint::load(&config.out.join("best"), config.device, &Expectation::default())?;
+        selected.set_trainable(false);
+        let test = data::load(config.dataset, Split::Test, config.data_dir.as_deref())?;
+        let (clean, robust, _) = evaluate(&selected, &test, &config.preset, config.seed)?;
+        let summary = RunSummary {
+            best_epoch: self.state.best_epoch,
+            best_score: self.state.best_score,
+            epochs_done: self.state.epochs_done,
+            test_clean: Some(clean),
+            test_pgd: Some(robust),
+            class_names: self.data.class_names,
+        };
+        checkpoint::write_atomic(
+            &config.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
+        )?;
+        Ok(summary)
+    }
 }
 
 /// Copies named weights into `network`'s variables (every variable must be present).
@@ -929,15 +880,4 @@ fn network_with_weights(
     copy_weights(&network, weights)?;
     network.set_trainable(false);
     Ok(network)
-}
-
-fn remove_old_resume_dirs(out: &Path, keep: &str) {
-    if let Ok(entries) = std::fs::read_dir(out) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("resume-") && name != keep {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
 }

@@ -78,7 +78,7 @@ fn write_cifar100(dir: &Path) {
 /// The method's CIFAR recipe with only the cost cut: small networks, 2 epochs (the drop
 /// after the first, evaluation after each), 2 attack and selection steps.
 fn cheap(method: &str, kind: DatasetKind) -> Preset {
-    let mut preset = Recipe::new(method, kind, &RecipeOptions::default()).unwrap().preset;
+    let mut preset = Recipe::new(method.parse().unwrap(), kind, &RecipeOptions::default()).preset;
     preset.architecture = "digits-cnn".into();
     preset.teacher_architecture = "digits-cnn-wide".into();
     preset.epochs = 2;
@@ -93,7 +93,7 @@ fn cheap(method: &str, kind: DatasetKind) -> Preset {
 
 fn config(method: &str, kind: DatasetKind, data: &Path, out: PathBuf, preset: Preset) -> RunConfig {
     RunConfig {
-        method: method.into(),
+        method: method.parse().unwrap(),
         dataset: kind,
         data_dir: Some(data.to_path_buf()),
         teacher: None,
@@ -143,7 +143,7 @@ fn every_method_trains_selects_and_writes_its_checkpoint_on_cifar_format_files()
     preset.architecture = "digits-cnn-wide".into();
     run::run(&config("trades", kind, root.path(), teacher.clone(), preset)).unwrap();
 
-    for &method in rfb_trainer::methods::METHOD_NAMES {
+    for method in rfb_trainer::methods::Method::ALL.map(|m| m.as_str()) {
         let out = root.path().join(method);
         let preset = cheap(method, kind);
         let mut run_config = config(method, kind, root.path(), out.clone(), preset.clone());

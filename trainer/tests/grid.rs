@@ -76,9 +76,9 @@ overrides = { kl-scale = 0.5 }
     assert_eq!((teacher.method.as_str(), teacher.seed, teacher.overrides.arch.as_deref()), ("trades", 0, Some("digits-cnn-wide")));
     assert_eq!(teacher.overrides.epochs, Some(4), "the grid's overrides apply to the teacher too");
     for run in &plan.runs {
-        let expected_teacher = (run.method == "absld").then_some(0);
+        let expected_teacher = (run.method.as_str() == "absld").then_some(0);
         assert_eq!(run.teacher, expected_teacher, "{}", run.name);
-        let expected_init = (run.method == "frl").then(|| if run.seed == 0 { 1 } else { 2 });
+        let expected_init = (run.method.as_str() == "frl").then_some(if run.seed == 0 { 1 } else { 2 });
         assert_eq!(run.init, expected_init, "{}", run.name);
     }
     let frl = plan.runs.iter().find(|r| r.name == "models/frl-s1").unwrap();
@@ -124,6 +124,9 @@ overrides = { kl-scale = 0.5 }
     assert!(Plan::load(&bad, None).unwrap_err().to_string().contains("[teacher]"));
     let bad = write_grid(dir.path(), "datasets = [\"digits\"]\nmethods = [\"natural\"]\nseeds = [0]\n[overrides]\nepoch = 3\n");
     assert!(Plan::load(&bad, None).unwrap_err().to_string().contains("epoch"), "an unknown setting is an error");
+    let bad = write_grid(dir.path(), "datasets = [\"digits\"]\nmethods = [\"natural\", \"fancy\"]\nseeds = [0]\n");
+    let error = format!("{:?}", Plan::load(&bad, None).unwrap_err());
+    assert!(error.contains("unknown variant `fancy`") && error.contains("`fair-ard`"), "an unknown method is an error: {error}");
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn run_checks(checks: Vec<Check>) {
 }
 
 fn preset(method: &str, kind: DatasetKind) -> Preset {
-    Recipe::new(method, kind, &RecipeOptions::default()).unwrap().preset
+    Recipe::new(method.parse().unwrap(), kind, &RecipeOptions::default()).preset
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn fair_ard_losses_match_the_authors_scripts_in_both_forms() {
         let targets = tensor(&case.teacher).softmax(-1, Kind::Float);
         let example_weights = vector(&case.weights).index_select(0, &labels);
         let options = RecipeOptions { fair_ard_variant: Some(FairArdVariant::Rslad), ..Default::default() };
-        let fair = Recipe::new("fair-ard", kind, &options).unwrap().preset.methods.fair_ard;
+        let fair = Recipe::new(rfb_trainer::methods::Method::FairArd, kind, &options).preset.methods.fair_ard;
         let settings = DistillationSettings { alpha: fair.alpha, kl_scale: fair.kl_scale };
         checks.push(Check {
             what: format!("fair-rslad {kind:?}"),

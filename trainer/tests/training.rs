@@ -30,7 +30,7 @@ fn config(
     seed: u64,
 ) -> RunConfig {
     RunConfig {
-        method: method.into(),
+        method: method.parse().unwrap(),
         dataset: DatasetKind::Digits,
         data_dir: None,
         teacher: teacher.map(|path| TeacherSource {
@@ -360,7 +360,7 @@ fn distillation_without_a_teacher_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let error = run::run(&config("absld", dir.path(), quick_preset(1), None, 1)).unwrap_err();
     assert!(error.to_string().contains("--teacher"), "{error}");
-    let error = run::run(&config("fancy", dir.path(), quick_preset(1), None, 1)).unwrap_err();
+    let error = "fancy".parse::<rfb_trainer::methods::Method>().unwrap_err();
     assert!(error.to_string().contains("unknown method"), "{error}");
 }
 
@@ -420,7 +420,9 @@ fn the_preset_command_prints_each_recipe_with_the_source_of_every_value() {
     assert_eq!(tiny["settings"]["epochs"]["value"], 100);
     let unknown = trainer(&["preset", "--method", "fancy", "--dataset", "cifar10"]).output().unwrap();
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown method"));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("invalid value 'fancy' for '--method <METHOD>'"), "{stderr}");
+    assert!(stderr.contains("possible values: natural, sat, trades, rslad, absld"), "{stderr}");
 }
 
 /// A stop on request (SIGTERM/SIGUSR1 in the binary) saves the state after the batch it

@@ -586,10 +586,16 @@ impl Dataset {
     /// order. Panics if an index is out of range (the indices come from the caller, not a file).
     pub fn select(&self, indices: &[i64]) -> Dataset {
         let idx = Tensor::from_slice(indices);
+        self.with_examples(self.images.index_select(0, &idx), self.labels.index_select(0, &idx), self.ids.index_select(0, &idx))
+    }
+
+    /// Other examples under this set's metadata (class names, name, split): the one place a
+    /// derived set copies them.
+    pub fn with_examples(&self, images: Tensor, labels: Tensor, ids: Tensor) -> Dataset {
         Dataset {
-            images: self.images.index_select(0, &idx),
-            labels: self.labels.index_select(0, &idx),
-            ids: self.ids.index_select(0, &idx),
+            images,
+            labels,
+            ids,
             class_names: self.class_names.clone(),
             name: self.name.clone(),
             split: self.split,
@@ -598,14 +604,7 @@ impl Dataset {
 
     /// A view of the same tensors under the same metadata (no pixel copy).
     pub fn shallow_clone(&self) -> Dataset {
-        Dataset {
-            images: self.images.shallow_clone(),
-            labels: self.labels.shallow_clone(),
-            ids: self.ids.shallow_clone(),
-            class_names: self.class_names.clone(),
-            name: self.name.clone(),
-            split: self.split,
-        }
+        self.with_examples(self.images.shallow_clone(), self.labels.shallow_clone(), self.ids.shallow_clone())
     }
 
     /// The first `per_class` examples of every class (in file order), kept in file order.
@@ -618,14 +617,8 @@ impl Dataset {
 
     /// Examples `start..start + length` as a data set of views (no pixel copy).
     pub fn narrow(&self, start: i64, length: i64) -> Dataset {
-        Dataset {
-            images: self.images.narrow(0, start, length),
-            labels: self.labels.narrow(0, start, length),
-            ids: self.ids.narrow(0, start, length),
-            class_names: self.class_names.clone(),
-            name: self.name.clone(),
-            split: self.split,
-        }
+        let narrow = |tensor: &Tensor| tensor.narrow(0, start, length);
+        self.with_examples(narrow(&self.images), narrow(&self.labels), narrow(&self.ids))
     }
 
     /// Consecutive batches `(images, labels)` in data-set order; the last one may be smaller.

@@ -86,7 +86,7 @@ pub fn trained_once_by(method: &str, label: &str, architecture: &str, epochs: i6
     preset.selection_pgd_steps = 3;
     preset.attack.steps = 3;
     let config = RunConfig {
-        method: method.into(),
+        method: method.parse().expect("a training method"),
         dataset: rfb_core::data::DatasetKind::Digits,
         data_dir: None,
         teacher: None,

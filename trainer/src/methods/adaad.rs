@@ -101,7 +101,7 @@ impl TrainingMethod for AdaAd {
             Start::Gaussian(0.001),
             |both| disagreement(&both.narrow(1, 0, classes), &both.narrow(1, classes, classes)),
         )
-        .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e));
+        .unwrap_or_else(crate::method::inner_maximisation_failed);
         let (teacher_adversarial, teacher_clean) =
             tch::no_grad(|| (teacher.forward_t(&adversarial, false), teacher.forward_t(images, false)));
         let adversarial_logits = context.student.forward_t(&adversarial, true);

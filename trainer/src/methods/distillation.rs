@@ -70,24 +70,27 @@ pub fn distillation_step(
         context,
         images,
         labels,
-        clean_temperatures,
-        adversarial_temperatures,
+        SoftLabelTemperatures { clean: clean_temperatures, adversarial: adversarial_temperatures },
         settings,
         None,
         |_, _, _| {},
     )
 }
 
+/// The class-wise teacher temperatures of the clean and the adversarial soft labels.
+pub struct SoftLabelTemperatures<'a> {
+    pub clean: &'a Tensor,
+    pub adversarial: &'a Tensor,
+}
+
 /// [`distillation_step`] with a weight per example on both KL terms (Fair-RSLAD's class
 /// re-weighting; the loss is the weighted batch mean) and an observer of the inner
 /// maximisation's iterates (see [`attacks::maximize_per_example`]).
-#[allow(clippy::too_many_arguments)]
 pub fn weighted_distillation_step(
     context: &StepContext,
     images: &Tensor,
     labels: &Tensor,
-    clean_temperatures: &Tensor,
-    adversarial_temperatures: &Tensor,
+    temperatures: SoftLabelTemperatures,
     settings: DistillationSettings,
     example_weights: Option<&Tensor>,
     observe: impl FnMut(i64, &Tensor, &Tensor),
@@ -96,8 +99,8 @@ pub fn weighted_distillation_step(
         .teacher
         .expect("distillation needs a teacher; the loop checks this");
     let teacher_logits = tch::no_grad(|| teacher.forward_t(images, false));
-    let adversarial_targets = soft_labels_at(&teacher_logits, labels, adversarial_temperatures);
-    let clean_targets = soft_labels_at(&teacher_logits, labels, clean_temperatures);
+    let adversarial_targets = soft_labels_at(&teacher_logits, labels, temperatures.adversarial);
+    let clean_targets = soft_labels_at(&teacher_logits, labels, temperatures.clean);
     let attack = context.attack;
     let batch = images.size()[0];
     let options = (images.kind(), images.device());
@@ -112,7 +115,7 @@ pub fn weighted_distillation_step(
         |logits| losses::kl_to_soft_labels(logits, &adversarial_targets),
         observe,
     )
-    .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e));
+    .unwrap_or_else(crate::method::inner_maximisation_failed);
     let adversarial_logits = context.student.forward_t(&adversarial, true);
     let clean_logits = context.student.forward_t(images, true);
     let loss = distillation_loss(

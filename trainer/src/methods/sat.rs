@@ -22,7 +22,7 @@ pub fn madry_adversarial(context: &StepContext, images: &Tensor, labels: &Tensor
         Start::Uniform,
         |logits| losses::cross_entropy(logits, labels),
     )
-    .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e))
+    .unwrap_or_else(crate::method::inner_maximisation_failed)
 }
 
 pub struct Sat;

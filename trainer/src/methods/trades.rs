@@ -33,7 +33,7 @@ pub fn trades_adversarial(
         |logits| losses::kl_to_soft_labels(logits, &clean_probabilities),
         observe,
     )
-    .unwrap_or_else(|e| crate::method::inner_maximisation_failed(e))
+    .unwrap_or_else(crate::method::inner_maximisation_failed)
 }
 
 /// The same radius and step for every example of the batch, as [N] tensors.
