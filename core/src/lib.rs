@@ -9,6 +9,7 @@ pub mod attacks;
 pub mod checkpoint;
 pub mod data;
 pub mod guard;
+pub mod host_read;
 pub mod models;
 
 pub use tch;

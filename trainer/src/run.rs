@@ -268,16 +268,14 @@ impl RiskAccumulator {
     /// Class-wise accuracy of the clean and (where there were any) adversarial logits.
     fn accuracies(&self) -> (Vec<f64>, Option<Vec<f64>>) {
         let mean = |sums: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
-                .unwrap_or_default()
+            rfb_core::host_read::vec_f64(&(sums / self.counts.clamp_min(1.0)), "training epoch: class-wise accuracy")
         };
         (mean(&self.clean_correct), self.has_adversarial.then(|| mean(&self.adversarial_correct)))
     }
 
     fn risks(&self) -> EpochRisks {
         let mean = |sums: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu))
-                .unwrap_or_default()
+            rfb_core::host_read::vec_f64(&(sums / self.counts.clamp_min(1.0)), "training epoch: class-wise risk")
         };
         EpochRisks {
             clean: mean(&self.clean),
@@ -652,7 +650,8 @@ fn train_epoch(
         tch::manual_seed((derived_seed(config.seed, epoch, batch, 3) >> 1) as i64);
         let context = StepContext { student: &models.student, teacher: models.teacher.as_ref(), attack: preset.attack };
         let output = method.step(&context, &images, &labels);
-        let loss_value = f64::try_from(&output.loss).unwrap_or(f64::NAN);
+        // The one read of a step: a non-finite loss must stop the run before the optimiser applies it.
+        let loss_value = rfb_core::host_read::scalar_f64(&output.loss, "training step: loss (non-finite check and log)");
         if !loss_value.is_finite() {
             return Err(TrainError::NonFiniteLoss { epoch, batch, value: loss_value, out: config.out.clone() });
         }

@@ -17,6 +17,7 @@ use tch::{Kind, Tensor};
 use super::{
     counted_correct, guarded_in, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Interrupt, BOUND_TOLERANCE,
 };
+use crate::host_read;
 use crate::data::Dataset;
 
 /// What one component of an ensemble did (a single attack is its own only component).
@@ -68,7 +69,9 @@ pub fn evaluate(
     interrupt: Interrupt,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Evaluation, AttackError> {
-    let points = Batch::from_dataset(dataset, attack.seed());
+    // The points go to the model's device once, for the whole run: each batch is then picked on
+    // the device and nothing comes back to the host until the counts (docs/gpu.md).
+    let points = Batch::from_dataset(dataset, attack.seed()).to_device(model.device());
     let run = run_points(attack, model, &points, batch_size, interrupt, false, on_progress)?;
     let classes = dataset.num_classes() as usize;
     let counts = class_counts(classes, &points.labels, &run.robust);
@@ -195,7 +198,7 @@ pub fn run_points(
             let labels = points.labels.narrow(0, start, length).to_device(device);
             let correct =
                 guarded_in(|| format!("{} (clean pass)", attack.name()), || counted_correct(model, &images, &labels))?;
-            clean.push(correct.to_device(home));
+            clean.push(host_read::to_home(&correct, home, "evaluation: clean pass of a batch"));
         }
         if clean.is_empty() {
             Tensor::zeros([0], (Kind::Bool, home))
@@ -210,7 +213,7 @@ pub fn run_points(
     for (component_index, component) in components.iter().enumerate() {
         let started = Instant::now();
         let name = component.name();
-        let targets = if ensemble { robust.nonzero().reshape([-1]) } else { Tensor::arange(n, (Kind::Int64, home)) };
+        let targets = if ensemble { host_read::nonzero(&robust, "evaluation: points still robust before a component") } else { Tensor::arange(n, (Kind::Int64, home)) };
         let total = targets.size()[0];
         if ensemble && total == 0 {
             break;
@@ -235,7 +238,7 @@ pub fn run_points(
                 let copy_broken = guarded_in(judging, || {
                     tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels))
                 })?;
-                let disputed = copy_broken.logical_and(&correct).nonzero().reshape([-1]);
+                let disputed = host_read::nonzero(&copy_broken.logical_and(&correct), "evaluation: points the bf16 copy broke and the judge did not");
                 if disputed.numel() > 0 {
                     let again = batch.select(&disputed);
                     let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
@@ -250,9 +253,9 @@ pub fn run_points(
                 // A single attack returns its output for every point; an ensemble keeps, per
                 // point, the first component's example that fooled the judge.
                 let kept = if ensemble { candidate.where_self(&expand_mask(&broken, &candidate), &batch.images) } else { candidate };
-                *adversarial = adversarial.index_copy(0, &index, &kept.to_device(home));
+                *adversarial = adversarial.index_copy(0, &index, &host_read::to_home(&kept, home, "evaluation: adversarial points of a batch"));
             }
-            robust = robust.index_copy(0, &index, &correct.to_device(home));
+            robust = robust.index_copy(0, &index, &host_read::to_home(&correct, home, "evaluation: robust points of a batch"));
             done += length;
             on_progress(&report(done));
         }
