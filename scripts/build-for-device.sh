@@ -96,5 +96,9 @@ for bin in evaluator trainer; do
     strip -o "$out/$bin" "$target/debug/$bin"
 done
 echo "$version" >"$out/PYTORCH_VERSION"
+# torchattacks (pure Python) for gpu-check.sh's reference side, where the machine lacks it.
+mkdir -p "$out/wheels"
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$out/wheels" torchattacks==3.5.1 \
+    || echo "build-for-device: could not download torchattacks; gpu-check.sh then times PyTorch's plain PGD loop" >&2
 ls -l "$out"
 du -ch "$out"/evaluator "$out"/trainer | tail -1

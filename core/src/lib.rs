@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod attacks;
 pub mod checkpoint;
 pub mod data;
+pub mod device_settings;
 pub mod guard;
 pub mod host_read;
 pub mod models;

@@ -17,6 +17,10 @@ use rfb_trainer::run::{self, RunConfig, TeacherSource};
     about = "Train robust students (ABSLD and baselines) and teachers"
 )]
 struct Cli {
+    /// Let cuBLAS and cuDNN compute fp32 work in TF32 on GPUs that have it (faster; changes
+    /// results, so off by default: docs/gpu.md). Also RFB_ALLOW_TF32=1.
+    #[arg(long, global = true)]
+    allow_tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -371,7 +375,9 @@ fn grid(command: GridCommand) -> Result<()> {
 
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    rfb_core::device_settings::DeviceSettings::for_training(cli.allow_tf32).apply();
+    match cli.command {
         Command::Grid { command } => grid(command),
         Command::Preset { method, dataset, arch, fair_ard_variant } => {
             let kind: DatasetKind = dataset
