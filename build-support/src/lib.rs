@@ -7,16 +7,42 @@
 //! our binaries and test executables as an rpath means nobody has to export
 //! `LD_LIBRARY_PATH` to run them (README, "Two commands").
 
-/// Emits the linker arguments that put the libtorch directory on the runtime search path.
-/// Call it from `build.rs` of a crate that depends on `torch-sys` directly.
+/// Emits the linker arguments that put the libtorch directory on the runtime search path and
+/// keep libtorch's CUDA library loaded. Call it from `build.rs` of a crate that depends on
+/// `torch-sys` directly.
+///
+/// - `RFB_LIBTORCH_RUNTIME_DIRS` (colon-separated) puts further directories first on that
+///   path: a build made here for another machine names where libtorch lies there (for the GPU
+///   machine, its `/opt/torch/.venv` PyTorch; `scripts/build-for-device.sh`), and the binaries
+///   still find the build's own libtorch here.
+/// - Where the libtorch directory holds `libtorch_cuda.so`, the binaries list it as needed
+///   (`--no-as-needed`): nothing of ours calls into it by name, so the linker's default
+///   `--as-needed` dropped it, and without it loaded libtorch registers no CUDA backend and
+///   `tch::Cuda::is_available()` is false on a GPU machine (docs/gpu.md).
 pub fn emit_libtorch_rpath() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=RFB_LIBTORCH_RUNTIME_DIRS");
+    let runtime_dirs: Vec<String> = std::env::var("RFB_LIBTORCH_RUNTIME_DIRS")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(str::to_string)
+        .collect();
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(dir) if !dir.is_empty() => {
             // Both spellings: new dtags (RUNPATH) are not followed for indirect dependencies
             // of libtorch on some loaders, so ask for the old RPATH as well.
             println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
+            for runtime in &runtime_dirs {
+                println!("cargo:rustc-link-arg=-Wl,-rpath,{runtime}");
+            }
             println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+            let lib = std::path::Path::new(&dir);
+            for cuda in ["torch_cuda", "c10_cuda"] {
+                if lib.join(format!("lib{cuda}.so")).exists() {
+                    println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-L{dir},-l{cuda},--as-needed");
+                }
+            }
         }
         _ => println!(
             "cargo:warning=DEP_TCH_LIBTORCH_LIB is not set: binaries will need LD_LIBRARY_PATH to find libtorch"

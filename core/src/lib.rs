@@ -9,7 +9,9 @@ pub mod attacks;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
+pub mod device_settings;
 pub mod guard;
+pub mod host_read;
 pub mod models;
 
 pub use tch;

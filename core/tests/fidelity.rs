@@ -172,6 +172,7 @@ fn the_judge_decides_every_robustness_question() {
     // The attack network sees the judge's rarest class everywhere at first: for the judge every
     // point is classified correctly (the labels are its predictions), for the attack network
     // only the points of that class are.
+    #[allow(clippy::disallowed_methods)] // a test on CPU tensors: nothing waits for a device
     let counts = Vec::<i64>::try_from(labels.bincount::<Tensor>(None, 4)).unwrap();
     let rare = (0..4).min_by_key(|&k| counts[k]).unwrap();
     let bias = Tensor::zeros([4], (Kind::Float, Device::Cpu)).index_fill(0, &Tensor::from_slice(&[rare as i64]), 1000.0);

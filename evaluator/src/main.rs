@@ -28,6 +28,10 @@ Results are cached on disk, keyed by the weights' sha256, the data, the attack w
 and the code version; logs go to stderr (RUST_LOG sets the level)."
 )]
 struct Cli {
+    /// Let cuBLAS and cuDNN compute fp32 work in TF32 on GPUs that have it (faster; changes
+    /// results, so off by default: docs/gpu.md). Also RFB_ALLOW_TF32=1.
+    #[arg(long, global = true)]
+    allow_tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -648,6 +652,7 @@ fn import(args: ImportArgs) -> Result<()> {
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
+    rfb_core::device_settings::DeviceSettings::for_evaluation(cli.allow_tf32).apply();
     match cli.command {
         Command::Serve(args) => {
             init_logging("info");

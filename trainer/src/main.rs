@@ -20,6 +20,10 @@ use rfb_trainer::selection::WorstClasses;
     about = "Train robust students (ABSLD and baselines) and teachers"
 )]
 struct Cli {
+    /// Let cuBLAS and cuDNN compute fp32 work in TF32 on GPUs that have it (faster; changes
+    /// results, so off by default: docs/gpu.md). Also RFB_ALLOW_TF32=1.
+    #[arg(long, global = true)]
+    allow_tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -505,7 +509,9 @@ fn print_summary(summary: &RunSummary, worst_classes: WorstClasses, out: &Path) 
 
 fn main() -> Result<()> {
     rfb_core::allocator::keep_freed_memory_for_reuse();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    rfb_core::device_settings::DeviceSettings::for_training(cli.allow_tf32).apply();
+    match cli.command {
         Command::Train(args) => run_train(args),
         Command::Grid { command } => run_grid(command),
         Command::Preset(args) => run_preset(args),

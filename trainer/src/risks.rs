@@ -87,7 +87,7 @@ impl RiskAccumulator {
 
     /// Class-wise means of `sums` over the epoch's examples.
     fn class_means(&self, sums: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from((sums / self.counts.clamp_min(1.0)).to_device(Device::Cpu)).unwrap_or_default()
+        rfb_core::host_read::vec_f64(&(sums / self.counts.clamp_min(1.0)), "training epoch: class-wise means")
     }
 
     /// Class-wise accuracy of the clean and (where there were any) adversarial logits.

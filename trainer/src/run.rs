@@ -603,7 +603,8 @@ impl Trainer {
         let models = &mut self.models;
         let context = StepContext { student: &models.student, teacher: models.teacher.as_ref(), attack: preset.attack };
         let output = self.method.step(&context, &images, &labels);
-        let loss_value = f64::try_from(&output.loss).unwrap_or(f64::NAN);
+        // The one read of a step: a non-finite loss must stop the run before the optimiser applies it.
+        let loss_value = rfb_core::host_read::scalar_f64(&output.loss, "training step: loss (non-finite check and log)");
         if !loss_value.is_finite() {
             return Err(TrainError::NonFiniteLoss { epoch, batch, value: loss_value, out: config.out.clone() });
         }

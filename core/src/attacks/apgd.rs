@@ -34,6 +34,7 @@
 //! The random start comes from each point's own stream instead of libtorch's generator, and
 //! every decision on whether a point is still robust is the judge's.
 
+use crate::host_read;
 use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::expand_mask;
@@ -343,8 +344,8 @@ impl Apgd {
             reduced_at_check: Tensor::ones([n], (Kind::Bool, device)),
         };
         if drop_broken {
-            let keep = start_correct.nonzero().reshape([-1]);
-            if (keep.numel() as i64) < n {
+            let keep = host_read::nonzero(&start_correct, "APGD: points to attack after the start");
+            if keep.numel() < n as usize {
                 state = state.select(&keep);
             }
         }
@@ -410,17 +411,22 @@ impl Apgd {
                 }
                 Ok((correct, iterate))
             })?;
-            if drop_broken && !bool::try_from(correct.all()).unwrap_or(true) {
-                // Broken points leave with this iterate (before any step-size restart moved it).
-                tch::no_grad(|| {
-                    let broken = correct.logical_not().nonzero().reshape([-1]);
-                    let at = state.positions.index_select(0, &broken);
-                    robust = robust.index_fill(0, &at, 0);
-                    adversarial = adversarial.index_copy(0, &at, &iterate.index_select(0, &broken));
-                    best_loss = best_loss.index_copy(0, &at, &state.loss_best.index_select(0, &broken));
-                });
-                let keep = correct.nonzero().reshape([-1]);
-                state = state.select(&keep);
+            if drop_broken {
+                // One read per iteration: which points stay. Broken points leave with this
+                // iterate (before any step-size restart moved it); the outputs of the points
+                // that stay are copied onto themselves, so no second read finds the broken ones.
+                let keep = host_read::nonzero(&correct, "APGD: points still robust (compaction)");
+                if keep.numel() < correct.numel() {
+                    tch::no_grad(|| {
+                        let at = &state.positions;
+                        robust = robust.index_copy(0, at, &correct);
+                        let previous = adversarial.index_select(0, at);
+                        adversarial = adversarial.index_copy(0, at, &previous.where_self(&expand_mask(&correct, &iterate), &iterate));
+                        let previous_loss = best_loss.index_select(0, at);
+                        best_loss = best_loss.index_copy(0, at, &previous_loss.where_self(&correct, &state.loss_best));
+                    });
+                    state = state.select(&keep);
+                }
             }
         }
         if drop_broken {
@@ -490,7 +496,7 @@ impl Apgd {
         for target_rank in targets {
             for restart in 0..self.restarts {
                 interrupt.check()?;
-                let index = robust.nonzero().reshape([-1]);
+                let index = host_read::nonzero(&robust, "APGD: points still robust before a run");
                 if index.numel() == 0 {
                     return Ok(adversarial);
                 }

@@ -282,7 +282,8 @@ fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Sa
     let device = model.device();
     let images = images.detach().to_device(device);
     let labels = labels.to_device(device).to_kind(Kind::Int64);
-    let scalar = |t: Tensor| f64::try_from(t).unwrap_or(f64::NAN);
+    // Once per evaluation, before any attack runs: a handful of reads, each kept simple.
+    let scalar = |t: Tensor| crate::host_read::scalar_f64(&t, "AutoAttack sanity checks (once per evaluation)");
 
     let outputs: Vec<Tensor> =
         tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect::<Result<Vec<_>, _>>())?;

@@ -17,6 +17,7 @@ use tch::{Kind, Tensor};
 use super::{
     counted_correct, guarded_in, judged_classes, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Confusion, Interrupt, BOUND_TOLERANCE,
 };
+use crate::host_read;
 use crate::data::Dataset;
 
 /// What one component of an ensemble did (a single attack is its own only component).
@@ -71,7 +72,9 @@ pub fn evaluate(
     interrupt: Interrupt,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Evaluation, AttackError> {
-    let points = Batch::from_dataset(dataset, attack.seed());
+    // The points go to the model's device once, for the whole run: each batch is then picked on
+    // the device and nothing comes back to the host until the counts (docs/gpu.md).
+    let points = Batch::from_dataset(dataset, attack.seed()).to_device(model.device());
     let run = run_points(attack, model, &points, batch_size, interrupt, false, on_progress)?;
     let classes = dataset.num_classes() as usize;
     let counts = class_counts(classes, &points.labels, &run.robust);
@@ -219,7 +222,7 @@ pub fn run_points(
             let length = batch_size.min(n - start);
             let images = points.images.narrow(0, start, length).to_device(device);
             let classes = guarded_in(|| format!("{} (clean pass)", attack.name()), || judged_classes(model, &images))?;
-            clean.push(classes.to_device(home));
+            clean.push(host_read::to_home(&classes, home, "evaluation: clean pass of a batch"));
         }
         let predicted = if clean.is_empty() { Tensor::zeros([0], (Kind::Int64, home)) } else { Tensor::cat(&clean, 0) };
         (predicted.eq_tensor(&points.labels), predicted)
@@ -231,7 +234,7 @@ pub fn run_points(
     for (component_index, component) in components.iter().enumerate() {
         let started = Instant::now();
         let name = component.name();
-        let targets = if ensemble { robust.nonzero().reshape([-1]) } else { Tensor::arange(n, (Kind::Int64, home)) };
+        let targets = if ensemble { host_read::nonzero(&robust, "evaluation: points still robust before a component") } else { Tensor::arange(n, (Kind::Int64, home)) };
         let total = targets.size()[0];
         if ensemble && total == 0 {
             break;
@@ -257,7 +260,7 @@ pub fn run_points(
                 let copy_broken = guarded_in(judging, || {
                     tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels))
                 })?;
-                let disputed = copy_broken.logical_and(&correct).nonzero().reshape([-1]);
+                let disputed = host_read::nonzero(&copy_broken.logical_and(&correct), "evaluation: points the bf16 copy broke and the judge did not");
                 if disputed.numel() > 0 {
                     let again = batch.select(&disputed);
                     let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
@@ -273,10 +276,10 @@ pub fn run_points(
                 // A single attack returns its output for every point; an ensemble keeps, per
                 // point, the first component's example that fooled the judge.
                 let kept = if ensemble { candidate.where_self(&expand_mask(&broken, &candidate), &batch.images) } else { candidate };
-                *adversarial = adversarial.index_copy(0, &index, &kept.to_device(home));
+                *adversarial = adversarial.index_copy(0, &index, &host_read::to_home(&kept, home, "evaluation: adversarial points of a batch"));
             }
             // One read per batch: the predictions; robustness follows from them on the points' device.
-            let classes = classes.to_device(home);
+            let classes = host_read::to_home(&classes, home, "evaluation: predictions of a batch");
             robust = robust.index_copy(0, &index, &classes.eq_tensor(&points.labels.index_select(0, &index)));
             predicted = predicted.index_copy(0, &index, &classes);
             done += length;

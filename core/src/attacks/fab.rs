@@ -22,6 +22,7 @@
 //! restarts after the first one (eps/2 in L-inf around x_orig, as in the reference), drawn from
 //! each point's own random stream. Whether an iterate fools the model is decided by the judge.
 
+use crate::host_read;
 use tch::{Kind, Tensor};
 
 use super::{
@@ -233,11 +234,14 @@ impl Fab {
             current = backward.where_self(&fooled.unsqueeze(1), &current);
 
             if drop_done {
+                // One read per iteration: which rows keep searching. The rows that are done
+                // leave with their best point; the others' results are copied onto themselves
+                // (still the origins), so no second read finds the finished rows.
                 let done = best_distance.le(self.eps);
-                if bool::try_from(done.any()).unwrap_or(false) {
-                    let finished = done.nonzero().reshape([-1]);
-                    result = result.index_copy(0, &positions.index_select(0, &finished), &best.index_select(0, &finished));
-                    let keep = done.logical_not().nonzero().reshape([-1]);
+                let keep = host_read::nonzero(&done.logical_not(), "FAB: rows still searching (compaction)");
+                if keep.numel() < rows as usize {
+                    let previous = result.index_select(0, &positions);
+                    result = result.index_copy(0, &positions, &best.where_self(&done.unsqueeze(1), &previous));
                     let pick = |t: &Tensor| t.index_select(0, &keep);
                     (positions, origin, current, best, best_distance) =
                         (pick(&positions), pick(&origin), pick(&current), pick(&best), pick(&best_distance));
@@ -281,7 +285,7 @@ impl Attack for Fab {
         for rank in 1..=self.n_targets.min(classes - 1) {
             for restart in 0..self.restarts {
                 interrupt.check()?;
-                let index = robust.nonzero().squeeze_dim(1);
+                let index = host_read::nonzero(&robust, "FAB: points still robust before a run");
                 if index.numel() == 0 {
                     return Ok(result);
                 }
@@ -293,9 +297,10 @@ impl Attack for Fab {
                 let fooled = judged_correct(model, &candidate, &points.labels, None)?.logical_not();
                 let distance = (&candidate - &points.images).flatten(1, -1).abs().amax(&[1i64][..], false);
                 let broken = fooled.logical_and(&distance.le(self.eps));
-                let broken_index = index.masked_select(&broken);
-                if broken_index.numel() > 0 {
-                    let kept = candidate.index_select(0, &broken.nonzero().squeeze_dim(1));
+                let broken_rows = host_read::nonzero(&broken, "FAB: points broken by a run");
+                if broken_rows.numel() > 0 {
+                    let broken_index = index.index_select(0, &broken_rows);
+                    let kept = candidate.index_select(0, &broken_rows);
                     result = result.index_copy(0, &broken_index, &kept);
                     robust = robust.index_fill(0, &broken_index, 0);
                 }

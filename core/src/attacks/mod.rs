@@ -262,12 +262,9 @@ pub fn input_gradient(
     Ok((gradient, logits.detach()))
 }
 
-/// Largest |x_adv - x| over the batch, as a host number (one sync; used by the checks).
-fn max_distance(adversarial: &Tensor, images: &Tensor) -> f64 {
-    f64::try_from((adversarial - images).abs().max()).unwrap_or(f64::INFINITY)
-}
-
-/// Checks the invariants every attack must satisfy for its result to be trusted.
+/// Checks the invariants every attack must satisfy for its result to be trusted: the shape, the
+/// eps-ball around `images` and the box [0, 1]. The three numbers it checks (largest distance,
+/// smallest and largest value) are read back together: one host read per batch.
 pub fn verify_adversarial(attack: &str, images: &Tensor, adversarial: &Tensor, eps: f64) -> Result<(), AttackError> {
     if adversarial.size() != images.size() {
         return Err(AttackError::WrongShape {
@@ -279,12 +276,14 @@ pub fn verify_adversarial(attack: &str, images: &Tensor, adversarial: &Tensor, e
     if adversarial.numel() == 0 {
         return Ok(());
     }
-    let distance = max_distance(adversarial, images);
+    let bounds = Tensor::stack(&[(adversarial - images).abs().max(), adversarial.min(), adversarial.max()], 0);
+    let read = crate::host_read::vec_f64(&bounds, "attack output check (eps-ball and [0, 1])");
+    let value = |i: usize, otherwise: f64| read.get(i).copied().unwrap_or(otherwise);
+    let distance = value(0, f64::INFINITY);
     if !(distance <= eps + BOUND_TOLERANCE) {
         return Err(AttackError::OutsideBall { attack: attack.to_string(), distance, eps });
     }
-    let min = f64::try_from(adversarial.min()).unwrap_or(f64::NAN);
-    let max = f64::try_from(adversarial.max()).unwrap_or(f64::NAN);
+    let (min, max) = (value(1, f64::NAN), value(2, f64::NAN));
     if !(min >= 0.0 && max <= 1.0) {
         return Err(AttackError::OutsideImageRange { attack: attack.to_string(), min, max });
     }
@@ -303,20 +302,24 @@ impl ClassCounts {
         ClassCounts { correct: vec![0; num_classes], total: vec![0; num_classes] }
     }
 
-    /// Adds a batch: `is_correct` (bool [N]) for examples of classes `labels` ([N]).
+    /// Adds a batch: `is_correct` (bool [N]) for examples of classes `labels` ([N]). Counted on
+    /// the tensors' device and read back once (one host read per call).
     pub fn add(&mut self, labels: &Tensor, is_correct: &Tensor) {
         let classes = self.total.len() as i64;
-        let labels = labels.to_device(Device::Cpu).to_kind(Kind::Int64);
-        let total = labels.bincount::<Tensor>(None, classes);
-        let correct = labels.masked_select(&is_correct.to_device(Device::Cpu)).bincount::<Tensor>(None, classes);
-        for (k, (t, c)) in Vec::<i64>::try_from(total)
-            .unwrap_or_default()
-            .into_iter()
-            .zip(Vec::<i64>::try_from(correct).unwrap_or_default())
-            .enumerate()
-        {
-            self.total[k] += t;
-            self.correct[k] += c;
+        let labels = labels.to_kind(Kind::Int64);
+        let device = labels.device();
+        // Row 0 counts every example, row 1 the correct ones: sums of ones, as exact as bincount
+        // and without its read of the largest label on a GPU.
+        let ones = Tensor::ones_like(&labels);
+        let weights = Tensor::stack(&[ones, is_correct.to_device(device).to_kind(Kind::Int64)], 0);
+        let counts = Tensor::zeros([2, classes], (Kind::Int64, device)).index_add(1, &labels, &weights);
+        let read = crate::host_read::vec_i64(&counts, "per-class counts of a batch");
+        if read.len() == 2 * self.total.len() {
+            let (total, correct) = read.split_at(self.total.len());
+            for k in 0..self.total.len() {
+                self.total[k] += total[k];
+                self.correct[k] += correct[k];
+            }
         }
     }
 

@@ -138,8 +138,8 @@ impl ExampleStreams {
     /// tensor operations per draw cost more than the draw itself where draws are small and
     /// frequent (Square draws three per iteration). `None` if the keys cannot be read.
     fn host_hashes(&self, label: u32, per_example: i64) -> Option<Vec<i64>> {
-        let first = Vec::<i64>::try_from(&self.first.to_kind(Kind::Int64)).ok()?;
-        let second = Vec::<i64>::try_from(&self.second.to_kind(Kind::Int64)).ok()?;
+        let first = crate::host_read::host_vec_i64(&self.first)?;
+        let second = crate::host_read::host_vec_i64(&self.second)?;
         let label = mix32(label ^ 0x1b87_3593);
         let mut hashes = Vec::with_capacity(first.len() * per_example.max(0) as usize);
         for (&first, &second) in first.iter().zip(&second) {

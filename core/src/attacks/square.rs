@@ -21,6 +21,7 @@
 //! is broken, so with a separate judge (bf16) it queries the judge: under bf16 it runs on the
 //! fp32 weights.
 
+use crate::host_read;
 use tch::{Kind, TchError, Tensor};
 
 use super::{check_eps, draw_label, losses, Attack, AttackError, Batch, Classifier, Interrupt};
@@ -106,7 +107,7 @@ impl Square {
         let mut margin = margin_loss(model, &best, labels)?;
         for iteration in 0..self.queries {
             interrupt.check()?;
-            let active = margin.gt(0.0).nonzero().squeeze_dim(1);
+            let active = host_read::nonzero(&margin.gt(0.0), "Square: points still searching");
             let count = active.size()[0];
             if count == 0 {
                 break;
@@ -188,7 +189,7 @@ impl Attack for Square {
             // Points the judge already gets wrong are returned as they are: starting from the
             // stripes could land on a correctly classified point, which must not count as robust.
             let clean_correct = super::judged_correct(model, all_images, &batch.labels, None)?;
-            let attacked = clean_correct.nonzero().squeeze_dim(1);
+            let attacked = host_read::nonzero(&clean_correct, "Square: points to attack");
             if attacked.size()[0] == 0 {
                 return Ok(all_images.copy());
             }
@@ -196,7 +197,7 @@ impl Attack for Square {
             let (mut best, mut margin) = self.single_run(model, &points, 0, interrupt)?;
             for restart in 1..self.restarts {
                 interrupt.check()?;
-                let unbroken = margin.gt(0.0).nonzero().squeeze_dim(1);
+                let unbroken = host_read::nonzero(&margin.gt(0.0), "Square: points still robust before a restart");
                 if unbroken.size()[0] == 0 {
                     break;
                 }

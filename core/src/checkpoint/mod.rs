@@ -275,6 +275,7 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
 
 /// Serialises named tensors as safetensors bytes, sorted by name so that the bytes (and their
 /// sha256) depend only on the values.
+#[allow(clippy::disallowed_methods)] // checkpoint I/O: copies the weights out once per save, outside any iteration
 pub fn tensors_to_safetensors(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,

@@ -487,6 +487,7 @@ impl CompactDataset {
     }
 
     /// The labels as a host vector.
+    #[allow(clippy::disallowed_methods)] // data on the host, read when a job sets up (no iteration)
     pub fn labels_vec(&self) -> Vec<i64> {
         let n = self.len() as usize;
         let mut v = vec![0i64; n];
@@ -568,6 +569,7 @@ impl Dataset {
     }
 
     /// The labels as a host vector.
+    #[allow(clippy::disallowed_methods)] // data on the host, read when a job sets up (no iteration)
     pub fn labels_vec(&self) -> Vec<i64> {
         let mut v = vec![0i64; self.len() as usize];
         self.labels

@@ -30,7 +30,7 @@
 use rfb_core::attacks::{self, losses, Start};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::distillation::{weighted_distillation_step, DistillationSettings, SoftLabelTemperatures};
 use crate::method::{EpochEnd, StepContext, StepOutput, TrainingMethod};
@@ -183,8 +183,7 @@ impl TrainingMethod for FairArd {
 
     fn end_epoch(&mut self, _end: &EpochEnd) {
         if let Some((kappa, counts)) = self.kappa_sums.take() {
-            let means: Vec<f64> =
-                Vec::try_from((kappa / counts.clamp_min(1.0)).to_device(Device::Cpu)).unwrap_or_default();
+            let means = rfb_core::host_read::vec_f64(&(kappa / counts.clamp_min(1.0)), "Fair-ARD: class-wise vulnerability (once per epoch)");
             if means.len() == self.weights.len() {
                 let bounds = (self.settings.weight_min, self.settings.weight_max);
                 self.weights = weights_from_vulnerability(&means, self.settings.beta, bounds);
