@@ -112,12 +112,14 @@ fn an_evaluation_reads_once_per_batch_and_once_per_count() {
     let reads = host_read::snapshot().since(&before).by_reason;
     assert_eq!(evaluation.counts.total.iter().sum::<i64>(), 100);
     // 100 points in batches of 32: four output checks; the per-class counts of the result and of
-    // the one component (PGD notes no zero gradients, so there is nothing to read). Nothing
-    // comes back per batch: the points live on the model's device for the whole run.
+    // the one component (PGD notes no zero gradients, so there is nothing to read), and the
+    // labels and predictions of the adversarial confusion, once. Nothing comes back per batch:
+    // the points live on the model's device for the whole run.
     assert_eq!(
         reads,
         expect(&[
             ("attack output check (eps-ball and [0, 1])", 4),
+            ("evaluation: labels and predictions for the confusion", 1),
             ("per-class counts of a batch", 2),
         ])
     );

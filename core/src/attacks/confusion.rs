@@ -2,7 +2,7 @@
 //! predicts after the attack. Row `k` adds up to class `k`'s points and the diagonal is the
 //! per-class robust count ([`ClassCounts`]), so a confusion says where the broken points went.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::{AttackError, ClassCounts};
 
@@ -25,20 +25,23 @@ impl Confusion {
     /// each to the host. A predicted class outside `0..classes` is an error (a model with more
     /// outputs than the data set has classes), never counted in another cell.
     pub fn from_predictions(classes: usize, labels: &Tensor, predicted: &Tensor) -> Result<Self, AttackError> {
-        let read = |t: &Tensor| -> Result<Vec<i64>, AttackError> {
-            Ok(Vec::<i64>::try_from(t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_reshape([-1])?)?)
-        };
-        let labels = read(labels)?;
-        let predicted = read(predicted)?;
-        if labels.len() != predicted.len() {
+        if labels.size() != predicted.size() || labels.dim() != 1 {
             return Err(AttackError::InvalidParameter(format!(
-                "{} labels but {} predictions",
-                labels.len(),
-                predicted.len()
+                "labels of shape {:?} but predictions of shape {:?}",
+                labels.size(),
+                predicted.size()
             )));
         }
+        // One read of both, at the end of an evaluation.
+        let both = Tensor::f_stack(&[labels.f_to_kind(Kind::Int64)?, predicted.f_to_device(labels.device())?.f_to_kind(Kind::Int64)?], 0)?;
+        let values = crate::host_read::vec_i64(&both, "evaluation: labels and predictions for the confusion");
+        let n = labels.size()[0] as usize;
+        if values.len() != 2 * n {
+            return Err(AttackError::InvalidParameter("the predictions could not be read back".into()));
+        }
+        let (labels, predicted) = values.split_at(n);
         let mut confusion = Confusion::new(classes);
-        for (&label, &class) in labels.iter().zip(&predicted) {
+        for (&label, &class) in labels.iter().zip(predicted) {
             let row = usize::try_from(label).ok().filter(|&k| k < classes);
             let column = usize::try_from(class).ok().filter(|&k| k < classes);
             match (row, column) {
