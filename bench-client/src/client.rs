@@ -41,7 +41,8 @@ impl Auth {
         match token {
             None => Ok(Auth(None)),
             Some(t) => {
-                let value: MetadataValue<Ascii> = format!("Bearer {}", t.trim()).parse().context("the token has characters not allowed in a header")?;
+                let value: MetadataValue<Ascii> =
+                    format!("Bearer {}", t.trim()).parse().context("the token has characters not allowed in a header")?;
                 Ok(Auth(Some(value)))
             }
         }
@@ -96,7 +97,8 @@ pub fn status_text(status: &Status) -> String {
 }
 
 pub async fn list_models(client: &mut Client) -> anyhow::Result<(Vec<ModelInfo>, Vec<String>)> {
-    let response = client.list_models(ListModelsRequest {}).await.map_err(|s| anyhow::anyhow!("ListModels failed: {}", status_text(&s)))?.into_inner();
+    let response =
+        client.list_models(ListModelsRequest {}).await.map_err(|s| anyhow::anyhow!("ListModels failed: {}", status_text(&s)))?.into_inner();
     Ok((response.models, response.problems))
 }
 
@@ -134,10 +136,20 @@ struct Job {
 }
 
 enum Outcome {
-    Done { job: Job, run: SeedRun, server: String },
-    Failed { job: Job, server: String, error: String },
+    Done {
+        job: Job,
+        run: SeedRun,
+        server: String,
+    },
+    Failed {
+        job: Job,
+        server: String,
+        error: String,
+    },
     /// Failed on `server` for a reason of the server's, and queued again for another.
-    Requeued { server: String },
+    Requeued {
+        server: String,
+    },
 }
 
 /// The work queue shared by the servers' workers. A worker leaves only when no job it could
@@ -184,7 +196,10 @@ pub fn sweep_settings(sweep: &results::SweepSetting) -> Vec<results::AttackSetti
         .iter()
         .map(|&eps| {
             if eps == 0.0 {
-                attacks::setting_of_spec(&sweep.attack.label, rfb_proto::v1::AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() })
+                attacks::setting_of_spec(
+                    &sweep.attack.label,
+                    rfb_proto::v1::AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() },
+                )
             } else {
                 results::AttackSetting { eps: Some(eps), ..sweep.attack.clone() }
             }
@@ -217,7 +232,10 @@ fn attack_run(setting: &results::AttackSetting, result: AttackResult) -> anyhow:
         result.classes.iter().map(|c| c.predicted_as.clone()).collect()
     };
     let server_metrics = result.metrics.map(|m| {
-        [("average", m.average), ("worst", m.worst), ("worst_10_percent", m.worst_10_percent), ("nsd", m.nsd)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        [("average", m.average), ("worst", m.worst), ("worst_10_percent", m.worst_10_percent), ("nsd", m.nsd)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     });
     let run = AttackRun {
         attack: setting.label.clone(),
@@ -342,7 +360,8 @@ fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions
         info.libtorch_version = v.libtorch;
         info.proto_version = v.proto;
     }
-    let weights = answers.iter().map(|a| a.weights_sha256.clone()).find(|w| !w.is_empty()).unwrap_or_else(|| job.info.weights_sha256.clone());
+    let weights =
+        answers.iter().map(|a| a.weights_sha256.clone()).find(|w| !w.is_empty()).unwrap_or_else(|| job.info.weights_sha256.clone());
     let dataset = answers.iter().map(|a| a.dataset.clone()).find(|d| !d.is_empty()).unwrap_or_else(|| job.info.dataset.clone());
     let mut runs = Vec::new();
     for (setting, answer) in requested.iter().zip(answers) {
@@ -368,9 +387,7 @@ fn seed_run(job: &Job, settings: &Settings, answers: Vec<AttackResult>, versions
 /// as running.
 fn take_job(queue: &WorkQueue, server: &Server) -> Option<Job> {
     let mut jobs = queue.jobs.lock().unwrap_or_else(|e| e.into_inner());
-    let pos = jobs
-        .iter()
-        .position(|j| server.models.contains(&j.info.name) && !j.failed_on.iter().any(|f| f.server == server.endpoint))?;
+    let pos = jobs.iter().position(|j| server.models.contains(&j.info.name) && !j.failed_on.iter().any(|f| f.server == server.endpoint))?;
     queue.running.fetch_add(1, Ordering::SeqCst);
     jobs.remove(pos)
 }
@@ -535,7 +552,13 @@ struct Worked {
 }
 
 /// Runs `jobs` on `servers`, one worker per server, with progress on stderr.
-async fn run_jobs(servers: Vec<Server>, jobs: VecDeque<Job>, labels: Vec<String>, shard_count: i64, config: &CompareConfig) -> anyhow::Result<Worked> {
+async fn run_jobs(
+    servers: Vec<Server>,
+    jobs: VecDeque<Job>,
+    labels: Vec<String>,
+    shard_count: i64,
+    config: &CompareConfig,
+) -> anyhow::Result<Worked> {
     let total_jobs = jobs.len();
     // Bars on a terminal; in a log, a plain line per server and one for the whole every few
     // seconds (rfb_progress).
@@ -652,10 +675,19 @@ fn evaluation_result(mut done: Vec<(SeedRun, ShardRun)>, shard_count: i64) -> Re
 }
 
 /// Every model's runs in seed order, and the failures sorted by label and seed.
-fn assemble(selections: &[Selection], evaluations: &[Evaluation], mut gathered: Gathered, shard_count: i64) -> (Vec<ModelResults>, Vec<Failure>) {
+fn assemble(
+    selections: &[Selection],
+    evaluations: &[Evaluation],
+    mut gathered: Gathered,
+    shard_count: i64,
+) -> (Vec<ModelResults>, Vec<Failure>) {
     let mut models: Vec<ModelResults> = selections
         .iter()
-        .map(|s| ModelResults { label: s.request.label.clone(), class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(), runs: Vec::new() })
+        .map(|s| ModelResults {
+            label: s.request.label.clone(),
+            class_names: s.runs.first().map(|r| r.info.class_names.clone()).unwrap_or_default(),
+            runs: Vec::new(),
+        })
         .collect();
     let mut failures = Vec::new();
     for (index, evaluation) in evaluations.iter().enumerate() {

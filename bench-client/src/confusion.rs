@@ -107,7 +107,12 @@ pub fn top_flows(confusion: &MeanConfusion, n: usize) -> Vec<Flow> {
         for (target, &count) in row.iter().enumerate() {
             if source != target && count > 0.0 {
                 let total = confusion.totals[source];
-                flows.push(Flow { source, target, mean_count: count, share_of_source: if total > 0.0 { 100.0 * count / total } else { f64::NAN } });
+                flows.push(Flow {
+                    source,
+                    target,
+                    mean_count: count,
+                    share_of_source: if total > 0.0 { 100.0 * count / total } else { f64::NAN },
+                });
             }
         }
     }

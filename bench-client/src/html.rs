@@ -198,15 +198,13 @@ pub fn describe_plot(file: &str, summary: &Summary) -> Option<(String, String)> 
     if let Some(model) = stem.strip_prefix("curves-") {
         return Some((
             format!("Robustness curves, {model}"),
-            "Class-wise accuracy against the radius, mean over seeds; thick black: the worst class (lowest mean accuracy over the range).".into(),
+            "Class-wise accuracy against the radius, mean over seeds; thick black: the worst class (lowest mean accuracy over the range)."
+                .into(),
         ));
     }
     if let Some(attack_slug) = stem.strip_prefix("classwise-") {
         let attack = summary.attacks.iter().find(|a| slug(a) == attack_slug).cloned().unwrap_or_else(|| attack_slug.to_string());
-        return Some((
-            format!("Class-wise accuracy, {attack}"),
-            "Line: mean over seeds; band: lowest to highest seed.".into(),
-        ));
+        return Some((format!("Class-wise accuracy, {attack}"), "Line: mean over seeds; band: lowest to highest seed.".into()));
     }
     Some((stem.to_string(), String::new()))
 }
@@ -263,7 +261,11 @@ fn table_one(out: &mut String, summary: &Summary) {
     for model in &summary.models {
         let seeds = summary.seeds(model).len();
         // Only a model with fewer seeds than the others says how many it has.
-        let fewer = if seeds < most_seeds { format!(" <span class=\"sd\">{seeds} seed{}</span>", if seeds == 1 { "" } else { "s" }) } else { String::new() };
+        let fewer = if seeds < most_seeds {
+            format!(" <span class=\"sd\">{seeds} seed{}</span>", if seeds == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
         let _ = write!(out, "<tr><td>{}{fewer}</td>", escape(model));
         for (ai, attack) in summary.attacks.iter().enumerate() {
             for (mi, &metric) in metrics.iter().enumerate() {
@@ -273,7 +275,11 @@ fn table_one(out: &mut String, summary: &Summary) {
                         let d = &c.description;
                         let decimals = metric.decimals();
                         let is_best = summary.models.len() > 1 && best[ai][mi].is_some_and(|b| (b - d.mean).abs() < 1e-9);
-                        let sd = if d.n >= 2 && d.sd.is_finite() { format!("<span class=\"sd\">± {:.*}</span>", decimals, d.sd) } else { String::new() };
+                        let sd = if d.n >= 2 && d.sd.is_finite() {
+                            format!("<span class=\"sd\">± {:.*}</span>", decimals, d.sd)
+                        } else {
+                            String::new()
+                        };
                         let values: Vec<String> = c.values.iter().map(|(s, v)| format!("seed {s}: {v:.decimals$}")).collect();
                         let _ = write!(
                             out,
@@ -324,7 +330,8 @@ fn heatmaps(out: &mut String, summary: &Summary) {
         }
         out.push_str("</tr></thead><tbody>");
         // Every class at the model's lowest mean (ties included).
-        let worst: Vec<f64> = bands.iter().map(|b| b.mean.iter().copied().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min)).collect();
+        let worst: Vec<f64> =
+            bands.iter().map(|b| b.mean.iter().copied().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min)).collect();
         for (k, class) in first.class_names.iter().enumerate() {
             let _ = write!(out, "<tr><td>{}</td>", escape(class));
             for (b, band) in bands.iter().enumerate() {
@@ -387,7 +394,13 @@ fn differences(out: &mut String, summary: &Summary) {
                     Some(w) => {
                         let d = metric.decimals();
                         let better = if metric.higher_is_better() { w.difference > 0.0 } else { w.difference < 0.0 };
-                        let tone = if w.difference == 0.0 { "" } else if better { "pos" } else { "neg" };
+                        let tone = if w.difference == 0.0 {
+                            ""
+                        } else if better {
+                            "pos"
+                        } else {
+                            "neg"
+                        };
                         let sig = if w.p_value.is_finite() && w.p_value < 0.05 { " sig" } else { "" };
                         let interval = if w.ci_low.is_finite() && w.ci_high.is_finite() {
                             format!("[{:+.*}, {:+.*}]", d, w.ci_low, d, w.ci_high)
@@ -455,7 +468,12 @@ fn provenance(out: &mut String, results: &Results) {
 
     let s = &results.settings;
     out.push_str("<h3>Settings</h3><dl class=\"kv\">");
-    let _ = write!(out, "<dt>data</dt><dd>{}, {} split</dd>", escape(if s.dataset.is_empty() { "each model's own data set" } else { &s.dataset }), s.split);
+    let _ = write!(
+        out,
+        "<dt>data</dt><dd>{}, {} split</dd>",
+        escape(if s.dataset.is_empty() { "each model's own data set" } else { &s.dataset }),
+        s.split
+    );
     let _ = write!(
         out,
         "<dt>examples</dt><dd>{} per class; batch {}; precision {}</dd>",
@@ -667,7 +685,9 @@ mod tests {
 
     #[test]
     fn base64_matches_the_rfc_examples() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (plain, encoded) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
         }
         assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");

@@ -39,7 +39,11 @@ fn figure_html(out: &mut String, f: &Figure) {
 
 /// `#uncertainty`: the within-seed widths across seeds, then per seed and per class (folded).
 pub fn uncertainty_section(out: &mut String, results: &Results, summary: &Summary) {
-    let _ = write!(out, "<section id=\"uncertainty\"><h2>{UNCERTAINTY_TITLE}</h2><p class=\"note\">{}</p>", escape(&tables::uncertainty_explanation(summary, results)));
+    let _ = write!(
+        out,
+        "<section id=\"uncertainty\"><h2>{UNCERTAINTY_TITLE}</h2><p class=\"note\">{}</p>",
+        escape(&tables::uncertainty_explanation(summary, results))
+    );
     if summary.evaluations.is_empty() {
         out.push_str("<p class=\"note\">No evaluations.</p></section>");
         return;
@@ -53,9 +57,17 @@ pub fn uncertainty_section(out: &mut String, results: &Results, summary: &Summar
         for attack in &summary.attacks {
             let find = |key: &str| summary.within_seed.iter().find(|w| &w.model == model && &w.attack == attack && w.key == key);
             let Some(first) = find("class_clopper_pearson_width") else { continue };
-            let _ = write!(out, "<tr><td>{}</td><td>{}</td><td>{}</td>", escape(model), escape(attack), escape(&mean_sd(&first.description, 2)));
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td>",
+                escape(model),
+                escape(attack),
+                escape(&mean_sd(&first.description, 2))
+            );
             for metric in Metric::ALL {
-                let text = find(crate::uncertainty::bootstrap_width_key(metric)).map(|w| mean_sd(&w.description, metric.decimals())).unwrap_or_else(|| "–".into());
+                let text = find(crate::uncertainty::bootstrap_width_key(metric))
+                    .map(|w| mean_sd(&w.description, metric.decimals()))
+                    .unwrap_or_else(|| "–".into());
                 let _ = write!(out, "<td>{}</td>", escape(&text));
             }
             let p = find("p_worst_class_is_worst").map(|w| mean_sd(&w.description, 2)).unwrap_or_else(|| "–".into());
@@ -111,7 +123,14 @@ pub fn uncertainty_section(out: &mut String, results: &Results, summary: &Summar
                 for seed in &seeds {
                     match runs.iter().find(|e| e.seed == *seed).and_then(|e| e.classes.get(k)) {
                         Some(ci) => {
-                            let _ = write!(out, "<td>{}/{}: {} {}</td>", ci.correct, ci.total, number(ci.accuracy, 1), interval(ci.low, ci.high, 1));
+                            let _ = write!(
+                                out,
+                                "<td>{}/{}: {} {}</td>",
+                                ci.correct,
+                                ci.total,
+                                number(ci.accuracy, 1),
+                                interval(ci.low, ci.high, 1)
+                            );
                         }
                         None => out.push_str("<td>–</td>"),
                     }
@@ -140,7 +159,10 @@ pub fn confusions_section(out: &mut String, results: &Results, figures: &[Figure
     let all = confusion::mean_confusions(results);
     let left_out: usize = all.iter().map(|c| c.left_out).sum();
     if left_out > 0 {
-        let _ = write!(out, "<p class=\"note\">{left_out} evaluation(s) without a matrix consistent with their counts are left out of the means.</p>");
+        let _ = write!(
+            out,
+            "<p class=\"note\">{left_out} evaluation(s) without a matrix consistent with their counts are left out of the means.</p>"
+        );
     }
     let _ = write!(out, "<h3>Top {TOP_FLOWS} flows (source → target, mean points and % of the source class)</h3><div class=\"scroll\"><table class=\"flows\"><thead><tr><th>Model</th><th>Attack</th>");
     for rank in 1..=TOP_FLOWS {
@@ -206,7 +228,8 @@ pub fn curves_section(out: &mut String, results: &Results, figures: &[Figure]) {
     let _ = write!(out, "<p class=\"note\">{}</p>", escape(&tables::curves_explanation(&all)));
     for c in &all {
         let worst = c.worst_class();
-        let _ = write!(out, "<h3>{} ({} seed{})</h3><div class=\"curves\">", escape(&c.model), c.seeds, if c.seeds == 1 { "" } else { "s" });
+        let _ =
+            write!(out, "<h3>{} ({} seed{})</h3><div class=\"curves\">", escape(&c.model), c.seeds, if c.seeds == 1 { "" } else { "s" });
         if let Some(f) = figures.iter().find(|f| f.file == insight_plots::curves_file(&c.model)) {
             figure_html(out, f);
         }
@@ -227,7 +250,12 @@ pub fn curves_section(out: &mut String, results: &Results, figures: &[Figure]) {
             for a in &c.accuracy[k] {
                 let _ = write!(out, "<td>{}</td>", number(*a, 1));
             }
-            let _ = write!(out, "<td>{}</td><td class=\"halving\">{}</td></tr>", number(c.area(k), 1), escape(&tables::halving_text(c.halving(k))));
+            let _ = write!(
+                out,
+                "<td>{}</td><td class=\"halving\">{}</td></tr>",
+                number(c.area(k), 1),
+                escape(&tables::halving_text(c.halving(k)))
+            );
         }
         out.push_str("</tbody></table></div>");
     }

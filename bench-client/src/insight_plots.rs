@@ -48,7 +48,10 @@ pub fn plot_confusion(confusion: &MeanConfusion, path: &Path) -> anyhow::Result<
     let (ticks, named) = class_ticks(&confusion.class_names);
     let ticks_x = ticks.clone();
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}, {}: predicted class after the attack (% of the true class; {seeds})", confusion.model, confusion.attack), (FONT, 17))
+        .caption(
+            format!("{}, {}: predicted class after the attack (% of the true class; {seeds})", confusion.model, confusion.attack),
+            (FONT, 17),
+        )
         .margin(10)
         .x_label_area_size(side)
         .y_label_area_size(side)
@@ -94,7 +97,10 @@ pub fn plot_confusion(confusion: &MeanConfusion, path: &Path) -> anyhow::Result<
             chart.draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], fill.filled()))).map_err(err)?;
             if j == k {
                 chart
-                    .draw_series(std::iter::once(Rectangle::new([(x - 0.47, y - 0.47), (x + 0.47, y + 0.47)], RGBColor(228, 87, 46).stroke_width(3))))
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.47, y - 0.47), (x + 0.47, y + 0.47)],
+                        RGBColor(228, 87, 46).stroke_width(3),
+                    )))
                     .map_err(err)?;
             }
             if annotate && percent.is_finite() && (percent >= 0.5 || j == k) {
@@ -138,7 +144,13 @@ pub fn plot_curves(curves: &ModelCurves, path: &Path) -> anyhow::Result<()> {
     let x_hi = curves.radii.last().copied().unwrap_or(1.0).max(1e-9) * 255.0;
     let seeds = if curves.seeds == 1 { "1 seed".to_string() } else { format!("mean of {} seeds", curves.seeds) };
     let mut chart = ChartBuilder::on(&body)
-        .caption(format!("{}: class-wise accuracy against the radius of {} ({seeds}; thick black: the worst class by mean over the range)", curves.model, curves.attack), (FONT, 20))
+        .caption(
+            format!(
+                "{}: class-wise accuracy against the radius of {} ({seeds}; thick black: the worst class by mean over the range)",
+                curves.model, curves.attack
+            ),
+            (FONT, 20),
+        )
         .margin(14)
         .x_label_area_size(55)
         .y_label_area_size(75)

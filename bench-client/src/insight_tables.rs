@@ -69,9 +69,17 @@ pub fn uncertainty_markdown(results: &Results, summary: &Summary) -> String {
         for attack in &summary.attacks {
             let find = |key: &str| summary.within_seed.iter().find(|w| &w.model == model && &w.attack == attack && w.key == key);
             let Some(first) = find("class_clopper_pearson_width") else { continue };
-            let _ = write!(out, "| {} | {} | {} | {} |", markdown_cell(model), markdown_cell(attack), first.description.n, mean_sd(&first.description, 2));
+            let _ = write!(
+                out,
+                "| {} | {} | {} | {} |",
+                markdown_cell(model),
+                markdown_cell(attack),
+                first.description.n,
+                mean_sd(&first.description, 2)
+            );
             for metric in Metric::ALL {
-                let text = find(bootstrap_width_key(metric)).map(|w| mean_sd(&w.description, metric.decimals())).unwrap_or_else(|| "–".into());
+                let text =
+                    find(bootstrap_width_key(metric)).map(|w| mean_sd(&w.description, metric.decimals())).unwrap_or_else(|| "–".into());
                 let _ = write!(out, " {text} |");
             }
             let p = find("p_worst_class_is_worst").map(|w| mean_sd(&w.description, 2)).unwrap_or_else(|| "–".into());
@@ -168,7 +176,8 @@ pub fn confusions_markdown(results: &Results) -> String {
     for c in &all {
         let flows = confusion::top_flows(c, TOP_FLOWS);
         if flows.is_empty() {
-            let _ = writeln!(out, "| {} | {} | {} | – | no point broken | – | – |", markdown_cell(&c.model), markdown_cell(&c.attack), c.seeds);
+            let _ =
+                writeln!(out, "| {} | {} | {} | – | no point broken | – | – |", markdown_cell(&c.model), markdown_cell(&c.attack), c.seeds);
         }
         for (rank, f) in flows.iter().enumerate() {
             let _ = writeln!(

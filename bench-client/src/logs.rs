@@ -112,7 +112,8 @@ pub fn read_run(dir: &Path) -> anyhow::Result<RunLog> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    let run_json: Option<serde_json::Value> = std::fs::read_to_string(dir.join("run.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let run_json: Option<serde_json::Value> =
+        std::fs::read_to_string(dir.join("run.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let manifest: Option<serde_json::Value> = ["best", "last"]
         .iter()
         .find_map(|c| std::fs::read_to_string(dir.join(c).join("manifest.json")).ok())
@@ -121,7 +122,8 @@ pub fn read_run(dir: &Path) -> anyhow::Result<RunLog> {
     let method = field("method").and_then(|v| v.as_str().map(str::to_string));
     let (group, name_seed) = split_seed(&name);
     let seed = field("seed").and_then(|v| v.as_u64()).or(name_seed);
-    let class_names = manifest.as_ref().and_then(|m| m.get("class_names")).and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok());
+    let class_names =
+        manifest.as_ref().and_then(|m| m.get("class_names")).and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok());
     Ok(RunLog { dir: dir.to_path_buf(), name, group, method, seed, class_names, epochs })
 }
 
@@ -162,7 +164,13 @@ pub fn risk_sd_csv(runs: &[RunLog], normalisation: Normalisation) -> String {
     let mut out = String::from("run,group,seed,epoch,clean_sd,adversarial_sd,normalisation\n");
     for run in runs {
         for e in &run.epochs {
-            let sd = |r: &Option<Vec<f64>>| r.as_ref().map(|r| normalised_risk_sd(r, normalisation)).filter(|v| v.is_finite()).map(|v| v.to_string()).unwrap_or_default();
+            let sd = |r: &Option<Vec<f64>>| {
+                r.as_ref()
+                    .map(|r| normalised_risk_sd(r, normalisation))
+                    .filter(|v| v.is_finite())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
             out.push_str(&format!(
                 "{},{},{},{},{},{},{}\n",
                 run.name,

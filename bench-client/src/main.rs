@@ -19,7 +19,11 @@ use rfb_bench_client::{html, provenance, report, summary};
 use rfb_build_support::{shell, sources};
 
 #[derive(Parser)]
-#[command(name = "bench-client", version, about = "Compare robust models across seeds: class-wise statistics, tables and plots from evaluator servers")]
+#[command(
+    name = "bench-client",
+    version,
+    about = "Compare robust models across seeds: class-wise statistics, tables and plots from evaluator servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -509,7 +513,10 @@ fn run_list(args: ListArgs) -> anyhow::Result<ExitCode> {
             println!("{}:", client::normalise_endpoint(server));
             for m in models {
                 let seed = m.seed.or(name_parts(&m.name).seed).map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-                println!("  {:<40} method {:<8} seed {:<4} {} {} ({} classes)", m.name, m.method, seed, m.architecture, m.dataset, m.num_classes);
+                println!(
+                    "  {:<40} method {:<8} seed {:<4} {} {} ({} classes)",
+                    m.name, m.method, seed, m.architecture, m.dataset, m.num_classes
+                );
                 if let Some(source) = imported_from(&m.manifest_json) {
                     println!("  {:<40} imported from {source}", "");
                 }

@@ -143,7 +143,8 @@ pub(crate) fn legend_strip(area: &Area, entries: &[(String, RGBColor)], line: bo
     let style: TextStyle = (FONT, size).into();
     let swatch = 28i32;
     let gap = 26i32;
-    let widths: Vec<i32> = entries.iter().map(|(t, _)| area.estimate_text_size(t, &style).map(|(w, _)| w as i32).unwrap_or(8 * t.len() as i32)).collect();
+    let widths: Vec<i32> =
+        entries.iter().map(|(t, _)| area.estimate_text_size(t, &style).map(|(w, _)| w as i32).unwrap_or(8 * t.len() as i32)).collect();
     let total: i32 = widths.iter().map(|w| w + swatch + 8 + gap).sum::<i32>() - gap;
     let (w, h) = area.dim_in_pixel();
     let mut x = ((w as i32 - total) / 2).max(4);
@@ -166,10 +167,8 @@ pub(crate) fn legend_strip(area: &Area, entries: &[(String, RGBColor)], line: bo
 
 /// A text style anchored at its centre.
 pub(crate) fn centred(size: u32) -> TextStyle<'static> {
-    TextStyle::from((FONT, size).into_font()).pos(plotters::style::text_anchor::Pos::new(
-        plotters::style::text_anchor::HPos::Center,
-        plotters::style::text_anchor::VPos::Center,
-    ))
+    TextStyle::from((FONT, size).into_font())
+        .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center))
 }
 
 /// An epoch axis with whole-number ticks: every epoch up to 20, else a round step.
@@ -265,13 +264,16 @@ fn classwise_panel(area: &Area, summary: &Summary, attack: &str, title_size: u32
         .draw()
         .map_err(err)?;
     if bands.is_empty() {
-        chart.draw_series(std::iter::once(Text::new("no results", ((classes as f64 - 1.0) / 2.0, (y_lo + y_hi) / 2.0), centred(label_size)))).map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new("no results", ((classes as f64 - 1.0) / 2.0, (y_lo + y_hi) / 2.0), centred(label_size))))
+            .map_err(err)?;
         return Ok(());
     }
     for (i, band) in &bands {
         let colour = model_colour(*i);
         if band.seeds > 1 {
-            let mut polygon: Vec<(f64, f64)> = band.high.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(k, &v)| (k as f64, v)).collect();
+            let mut polygon: Vec<(f64, f64)> =
+                band.high.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(k, &v)| (k as f64, v)).collect();
             polygon.extend(band.low.iter().enumerate().rev().filter(|(_, v)| v.is_finite()).map(|(k, &v)| (k as f64, v)));
             chart.draw_series(std::iter::once(Polygon::new(polygon, colour.mix(0.18).filled()))).map_err(err)?;
         }
@@ -371,11 +373,15 @@ pub fn plot_metrics(summary: &Summary, path: &Path) -> anyhow::Result<()> {
             .attacks
             .iter()
             .enumerate()
-            .flat_map(|(a, attack)| summary.models.iter().enumerate().filter_map(move |(m, model)| summary.cell(model, attack, *metric).map(|c| (a, m, c))))
+            .flat_map(|(a, attack)| {
+                summary.models.iter().enumerate().filter_map(move |(m, model)| summary.cell(model, attack, *metric).map(|c| (a, m, c)))
+            })
             .collect();
         let top = cells
             .iter()
-            .flat_map(|(_, _, c)| [c.description.mean, if c.description.ci_high.is_finite() { c.description.ci_high } else { c.description.mean }])
+            .flat_map(|(_, _, c)| {
+                [c.description.mean, if c.description.ci_high.is_finite() { c.description.ci_high } else { c.description.mean }]
+            })
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max);
         let (y_hi, y_desc, decimals) = match metric {
@@ -414,7 +420,7 @@ pub fn plot_metrics(summary: &Summary, path: &Path) -> anyhow::Result<()> {
             .y_label_style((FONT, 17))
             .axis_desc_style((FONT, 18))
             .max_light_lines(2)
-        .light_line_style(RGBColor(240, 240, 240))
+            .light_line_style(RGBColor(240, 240, 240))
             .bold_line_style(RGBColor(200, 200, 200))
             .draw()
             .map_err(err)?;
@@ -541,7 +547,11 @@ fn risk_panel(area: &Area, runs: &[LabelledRun], groups: &[String], adversarial:
         .draw()
         .map_err(err)?;
     if series.is_empty() {
-        let text = if adversarial { "no adversarial risks in these logs (natural training has none)".to_string() } else { "no clean risks in these logs".to_string() };
+        let text = if adversarial {
+            "no adversarial risks in these logs (natural training has none)".to_string()
+        } else {
+            "no clean risks in these logs".to_string()
+        };
         let x = (chart.x_range().start + chart.x_range().end) / 2.0;
         chart.draw_series(std::iter::once(Text::new(text, (x, y_hi / 2.0), centred(20)))).map_err(err)?;
         return Ok(());
@@ -602,7 +612,8 @@ pub fn plot_risk_sd(runs: &[LabelledRun], normalisation: Normalisation, path: &P
 /// ABSLD's class-wise temperatures of one run per epoch; None when the run logged none.
 pub fn plot_temperatures(run: &RunLog, path: &Path) -> anyhow::Result<Option<PathBuf>> {
     ensure_fonts();
-    let epochs: Vec<(f64, &logs::Temperatures)> = run.epochs.iter().filter_map(|e| e.temperatures.as_ref().map(|t| ((e.epoch + 1) as f64, t))).collect();
+    let epochs: Vec<(f64, &logs::Temperatures)> =
+        run.epochs.iter().filter_map(|e| e.temperatures.as_ref().map(|t| ((e.epoch + 1) as f64, t))).collect();
     if epochs.is_empty() {
         return Ok(None);
     }
@@ -617,12 +628,19 @@ pub fn plot_temperatures(run: &RunLog, path: &Path) -> anyhow::Result<Option<Pat
     let (head, body) = root.split_vertically(if show_legend { 110 } else { 60 });
     let (title, legend) = head.split_vertically(60);
     title
-        .draw(&Text::new(format!("{}: ABSLD class-wise temperatures per epoch (one line per class)", run.name), (20, 16), (FONT, 26).into_font()))
+        .draw(&Text::new(
+            format!("{}: ABSLD class-wise temperatures per epoch (one line per class)", run.name),
+            (20, 16),
+            (FONT, 26).into_font(),
+        ))
         .map_err(err)?;
     if show_legend {
         let numeric = names.iter().all(|n| n.chars().all(|c| c.is_ascii_digit()));
-        let entries: Vec<(String, RGBColor)> =
-            names.iter().enumerate().map(|(k, n)| (if numeric { format!("class {n}") } else { n.clone() }, class_colour(k, classes))).collect();
+        let entries: Vec<(String, RGBColor)> = names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (if numeric { format!("class {n}") } else { n.clone() }, class_colour(k, classes)))
+            .collect();
         legend_strip(&legend, &entries, true, false, 18)?;
     }
     let panels = body.split_evenly((1, 2));
@@ -655,13 +673,14 @@ pub fn plot_temperatures(run: &RunLog, path: &Path) -> anyhow::Result<Option<Pat
             .label_style((FONT, 17))
             .axis_desc_style((FONT, 18))
             .max_light_lines(2)
-        .light_line_style(RGBColor(240, 240, 240))
+            .light_line_style(RGBColor(240, 240, 240))
             .bold_line_style(RGBColor(200, 200, 200))
             .draw()
             .map_err(err)?;
         for k in 0..classes {
             let colour = class_colour(k, classes);
-            let points: Vec<(f64, f64)> = epochs.iter().filter_map(|(e, t)| pick(t).get(k).copied().filter(|v| v.is_finite()).map(|v| (*e, v))).collect();
+            let points: Vec<(f64, f64)> =
+                epochs.iter().filter_map(|(e, t)| pick(t).get(k).copied().filter(|v| v.is_finite()).map(|v| (*e, v))).collect();
             chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(if classes <= 20 { 3 } else { 1 }))).map_err(err)?;
             if points.len() <= 40 && classes <= 20 {
                 chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(err)?;

@@ -56,9 +56,7 @@ mod tests {
     /// The flag, the JSON and the text spell every precision the same way.
     #[test]
     fn one_spelling_everywhere() {
-        for (precision, name) in
-            [(Precision::Fp32, "fp32"), (Precision::Fp32Fast, "fp32-fast"), (Precision::Bf16, "bf16")]
-        {
+        for (precision, name) in [(Precision::Fp32, "fp32"), (Precision::Fp32Fast, "fp32-fast"), (Precision::Bf16, "bf16")] {
             assert_eq!(precision.to_string(), name);
             assert_eq!(serde_json::to_string(&precision).unwrap(), format!("\"{name}\""));
             assert_eq!(serde_json::from_str::<Precision>(&format!("\"{name}\"")).unwrap(), precision);

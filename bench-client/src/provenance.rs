@@ -118,8 +118,12 @@ pub fn status_of(record: &RunRecord, current: &SourceHashes) -> Status {
         None => Status::Unrecorded,
         Some(total) if *total == current.total => Status::Current,
         Some(_) => {
-            let mut changed: Vec<String> =
-                current.per_path.iter().filter(|(path, hash)| record.sources.get(*path) != Some(*hash)).map(|(path, _)| path.clone()).collect();
+            let mut changed: Vec<String> = current
+                .per_path
+                .iter()
+                .filter(|(path, hash)| record.sources.get(*path) != Some(*hash))
+                .map(|(path, _)| path.clone())
+                .collect();
             if changed.is_empty() {
                 // Same parts, other total: the list of paths itself changed.
                 changed.push("the list of result-deciding sources".into());

@@ -90,7 +90,8 @@ pub fn table1_markdown(summary: &Summary) -> String {
         let _ = write!(out, "| {} | {} |", markdown_cell(model), seeds_text(summary, model));
         for attack in &summary.attacks {
             for metric in metrics {
-                let text = summary.cell(model, attack, metric).map(|c| mean_sd(&c.description, metric.decimals())).unwrap_or_else(|| "–".into());
+                let text =
+                    summary.cell(model, attack, metric).map(|c| mean_sd(&c.description, metric.decimals())).unwrap_or_else(|| "–".into());
                 let _ = write!(out, " {text} |");
             }
         }
@@ -212,7 +213,9 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
              `–`: fewer than two seeds on a side, or no spread in either.\n",
             markdown_cell(&summary.comparisons[0].baseline)
         );
-        out.push_str("| Model | Attack | Metric | Difference | Interval | t | df | p |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: |\n");
+        out.push_str(
+            "| Model | Attack | Metric | Difference | Interval | t | df | p |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: |\n",
+        );
         for cmp in &summary.comparisons {
             let d = cmp.metric.decimals();
             let _ = writeln!(
@@ -290,11 +293,12 @@ pub fn report_markdown(results: &Results, summary: &Summary) -> String {
     out.push_str("- parameters as the evaluator ran them; any not listed take the evaluator's defaults (PGD and CW step eps/4, the paper's 2/255 at 8/255; CW-inf 30 steps, kappa 50)\n");
     for server in &results.servers {
         let mut line = format!("- server {}", server.endpoint);
-        let versions: Vec<String> = [("evaluator", &server.evaluator_version), ("libtorch", &server.libtorch_version), ("proto", &server.proto_version)]
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let versions: Vec<String> =
+            [("evaluator", &server.evaluator_version), ("libtorch", &server.libtorch_version), ("proto", &server.proto_version)]
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
         if !versions.is_empty() {
             let _ = write!(line, ": {}", versions.join(", "));
         }
@@ -385,7 +389,11 @@ pub(crate) fn csv_number(value: f64) -> String {
     if value.is_finite() {
         format!("{value}")
     } else if value.is_infinite() {
-        if value > 0.0 { "inf".into() } else { "-inf".into() }
+        if value > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         String::new()
     }

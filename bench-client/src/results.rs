@@ -446,7 +446,11 @@ impl AttackRun {
                 bail!("the adversarial confusion's row of class {k} ({name}) adds up to {sum}, not its {} points", self.total[k]);
             }
             if self.correct.get(k) != Some(&row[k]) {
-                bail!("the adversarial confusion's diagonal for class {k} ({name}) is {}, not its {:?} robust points", row[k], self.correct.get(k));
+                bail!(
+                    "the adversarial confusion's diagonal for class {k} ({name}) is {}, not its {:?} robust points",
+                    row[k],
+                    self.correct.get(k)
+                );
             }
         }
         Ok(())
@@ -501,7 +505,9 @@ fn merge_attack_run(model: &str, into: &mut AttackRun, from: &AttackRun) -> anyh
                     *a += b;
                 }
             }
-            Some(existing) => bail!("shards of {} ran AutoAttack components in different orders ({} and {})", model, existing.name, component.name),
+            Some(existing) => {
+                bail!("shards of {} ran AutoAttack components in different orders ({} and {})", model, existing.name, component.name)
+            }
             None => into.components.push(component.clone()),
         }
     }
@@ -556,9 +562,16 @@ impl Results {
                         );
                     }
                     if attack.correct.iter().zip(&attack.total).any(|(&k, &t)| k < 0 || k > t) {
-                        bail!("model '{}' seed {} attack '{}': a correct count is negative or above its total", model.label, run.seed, attack.attack);
+                        bail!(
+                            "model '{}' seed {} attack '{}': a correct count is negative or above its total",
+                            model.label,
+                            run.seed,
+                            attack.attack
+                        );
                     }
-                    attack.check_confusion().with_context(|| format!("model '{}' seed {} attack '{}'", model.label, run.seed, attack.attack))?;
+                    attack
+                        .check_confusion()
+                        .with_context(|| format!("model '{}' seed {} attack '{}'", model.label, run.seed, attack.attack))?;
                 }
                 for point in &run.sweep {
                     let c = point.run.class_names.len();
@@ -566,9 +579,17 @@ impl Results {
                         || point.run.total.len() != c
                         || point.run.correct.iter().zip(&point.run.total).any(|(&k, &t)| k < 0 || k > t)
                     {
-                        bail!("model '{}' seed {}: the robustness curve's counts at eps {} do not fit its classes", model.label, run.seed, point.eps);
+                        bail!(
+                            "model '{}' seed {}: the robustness curve's counts at eps {} do not fit its classes",
+                            model.label,
+                            run.seed,
+                            point.eps
+                        );
                     }
-                    point.run.check_confusion().with_context(|| format!("model '{}' seed {} curve at eps {}", model.label, run.seed, point.eps))?;
+                    point
+                        .run
+                        .check_confusion()
+                        .with_context(|| format!("model '{}' seed {} curve at eps {}", model.label, run.seed, point.eps))?;
                 }
             }
         }

@@ -62,7 +62,9 @@ pub struct NameParts {
 }
 
 fn is_checkpoint_name(component: &str) -> bool {
-    component == "best" || component == "last" || component.strip_prefix("epoch-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    component == "best"
+        || component == "last"
+        || component.strip_prefix("epoch-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Splits `runs/absld-s1/best` into run `runs/absld-s1`, group `runs/absld`, seed 1, checkpoint `best`.
@@ -109,7 +111,12 @@ fn is_resume_state(name: &str) -> bool {
 }
 
 /// Resolves every request against the listed checkpoints. Errors name what was available.
-pub fn select(requests: &[ModelRequest], available: &[ModelInfo], seeds: Option<&[u64]>, checkpoint: &str) -> anyhow::Result<Vec<Selection>> {
+pub fn select(
+    requests: &[ModelRequest],
+    available: &[ModelInfo],
+    seeds: Option<&[u64]>,
+    checkpoint: &str,
+) -> anyhow::Result<Vec<Selection>> {
     let usable: Vec<&ModelInfo> = available.iter().filter(|m| !is_resume_state(&m.name)).collect();
     let mut selections = Vec::new();
     for request in requests {
@@ -162,7 +169,12 @@ pub fn select(requests: &[ModelRequest], available: &[ModelInfo], seeds: Option<
         for (seed, models) in by_seed {
             if models.len() > 1 {
                 let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-                bail!("model '{}' has {} checkpoints for seed {seed} ({}); name one run group more precisely", request.label, models.len(), names.join(", "));
+                bail!(
+                    "model '{}' has {} checkpoints for seed {seed} ({}); name one run group more precisely",
+                    request.label,
+                    models.len(),
+                    names.join(", ")
+                );
             }
             runs.push(Selected { seed, info: models[0].clone() });
         }
@@ -203,7 +215,10 @@ mod tests {
         ];
         let requests = parse_models("absld,RS=rslad").unwrap();
         let s = select(&requests, &available, None, "best").unwrap();
-        assert_eq!(s[0].runs.iter().map(|r| (r.seed, r.info.name.as_str())).collect::<Vec<_>>(), [(0, "absld-s0/best"), (1, "absld-s1/best")]);
+        assert_eq!(
+            s[0].runs.iter().map(|r| (r.seed, r.info.name.as_str())).collect::<Vec<_>>(),
+            [(0, "absld-s0/best"), (1, "absld-s1/best")]
+        );
         // Prefix wins over method: only rslad-s0, not baseline-a.
         assert_eq!(s[1].request.label, "RS");
         assert_eq!(s[1].runs.len(), 1);

@@ -141,7 +141,8 @@ impl Summary {
 /// Summarises a results file.
 pub fn summarize(results: &Results) -> Summary {
     let attacks = results.attack_labels();
-    let confidence = if results.settings.confidence > 0.0 && results.settings.confidence < 1.0 { results.settings.confidence } else { 0.95 };
+    let confidence =
+        if results.settings.confidence > 0.0 && results.settings.confidence < 1.0 { results.settings.confidence } else { 0.95 };
     let mut cells = Vec::new();
     let mut bands = Vec::new();
     for model in &results.models {
@@ -158,7 +159,13 @@ pub fn summarize(results: &Results) -> Summary {
             for metric in Metric::ALL {
                 let values: Vec<(u64, f64)> = per_seed.iter().map(|(s, m)| (*s, metric.of(m))).collect();
                 let samples: Vec<f64> = values.iter().map(|&(_, v)| v).collect();
-                cells.push(Cell { model: model.label.clone(), attack: attack.clone(), metric, values, description: stats::describe(&samples, confidence) });
+                cells.push(Cell {
+                    model: model.label.clone(),
+                    attack: attack.clone(),
+                    metric,
+                    values,
+                    description: stats::describe(&samples, confidence),
+                });
             }
             if !accuracies.is_empty() {
                 let classes = accuracies.iter().map(Vec::len).max().unwrap_or(0);
@@ -186,7 +193,13 @@ pub fn summarize(results: &Results) -> Summary {
         for model in results.models.iter().skip(1) {
             for attack in &attacks {
                 for metric in Metric::ALL {
-                    let find = |label: &str| cells.iter().find(|c: &&Cell| c.model == label && &c.attack == attack && c.metric == metric).map(Cell::samples).unwrap_or_default();
+                    let find = |label: &str| {
+                        cells
+                            .iter()
+                            .find(|c: &&Cell| c.model == label && &c.attack == attack && c.metric == metric)
+                            .map(Cell::samples)
+                            .unwrap_or_default()
+                    };
                     let a = find(&model.label);
                     let b = find(&baseline.label);
                     comparisons.push(Comparison {
@@ -204,5 +217,14 @@ pub fn summarize(results: &Results) -> Summary {
     }
     let evaluations = crate::uncertainty::evaluations(results);
     let within_seed = crate::uncertainty::across_seeds(results, &evaluations);
-    Summary { models: results.models.iter().map(|m| m.label.clone()).collect(), attacks, confidence, cells, comparisons, bands, evaluations, within_seed }
+    Summary {
+        models: results.models.iter().map(|m| m.label.clone()).collect(),
+        attacks,
+        confidence,
+        cells,
+        comparisons,
+        bands,
+        evaluations,
+        within_seed,
+    }
 }

@@ -192,7 +192,13 @@ pub fn bootstrap(correct: &[i64], total: &[i64], settings: &UncertaintySettings,
 }
 
 /// The bootstrap statistics from given resampled counts (`[resample][class]`).
-pub fn bootstrap_from_counts(correct: &[i64], total: &[i64], counts: &[Vec<i64>], settings: &UncertaintySettings, confidence: f64) -> Bootstrap {
+pub fn bootstrap_from_counts(
+    correct: &[i64],
+    total: &[i64],
+    counts: &[Vec<i64>],
+    settings: &UncertaintySettings,
+    confidence: f64,
+) -> Bootstrap {
     let measured = rfb_proto::metrics::summarize(&rfb_proto::metrics::class_accuracy(correct, total));
     let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(counts.len()); Metric::ALL.len()];
     let mut worst_share = vec![0.0; total.len()];
@@ -219,7 +225,12 @@ pub fn bootstrap_from_counts(correct: &[i64], total: &[i64], counts: &[Vec<i64>]
         .zip(values)
         .map(|(&metric, mut v)| {
             v.sort_by(f64::total_cmp);
-            MetricInterval { metric, estimate: metric.of(&measured), low: percentile(&v, (1.0 - confidence) / 2.0), high: percentile(&v, (1.0 + confidence) / 2.0) }
+            MetricInterval {
+                metric,
+                estimate: metric.of(&measured),
+                low: percentile(&v, (1.0 - confidence) / 2.0),
+                high: percentile(&v, (1.0 + confidence) / 2.0),
+            }
         })
         .collect();
     Bootstrap {
@@ -325,7 +336,12 @@ pub fn across_seeds(results: &Results, evaluations: &[Evaluation]) -> Vec<Across
                 continue;
             }
             let mut push = |key: &'static str, values: Vec<f64>| {
-                out.push(AcrossSeeds { model: model.label.clone(), attack: attack.clone(), key, description: stats::describe(&values, confidence) });
+                out.push(AcrossSeeds {
+                    model: model.label.clone(),
+                    attack: attack.clone(),
+                    key,
+                    description: stats::describe(&values, confidence),
+                });
             };
             push("class_clopper_pearson_width", runs.iter().map(|e| e.mean_class_width()).collect());
             for metric in Metric::ALL {

@@ -121,7 +121,9 @@ fn skip(reason: &str) {
     if std::env::var("RFB_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
         panic!("the browser test must run here (RFB_REQUIRE_BROWSER=1) but {reason}");
     }
-    eprintln!("SKIPPED the browser test of the report page: {reason}. scripts/test.sh installs Debian's chromium where apt-get can be used.");
+    eprintln!(
+        "SKIPPED the browser test of the report page: {reason}. scripts/test.sh installs Debian's chromium where apt-get can be used."
+    );
 }
 
 #[test]
@@ -172,7 +174,11 @@ fn the_sections_on_where_the_robustness_goes_render_in_chromium() {
     let run = headless(
         &chrome,
         &tmp.path().join("profile"),
-        &[format!("--window-size={},{}", size.0, size.1), format!("--screenshot={}", shot.display()), format!("file://{}", only_path.display())],
+        &[
+            format!("--window-size={},{}", size.0, size.1),
+            format!("--screenshot={}", shot.display()),
+            format!("file://{}", only_path.display()),
+        ],
     );
     assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&run.stderr));
     let image = image::open(&shot).unwrap().to_rgb8();
@@ -194,13 +200,8 @@ fn the_sections_on_where_the_robustness_goes_render_in_chromium() {
 /// phone screenshots.
 fn check_page(chrome: &Path, tmp: &Path, from: &Path, screenshots: bool) -> Option<serde_json::Value> {
     let page_dir = tmp.join("page");
-    let output = Command::new(env!("CARGO_BIN_EXE_bench-client"))
-        .args(["report", "--from"])
-        .arg(from)
-        .arg("--out")
-        .arg(&page_dir)
-        .output()
-        .unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_bench-client")).args(["report", "--from"]).arg(from).arg("--out").arg(&page_dir).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let html = std::fs::read_to_string(page_dir.join("index.html")).unwrap();
 
@@ -271,7 +272,11 @@ fn check_page(chrome: &Path, tmp: &Path, from: &Path, screenshots: bool) -> Opti
             assert!(v["title"].as_str().unwrap().contains("digits"), "{what}");
         }
         // The sections on where the robustness goes, linked and headed, whatever the results hold.
-        for (i, (id, heading)) in [("uncertainty", "Uncertainty of one evaluation"), ("confusions", "Adversarial confusions"), ("curves", "Robustness curves")].iter().enumerate() {
+        for (i, (id, heading)) in
+            [("uncertainty", "Uncertainty of one evaluation"), ("confusions", "Adversarial confusions"), ("curves", "Robustness curves")]
+                .iter()
+                .enumerate()
+        {
             assert!(v["nav"].as_array().unwrap().iter().any(|h| h == &format!("#{id}")), "#{id} in the navigation, {what}");
             let section = &v["sections"][i];
             assert_eq!(section["heading"], *heading, "{what}");

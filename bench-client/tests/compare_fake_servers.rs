@@ -17,7 +17,8 @@ use rfb_bench_client::selection::parse_models;
 use rfb_proto::v1::evaluate_event::Event;
 use rfb_proto::v1::evaluator_server::{Evaluator, EvaluatorServer};
 use rfb_proto::v1::{
-    AttackResult, ClassResult, DescribeModelRequest, Done, EvaluateEvent, EvaluateRequest, ListModelsRequest, ListModelsResponse, ModelInfo, Progress, QueuePosition, Versions,
+    AttackResult, ClassResult, DescribeModelRequest, Done, EvaluateEvent, EvaluateRequest, ListModelsRequest, ListModelsResponse,
+    ModelInfo, Progress, QueuePosition, Versions,
 };
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -118,15 +119,24 @@ impl Evaluator for Fake {
 
     type EvaluateStream = ReceiverStream<Result<EvaluateEvent, Status>>;
 
-    async fn upload_model(&self, _request: Request<tonic::Streaming<rfb_proto::v1::UploadModelRequest>>) -> Result<Response<ModelInfo>, Status> {
+    async fn upload_model(
+        &self,
+        _request: Request<tonic::Streaming<rfb_proto::v1::UploadModelRequest>>,
+    ) -> Result<Response<ModelInfo>, Status> {
         Err(Status::unimplemented("the fake server takes no uploads"))
     }
 
-    async fn delete_model(&self, _request: Request<rfb_proto::v1::DeleteModelRequest>) -> Result<Response<rfb_proto::v1::DeleteModelResponse>, Status> {
+    async fn delete_model(
+        &self,
+        _request: Request<rfb_proto::v1::DeleteModelRequest>,
+    ) -> Result<Response<rfb_proto::v1::DeleteModelResponse>, Status> {
         Err(Status::unimplemented("the fake server takes no uploads"))
     }
 
-    async fn server_info(&self, _request: Request<rfb_proto::v1::ServerInfoRequest>) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
+    async fn server_info(
+        &self,
+        _request: Request<rfb_proto::v1::ServerInfoRequest>,
+    ) -> Result<Response<rfb_proto::v1::ServerInfoResponse>, Status> {
         Err(Status::unimplemented("the fake server has no info"))
     }
 
@@ -149,7 +159,13 @@ impl Evaluator for Fake {
             let _ = tx.send(Ok(send(Event::Queued(QueuePosition { ahead: 0 })))).await;
             for (i, spec) in request.attacks.iter().enumerate() {
                 let _ = tx
-                    .send(Ok(send(Event::Progress(Progress { attack: format!("attack {i}"), attack_index: i as i64, examples_done: 30, examples_total: 60, ..Default::default() }))))
+                    .send(Ok(send(Event::Progress(Progress {
+                        attack: format!("attack {i}"),
+                        attack_index: i as i64,
+                        examples_done: 30,
+                        examples_total: 60,
+                        ..Default::default()
+                    }))))
                     .await;
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 if fail && i == 1 {

@@ -45,7 +45,23 @@ impl Drop for Server {
 
 fn train(trainer: &Path, models: &Path, name: &str, seed: u64, lr: &str) -> Child {
     Command::new(trainer)
-        .args(["train", "--method", "natural", "--dataset", "digits", "--epochs", "2", "--seed", &seed.to_string(), "--lr", lr, "--quiet", "--attack-steps", "2", "--out"])
+        .args([
+            "train",
+            "--method",
+            "natural",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--seed",
+            &seed.to_string(),
+            "--lr",
+            lr,
+            "--quiet",
+            "--attack-steps",
+            "2",
+            "--out",
+        ])
         .arg(models.join(format!("{name}-s{seed}")))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -104,7 +120,20 @@ fn train_serve_compare() {
 
     let out = tmp.path().join("report");
     let output = Command::new(env!("CARGO_BIN_EXE_bench-client"))
-        .args(["compare", "--server", &address, "--models", "alpha,beta", "--attacks", "clean,fgsm,pgd", "--eps", "0.1", "--examples-per-class", "10", "--quiet"])
+        .args([
+            "compare",
+            "--server",
+            &address,
+            "--models",
+            "alpha,beta",
+            "--attacks",
+            "clean,fgsm,pgd",
+            "--eps",
+            "0.1",
+            "--examples-per-class",
+            "10",
+            "--quiet",
+        ])
         .arg("--token-file")
         .arg(&token)
         .arg("--models-dir")
@@ -114,7 +143,12 @@ fn train_serve_compare() {
         .output()
         .unwrap();
     drop(server);
-    assert!(output.status.success(), "compare failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "compare failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let results = Results::load(&out.join("results.json")).unwrap();
     assert!(results.failures.is_empty(), "{:?}", results.failures);

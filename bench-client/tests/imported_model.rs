@@ -64,7 +64,21 @@ fn an_imported_torchscript_model_is_compared_like_a_trained_one() {
     std::fs::create_dir_all(&models).unwrap();
 
     let training = Command::new(workspace_binary("trainer"))
-        .args(["train", "--method", "natural", "--dataset", "digits", "--epochs", "1", "--seed", "0", "--quiet", "--attack-steps", "2", "--out"])
+        .args([
+            "train",
+            "--method",
+            "natural",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--seed",
+            "0",
+            "--quiet",
+            "--attack-steps",
+            "2",
+            "--out",
+        ])
         .arg(models.join("natural-s0"))
         .output()
         .unwrap();

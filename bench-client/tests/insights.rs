@@ -112,7 +112,15 @@ fn the_report_shows_uncertainty_confusions_and_curves() {
     let dir = tempfile::tempdir().unwrap();
     let files = report::write_report(&results, dir.path()).unwrap();
     let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["uncertainty.csv", "confusion.csv", "curves.csv", "confusion-rslad-pgd-20.png", "confusion-absld-aa.png", "curves-rslad.png", "curves-absld.png"] {
+    for expected in [
+        "uncertainty.csv",
+        "confusion.csv",
+        "curves.csv",
+        "confusion-rslad-pgd-20.png",
+        "confusion-absld-aa.png",
+        "curves-rslad.png",
+        "curves-absld.png",
+    ] {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
     }
     assert_eq!(names.iter().filter(|n| n.starts_with("confusion-")).count(), 2 * 5);
@@ -179,7 +187,14 @@ fn results_without_confusions_or_sweep_say_so_and_keep_every_other_output() {
         .filter(|s| !["Uncertainty of one evaluation", "Adversarial confusions", "Robustness curves"].iter().any(|t| s.starts_with(t)))
         .collect();
     let rebuilt = kept.join("\n## ");
-    for heading in ["# Robust fairness across seeds", "## Worst-10%", "## 95% confidence intervals", "## Differences against rslad", "## Per seed", "## Settings"] {
+    for heading in [
+        "# Robust fairness across seeds",
+        "## Worst-10%",
+        "## 95% confidence intervals",
+        "## Differences against rslad",
+        "## Per seed",
+        "## Settings",
+    ] {
         assert!(rebuilt.contains(heading), "{heading}");
     }
     // summary.csv starts with exactly the rows it had: the four metrics of every cell.

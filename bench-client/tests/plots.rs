@@ -81,7 +81,8 @@ fn results_plots_show_every_model_and_text() {
     let pngs: Vec<&PathBuf> = files.iter().filter(|f| f.extension().is_some_and(|e| e == "png")).collect();
     // The grid, one per attack, and the metrics bars.
     assert_eq!(pngs.len(), 1 + 5 + 1, "{files:?}");
-    for name in ["classwise.png", "classwise-clean.png", "classwise-pgd-20.png", "classwise-cw-inf.png", "classwise-aa.png", "metrics.png"] {
+    for name in ["classwise.png", "classwise-clean.png", "classwise-pgd-20.png", "classwise-cw-inf.png", "classwise-aa.png", "metrics.png"]
+    {
         let path = dir.join(name);
         let img = assert_not_blank(&path, 1000, 600);
         for m in 0..2 {
@@ -130,7 +131,8 @@ fn write_log(dir: &Path, method: &str, seed: u64, epochs: usize, absld: bool) {
         let clean: Vec<f64> = (0..10).map(|k| risk(k, 0.5)).collect();
         let adversarial: Vec<f64> = (0..10).map(|k| risk(k, 1.0)).collect();
         let temperatures = if absld {
-            let t = |k: usize, base: f64| base + progress * (0.25 * k as f64 / 9.0 - if k == 3 || k == 5 { 0.4 + 0.1 * k as f64 } else { 0.0 });
+            let t =
+                |k: usize, base: f64| base + progress * (0.25 * k as f64 / 9.0 - if k == 3 || k == 5 { 0.4 + 0.1 * k as f64 } else { 0.0 });
             serde_json::json!({"clean": (0..10).map(|k| t(k, 1.0)).collect::<Vec<_>>(), "adversarial": (0..10).map(|k| t(k, 1.5)).collect::<Vec<_>>()})
         } else {
             serde_json::Value::Null
@@ -145,7 +147,11 @@ fn write_log(dir: &Path, method: &str, seed: u64, epochs: usize, absld: bool) {
     std::fs::write(dir.join("log.jsonl"), text).unwrap();
     std::fs::write(dir.join("run.json"), serde_json::json!({"method": method, "seed": seed}).to_string()).unwrap();
     std::fs::create_dir_all(dir.join("best")).unwrap();
-    std::fs::write(dir.join("best/manifest.json"), serde_json::json!({"method": method, "seed": seed, "class_names": common::CIFAR10}).to_string()).unwrap();
+    std::fs::write(
+        dir.join("best/manifest.json"),
+        serde_json::json!({"method": method, "seed": seed, "class_names": common::CIFAR10}).to_string(),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -25,7 +25,9 @@ fn report_rebuilds_from_json() {
     let out = tmp.path().join("rebuilt");
     let output = bench_client().args(["report", "--from"]).arg(&json).arg("--out").arg(&out).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for name in ["table.md", "report.md", "summary.csv", "comparison.csv", "per_seed.csv", "classwise.png", "classwise-pgd-20.png", "metrics.png"] {
+    for name in
+        ["table.md", "report.md", "summary.csv", "comparison.csv", "per_seed.csv", "classwise.png", "classwise-pgd-20.png", "metrics.png"]
+    {
         assert!(out.join(name).is_file(), "{name} missing");
     }
     let summary = summarize(&results);

@@ -70,7 +70,11 @@ fn committed_tables_are_what_report_makes_from_the_committed_results_json() {
             }
         }
     }
-    assert!(differing.is_empty(), "not what bench-client report makes from results.json (regenerate the results):\n  {}", differing.join("\n  "));
+    assert!(
+        differing.is_empty(),
+        "not what bench-client report makes from results.json (regenerate the results):\n  {}",
+        differing.join("\n  ")
+    );
 
     // The main results come with their report page and its screenshot (the main job's last step).
     let digits = repository().join("results/digits");

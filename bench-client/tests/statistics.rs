@@ -10,7 +10,14 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 #[test]
 fn t_quantiles_match_tables() {
     // Two-sided 95% critical values of Student's t (any statistics table).
-    let table = [(1.0, 12.706204736174707), (2.0, 4.302652729911275), (3.0, 3.182446305284263), (4.0, 2.776445105197793), (10.0, 2.228138851986274), (30.0, 2.042272456301238)];
+    let table = [
+        (1.0, 12.706204736174707),
+        (2.0, 4.302652729911275),
+        (3.0, 3.182446305284263),
+        (4.0, 2.776445105197793),
+        (10.0, 2.228138851986274),
+        (30.0, 2.042272456301238),
+    ];
     for (df, expected) in table {
         let q = t_quantile(0.975, df);
         assert!(close(q, expected, 1e-8), "df {df}: {q} vs {expected}");

@@ -80,18 +80,21 @@ fn table1_worked_by_hand() {
     let summary = summarize(&results);
     let table = report::table1_markdown(&summary);
     let header = table.lines().next().unwrap();
-    assert_eq!(
-        header,
-        "| Model | Seeds | Clean Avg ↑ | Clean Worst ↑ | Clean NSD ↓ | PGD-20 Avg ↑ | PGD-20 Worst ↑ | PGD-20 NSD ↓ |"
-    );
+    assert_eq!(header, "| Model | Seeds | Clean Avg ↑ | Clean Worst ↑ | Clean NSD ↓ | PGD-20 Avg ↑ | PGD-20 Worst ↑ | PGD-20 NSD ↓ |");
     // rslad Clean: seed 0 accuracies 100, 90, 80, 70 (Avg 85, Worst 70, SD √125 = 11.180, NSD 0.13153);
     // seed 1: 90, 90, 80, 80 (Avg 85, Worst 80, SD 5, NSD 0.05882). Worst 75 ± 7.07 (sample SD of
     // 70 and 80); NSD 0.0952 ± 0.0514. PGD: 50, 40, 30, 20 and 60, 40, 40, 20: Avg 35 and 40
     // (37.50 ± 3.54), Worst 20 and 20, NSD 0.3194 and 0.3536 (0.336 ± 0.024).
-    assert_eq!(row(&table, "rslad"), ["rslad", "0, 1", "85.00 ± 0.00", "75.00 ± 7.07", "0.095 ± 0.051", "37.50 ± 3.54", "20.00 ± 0.00", "0.336 ± 0.024"]);
+    assert_eq!(
+        row(&table, "rslad"),
+        ["rslad", "0, 1", "85.00 ± 0.00", "75.00 ± 7.07", "0.095 ± 0.051", "37.50 ± 3.54", "20.00 ± 0.00", "0.336 ± 0.024"]
+    );
     // absld Clean: 90, 90, 90, 80 (Avg 87.5, SD 4.330, NSD 0.04949) and 100, 90, 90, 80 (Avg 90,
     // SD 7.071, NSD 0.07857). PGD: 50, 50, 40, 40 (45; NSD 0.1111) and 60, 50, 50, 40 (50; 0.1414).
-    assert_eq!(row(&table, "absld"), ["absld", "0, 1", "88.75 ± 1.77", "80.00 ± 0.00", "0.064 ± 0.021", "47.50 ± 3.54", "40.00 ± 0.00", "0.126 ± 0.021"]);
+    assert_eq!(
+        row(&table, "absld"),
+        ["absld", "0, 1", "88.75 ± 1.77", "80.00 ± 0.00", "0.064 ± 0.021", "47.50 ± 3.54", "40.00 ± 0.00", "0.126 ± 0.021"]
+    );
 
     // absld against rslad, PGD-20 Avg: 45, 50 vs 35, 40: difference 10, se² = 6.25 + 6.25,
     // t = 10 / √12.5 = 2.828427, df = 12.5² / (6.25² + 6.25²) = 2, p = 1 - t / √(2 + t²) = 0.1055728.
@@ -166,7 +169,13 @@ fn single_seed_missing_attack_and_failures() {
     // absld keeps only seed 1, and that without PGD; a failure is recorded.
     results.models[1].runs.remove(0);
     results.models[1].runs[0].attacks.retain(|a| a.attack == "Clean");
-    results.failures.push(Failure { label: "absld".into(), model: "absld-s0/best".into(), seed: Some(0), server: "http://x:1".into(), error: "Internal: out of memory".into() });
+    results.failures.push(Failure {
+        label: "absld".into(),
+        model: "absld-s0/best".into(),
+        seed: Some(0),
+        server: "http://x:1".into(),
+        error: "Internal: out of memory".into(),
+    });
     let summary = summarize(&results);
     let table = report::table1_markdown(&summary);
     // One seed: the mean alone, no ± (100, 90, 90, 80 -> 90.00, 80.00, 0.079); no PGD: dashes.

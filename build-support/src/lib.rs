@@ -44,9 +44,7 @@ pub fn emit_libtorch_rpath() {
                 }
             }
         }
-        _ => println!(
-            "cargo:warning=DEP_TCH_LIBTORCH_LIB is not set: binaries will need LD_LIBRARY_PATH to find libtorch"
-        ),
+        _ => println!("cargo:warning=DEP_TCH_LIBTORCH_LIB is not set: binaries will need LD_LIBRARY_PATH to find libtorch"),
     }
 }
 

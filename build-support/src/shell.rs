@@ -41,8 +41,7 @@ mod tests {
     /// What a real shell reads back is the word itself, for every hostile case above.
     #[test]
     fn the_shell_reads_back_the_word() {
-        let words =
-            ["", "two words", "it's", "'", "''", "$(id)", "`id`;x|y&z", "a\nb", "*?~!#", "\"$HOME\"\\", "é", "-n"];
+        let words = ["", "two words", "it's", "'", "''", "$(id)", "`id`;x|y&z", "a\nb", "*?~!#", "\"$HOME\"\\", "é", "-n"];
         let script: String = words.iter().map(|w| format!("printf '%s\\0' {}\n", quote(w))).collect();
         let output = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh runs");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -22,15 +22,8 @@ use sha2::{Digest, Sha256};
 /// (python/requirements.txt). Cargo.lock is not in it: the numerical work is libtorch's, and
 /// the Rust dependencies that touch numbers (statrs for intervals and p-values) are pinned there
 /// and rarely change; regenerate by hand when one does.
-pub const RESULT_SOURCES: &[&str] = &[
-    "core/src",
-    "trainer/src",
-    "evaluator/src",
-    "proto",
-    "bench-client/src",
-    "scripts/digits-benchmark.sh",
-    "python/requirements.txt",
-];
+pub const RESULT_SOURCES: &[&str] =
+    &["core/src", "trainer/src", "evaluator/src", "proto", "bench-client/src", "scripts/digits-benchmark.sh", "python/requirements.txt"];
 
 /// The part of [`RESULT_SOURCES`] that decides trained weights: the main job retrains instead
 /// of reusing a finished run when these changed since it was trained.

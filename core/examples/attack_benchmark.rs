@@ -87,8 +87,7 @@ fn run(args: &[String]) -> Result<()> {
     let seed: u64 = number(args, "--seed", 0)?;
     let precision: Precision = value(args, "--precision").unwrap_or("fp32").parse()?;
     let dropping = !args.iter().any(|a| a == "--no-dropping");
-    let attack_names: Vec<String> =
-        value(args, "--attacks").unwrap_or("pgd20,cw30,autoattack").split(',').map(str::to_string).collect();
+    let attack_names: Vec<String> = value(args, "--attacks").unwrap_or("pgd20,cw30,autoattack").split(',').map(str::to_string).collect();
 
     let device = Device::cuda_if_available();
     let spec = ModelSpec::new("resnet18", 10, [3, 32, 32]);
@@ -131,8 +130,7 @@ fn run(args: &[String]) -> Result<()> {
             }
         };
         let never = || false;
-        let result =
-            attacks::evaluate(attack.as_ref(), &model, &dataset, batch_size, Interrupt::new(&never), &mut on_progress)?;
+        let result = attacks::evaluate(attack.as_ref(), &model, &dataset, batch_size, Interrupt::new(&never), &mut on_progress)?;
         let seconds = started.elapsed().as_secs_f64();
         let ended_cpu = cpu_seconds();
         component_cpu.push(ended_cpu);

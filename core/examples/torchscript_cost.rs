@@ -49,15 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let difference = f64::try_from((tch::no_grad(|| model.logits(&images).unwrap()) - &reference).abs().max())?;
         println!("{name}: logits differ from the registry network's by at most {difference:.2e}");
     }
-    let pgd = Pgd {
-        eps: 8.0 / 255.0,
-        step_size: 2.0 / 255.0,
-        steps: 20,
-        restarts: 1,
-        random_start: true,
-        loss: PgdLoss::CrossEntropy,
-        seed: 0,
-    };
+    let pgd =
+        Pgd { eps: 8.0 / 255.0, step_size: 2.0 / 255.0, steps: 20, restarts: 1, random_start: true, loss: PgdLoss::CrossEntropy, seed: 0 };
     let attack = |model: &LoadedModel| -> Result<(f64, i64), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let adversarial = attacks::perturb_batch(&pgd, model, &images, &labels)?;

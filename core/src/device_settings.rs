@@ -88,10 +88,7 @@ mod tests {
         assert_eq!(training, DeviceSettings { allow_tf32: false, cudnn_benchmark: true });
         assert!(!DeviceSettings::for_evaluation(false).cudnn_benchmark);
         assert!(DeviceSettings::for_evaluation(true).allow_tf32);
-        assert_eq!(
-            training.describe(Device::Cuda(0)),
-            "device cuda:0, TF32 off (NVIDIA_TF32_OVERRIDE=0), cuDNN autotuning on"
-        );
+        assert_eq!(training.describe(Device::Cuda(0)), "device cuda:0, TF32 off (NVIDIA_TF32_OVERRIDE=0), cuDNN autotuning on");
         // Applied on the CPU: the environment says it to worker processes; the cuDNN flag is
         // libtorch's global and harmless here.
         DeviceSettings { allow_tf32: true, cudnn_benchmark: false }.apply();

@@ -119,7 +119,8 @@ mod tests {
     #[test]
     fn a_libtorch_failure_becomes_an_error_with_its_message() {
         // A view of a channels-last tensor: the failure this helper exists for.
-        let channels_last = Tensor::zeros([2, 3, 4, 4], (Kind::Float, tch::Device::Cpu)).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        let channels_last =
+            Tensor::zeros([2, 3, 4, 4], (Kind::Float, tch::Device::Cpu)).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         let error = guarded(|| channels_last.view([2, -1])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("view size is not compatible"), "{error}");
         assert!(!error.contains("called `Result::unwrap()`") && !error.contains('\n'), "{error}");

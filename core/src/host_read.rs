@@ -48,12 +48,7 @@ impl HostReads {
 
     /// Reads counted since `earlier` (a snapshot taken before), by reason.
     pub fn since(&self, earlier: &HostReads) -> HostReads {
-        let by_reason = self
-            .by_reason
-            .iter()
-            .map(|(why, n)| (*why, n - earlier.of(why)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let by_reason = self.by_reason.iter().map(|(why, n)| (*why, n - earlier.of(why))).filter(|(_, n)| *n > 0).collect();
         HostReads { by_reason }
     }
 }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use rfb_core::attacks::{
-    self, CarliniWagnerLinf, Classifier, Fgsm, Pgd, PgdLoss,
-};
+use rfb_core::attacks::{self, CarliniWagnerLinf, Classifier, Fgsm, Pgd, PgdLoss};
 use rfb_core::data::{self, DatasetKind, Split};
 use tch::{Device, Kind, Tensor};
 
@@ -18,9 +16,7 @@ struct Linear {
 
 impl Classifier for Linear {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias
-    })
+        Ok({ images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias })
     }
     fn device(&self) -> Device {
         Device::Cpu

@@ -4,9 +4,7 @@
 
 mod common;
 
-use rfb_core::attacks::{
-    self, apgd_checkpoints, sanity_flags, Apgd, Attack, AutoAttack, Classifier, Fgsm, Pgd, Square,
-};
+use rfb_core::attacks::{self, apgd_checkpoints, sanity_flags, Apgd, Attack, AutoAttack, Classifier, Fgsm, Pgd, Square};
 use rfb_core::data::{self, Dataset, DatasetKind, Split};
 use rfb_core::models::Network;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -54,9 +52,7 @@ struct Softmax<'a>(&'a Network);
 
 impl Classifier for Softmax<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.0.forward_t(images, false).softmax(-1, Kind::Float)
-    })
+        Ok({ self.0.forward_t(images, false).softmax(-1, Kind::Float) })
     }
     fn device(&self) -> Device {
         self.0.device()
@@ -71,9 +67,7 @@ struct Noisy<'a> {
 
 impl Classifier for Noisy<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.network.forward_t(&(images + images.randn_like() * self.sigma), false)
-    })
+        Ok({ self.network.forward_t(&(images + images.randn_like() * self.sigma), false) })
     }
     fn device(&self) -> Device {
         self.network.device()
@@ -86,9 +80,7 @@ struct Quantised<'a>(&'a Network);
 
 impl Classifier for Quantised<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.0.forward_t(&((images * 16.0).round() / 16.0), false)
-    })
+        Ok({ self.0.forward_t(&((images * 16.0).round() / 16.0), false) })
     }
     fn device(&self) -> Device {
         self.0.device()
@@ -173,9 +165,8 @@ fn every_returned_batch_stays_in_the_ball_and_breaks_points() {
         (Box::new(Apgd { steps: 20, ..Apgd::ce(EPS, 1).with_eot(5) }), &noisy),
         (Box::new(AutoAttack::custom(EPS, 1, vec![Box::new(Apgd::ce(EPS, 1)), Box::new(Square::new(EPS, 100, 0.8, 1))])), &network),
     ];
-    let correct_on = |model: &dyn Classifier, x: &Tensor| {
-        count_true(&tch::no_grad(|| model.logits(x).unwrap().argmax(-1, false).eq_tensor(&labels)))
-    };
+    let correct_on =
+        |model: &dyn Classifier, x: &Tensor| count_true(&tch::no_grad(|| model.logits(x).unwrap().argmax(-1, false).eq_tensor(&labels)));
     for (attack, model) in cases {
         let adversarial = attacks::perturb_batch(attack.as_ref(), model, &images, &labels).unwrap();
         attacks::verify_adversarial(&attack.name(), &images, &adversarial, EPS).unwrap();

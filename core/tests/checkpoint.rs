@@ -79,10 +79,7 @@ fn round_trip_is_bit_exact_and_records_the_manifest() {
 fn missing_directory_and_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    assert!(matches!(
-        checkpoint::load(&missing, Device::Cpu, &Expectation::default()),
-        Err(CheckpointError::NotFound(_))
-    ));
+    assert!(matches!(checkpoint::load(&missing, Device::Cpu, &Expectation::default()), Err(CheckpointError::NotFound(_))));
 
     save(dir.path(), &digits_network(2));
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
@@ -143,9 +140,7 @@ fn shape_mismatches_name_the_parameters() {
         Err(error @ CheckpointError::ShapeMismatch { .. }) => {
             let text = error.to_string();
             assert!(text.contains("bn1.bias (expected [16], found [32])"), "{text}");
-            let CheckpointError::ShapeMismatch { wrong_shape, missing, unexpected, .. } = error else {
-                unreachable!()
-            };
+            let CheckpointError::ShapeMismatch { wrong_shape, missing, unexpected, .. } = error else { unreachable!() };
             assert!(missing.is_empty() && unexpected.is_empty());
             assert!(wrong_shape.contains(&("conv1.weight".to_string(), vec![16, 1, 3, 3], vec![32, 1, 3, 3])));
             assert_eq!(wrong_shape.len(), 16);

@@ -67,9 +67,7 @@ fn confusions_fit_the_counts_on_prepared_copies() {
 /// against the counts and, point by point, against `judge` on the returned points.
 fn check_attacks(model: &dyn Classifier, judge: &Network, subset: &Dataset, list: &[Box<dyn Attack>], batch_free: bool) {
     for attack in list {
-        let run = |batch: i64| {
-            attacks::evaluate(attack.as_ref(), model, subset, batch, attacks::Interrupt::NEVER, &mut |_| {}).unwrap()
-        };
+        let run = |batch: i64| attacks::evaluate(attack.as_ref(), model, subset, batch, attacks::Interrupt::NEVER, &mut |_| {}).unwrap();
         let (small, large) = (run(7), run(64));
         check_consistent(&format!("{} at batch 7", attack.name()), &small.confusion, &small.counts);
         check_consistent(&format!("{} at batch 64", attack.name()), &large.confusion, &large.counts);

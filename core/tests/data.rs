@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use rfb_core::data::{
-    augment_crop_flip, class_counts, load, load_compact, random_crop_flip, DataError, Dataset, DatasetKind, Split,
-    DIGITS_TEST_SIZE, DIGITS_TOTAL, DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE,
+    augment_crop_flip, class_counts, load, load_compact, random_crop_flip, DataError, Dataset, DatasetKind, Split, DIGITS_TEST_SIZE,
+    DIGITS_TOTAL, DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE,
 };
 use tch::{Kind, Tensor};
 
@@ -45,15 +45,9 @@ fn write_cifar10(path: &Path, ks: std::ops::Range<usize>, label: impl Fn(usize) 
 /// (labels (k * 3) % 10), records numbered 0..100 and 1000..1007.
 fn write_full_cifar10(dir: &Path) {
     for b in 0..5 {
-        write_cifar10(
-            &dir.join(format!("data_batch_{}.bin", b + 1)),
-            b * 20..(b + 1) * 20,
-            |k| (k % 10) as u8,
-        );
+        write_cifar10(&dir.join(format!("data_batch_{}.bin", b + 1)), b * 20..(b + 1) * 20, |k| (k % 10) as u8);
     }
-    write_cifar10(&dir.join("test_batch.bin"), 1000..1007, |k| {
-        ((k * 3) % 10) as u8
-    });
+    write_cifar10(&dir.join("test_batch.bin"), 1000..1007, |k| ((k * 3) % 10) as u8);
 }
 
 /// The expected image tensor `[len, 3, 32, 32]` of records `ks`, scaled to [0, 1].
@@ -62,10 +56,7 @@ fn expected_images(ks: &[usize]) -> Tensor {
     for &k in ks {
         bytes.extend(cifar_record(&[], k));
     }
-    Tensor::from_slice(&bytes)
-        .view([ks.len() as i64, 3, 32, 32])
-        .to_kind(Kind::Float)
-        / 255.0
+    Tensor::from_slice(&bytes).view([ks.len() as i64, 3, 32, 32]).to_kind(Kind::Float) / 255.0
 }
 
 fn labels_of(ds: &Dataset) -> Vec<i64> {
@@ -94,10 +85,7 @@ fn split_and_kind_parse_and_print() {
         assert_eq!(kind.name().parse::<DatasetKind>().unwrap(), kind);
         assert_eq!(kind.to_string(), kind.name());
     }
-    assert_eq!(
-        "tiny-imagenet".parse::<DatasetKind>().unwrap(),
-        DatasetKind::TinyImageNet
-    );
+    assert_eq!("tiny-imagenet".parse::<DatasetKind>().unwrap(), DatasetKind::TinyImageNet);
     assert!(matches!(
         "mnist".parse::<DatasetKind>(),
         Err(DataError::UnknownDataset(s)) if s == "mnist"
@@ -110,17 +98,9 @@ fn split_and_kind_parse_and_print() {
 #[test]
 fn file_data_sets_need_a_directory() {
     let err = load(DatasetKind::Cifar10, Split::Test, None).unwrap_err();
-    assert!(
-        matches!(err, DataError::NoDataDir { ref dataset } if dataset == "cifar10"),
-        "{err}"
-    );
+    assert!(matches!(err, DataError::NoDataDir { ref dataset } if dataset == "cifar10"), "{err}");
     let tmp = tempfile::tempdir().unwrap();
-    let err = load(
-        DatasetKind::Cifar10,
-        Split::Test,
-        Some(&tmp.path().join("nope")),
-    )
-    .unwrap_err();
+    let err = load(DatasetKind::Cifar10, Split::Test, Some(&tmp.path().join("nope"))).unwrap_err();
     assert!(matches!(err, DataError::MissingFile { .. }), "{err}");
 }
 
@@ -172,10 +152,7 @@ fn cifar10_train_and_validation_hold_out_the_last_of_each_class() {
     let val_ks: Vec<usize> = (90..100).collect();
     assert_exact(&train.images, &expected_images(&train_ks));
     assert_exact(&val.images, &expected_images(&val_ks));
-    assert_eq!(
-        labels_of(&train),
-        train_ks.iter().map(|k| (k % 10) as i64).collect::<Vec<_>>()
-    );
+    assert_eq!(labels_of(&train), train_ks.iter().map(|k| (k % 10) as i64).collect::<Vec<_>>());
     assert_eq!(labels_of(&val), (0..10).collect::<Vec<i64>>());
     assert_eq!(train.class_counts(), vec![9; 10]);
     assert_eq!(train.class_names, names);
@@ -191,11 +168,7 @@ fn cifar10_truncated_file_is_reported() {
     fs::write(&path, &bytes).unwrap();
     let err = load(DatasetKind::Cifar10, Split::Test, Some(tmp.path())).unwrap_err();
     match &err {
-        DataError::Truncated {
-            path: p,
-            expected_bytes,
-            found_bytes,
-        } => {
+        DataError::Truncated { path: p, expected_bytes, found_bytes } => {
             assert_eq!(p, &path);
             assert_eq!(*found_bytes, 3073 * 2 + 5);
             assert_eq!(*expected_bytes, 3073 * 3);
@@ -206,10 +179,7 @@ fn cifar10_truncated_file_is_reported() {
     // An empty training batch is truncated too.
     fs::write(tmp.path().join("data_batch_3.bin"), b"").unwrap();
     let err = load(DatasetKind::Cifar10, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Truncated { path, found_bytes: 0, .. } if path.ends_with("data_batch_3.bin")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Truncated { path, found_bytes: 0, .. } if path.ends_with("data_batch_3.bin")), "{err:?}");
 }
 
 #[test]
@@ -230,10 +200,7 @@ fn cifar10_missing_files_are_named() {
     assert!(load(DatasetKind::Cifar10, Split::Train, Some(tmp.path())).is_ok());
     fs::remove_file(tmp.path().join("data_batch_4.bin")).unwrap();
     let err = load(DatasetKind::Cifar10, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("data_batch_4.bin")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("data_batch_4.bin")), "{err:?}");
 }
 
 #[test]
@@ -244,12 +211,7 @@ fn cifar10_bad_label_is_reported() {
     write_cifar10(&path, 0..6, |k| if k == 3 { 10 } else { 1 });
     let err = load(DatasetKind::Cifar10, Split::Test, Some(tmp.path())).unwrap_err();
     match err {
-        DataError::BadLabel {
-            path: p,
-            record,
-            label,
-            num_classes,
-        } => {
+        DataError::BadLabel { path: p, record, label, num_classes } => {
             assert_eq!(p, path);
             assert_eq!((record, label, num_classes), (3, 10, 10));
         }
@@ -263,10 +225,7 @@ fn cifar10_wrong_number_of_class_names_is_an_error() {
     write_full_cifar10(tmp.path());
     fs::write(tmp.path().join("batches.meta.txt"), "a\nb\nc\n").unwrap();
     let err = load(DatasetKind::Cifar10, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Format { path, .. } if path.ends_with("batches.meta.txt")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Format { path, .. } if path.ends_with("batches.meta.txt")), "{err:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,31 +247,20 @@ fn cifar100_uses_fine_labels_and_round_trips() {
     fs::create_dir(&dir).unwrap();
     // 300 training records: 3 per fine class, in order (k % 100).
     write_cifar100(&dir.join("train.bin"), 0..300, |k| (k % 100) as u8);
-    write_cifar100(&dir.join("test.bin"), 500..505, |k| {
-        (99 - (k - 500) * 7) as u8
-    });
+    write_cifar100(&dir.join("test.bin"), 500..505, |k| (99 - (k - 500) * 7) as u8);
 
     let test = load(DatasetKind::Cifar100, Split::Test, Some(tmp.path())).unwrap();
     assert_eq!(test.name, "cifar100");
     assert_eq!(labels_of(&test), vec![99, 92, 85, 78, 71]);
-    assert_exact(
-        &test.images,
-        &expected_images(&(500..505).collect::<Vec<_>>()),
-    );
+    assert_exact(&test.images, &expected_images(&(500..505).collect::<Vec<_>>()));
     assert_eq!(test.num_classes(), 100);
     assert_eq!(test.class_names[42], "class_42");
 
     let train = load(DatasetKind::Cifar100, Split::Train, Some(tmp.path())).unwrap();
     let val = load(DatasetKind::Cifar100, Split::Validation, Some(tmp.path())).unwrap();
     assert_eq!((train.len(), val.len()), (200, 100));
-    assert_exact(
-        &train.images,
-        &expected_images(&(0..200).collect::<Vec<_>>()),
-    );
-    assert_exact(
-        &val.images,
-        &expected_images(&(200..300).collect::<Vec<_>>()),
-    );
+    assert_exact(&train.images, &expected_images(&(0..200).collect::<Vec<_>>()));
+    assert_exact(&val.images, &expected_images(&(200..300).collect::<Vec<_>>()));
     assert_eq!(val.class_counts(), vec![1; 100]);
 
     let names: Vec<String> = (0..100).map(|i| format!("fine{i}")).collect();
@@ -325,44 +273,14 @@ fn cifar100_uses_fine_labels_and_round_trips() {
 fn cifar100_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let err = load(DatasetKind::Cifar100, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("train.bin")),
-        "{err:?}"
-    );
-    write_cifar100(&tmp.path().join("test.bin"), 0..4, |k| {
-        if k == 2 {
-            100
-        } else {
-            5
-        }
-    });
+    assert!(matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("train.bin")), "{err:?}");
+    write_cifar100(&tmp.path().join("test.bin"), 0..4, |k| if k == 2 { 100 } else { 5 });
     let err = load(DatasetKind::Cifar100, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataError::BadLabel {
-                record: 2,
-                label: 100,
-                num_classes: 100,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::BadLabel { record: 2, label: 100, num_classes: 100, .. }), "{err:?}");
     // A CIFAR-10 sized record is not a whole number of CIFAR-100 records.
     write_cifar10(&tmp.path().join("test.bin"), 0..2, |_| 1);
     let err = load(DatasetKind::Cifar100, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataError::Truncated {
-                found_bytes: 6146,
-                expected_bytes: 6148,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::Truncated { found_bytes: 6146, expected_bytes: 6148, .. }), "{err:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,8 +298,7 @@ fn val_colour(v: usize) -> [u8; 3] {
 
 fn write_jpeg(path: &Path, colour: [u8; 3]) {
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb(colour));
-    img.save_with_format(path, image::ImageFormat::Jpeg)
-        .unwrap();
+    img.save_with_format(path, image::ImageFormat::Jpeg).unwrap();
 }
 
 /// Three classes with three training images each (file names written in reverse order so
@@ -397,11 +314,7 @@ fn write_tiny(root: &Path) {
     for (c, w) in WNIDS.iter().enumerate() {
         let dir = root.join("train").join(w).join("images");
         fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            root.join("train").join(w).join(format!("{w}_boxes.txt")),
-            "",
-        )
-        .unwrap();
+        fs::write(root.join("train").join(w).join(format!("{w}_boxes.txt")), "").unwrap();
         for i in (0..3).rev() {
             write_jpeg(&dir.join(format!("{w}_{i}.JPEG")), train_colour(c, i));
         }
@@ -421,16 +334,8 @@ fn write_tiny(root: &Path) {
 
 /// Mean colour (0..255) of image `n`.
 fn mean_colour(ds: &Dataset, n: i64) -> [f64; 3] {
-    let m = ds
-        .images
-        .get(n)
-        .mean_dim([1i64, 2].as_slice(), false, Kind::Float)
-        * 255.0;
-    [
-        m.double_value(&[0]),
-        m.double_value(&[1]),
-        m.double_value(&[2]),
-    ]
+    let m = ds.images.get(n).mean_dim([1i64, 2].as_slice(), false, Kind::Float) * 255.0;
+    [m.double_value(&[0]), m.double_value(&[1]), m.double_value(&[2])]
 }
 
 fn assert_colour(ds: &Dataset, n: i64, colour: [u8; 3]) {
@@ -452,10 +357,7 @@ fn tiny_imagenet_labels_from_folders_and_annotations() {
     assert_eq!(train.name, "tiny-imagenet");
     assert_eq!(train.images.size(), vec![6, 3, 64, 64]);
     assert_eq!(train.num_classes(), 3);
-    assert_eq!(
-        train.class_names,
-        vec!["goldfish", "European fire salamander", "n01641577"]
-    );
+    assert_eq!(train.class_names, vec!["goldfish", "European fire salamander", "n01641577"]);
     // Sorted file names: _0, _1 train, _2 held out as validation.
     assert_eq!(labels_of(&train), vec![0, 0, 1, 1, 2, 2]);
     for c in 0..3 {
@@ -463,12 +365,7 @@ fn tiny_imagenet_labels_from_folders_and_annotations() {
             assert_colour(&train, (c * 2 + i) as i64, train_colour(c, i));
         }
     }
-    let val = load(
-        DatasetKind::TinyImageNet,
-        Split::Validation,
-        Some(tmp.path()),
-    )
-    .unwrap();
+    let val = load(DatasetKind::TinyImageNet, Split::Validation, Some(tmp.path())).unwrap();
     assert_eq!(labels_of(&val), vec![0, 1, 2]);
     for c in 0..3 {
         assert_colour(&val, c as i64, train_colour(c, 2));
@@ -491,8 +388,7 @@ fn tiny_imagenet_greyscale_is_converted_to_rgb() {
     write_tiny(tmp.path());
     let grey = image::GrayImage::from_pixel(64, 64, image::Luma([77u8]));
     let path = tmp.path().join("val").join("images").join("val_0.JPEG");
-    grey.save_with_format(&path, image::ImageFormat::Jpeg)
-        .unwrap();
+    grey.save_with_format(&path, image::ImageFormat::Jpeg).unwrap();
     let test = load(DatasetKind::TinyImageNet, Split::Test, Some(tmp.path())).unwrap();
     // val_0 is the last line of the annotations.
     assert_colour(&test, 3, [77, 77, 77]);
@@ -508,59 +404,34 @@ fn tiny_imagenet_errors_name_the_file() {
     let text = fs::read_to_string(&ann).unwrap();
     fs::write(&ann, text.replace(WNIDS[1], "n00000000")).unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Format { path, message } if path == &ann && message.contains("n00000000")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Format { path, message } if path == &ann && message.contains("n00000000")), "{err:?}");
 
     // Missing annotations file.
     fs::remove_file(&ann).unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { path, .. } if path == &ann),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::MissingFile { path, .. } if path == &ann), "{err:?}");
     assert!(err.to_string().contains("val_annotations.txt"));
 
     // An image of the wrong size.
-    let bad = tmp
-        .path()
-        .join("train")
-        .join(WNIDS[2])
-        .join("images")
-        .join(format!("{}_1.JPEG", WNIDS[2]));
-    image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]))
-        .save_with_format(&bad, image::ImageFormat::Jpeg)
-        .unwrap();
+    let bad = tmp.path().join("train").join(WNIDS[2]).join("images").join(format!("{}_1.JPEG", WNIDS[2]));
+    image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3])).save_with_format(&bad, image::ImageFormat::Jpeg).unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Format { path, .. } if path == &bad),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Format { path, .. } if path == &bad), "{err:?}");
 
     // A file that is not an image.
     fs::write(&bad, b"garbage").unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Image { path, .. } if path == &bad),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Image { path, .. } if path == &bad), "{err:?}");
 
     // A class without its training folder.
     fs::remove_dir_all(tmp.path().join("train").join(WNIDS[0])).unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Train, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { path, .. } if path.to_string_lossy().contains(WNIDS[0])),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::MissingFile { path, .. } if path.to_string_lossy().contains(WNIDS[0])), "{err:?}");
 
     // No wnids.txt.
     fs::remove_file(tmp.path().join("wnids.txt")).unwrap();
     let err = load(DatasetKind::TinyImageNet, Split::Test, Some(tmp.path())).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("wnids.txt")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::MissingFile { path, .. } if path.ends_with("wnids.txt")), "{err:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,15 +440,9 @@ fn tiny_imagenet_errors_name_the_file() {
 #[test]
 fn digits_split_sizes_and_stratification() {
     let splits = [Split::Train, Split::Validation, Split::Test];
-    let sets: Vec<Dataset> = splits
-        .iter()
-        .map(|&s| load(DatasetKind::Digits, s, None).unwrap())
-        .collect();
+    let sets: Vec<Dataset> = splits.iter().map(|&s| load(DatasetKind::Digits, s, None).unwrap()).collect();
     let sizes: Vec<i64> = sets.iter().map(Dataset::len).collect();
-    assert_eq!(
-        sizes,
-        vec![DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE, DIGITS_TEST_SIZE]
-    );
+    assert_eq!(sizes, vec![DIGITS_TRAIN_SIZE, DIGITS_VAL_SIZE, DIGITS_TEST_SIZE]);
     assert_eq!(sizes, vec![1074, 359, 364]);
     assert_eq!(sizes.iter().sum::<i64>(), DIGITS_TOTAL);
 
@@ -610,14 +475,8 @@ fn digits_split_sizes_and_stratification() {
     for (ds, idx) in sets.iter().zip(&members) {
         assert_eq!(ds.name, "digits");
         assert_eq!(ds.images.size(), vec![idx.len() as i64, 1, 8, 8]);
-        assert_eq!(
-            ds.class_names,
-            (0..10).map(|d| d.to_string()).collect::<Vec<_>>()
-        );
-        let want_pixels: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| raw.data[i * 64..(i + 1) * 64].iter().map(|v| v / 16.0))
-            .collect();
+        assert_eq!(ds.class_names, (0..10).map(|d| d.to_string()).collect::<Vec<_>>());
+        let want_pixels: Vec<f32> = idx.iter().flat_map(|&i| raw.data[i * 64..(i + 1) * 64].iter().map(|v| v / 16.0)).collect();
         let want = Tensor::from_slice(&want_pixels).view([idx.len() as i64, 1, 8, 8]);
         assert_exact(&ds.images, &want);
         let want_labels: Vec<i64> = idx.iter().map(|&i| labels[i] as i64).collect();
@@ -631,10 +490,7 @@ fn digits_split_sizes_and_stratification() {
         assert_eq!(ds.images.max().double_value(&[]), 1.0);
     }
     let train_counts = sets[0].class_counts();
-    assert!(
-        train_counts.iter().all(|&n| (104..=110).contains(&n)),
-        "{train_counts:?}"
-    );
+    assert!(train_counts.iter().all(|&n| (104..=110).contains(&n)), "{train_counts:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,10 +499,7 @@ fn digits_split_sizes_and_stratification() {
 /// A small set whose image n is filled with the value n / 100.
 fn toy(labels: &[i64], num_classes: usize) -> Dataset {
     let n = labels.len() as i64;
-    let images = (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) / 100.0)
-        .view([n, 1, 1, 1])
-        .expand([n, 1, 2, 2], false)
-        .contiguous();
+    let images = (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) / 100.0).view([n, 1, 1, 1]).expand([n, 1, 2, 2], false).contiguous();
     Dataset {
         images,
         labels: Tensor::from_slice(labels),
@@ -675,31 +528,11 @@ fn class_balanced_subset_takes_the_first_of_each_class() {
     let sub3 = ds.class_balanced_subset(3).unwrap();
     assert_eq!(toy_ids(&sub3.images), vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
     let err = ds.class_balanced_subset(4).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataError::TooFewExamples {
-                class: 1,
-                wanted: 4,
-                available: 3
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::TooFewExamples { class: 1, wanted: 4, available: 3 }), "{err:?}");
     // A class with no examples at all.
     let ds = toy(&[0, 0, 2], 3);
     let err = ds.class_balanced_subset(1).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataError::TooFewExamples {
-                class: 1,
-                available: 0,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::TooFewExamples { class: 1, available: 0, .. }), "{err:?}");
 }
 
 #[test]
@@ -710,10 +543,7 @@ fn batches_cover_the_set_in_order() {
     assert_eq!(batches[2].0.size(), vec![1, 1, 2, 2]);
     let ids: Vec<i64> = batches.iter().flat_map(|(x, _)| toy_ids(x)).collect();
     assert_eq!(ids, (0..7).collect::<Vec<_>>());
-    let labels: Vec<i64> = batches
-        .iter()
-        .flat_map(|(_, y)| Vec::<i64>::try_from(y).unwrap())
-        .collect();
+    let labels: Vec<i64> = batches.iter().flat_map(|(_, y)| Vec::<i64>::try_from(y).unwrap()).collect();
     assert_eq!(labels, vec![0, 1, 2, 0, 1, 2, 0]);
 }
 
@@ -767,11 +597,7 @@ fn matching_crops(img: &Tensor, out: &Tensor, padding: i64) -> Vec<(i64, i64, bo
         for dx in 0..=2 * padding {
             let crop = padded.narrow(1, dy, h).narrow(2, dx, w);
             for flipped in [false, true] {
-                let cand = if flipped {
-                    crop.flip([2])
-                } else {
-                    crop.shallow_clone()
-                };
+                let cand = if flipped { crop.flip([2]) } else { crop.shallow_clone() };
                 if cand.equal(out) {
                     found.push((dy, dx, flipped));
                 }
@@ -835,11 +661,7 @@ fn augmentation_outputs_exact_crops_of_the_padded_image() {
         flips += f as i32;
     }
     // 81 possible offsets: 64 draws must hit many of them, and flips about half the time.
-    assert!(
-        offsets.len() > 20,
-        "only {} distinct offsets",
-        offsets.len()
-    );
+    assert!(offsets.len() > 20, "only {} distinct offsets", offsets.len());
     assert!(flips > 16 && flips < 48, "{flips} flips of 64");
     // Values come only from the image or the zero padding.
     let nonzero = y.ne(0.0).sum(Kind::Int64).int64_value(&[]);
@@ -849,9 +671,7 @@ fn augmentation_outputs_exact_crops_of_the_padded_image() {
 #[test]
 fn augmentation_keeps_kind_and_works_on_the_input_device() {
     let device = tch::Device::cuda_if_available();
-    let x = (distinct_images(8, 3, 32, 32) * 255.0)
-        .to_kind(Kind::Uint8)
-        .to_device(device);
+    let x = (distinct_images(8, 3, 32, 32) * 255.0).to_kind(Kind::Uint8).to_device(device);
     let y = augment_crop_flip(&x, 4, 5);
     assert_eq!(y.device(), device);
     assert_eq!(y.kind(), Kind::Uint8);
@@ -928,12 +748,7 @@ fn an_absurd_number_per_class_is_an_error_not_an_allocation() {
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> i64 {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// The memory a whole CIFAR-10-sized training split takes held as bytes and as f32, on files of
@@ -944,11 +759,7 @@ fn rss_kib() -> i64 {
 fn memory_of_a_cifar_sized_split_as_bytes_and_as_f32() {
     let tmp = tempfile::tempdir().unwrap();
     for b in 0..5 {
-        write_cifar10(
-            &tmp.path().join(format!("data_batch_{}.bin", b + 1)),
-            b * 10_000..(b + 1) * 10_000,
-            |k| (k % 10) as u8,
-        );
+        write_cifar10(&tmp.path().join(format!("data_batch_{}.bin", b + 1)), b * 10_000..(b + 1) * 10_000, |k| (k % 10) as u8);
     }
     write_cifar10(&tmp.path().join("test_batch.bin"), 50_000..60_000, |k| (k % 10) as u8);
     let before = rss_kib();

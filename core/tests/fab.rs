@@ -114,9 +114,7 @@ struct Linear {
 
 impl Classifier for Linear {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias
-    })
+        Ok({ images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -172,10 +170,7 @@ fn finds_the_minimal_perturbation_of_a_two_class_linear_model() {
             worst = worst.max(f / m - 1.0);
         }
     }
-    println!(
-        "eps {eps:.4}: {below} breakable all broken, {above} unbreakable kept; worst excess over the minimum {:.2e}",
-        worst
-    );
+    println!("eps {eps:.4}: {below} breakable all broken, {above} unbreakable kept; worst excess over the minimum {:.2e}", worst);
     // With eta = 1.05 the iterates settle about 0.5% beyond the boundary (overshoot, then
     // backward step), so the best point found is within about 1% of the minimum.
     assert!(worst < 1e-2, "FAB's distance exceeds the minimum by a factor {}", 1.0 + worst);
@@ -196,9 +191,7 @@ fn fab_t_breaks_a_non_robust_digits_model_within_bounds() {
     let one_target = attacks::perturb_batch(&Fab::targeted(eps, 1, 0), &network, images, labels).unwrap();
     let pgd = attacks::perturb_batch(&Pgd::pgd20(eps, 0), &network, images, labels).unwrap();
     let (clean, fab, fab1, pgd) = (accuracy(images), accuracy(&adversarial), accuracy(&one_target), accuracy(&pgd));
-    println!(
-        "clean {clean:.1} FAB-T(9 targets) {fab:.1} FAB-T(1 target) {fab1:.1} PGD-20 {pgd:.1} (FAB-T {seconds:.1} s)"
-    );
+    println!("clean {clean:.1} FAB-T(9 targets) {fab:.1} FAB-T(1 target) {fab1:.1} PGD-20 {pgd:.1} (FAB-T {seconds:.1} s)");
     assert!(clean > 90.0, "the model did not learn: {clean}");
     assert!(fab < clean - 50.0, "FAB-T barely hurts a non-robust model: {clean} -> {fab}");
     // Later targets run only on what the first one left, after the same first run.

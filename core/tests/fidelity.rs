@@ -10,8 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use rfb_core::attacks::{
-    self, losses, Apgd, Attack, AutoAttack, Batch, CarliniWagnerLinf, Classifier, ExampleStreams, Fab, Interrupt, Pgd,
-    Square,
+    self, losses, Apgd, Attack, AutoAttack, Batch, CarliniWagnerLinf, Classifier, ExampleStreams, Fab, Interrupt, Pgd, Square,
 };
 use rfb_core::checkpoint::{self, CheckpointInfo};
 use rfb_core::data::{self, Dataset, DatasetKind, Split};
@@ -37,8 +36,7 @@ fn save_model(dir: &Path, network: &Network) -> PathBuf {
 
 fn save_points(dir: &Path, dataset: &Dataset) -> PathBuf {
     let path = dir.join("points.safetensors");
-    Tensor::write_safetensors(&[("images", &dataset.images), ("labels", &dataset.labels), ("ids", &dataset.ids)], &path)
-        .unwrap();
+    Tensor::write_safetensors(&[("images", &dataset.images), ("labels", &dataset.labels), ("ids", &dataset.ids)], &path).unwrap();
     path
 }
 
@@ -75,9 +73,8 @@ fn python_streams_draw_the_numbers_ours_draw() {
 fn cw_loss_and_its_gradient_on_hand_made_logits() {
     // Rows: the true logit leads by 60 (more than kappa); by 10; the point is misclassified by
     // 20 (less than kappa); misclassified by 70 (more than kappa).
-    let logits = Tensor::from_slice(&[60.0f32, 0.0, 5.0, 10.0, 0.0, -3.0, 0.0, 20.0, 1.0, 0.0, 70.0, 2.0])
-        .view([4, 3])
-        .set_requires_grad(true);
+    let logits =
+        Tensor::from_slice(&[60.0f32, 0.0, 5.0, 10.0, 0.0, -3.0, 0.0, 20.0, 1.0, 0.0, 70.0, 2.0]).view([4, 3]).set_requires_grad(true);
     let labels = Tensor::from_slice(&[0i64, 0, 0, 0]);
     let kappa = 50.0;
     let loss = losses::cw_loss(&logits, &labels, kappa);
@@ -131,17 +128,13 @@ impl SplitJudge {
 
 impl Classifier for SplitJudge {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.judge(images) + &self.bias
-    })
+        Ok({ self.judge(images) + &self.bias })
     }
     fn device(&self) -> Device {
         Device::Cpu
     }
     fn judge_logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.judge(images)
-    })
+        Ok({ self.judge(images) })
     }
     fn has_separate_judge(&self) -> bool {
         true
@@ -153,9 +146,7 @@ struct JudgeOnly<'a>(&'a SplitJudge);
 
 impl Classifier for JudgeOnly<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({
-        self.0.judge(images)
-    })
+        Ok({ self.0.judge(images) })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -199,7 +190,8 @@ fn the_judge_decides_every_robustness_question() {
     let clean = attacks::clean_accuracy(&model, &dataset, 16).unwrap();
     assert_eq!(clean.correct.iter().sum::<i64>(), 40, "clean accuracy is the judge's");
     for attack in cases {
-        let robust = |m: &dyn Classifier| attacks::evaluate(attack.as_ref(), m, &dataset, 16, Interrupt::NEVER, &mut |_| {}).unwrap().counts;
+        let robust =
+            |m: &dyn Classifier| attacks::evaluate(attack.as_ref(), m, &dataset, 16, Interrupt::NEVER, &mut |_| {}).unwrap().counts;
         let alone = robust(&JudgeOnly(&model)).correct.iter().sum::<i64>();
         let split = robust(&model).correct.iter().sum::<i64>();
         println!("{}: robust with the judge alone {alone}, with the split judge {split} of 40", attack.name());
@@ -259,7 +251,11 @@ fn randomised_attacks_give_the_same_result_at_batch_sizes_1_7_and_256() {
         assert_eq!(one, seven, "{}: batch size 1 and 7 disagree at points {:?}", attack.name(), differing(&one, &seven));
         assert_eq!(one, all, "{}: batch size 1 and 256 disagree at points {:?}", attack.name(), differing(&one, &all));
         let gap = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
-        assert!(gap(&one_points, &seven_points) < 1e-5 && gap(&one_points, &all_points) < 1e-5, "{}: the points found differ", attack.name());
+        assert!(
+            gap(&one_points, &seven_points) < 1e-5 && gap(&one_points, &all_points) < 1e-5,
+            "{}: the points found differ",
+            attack.name()
+        );
     }
 }
 
@@ -283,11 +279,16 @@ fn dropping_broken_points_changes_no_verdict() {
     ];
     for (dropping, keeping) in cases {
         let verdicts = |attack: &dyn Attack| {
-            let run = attacks::run_points(attack, &network, &Batch::from_dataset(&subset, 2), 256, Interrupt::NEVER, false, &mut |_| {}).unwrap();
+            let run =
+                attacks::run_points(attack, &network, &Batch::from_dataset(&subset, 2), 256, Interrupt::NEVER, false, &mut |_| {}).unwrap();
             (flags(&run.robust), run.components[0].seconds)
         };
         let ((dropped, fast), (kept, slow)) = (verdicts(dropping.as_ref()), verdicts(keeping.as_ref()));
-        println!("{}: {} of 100 robust either way; {fast:.1} s dropping broken points, {slow:.1} s keeping them", dropping.name(), dropped.iter().sum::<i64>());
+        println!(
+            "{}: {} of 100 robust either way; {fast:.1} s dropping broken points, {slow:.1} s keeping them",
+            dropping.name(),
+            dropped.iter().sum::<i64>()
+        );
         assert_eq!(dropped, kept, "{}: points {:?} changed verdict", dropping.name(), differing(&dropped, &kept));
         assert!(dropped.iter().sum::<i64>() < 90, "{}: too few points broken for the test to see anything", dropping.name());
     }
@@ -327,8 +328,7 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
     };
     let ours = |components: Vec<Box<dyn Attack>>, eps: f64, seed: u64| {
         let ensemble = AutoAttack::custom(eps, seed, components);
-        attacks::run_points(&ensemble, &network, &Batch::from_dataset(&subset, seed), 256, Interrupt::NEVER, false, &mut |_| {})
-            .unwrap()
+        attacks::run_points(&ensemble, &network, &Batch::from_dataset(&subset, seed), 256, Interrupt::NEVER, false, &mut |_| {}).unwrap()
     };
     let compare = |label: &str, run: &attacks::PointsRun, theirs: &Value| {
         let components = theirs["components"].as_array().unwrap();
@@ -344,7 +344,13 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
                 their_flags.iter().sum::<i64>(),
                 components[k]["seconds"].as_f64().unwrap()
             );
-            assert_eq!(our_flags, their_flags, "{label}, after {}: points {:?} differ", component.name, differing(&our_flags, &their_flags));
+            assert_eq!(
+                our_flags,
+                their_flags,
+                "{label}, after {}: points {:?} differ",
+                component.name,
+                differing(&our_flags, &their_flags)
+            );
         }
     };
 
@@ -370,9 +376,17 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
     // Single runs: the best loss of every point is a function of its whole trajectory, so it
     // shows any difference in the step-size schedule, its conditions or the update.
     let clean_points = {
-        let correct = attacks::run_points(&AutoAttack::custom(ALONE_EPS, 0, vec![]), &network, &Batch::from_dataset(&subset, 0), 256, Interrupt::NEVER, false, &mut |_| {})
-            .unwrap()
-            .robust;
+        let correct = attacks::run_points(
+            &AutoAttack::custom(ALONE_EPS, 0, vec![]),
+            &network,
+            &Batch::from_dataset(&subset, 0),
+            256,
+            Interrupt::NEVER,
+            false,
+            &mut |_| {},
+        )
+        .unwrap()
+        .robust;
         let index: Vec<i64> = flags(&correct).iter().enumerate().filter(|(_, &f)| f == 1).map(|(i, _)| i as i64).collect();
         subset.select(&index)
     };
@@ -391,13 +405,17 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
             );
             serde_json::from_str::<Value>(output.trim()).unwrap()
         };
-        let attack = if which == "ce" { Apgd { steps, ..Apgd::ce(ALONE_EPS, 0) } } else { Apgd { steps, ..Apgd::targeted(ALONE_EPS, 9, 0) } };
+        let attack =
+            if which == "ce" { Apgd { steps, ..Apgd::ce(ALONE_EPS, 0) } } else { Apgd { steps, ..Apgd::targeted(ALONE_EPS, 9, 0) } };
         let run = attack.run_once(&network, &Batch::from_dataset(&clean_points, 0), rank, 0).unwrap();
         let our_loss = Vec::<f32>::try_from(&run.best_loss).unwrap();
         let their_loss: Vec<f32> = theirs["best_loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(our_loss.len(), their_loss.len());
         let worst = our_loss.iter().zip(&their_loss).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
-        println!("APGD single run {which}, {steps} iterations, {} points: largest relative difference of the best loss {worst:.2e}", our_loss.len());
+        println!(
+            "APGD single run {which}, {steps} iterations, {} points: largest relative difference of the best loss {worst:.2e}",
+            our_loss.len()
+        );
         assert!(worst < 1e-4, "APGD {which} at {steps} iterations: best losses differ by up to {worst}");
         assert_eq!(flags(&run.robust), json_flags(&theirs["robust_flags"]), "APGD {which} at {steps} iterations: robust flags differ");
     }
@@ -405,8 +423,10 @@ fn autoattack_components_agree_point_by_point_with_torchattacks() {
     // Square alone, 300 queries, three seeds on each side.
     const QUERIES: i64 = 300;
     let seeds = [0u64, 1, 2];
-    let our_square: Vec<Vec<i64>> =
-        seeds.iter().map(|&seed| flags(&ours(vec![Box::new(Square::new(ALONE_EPS, QUERIES, 0.8, seed))], ALONE_EPS, seed).robust)).collect();
+    let our_square: Vec<Vec<i64>> = seeds
+        .iter()
+        .map(|&seed| flags(&ours(vec![Box::new(Square::new(ALONE_EPS, QUERIES, 0.8, seed))], ALONE_EPS, seed).robust))
+        .collect();
     let their_square: Vec<Vec<i64>> =
         seeds.iter().map(|&seed| json_flags(&reference("square", ALONE_EPS, QUERIES, seed)["robust_flags"])).collect();
     let varies = |runs: &Vec<Vec<i64>>, i: usize| runs.iter().any(|r| r[i] != runs[0][i]);
@@ -462,8 +482,16 @@ fn cw_inf_agrees_with_the_reference_loss_on_a_model_with_large_logits() {
         ],
     );
     let theirs: Value = serde_json::from_str(output.trim()).unwrap();
-    let ours = attacks::run_points(&CarliniWagnerLinf::cw30(EPS, 4), &network, &Batch::from_dataset(&subset, 4), 256, Interrupt::NEVER, false, &mut |_| {})
-        .unwrap();
+    let ours = attacks::run_points(
+        &CarliniWagnerLinf::cw30(EPS, 4),
+        &network,
+        &Batch::from_dataset(&subset, 4),
+        256,
+        Interrupt::NEVER,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
     let (our_flags, their_flags) = (flags(&ours.robust), json_flags(&theirs["robust_flags"]));
     let clean = attacks::clean_accuracy(&network, &subset, 256).unwrap().correct.iter().sum::<i64>();
     // The earlier loss, floored at -kappa: zero gradient wherever the true logit leads by more
@@ -472,7 +500,8 @@ fn cw_inf_agrees_with_the_reference_loss_on_a_model_with_large_logits() {
     let (images, labels) = (&subset.images, &subset.labels);
     let floored = |logits: &Tensor| (-losses::margin(logits, labels)).clamp_min(-50.0);
     let old = attacks::maximize(&network, images, EPS, EPS / 4.0, 30, attacks::Start::Uniform, floored).unwrap();
-    let old_robust = i64::try_from(tch::no_grad(|| network.forward_t(&old, false).argmax(-1, false).eq_tensor(labels)).sum(Kind::Int64)).unwrap();
+    let old_robust =
+        i64::try_from(tch::no_grad(|| network.forward_t(&old, false).argmax(-1, false).eq_tensor(labels)).sum(Kind::Int64)).unwrap();
     let ours_robust = our_flags.iter().sum::<i64>();
     println!(
         "median clean margin {:.0}; clean {clean} / 100; CW-inf robust: ours {ours_robust}, reference loss {}, \
@@ -483,6 +512,9 @@ fn cw_inf_agrees_with_the_reference_loss_on_a_model_with_large_logits() {
     );
     assert!(theirs["median_clean_margin"].as_f64().unwrap() > 100.0, "the logits are not large: the test cannot see the old loss's flaw");
     assert!(ours_robust < clean, "CW-inf moved nothing");
-    assert!(old_robust >= ours_robust + 10, "the floored loss is not visibly weaker here ({old_robust} vs {ours_robust}): the test is blind to it");
+    assert!(
+        old_robust >= ours_robust + 10,
+        "the floored loss is not visibly weaker here ({old_robust} vs {ours_robust}): the test is blind to it"
+    );
     assert!(differing(&our_flags, &their_flags).len() <= 1, "CW-inf and the reference loss disagree on more than one point");
 }

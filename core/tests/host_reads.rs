@@ -12,9 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rfb_core::attacks::{
-    self, perturb_guarded, Apgd, Attack, Batch, CarliniWagnerLinf, Fab, Fgsm, Interrupt, Pgd, Square,
-};
+use rfb_core::attacks::{self, perturb_guarded, Apgd, Attack, Batch, CarliniWagnerLinf, Fab, Fgsm, Interrupt, Pgd, Square};
 use rfb_core::data::{self, DatasetKind, Split};
 use rfb_core::host_read;
 

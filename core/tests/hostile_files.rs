@@ -597,7 +597,8 @@ fn a_dict_changed_through_the_memo_after_use_reads_as_torch_load_reads_it() {
 // ---------------------------------------------------------------------------------------------
 // Fuzzing: mutated real files and random pickles, a fixed number of times with a fixed seed.
 
-const OPCODES: &[u8] = b"(.0123NIJKLMFGXTUBCQRbcdeghjlpqrstu})]a\x80\x81\x85\x86\x87\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95\x96";
+const OPCODES: &[u8] =
+    b"(.0123NIJKLMFGXTUBCQRbcdeghjlpqrstu})]a\x80\x81\x85\x86\x87\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95\x96";
 
 /// A random opcode stream with random, often small, arguments.
 fn random_pickle(rng: &mut impl Rng) -> Vec<u8> {

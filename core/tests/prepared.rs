@@ -71,7 +71,9 @@ fn the_folded_channels_last_copy_computes_the_same_logits_and_gradients() {
         let mut folded = network(architecture, input);
         assert!(folded.fold_batch_norm(&|t: &Tensor| t.shallow_clone()) > 0);
         let (folded_gradient, folded_logits) = input_gradient(&folded, &images, loss).unwrap();
-        for (what, other_logits, other_gradient) in [("folded", &folded_logits, &folded_gradient), ("prepared", &fast_logits, &fast_gradient)] {
+        for (what, other_logits, other_gradient) in
+            [("folded", &folded_logits, &folded_gradient), ("prepared", &fast_logits, &fast_gradient)]
+        {
             let logit_gap = relative_gap(other_logits, &logits);
             assert!(logit_gap < 1e-5, "{architecture}, {what}: logits differ by {logit_gap}");
             let mut kinked = 0;
@@ -109,7 +111,6 @@ fn folding_only_changes_eval_mode_and_counts_the_pairs() {
     let mut preact = network("preact-resnet18", [3, 32, 32]);
     assert_eq!(preact.fold_batch_norm(&|t: &Tensor| t.shallow_clone()), 8, "one pair per pre-activation block");
 }
-
 
 /// digits-cnn pools in channels-last layout when no gradient is asked for (libtorch's NCHW
 /// max-pool kernel is the slow one) and in NCHW otherwise: both must give the same logits bit

@@ -9,11 +9,7 @@ use rfb_core::models::{self, ModelSpec};
 use tch::{Device, Tensor};
 
 fn tensor_named(tensors: &[(String, Tensor)], name: &str) -> Tensor {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .unwrap_or_else(|| panic!("no tensor named {name}"))
+    tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).unwrap_or_else(|| panic!("no tensor named {name}"))
 }
 
 /// Imports the reference weights for `arch` and returns the largest logit difference.
@@ -108,11 +104,8 @@ fn wrapped_and_prefixed_state_dicts_import() {
 #[test]
 fn importing_into_the_wrong_architecture_names_the_parameters() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["digits-cnn", "10", "1", "8", "8"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.path().display().to_string()])
-        .collect();
+    let args: Vec<String> =
+        ["digits-cnn", "10", "1", "8", "8"].iter().map(|s| s.to_string()).chain([dir.path().display().to_string()]).collect();
     common::run_python_script("write_reference.py", &args);
     let spec = ModelSpec::new("digits-cnn-wide", 10, [1, 8, 8]);
     match checkpoint::import_pytorch(&dir.path().join("weights.pt"), &spec, Device::Cpu) {

@@ -52,7 +52,11 @@ fn attack_and_model_code_cannot_be_made_to_panic_by_a_request() {
 #[test]
 fn the_rule_sees_what_it_forbids() {
     let sample = std::env::temp_dir().join(format!("rfb-source-rule-{}.rs", std::process::id()));
-    std::fs::write(&sample, "fn f(t: &Tensor) { t.view([2, -1]); } // .unwrap() in a comment\n#[cfg(test)]\nmod tests { fn g() { x.unwrap(); } }\n").unwrap();
+    std::fs::write(
+        &sample,
+        "fn f(t: &Tensor) { t.view([2, -1]); } // .unwrap() in a comment\n#[cfg(test)]\nmod tests { fn g() { x.unwrap(); } }\n",
+    )
+    .unwrap();
     let lines = production_lines(&sample);
     let _ = std::fs::remove_file(&sample);
     assert_eq!(lines.len(), 1);

@@ -35,23 +35,22 @@ impl<'a> Guarded<'a> {
 impl Classifier for Guarded<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
         Ok({
-        assert!(!images.requires_grad(), "Square passed an input that requires grad");
-        let probe = Tensor::ones([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        assert!(!(&probe * 2.0).requires_grad(), "Square queried the model with grad mode on");
-        let distances =
-            (images.flatten(1, -1).unsqueeze(1) - self.originals.unsqueeze(0)).abs().amax([2i64].as_slice(), false);
-        let (nearest, owner) = distances.min_dim(1, false);
-        let farthest = f64::try_from(nearest.max()).unwrap();
-        assert!(farthest <= EPS + 1e-6, "a queried row is {farthest} from every original");
-        let mut queries = self.queries.borrow_mut();
-        for index in Vec::<i64>::try_from(owner).unwrap() {
-            queries[index as usize] += 1;
-        }
-        *self.calls.borrow_mut() += 1;
-        let logits = self.network.forward_t(images, false);
-        assert!(!logits.requires_grad());
-        logits
-    })
+            assert!(!images.requires_grad(), "Square passed an input that requires grad");
+            let probe = Tensor::ones([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            assert!(!(&probe * 2.0).requires_grad(), "Square queried the model with grad mode on");
+            let distances = (images.flatten(1, -1).unsqueeze(1) - self.originals.unsqueeze(0)).abs().amax([2i64].as_slice(), false);
+            let (nearest, owner) = distances.min_dim(1, false);
+            let farthest = f64::try_from(nearest.max()).unwrap();
+            assert!(farthest <= EPS + 1e-6, "a queried row is {farthest} from every original");
+            let mut queries = self.queries.borrow_mut();
+            for index in Vec::<i64>::try_from(owner).unwrap() {
+                queries[index as usize] += 1;
+            }
+            *self.calls.borrow_mut() += 1;
+            let logits = self.network.forward_t(images, false);
+            assert!(!logits.requires_grad());
+            logits
+        })
     }
     fn device(&self) -> Device {
         Device::Cpu
@@ -193,7 +192,9 @@ fn p_schedule_and_square_side_match_the_reference() {
 
     // CIFAR [3, 32, 32]: side = round(sqrt(p * 1024)).
     let cifar = [3, 32, 32];
-    for (p, side) in [(0.8, 29), (0.4, 20), (0.2, 14), (0.1, 10), (0.05, 7), (0.025, 5), (0.0125, 4), (0.00625, 3), (0.003125, 2), (0.0015625, 1)] {
+    for (p, side) in
+        [(0.8, 29), (0.4, 20), (0.2, 14), (0.1, 10), (0.05, 7), (0.025, 5), (0.0125, 4), (0.00625, 3), (0.003125, 2), (0.0015625, 1)]
+    {
         assert_eq!(Square::square_side(p, cifar), side, "CIFAR, p = {p}");
     }
     // Digits [1, 8, 8]: sqrt(0.8 * 64) = 7.16 -> 7; sqrt(25/256 * 64) = 2.5 rounds to even (2),

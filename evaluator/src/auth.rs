@@ -149,10 +149,7 @@ impl TokenSet {
     /// prefix or length.
     pub fn find(&self, presented: &str) -> Option<usize> {
         let presented = digest(presented);
-        self.digests
-            .iter()
-            .enumerate()
-            .fold(None, |found, (index, token)| if same_digest(&presented, token) { Some(index) } else { found })
+        self.digests.iter().enumerate().fold(None, |found, (index, token)| if same_digest(&presented, token) { Some(index) } else { found })
     }
 }
 
@@ -204,11 +201,7 @@ impl tonic::service::Interceptor for BearerAuth {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated("this evaluator requires `authorization: Bearer <token>` metadata"));
         };
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
+        let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
         let Some(presented) = presented else {
             return Err(Status::unauthenticated("the authorization metadata must be `Bearer <token>`"));
         };

@@ -135,9 +135,7 @@ impl ResultCache {
         let path = self.path(key);
         // A link planted in a shared directory is not followed (it could point anywhere).
         match std::fs::symlink_metadata(&path) {
-            Ok(metadata) if !metadata.file_type().is_file() => {
-                return Lookup::Corrupt(format!("{} is not a regular file", path.display()))
-            }
+            Ok(metadata) if !metadata.file_type().is_file() => return Lookup::Corrupt(format!("{} is not a regular file", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             _ => {}
         }
@@ -268,7 +266,8 @@ mod tests {
         cache.store(&key, &material, &bad).unwrap();
         assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)));
         // A confusion whose diagonal, rows or shape disagree with the counts: refused.
-        for confusion in [vec![vec![2, 1], vec![1, 2]], vec![vec![1, 1], vec![1, 2]], vec![vec![1, 2]], vec![vec![1, 2, 0], vec![1, 2, 0]]] {
+        for confusion in [vec![vec![2, 1], vec![1, 2]], vec![vec![1, 1], vec![1, 2]], vec![vec![1, 2]], vec![vec![1, 2, 0], vec![1, 2, 0]]]
+        {
             let bad = StoredResult { confusion, ..result() };
             cache.store(&key, &material, &bad).unwrap();
             assert!(matches!(cache.load(&key, &material), Lookup::Corrupt(_)), "{:?}", bad.confusion);
@@ -343,7 +342,8 @@ mod tests {
         });
         let cache = ResultCache::open(dir.path()).unwrap();
         assert!(matches!(cache.load(&key, &material), Lookup::Hit(_)));
-        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 1 + writers * rounds, "one file per key and nothing else: {names:?}");
         assert!(names.iter().all(|n| n.ends_with(".json") && !n.starts_with('.')), "{names:?}");
     }

@@ -130,10 +130,7 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     pub fn new(config: &EngineConfig) -> Result<Self, String> {
-        let models_dir = config
-            .models_dir
-            .canonicalize()
-            .map_err(|e| format!("models directory {}: {e}", config.models_dir.display()))?;
+        let models_dir = config.models_dir.canonicalize().map_err(|e| format!("models directory {}: {e}", config.models_dir.display()))?;
         if !models_dir.is_dir() {
             return Err(format!("{} is not a directory", models_dir.display()));
         }
@@ -149,8 +146,7 @@ impl Catalog {
         // Each directory as configured, made absolute, and canonical (they differ through links).
         let absolute = |dir: &Path| std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let canonical = |dir: &Path| dir.canonicalize().unwrap_or_else(|_| absolute(dir));
-        let mut dirs: Vec<(PathBuf, &'static str)> =
-            vec![(absolute(&config.models_dir), ""), (models_dir.clone(), "")];
+        let mut dirs: Vec<(PathBuf, &'static str)> = vec![(absolute(&config.models_dir), ""), (models_dir.clone(), "")];
         if let Some(cache) = &cache {
             dirs.push((absolute(cache.dir()), "<cache-dir>"));
             dirs.push((canonical(cache.dir()), "<cache-dir>"));
@@ -202,7 +198,9 @@ impl Catalog {
     pub fn resolve_model(&self, name: &str) -> Result<PathBuf, EngineError> {
         request::check_model_name(name)?;
         if name.trim().is_empty() {
-            return Err(EngineError::InvalidArgument("model: no model given: name a checkpoint directory relative to the models directory, e.g. \"absld-s1/best\"".into()));
+            return Err(EngineError::InvalidArgument(
+                "model: no model given: name a checkpoint directory relative to the models directory, e.g. \"absld-s1/best\"".into(),
+            ));
         }
         let path = Path::new(name);
         if path.is_absolute() || path.has_root() {
@@ -226,9 +224,7 @@ impl Catalog {
             )));
         }
         if !canonical.is_dir() || !canonical.join(MANIFEST_FILE).is_file() {
-            return Err(EngineError::NotFound(format!(
-                "unknown model {name:?}: not a checkpoint directory (no {MANIFEST_FILE})"
-            )));
+            return Err(EngineError::NotFound(format!("unknown model {name:?}: not a checkpoint directory (no {MANIFEST_FILE})")));
         }
         Ok(canonical)
     }
@@ -305,9 +301,7 @@ impl Catalog {
                 match path.canonicalize() {
                     Ok(target) if !target.starts_with(&self.models_dir) => {
                         if target.is_dir() {
-                            problems.push(format!(
-                                "{name}: symbolic link to a directory outside the models directory; ignored"
-                            ));
+                            problems.push(format!("{name}: symbolic link to a directory outside the models directory; ignored"));
                         }
                         continue;
                     }
@@ -372,8 +366,7 @@ impl Catalog {
             return Ok(sha.clone());
         }
         tracing::info!(dataset = %kind, %split, "loading data set");
-        let loaded = data::load_compact(kind, split, self.data_dir.as_deref())
-            .map_err(|e| EngineError::from_data(kind.name(), e))?;
+        let loaded = data::load_compact(kind, split, self.data_dir.as_deref()).map_err(|e| EngineError::from_data(kind.name(), e))?;
         let sha = split_sha256_of(&loaded, kind)?;
         self.remember_split(kind, split, &sha, loaded.class_counts());
         if self.keep_loaded {
@@ -401,8 +394,7 @@ impl Catalog {
         if let Some(counts) = locked(&self.class_counts).get(&(kind, split)) {
             return Ok(counts.clone());
         }
-        let counts = data::class_counts(kind, split, self.data_dir.as_deref())
-            .map_err(|e| EngineError::from_data(kind.name(), e))?;
+        let counts = data::class_counts(kind, split, self.data_dir.as_deref()).map_err(|e| EngineError::from_data(kind.name(), e))?;
         locked(&self.class_counts).insert((kind, split), counts.clone());
         Ok(counts)
     }
@@ -434,11 +426,9 @@ impl Catalog {
         }
 
         let dataset_name = if request.dataset.trim().is_empty() { manifest.dataset.as_str() } else { request.dataset.as_str() };
-        let dataset: DatasetKind = dataset_name
-            .parse()
-            .map_err(|_| EngineError::NotFound(format!(
-                "unknown data set {dataset_name:?} (known: digits, cifar10, cifar100, tiny-imagenet)"
-            )))?;
+        let dataset: DatasetKind = dataset_name.parse().map_err(|_| {
+            EngineError::NotFound(format!("unknown data set {dataset_name:?} (known: digits, cifar10, cifar100, tiny-imagenet)"))
+        })?;
         let full_classes = dataset.num_classes();
         let classes_fit = if dataset == DatasetKind::TinyImageNet {
             // A Tiny-ImageNet folder may hold fewer classes; checked against its labels below.
@@ -529,18 +519,12 @@ impl Catalog {
 
     /// Every result of `job` if all of them are cached.
     pub fn all_cached(&self, job: &PreparedEvaluation) -> Option<Vec<AttackResult>> {
-        job.attacks
-            .iter()
-            .map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true)))
-            .collect()
+        job.attacks.iter().map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true))).collect()
     }
 
     /// Each attack's cached result, where there is a trustworthy one (in request order).
     pub fn cached_results(&self, job: &PreparedEvaluation) -> Vec<Option<AttackResult>> {
-        job.attacks
-            .iter()
-            .map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true)))
-            .collect()
+        job.attacks.iter().map(|attack| self.cached(attack).map(|stored| request::attack_result(job, attack, &stored, true))).collect()
     }
 
     /// Stores a computed result (failures are logged: the result is still returned).

@@ -88,8 +88,8 @@ impl Engine {
             let key = (job.model_dir.clone(), job.model_sha256.clone());
             if !self.models.iter().any(|(k, _)| *k == key) {
                 let manifest = checkpoint::read_manifest(&job.model_dir).map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
-                let bytes = checkpoint::read_torchscript(&job.model_dir, &manifest)
-                    .map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
+                let bytes =
+                    checkpoint::read_torchscript(&job.model_dir, &manifest).map_err(|e| EngineError::from_checkpoint(&job.model, e))?;
                 self.read_ahead = Some((key, manifest, bytes));
             }
         } else {
@@ -191,8 +191,7 @@ impl Engine {
         }
         // Only the examples the job needs become f32, for the job's duration.
         let subset = if job.examples_per_class > 0 {
-            full.class_balanced_subset(job.examples_per_class)
-                .map_err(|e| EngineError::from_data(job.dataset.name(), e))?
+            full.class_balanced_subset(job.examples_per_class).map_err(|e| EngineError::from_data(job.dataset.name(), e))?
         } else {
             full.to_dataset()
         };
@@ -207,11 +206,7 @@ impl Engine {
     /// Runs every attack of `job` in order. `emit` receives progress and one result per
     /// attack; an error it returns stops the run within one batch and is returned. Cached
     /// results are emitted without touching the device; computed ones are stored in the cache.
-    pub fn run(
-        &mut self,
-        job: &PreparedEvaluation,
-        emit: &mut dyn FnMut(Event) -> Result<(), EngineError>,
-    ) -> Result<(), EngineError> {
+    pub fn run(&mut self, job: &PreparedEvaluation, emit: &mut dyn FnMut(Event) -> Result<(), EngineError>) -> Result<(), EngineError> {
         self.run_until(job, &|| None, emit)
     }
 
@@ -288,21 +283,18 @@ impl Engine {
             rfb_proto::v1::Precision::Fp32Fast => ModelPrecision::Fp32Fast,
             _ => ModelPrecision::Fp32,
         };
-        let prepared = model
-            .prepare(precision)
-            .map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
+        let prepared =
+            model.prepare(precision).map_err(|e| EngineError::FailedPrecondition(format!("{}: {precision} copy: {e}", job.model)))?;
         let network: &dyn attacks::Classifier = &prepared;
         let failed = |e: AttackError| EngineError::from_attack_run(&attack.name, &job.model, &precision.to_string(), e);
-        let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| {
-            Progress {
-                attack: attack.name.clone(),
-                attack_index: index as i64,
-                examples_done: done,
-                examples_total: of,
-                component: component.to_string(),
-                component_index: component_index as i64,
-                components: components as i64,
-            }
+        let progress = |component: &str, component_index: usize, components: usize, done: i64, of: i64| Progress {
+            attack: attack.name.clone(),
+            attack_index: index as i64,
+            examples_done: done,
+            examples_total: of,
+            component: component.to_string(),
+            component_index: component_index as i64,
+            components: components as i64,
         };
         let started = Instant::now();
         let mut emitted: Option<EngineError> = None;
@@ -334,8 +326,7 @@ impl Engine {
                     let length = attacks::SANITY_POINTS.min(total);
                     let images = subset.images.narrow(0, 0, length).to_device(device);
                     let labels = subset.labels.narrow(0, 0, length).to_device(device);
-                    let (requested, used) =
-                        crate::request::autoattack_targets(&attack.spec, subset.num_classes());
+                    let (requested, used) = crate::request::autoattack_targets(&attack.spec, subset.num_classes());
                     sanity = Some(
                         attacks::sanity_flags_in_chunks(network, &images, &labels, batch_size)
                             .map_err(failed)?
@@ -354,14 +345,8 @@ impl Engine {
                         }
                     }
                 };
-                let result = attacks::evaluate(
-                    built.as_ref(),
-                    network,
-                    subset,
-                    batch_size,
-                    attacks::Interrupt::new(&should_stop),
-                    &mut on_progress,
-                );
+                let result =
+                    attacks::evaluate(built.as_ref(), network, subset, batch_size, attacks::Interrupt::new(&should_stop), &mut on_progress);
                 match result {
                     Ok(evaluation) => {
                         // The checks the reference makes during and after the run.

@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rfb_evaluator::catalog::{parse_device, EngineConfig, DEFAULT_BATCH_SIZE};
 use rfb_evaluator::request::{DEFAULT_MAX_JOB_COST, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_PER_CLIENT};
-use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
 use rfb_evaluator::runner::Runner;
 use rfb_evaluator::sandbox::SandboxConfig;
+use rfb_evaluator::service::{Keepalive, ServeOptions, TlsFiles};
 use rfb_evaluator::{Catalog, Limits};
 use rfb_proto::v1::{evaluate_event::Event, EvaluateRequest};
 
@@ -347,11 +347,10 @@ fn parse_shard(text: &str) -> Result<rfb_proto::v1::Shard> {
 }
 
 fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
 }
-
 
 fn split_proto(text: &str) -> Result<rfb_proto::v1::Split> {
     let split: rfb_core::data::Split = text.parse()?;
@@ -373,11 +372,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let options = ServeOptions {
         tokens,
         tls,
-        limits: Limits {
-            max_job_cost: args.max_job_cost,
-            max_queue: args.max_queue,
-            max_queue_per_client: args.max_queue_per_client,
-        },
+        limits: Limits { max_job_cost: args.max_job_cost, max_queue: args.max_queue, max_queue_per_client: args.max_queue_per_client },
         insecure: args.insecure,
         keepalive: Keepalive { interval: args.keepalive.into(), timeout: args.keepalive_timeout.into() },
         stuck_after: args.stuck_after.into(),
@@ -398,8 +393,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut options = options;
     options.engine.sandbox.check_timeout = args.check_timeout.into();
     // SIGTERM or Ctrl-C: graceful shutdown; a second one: exit at once.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let shutdown = async move {
         let which = tokio::select! {
             _ = tokio::signal::ctrl_c() => "Ctrl-C",
@@ -433,11 +428,8 @@ fn eval(args: EvalArgs) -> Result<()> {
     let eps = args.eps.as_deref().map(rfb_proto::attacks::parse_eps).transpose().context("--eps")?;
     let step_size = args.step_size.as_deref().map(rfb_proto::attacks::parse_eps).transpose().context("--step-size")?;
     let defaults = rfb_proto::attacks::AttackDefaults { eps, step_size, steps: args.steps, seed: args.seed };
-    let attacks: Vec<_> = rfb_proto::attacks::parse_attacks(&args.attacks, &defaults)
-        .context("--attacks")?
-        .into_iter()
-        .map(|attack| attack.spec)
-        .collect();
+    let attacks: Vec<_> =
+        rfb_proto::attacks::parse_attacks(&args.attacks, &defaults).context("--attacks")?.into_iter().map(|attack| attack.spec).collect();
     // The robustness curve: one more attack per radius (clean accuracy at radius 0).
     let radii = match (&args.eps_sweep, &args.eps_sweep_list) {
         (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,

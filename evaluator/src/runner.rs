@@ -101,7 +101,9 @@ impl Runner {
                 Message::Alive => alive(),
                 Message::Progress { attack_index, attack, component, component_index, components, done, total } => {
                     let Some(&index) = usize::try_from(attack_index).ok().and_then(|i| to_compute.get(i)) else {
-                        return Err(EngineError::Internal("the model's worker process reported progress of an attack it was not given".into()));
+                        return Err(EngineError::Internal(
+                            "the model's worker process reported progress of an attack it was not given".into(),
+                        ));
                     };
                     emit(Event::Progress(rfb_proto::v1::Progress {
                         attack,
@@ -142,7 +144,12 @@ impl Runner {
         }
     }
 
-    fn start_worker(&self, job: &PreparedEvaluation, to_compute: &[usize], deadline: Option<Instant>) -> Result<WorkerProcess, EngineError> {
+    fn start_worker(
+        &self,
+        job: &PreparedEvaluation,
+        to_compute: &[usize],
+        deadline: Option<Instant>,
+    ) -> Result<WorkerProcess, EngineError> {
         let request = EvaluateRequest {
             model: job.model.clone(),
             dataset: job.dataset.name().to_string(),
@@ -169,7 +176,11 @@ impl Runner {
         // CPU time: every core busy until the deadline (the server kills the worker at the
         // deadline; this is the kernel's backstop), else the configured cap.
         let from_deadline = deadline.map(|d| {
-            d.saturating_duration_since(Instant::now()).as_secs().saturating_add(1).saturating_mul(model_process::cores()).saturating_add(10)
+            d.saturating_duration_since(Instant::now())
+                .as_secs()
+                .saturating_add(1)
+                .saturating_mul(model_process::cores())
+                .saturating_add(10)
         });
         let cpu_seconds = match (from_deadline, self.config.cpu_seconds) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -384,9 +384,7 @@ fn touches(path: &std::path::Path, forbidden: &[PathBuf]) -> bool {
 
 /// A shared library's file name: `libx.so`, `libx.so.12`, `libx.so.12.1`.
 fn is_shared_library(path: &std::path::Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
-        name.ends_with(".so") || name.contains(".so.")
-    })
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|name| name.ends_with(".so") || name.contains(".so."))
 }
 
 /// The CUDA worker's read rules from the files it has mapped (`/proc/self/maps`), `listing` of
@@ -444,11 +442,7 @@ fn cuda_rules_here(forbidden: &[PathBuf]) -> CudaRules {
 /// The NVIDIA device files (`/dev/nvidia*`).
 fn cuda_device_files() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
-        .map(|e| e.path())
-        .collect()
+    entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("nvidia")).map(|e| e.path()).collect()
 }
 
 /// The seccomp filters, on every thread of the process (`TSYNC`).
@@ -509,9 +503,8 @@ pub fn seccomp_programs(confinement: &Confinement) -> Result<Vec<seccompiler::Bp
         SandboxError::Seccomp(e.to_string())
     }
     let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(error)?;
-    let condition = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
-        SeccompCondition::new(arg, len, op, value).map_err(error)
-    };
+    let condition =
+        |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| SeccompCondition::new(arg, len, op, value).map_err(error);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for syscall in DENIED_SYSCALLS {
         rules.insert(syscall, Vec::new());
@@ -543,7 +536,8 @@ pub fn seccomp_programs(confinement: &Confinement) -> Result<Vec<seccompiler::Bp
     let mut clone_rules = Vec::new();
     for flag in namespaces {
         let flag = flag as u64;
-        clone_rules.push(SeccompRule::new(vec![condition(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?]).map_err(error)?);
+        clone_rules
+            .push(SeccompRule::new(vec![condition(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?]).map_err(error)?);
     }
     rules.insert(libc::SYS_clone, clone_rules);
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(error)?;
@@ -708,9 +702,13 @@ mod tests {
         assert_eq!(sandboxed.to_string(), "worker processes: Landlock ABI 7 (files, TCP), seccomp, rlimits (memory 16 GiB)");
         assert!(sandboxed.check_torchscript().is_ok());
 
-        let no_landlock = Enforced { landlock_abi: None, landlock_tcp: false, missing: vec!["the kernel has no Landlock".into()], ..full() };
+        let no_landlock =
+            Enforced { landlock_abi: None, landlock_tcp: false, missing: vec!["the kernel has no Landlock".into()], ..full() };
         let refused = Protection { workers: Some(no_landlock.clone()), trust_torchscript: false, cuda: false };
-        assert_eq!(refused.to_string(), "worker processes: seccomp, rlimits (memory 16 GiB); the kernel has no Landlock: TorchScript refused");
+        assert_eq!(
+            refused.to_string(),
+            "worker processes: seccomp, rlimits (memory 16 GiB); the kernel has no Landlock: TorchScript refused"
+        );
         let error = refused.check_torchscript().unwrap_err();
         assert_eq!(error.code(), tonic::Code::FailedPrecondition);
         assert!(error.to_string().contains("no Landlock") && error.to_string().contains("--trust-torchscript"), "{error}");

@@ -35,9 +35,8 @@ use std::time::{Duration, Instant};
 
 use rfb_proto::v1::evaluator_server::{Evaluator, EvaluatorServer};
 use rfb_proto::v1::{
-    evaluate_event::Event, upload_model_request::Part, DeleteModelRequest, DeleteModelResponse, DescribeModelRequest, Done,
-    EvaluateEvent, EvaluateRequest, ListModelsRequest, ListModelsResponse, ModelInfo, ServerInfoRequest,
-    ServerInfoResponse, UploadModelRequest,
+    evaluate_event::Event, upload_model_request::Part, DeleteModelRequest, DeleteModelResponse, DescribeModelRequest, Done, EvaluateEvent,
+    EvaluateRequest, ListModelsRequest, ListModelsResponse, ModelInfo, ServerInfoRequest, ServerInfoResponse, UploadModelRequest,
 };
 use tokio_stream::Stream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -159,9 +158,9 @@ pub fn check_exposure(listen: SocketAddr, tokens: bool, tls: bool, insecure: boo
              could run jobs on this machine and read its models. Give --token-file (with --tls-cert and --tls-key), or pass \
              --insecure to serve unauthenticated clients anyway"
         ))),
-        (false, _) => Ok(Some(format!(
-            "listening on {listen} WITHOUT AUTHENTICATION (--insecure): anyone who can reach this address can run jobs"
-        ))),
+        (false, _) => {
+            Ok(Some(format!("listening on {listen} WITHOUT AUTHENTICATION (--insecure): anyone who can reach this address can run jobs")))
+        }
         (true, false) => Ok(Some(format!(
             "listening on {listen} with a bearer token but WITHOUT TLS: the token travels in clear text and anyone on the \
              path can read and reuse it; give --tls-cert and --tls-key"
@@ -236,10 +235,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    redactor: &PathRedactor,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(redactor: &PathRedactor, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(work).await.map_err(|e| {
         tracing::error!(error = %e, "a request handler failed");
         Status::internal(redactor.redact(&format!("request handler failed: {e}")))
@@ -308,9 +304,9 @@ impl Evaluator for EvaluatorService {
         let uploads = self.uploads.clone();
         let mut upload = blocking(redactor, move || uploads.begin(&client, &header)).await?.map_err(|e| self.upload_refused(e))?;
         loop {
-            let message = stream.message().await.inspect_err(|status| {
-                tracing::info!(model = upload.model(), code = ?status.code(), "the upload's stream failed; nothing kept")
-            })?;
+            let message = stream.message().await.inspect_err(
+                |status| tracing::info!(model = upload.model(), code = ?status.code(), "the upload's stream failed; nothing kept"),
+            )?;
             match message.map(|m| m.part) {
                 None => break,
                 Some(Some(Part::Chunk(chunk))) => {
@@ -330,15 +326,16 @@ impl Evaluator for EvaluatorService {
         let permit = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), imports.acquire_owned()).await.map_err(|_| {
                 tracing::info!(model = upload.model(), "the upload's deadline passed while it waited to be imported; nothing kept");
-                Status::deadline_exceeded("the deadline passed while the upload waited for its turn to be imported (--max-concurrent-imports); nothing was kept")
+                Status::deadline_exceeded(
+                    "the deadline passed while the upload waited for its turn to be imported (--max-concurrent-imports); nothing was kept",
+                )
             })?,
             None => imports.acquire_owned().await,
         }
         .map_err(|_| self.refused(EngineError::Unavailable("the evaluator is shutting down".into())))?;
         let catalog = self.catalog.clone();
-        let stop = move || {
-            cancelled.load(std::sync::atomic::Ordering::SeqCst) || deadline.is_some_and(|deadline| Instant::now() >= deadline)
-        };
+        let stop =
+            move || cancelled.load(std::sync::atomic::Ordering::SeqCst) || deadline.is_some_and(|deadline| Instant::now() >= deadline);
         let published = blocking(redactor, move || {
             // Held until the import has really ended, even when this handler is dropped.
             let _permit = permit;
@@ -357,9 +354,8 @@ impl Evaluator for EvaluatorService {
         let model = request.into_inner().model;
         crate::request::check_model_name(&model).map_err(|e| self.refused(e))?;
         let uploads = self.uploads.clone();
-        let bytes = blocking(self.catalog.redactor(), move || uploads.delete(&client, &model))
-            .await?
-            .map_err(|e| self.upload_refused(e))?;
+        let bytes =
+            blocking(self.catalog.redactor(), move || uploads.delete(&client, &model)).await?.map_err(|e| self.upload_refused(e))?;
         Ok(Response::new(DeleteModelResponse { bytes }))
     }
 
@@ -401,9 +397,7 @@ impl Evaluator for EvaluatorService {
             tracing::info!(model = %prepared.model, attacks = cached.len(), %client, "answered from the cache");
             let mut events: Vec<Result<EvaluateEvent, Status>> =
                 cached.into_iter().flatten().map(|r| Ok(EvaluateEvent { event: Some(Event::Result(r)) })).collect();
-            events.push(Ok(EvaluateEvent {
-                event: Some(Event::Done(Done { elapsed_seconds: received.elapsed().as_secs_f64() })),
-            }));
+            events.push(Ok(EvaluateEvent { event: Some(Event::Done(Done { elapsed_seconds: received.elapsed().as_secs_f64() })) }));
             return Ok(Response::new(Box::pin(tokio_stream::iter(events))));
         }
         // What is left to compute must fit the budget.
@@ -422,12 +416,7 @@ impl Evaluator for EvaluatorService {
 
 /// Keeps the health service truthful: SERVING while the worker is idle or busy and showing
 /// signs of life, NOT_SERVING when it is stuck or gone, or the server is shutting down.
-async fn watch_health(
-    reporter: tonic_health::server::HealthReporter,
-    worker: Arc<Worker>,
-    queue: Arc<Queue>,
-    stuck_after: Duration,
-) {
+async fn watch_health(reporter: tonic_health::server::HealthReporter, worker: Arc<Worker>, queue: Arc<Queue>, stuck_after: Duration) {
     let mut last: Option<bool> = None;
     loop {
         let state = worker.state(stuck_after);
@@ -480,21 +469,14 @@ pub async fn serve(
         .map_err(|e| ServeError::Config(format!("cannot run model code in worker processes: {e}")))?;
     tracing::info!(model_code_protection = %protection, "model code runs in: {protection}");
     let uploads = Arc::new(
-        Uploads::open(
-            catalog.models_dir(),
-            catalog.data_dir(),
-            options.uploads,
-            options.engine.sandbox.clone(),
-            Some(protection.clone()),
-        )
-        .map_err(|e| ServeError::Config(format!("uploads: {e}")))?,
+        Uploads::open(catalog.models_dir(), catalog.data_dir(), options.uploads, options.engine.sandbox.clone(), Some(protection.clone()))
+            .map_err(|e| ServeError::Config(format!("uploads: {e}")))?,
     );
-    let worker = Worker::spawn(catalog.clone(), queue.clone(), options.engine.sandbox.clone(), protection.clone())
-        .map_err(ServeError::Worker)?;
+    let worker =
+        Worker::spawn(catalog.clone(), queue.clone(), options.engine.sandbox.clone(), protection.clone()).map_err(ServeError::Worker)?;
 
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Bind { addr: options.listen, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(options.listen).await.map_err(|source| ServeError::Bind { addr: options.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr: options.listen, source })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -504,19 +486,15 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(rfb_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1 =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let auth = BearerAuth::with_tokens(options.tokens.clone());
     let evaluator = tonic::service::interceptor::InterceptedService::new(
-        EvaluatorServer::new(
-            EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone(), uploads).with_protection(protection),
-        )
-        .max_decoding_message_size(MAX_CHUNK_BYTES + MESSAGE_OVERHEAD_BYTES),
+        EvaluatorServer::new(EvaluatorService::new(catalog.clone(), queue.clone(), worker.clone(), uploads).with_protection(protection))
+            .max_decoding_message_size(MAX_CHUNK_BYTES + MESSAGE_OVERHEAD_BYTES),
         auth.clone(),
     );
 
@@ -525,9 +503,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(options.keepalive.timeout));
     if let Some(tls) = &options.tls {
         let identity = Identity::from_pem(&tls.certificate_pem, &tls.key_pem);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     if let Some(warning) = &exposure {
         tracing::warn!("WARNING: {warning}");

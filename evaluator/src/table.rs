@@ -10,10 +10,8 @@ pub fn render(results: &[AttackResult]) -> String {
         return out;
     }
     let class_names: Vec<&str> = results[0].classes.iter().map(|c| c.class_name.as_str()).collect();
-    let headers: Vec<String> = results
-        .iter()
-        .map(|r| if r.cached { format!("{}*", r.attack_name) } else { r.attack_name.clone() })
-        .collect();
+    let headers: Vec<String> =
+        results.iter().map(|r| if r.cached { format!("{}*", r.attack_name) } else { r.attack_name.clone() }).collect();
     let first_width = class_names.iter().map(|n| n.len()).chain([9, 5]).max().unwrap_or(9);
     let widths: Vec<usize> = headers.iter().map(|h| h.len().max(7)).collect();
     let row = |label: &str, cells: Vec<String>| {
@@ -39,10 +37,7 @@ pub fn render(results: &[AttackResult]) -> String {
     }
     out.push_str(&format!("{}\n", "-".repeat(rule_length)));
     let metric = |label: &str, pick: fn(&rfb_proto::v1::Metrics) -> f64, decimals: usize| {
-        let cells = results
-            .iter()
-            .map(|r| r.metrics.as_ref().map(|m| format!("{:.*}", decimals, pick(m))).unwrap_or_default())
-            .collect();
+        let cells = results.iter().map(|r| r.metrics.as_ref().map(|m| format!("{:.*}", decimals, pick(m))).unwrap_or_default()).collect();
         row(label, cells)
     };
     out.push_str(&metric("Avg", |m| m.average, 2));

@@ -259,9 +259,7 @@ pub fn check_header(header: &UploadHeader) -> Result<UploadRecord, String> {
                 return Err("mean and std: finite numbers, std above 0".into());
             }
         }
-        (m, s) => {
-            return Err(format!("mean and std: both or neither, one per channel ({channels} for {dataset}); got {m} and {s}"))
-        }
+        (m, s) => return Err(format!("mean and std: both or neither, one per channel ({channels} for {dataset}); got {m} and {s}")),
     }
     if header.class_names.len() > MAX_CLASS_NAMES {
         return Err(format!("class_names: at most {MAX_CLASS_NAMES}"));
@@ -398,9 +396,7 @@ fn claim_staging(staging: &Path) -> Result<(PathBuf, std::fs::File), UploadError
             std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
                 .map_err(UploadError::io(format!("securing {}", staging.display())))?;
         }
-        Ok(_) => {
-            return Err(UploadError::FailedPrecondition(format!("{} exists and is not a directory", staging.display())))
-        }
+        Ok(_) => return Err(UploadError::FailedPrecondition(format!("{} exists and is not a directory", staging.display()))),
         Err(_) => match std::fs::DirBuilder::new().mode(0o700).create(staging) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -758,17 +754,11 @@ impl Upload {
     /// Appends a chunk: at most [`MAX_CHUNK_BYTES`], never past the declared size. Blocking.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
         if chunk.len() > MAX_CHUNK_BYTES {
-            return Err(UploadError::InvalidArgument(format!(
-                "a chunk of {} bytes; at most {MAX_CHUNK_BYTES} each",
-                chunk.len()
-            )));
+            return Err(UploadError::InvalidArgument(format!("a chunk of {} bytes; at most {MAX_CHUNK_BYTES} each", chunk.len())));
         }
         let after = self.written + chunk.len() as u64;
         if after > self.record.size {
-            return Err(UploadError::InvalidArgument(format!(
-                "more bytes than the {} the header declares (size)",
-                self.record.size
-            )));
+            return Err(UploadError::InvalidArgument(format!("more bytes than the {} the header declares (size)", self.record.size)));
         }
         self.file.write_all(chunk).map_err(UploadError::io(format!("writing {}", self.path.display())))?;
         self.hasher.update(chunk);
@@ -915,9 +905,7 @@ impl Upload {
         let error = match error {
             ImportError::Checkpoint(error) => error,
             ImportError::ModelCode(crate::request::EngineError::Cancelled) => return UploadError::Cancelled,
-            ImportError::ModelCode(error) => {
-                return UploadError::ModelCode { code, message: self.without_paths(&error.to_string()) }
-            }
+            ImportError::ModelCode(error) => return UploadError::ModelCode { code, message: self.without_paths(&error.to_string()) },
         };
         let message = error
             .to_string()
@@ -1136,7 +1124,10 @@ mod tests {
         assert!(check_room(600, 100, 100).is_ok() && check_room(599, 100, 100).is_err(), "uploads in progress count");
         assert!(check_room(u64::MAX, u64::MAX, u64::MAX).is_err());
         let models = tempfile::tempdir().unwrap();
-        let uploads = uploads(models.path(), UploadLimits { max_upload_bytes: u64::MAX / 4, max_upload_bytes_per_client: u64::MAX, ..Default::default() });
+        let uploads = uploads(
+            models.path(),
+            UploadLimits { max_upload_bytes: u64::MAX / 4, max_upload_bytes_per_client: u64::MAX, ..Default::default() },
+        );
         let refused = uploads.begin("alice", &sized("huge", u64::MAX / 8)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
         assert!(refused.to_string().contains("disk has"), "{refused}");

@@ -150,12 +150,8 @@ impl QueueState {
         }
         let mut order = Vec::with_capacity(self.pending.len());
         let mut turn = self.turn;
-        while let Some(next) = clients
-            .iter()
-            .enumerate()
-            .filter_map(|(c, (last, jobs))| jobs.front().map(|&first| (*last, first, c)))
-            .min()
-            .map(|(_, _, c)| c)
+        while let Some(next) =
+            clients.iter().enumerate().filter_map(|(c, (last, jobs))| jobs.front().map(|&first| (*last, first, c))).min().map(|(_, _, c)| c)
         {
             turn += 1;
             let (last, jobs) = &mut clients[next];
@@ -326,8 +322,7 @@ impl Queue {
                 let turn = state.turn;
                 state.last_turn.insert(job.client.clone(), turn);
                 if state.last_turn.len() > REMEMBERED_TURNS as usize {
-                    let pending: std::collections::HashSet<String> =
-                        state.pending.iter().map(|j| j.client.clone()).collect();
+                    let pending: std::collections::HashSet<String> = state.pending.iter().map(|j| j.client.clone()).collect();
                     state.last_turn.retain(|client, last| pending.contains(client) || *last + REMEMBERED_TURNS > turn);
                 }
                 state.refresh();

@@ -15,8 +15,23 @@ use serde_json::Value;
 fn autoattack_flags(models: &Path, model: &str) -> Value {
     let json = models.join(format!("{model}.json"));
     let output = common::evaluator_cli(&[
-        "eval", "--models-dir", models.to_str().unwrap(), "--model", model, "--attacks", "aa@3", "--eps", "0.05",
-        "--per-class", "2", "--device", "cpu", "--no-cache", "--quiet", "--json", json.to_str().unwrap(),
+        "eval",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--model",
+        model,
+        "--attacks",
+        "aa@3",
+        "--eps",
+        "0.05",
+        "--per-class",
+        "2",
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "evaluator eval {model}: {}", String::from_utf8_lossy(&output.stderr));
     let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -40,7 +55,13 @@ fn a_model_that_takes_gradients_in_its_forward_is_flagged_dynamic() {
     for name in ["plain", "dynamic"] {
         let from = files.join(format!("{name}.pt"));
         let output = common::evaluator_cli(&[
-            "import", "--from", from.to_str().unwrap(), "--dataset", "digits", "--out", models.join(name).to_str().unwrap(),
+            "import",
+            "--from",
+            from.to_str().unwrap(),
+            "--dataset",
+            "digits",
+            "--out",
+            models.join(name).to_str().unwrap(),
         ]);
         assert!(output.status.success(), "import {name}: {}", String::from_utf8_lossy(&output.stderr));
     }

@@ -96,16 +96,38 @@ fn python_package_and_node_client_send_evaluate_and_agree_with_the_cli() {
     ok(
         "evaluator import",
         evaluator_cli(&[
-            "import", "--from", model_file.to_str().unwrap(), "--out", models.path().join("cli/digits").to_str().unwrap(),
-            "--arch", "digits-cnn", "--dataset", "digits",
+            "import",
+            "--from",
+            model_file.to_str().unwrap(),
+            "--out",
+            models.path().join("cli/digits").to_str().unwrap(),
+            "--arch",
+            "digits-cnn",
+            "--dataset",
+            "digits",
         ]),
     );
     let cli_json = work.path().join("cli.json");
     ok(
         "evaluator eval",
         evaluator_cli(&[
-            "eval", "--models-dir", models_arg, "--model", "cli/digits", "--device", "cpu", "--no-cache", "--quiet",
-            "--per-class", PER_CLASS, "--attacks", ATTACKS, "--eps", EPS, "--json", cli_json.to_str().unwrap(),
+            "eval",
+            "--models-dir",
+            models_arg,
+            "--model",
+            "cli/digits",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+            "--per-class",
+            PER_CLASS,
+            "--attacks",
+            ATTACKS,
+            "--eps",
+            EPS,
+            "--json",
+            cli_json.to_str().unwrap(),
         ]),
     );
     let cli: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cli_json).unwrap()).unwrap();
@@ -130,7 +152,17 @@ fn python_package_and_node_client_send_evaluate_and_agree_with_the_cli() {
     ok(
         "pip install",
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&site)
             .arg(&package)
             .output()
@@ -145,10 +177,7 @@ fn python_package_and_node_client_send_evaluate_and_agree_with_the_cli() {
         command
     };
 
-    let offline = python_with_package()
-        .arg(workspace().join("python/rfb-client/tests/test_offline.py"))
-        .output()
-        .unwrap();
+    let offline = python_with_package().arg(workspace().join("python/rfb-client/tests/test_offline.py")).output().unwrap();
     assert!(offline.status.success(), "test_offline.py:\n{}", String::from_utf8_lossy(&offline.stderr));
 
     let against = ok(

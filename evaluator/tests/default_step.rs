@@ -24,8 +24,23 @@ fn counts_and_spec(results: &Value, name_prefix: &str) -> (Vec<i64>, Value) {
 
 fn evaluate(models: &Path, eps: &str, json: &Path) -> Value {
     let output = common::evaluator_cli(&[
-        "eval", "--models-dir", models.to_str().unwrap(), "--model", "sat-s0/best", "--attacks", "fgsm,pgd,cw", "--eps", eps,
-        "--per-class", "20", "--device", "cpu", "--no-cache", "--quiet", "--json", json.to_str().unwrap(),
+        "eval",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--model",
+        "sat-s0/best",
+        "--attacks",
+        "fgsm,pgd,cw",
+        "--eps",
+        eps,
+        "--per-class",
+        "20",
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "evaluator eval at eps {eps}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()

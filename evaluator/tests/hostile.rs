@@ -209,8 +209,24 @@ fn two_evaluations_writing_the_same_entries_at_once_leave_valid_entries() {
     let third = json(2);
     succeeded(
         &evaluator(&[
-            "eval", "--device", "cpu", "--quiet", "--model", common::MODEL, "--per-class", "5", "--attacks", "clean,fgsm,pgd-3,cw-3",
-            "--eps", "0.1", "--models-dir", path(models.path()), "--cache-dir", path(&cache), "--json", path(&third),
+            "eval",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--model",
+            common::MODEL,
+            "--per-class",
+            "5",
+            "--attacks",
+            "clean,fgsm,pgd-3,cw-3",
+            "--eps",
+            "0.1",
+            "--models-dir",
+            path(models.path()),
+            "--cache-dir",
+            path(&cache),
+            "--json",
+            path(&third),
         ]),
         "the third run",
     );
@@ -301,7 +317,8 @@ fn writer_processes_sharing_a_cache_leave_one_valid_entry() {
         })
         .collect();
     let waiting = std::time::Instant::now();
-    while (0..writers).any(|w| !sync.path().join(format!("ready-{w}")).exists()) && waiting.elapsed() < std::time::Duration::from_secs(120) {
+    while (0..writers).any(|w| !sync.path().join(format!("ready-{w}")).exists()) && waiting.elapsed() < std::time::Duration::from_secs(120)
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::fs::write(sync.path().join("go"), "").unwrap();
@@ -321,7 +338,8 @@ fn writer_processes_sharing_a_cache_leave_one_valid_entry() {
         }
         other => panic!("{other:?}"),
     }
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, [format!("{key}.json")], "one entry and no temporary file");
 }
 
@@ -356,8 +374,20 @@ fn fp32_fast_results_are_cached_per_batch_size_and_fp32_results_are_not() {
     let run = |precision: &str, batch: &str| {
         eval_json(
             &[
-                "--model", common::MODEL, "--per-class", "4", "--attacks", "clean,fgsm,pgd-3", "--eps", "0.1",
-                "--precision", precision, "--batch-size", batch, "--models-dir", path(models.path()),
+                "--model",
+                common::MODEL,
+                "--per-class",
+                "4",
+                "--attacks",
+                "clean,fgsm,pgd-3",
+                "--eps",
+                "0.1",
+                "--precision",
+                precision,
+                "--batch-size",
+                batch,
+                "--models-dir",
+                path(models.path()),
             ],
             &out,
         )
@@ -396,8 +426,20 @@ fn another_copy_of_a_split_with_other_contents_gets_other_cache_entries() {
     let run = |data_dir: &Path| {
         eval_json(
             &[
-                "--model", "cifar/best", "--per-class", "2", "--attacks", "clean,fgsm", "--eps", "0.05",
-                "--models-dir", path(&models), "--data-dir", path(data_dir), "--cache-dir", path(&cache),
+                "--model",
+                "cifar/best",
+                "--per-class",
+                "2",
+                "--attacks",
+                "clean,fgsm",
+                "--eps",
+                "0.05",
+                "--models-dir",
+                path(&models),
+                "--data-dir",
+                path(data_dir),
+                "--cache-dir",
+                path(&cache),
             ],
             &out,
         )

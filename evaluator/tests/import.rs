@@ -28,9 +28,7 @@ use rfb_core::checkpoint;
 use rfb_core::data::{self, DatasetKind, Split};
 use rfb_core::models::{ModelSpec, Normalisation};
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
-use rfb_proto::v1::{
-    AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision,
-};
+use rfb_proto::v1::{AttackKind, AttackResult, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -91,8 +89,7 @@ async fn a_torchscript_convnext_and_a_state_dict_evaluate_as_in_pytorch() {
     let started = std::time::Instant::now();
     byo_model(&["prepare", work.path().to_str().unwrap()]);
     eprintln!("PyTorch: data, training and references in {:.0} s", started.elapsed().as_secs_f64());
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(work.path().join("reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.path().join("reference.json")).unwrap()).unwrap();
     let eps = reference["eps"].as_f64().unwrap();
     let per_class = reference["per_class"].as_i64().unwrap();
     let (mean, std) = (floats(&reference["mean"]), floats(&reference["std"]));
@@ -341,8 +338,21 @@ async fn bad_inputs_get_their_errors_from_the_cli_and_the_service() {
 fn eval_counts(models: &Path, model: &str, attacks: &str) -> Vec<(String, Vec<i64>)> {
     let json = models.join(format!("{model}.json"));
     let output = evaluator(&[
-        "eval", "--models-dir", models.to_str().unwrap(), "--model", model, "--device", "cpu", "--no-cache", "--quiet",
-        "--per-class", "3", "--attacks", attacks, "--json", json.to_str().unwrap(),
+        "eval",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--quiet",
+        "--per-class",
+        "3",
+        "--attacks",
+        attacks,
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "eval {model}: {}", String::from_utf8_lossy(&output.stderr));
     let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -143,12 +143,7 @@ async fn run_cell(
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "evaluator eval, {model} at {}: {}",
-        precision.1,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "evaluator eval, {model} at {}: {}", precision.1, String::from_utf8_lossy(&output.stderr));
     let by_cli = from_json(&json, precision.0);
     assert_eq!(by_cli, by_grpc, "{model} at {}: evaluator eval and gRPC give the same counts", precision.1);
     by_grpc
@@ -177,10 +172,9 @@ async fn every_attack_at_every_precision_on_every_architecture_through_grpc_and_
     let digits = models.join("digits-cnn");
     let exported = work.path().join("exported");
     run_python(&["export", digits.to_str().unwrap(), "digits-cnn", exported.to_str().unwrap()]);
-    for (name, file, extra) in [
-        ("imported-state-dict", "state_dict.pt", vec!["--arch", "digits-cnn"]),
-        ("imported-torchscript", "scripted.pt", vec![]),
-    ] {
+    for (name, file, extra) in
+        [("imported-state-dict", "state_dict.pt", vec!["--arch", "digits-cnn"]), ("imported-torchscript", "scripted.pt", vec![])]
+    {
         let mut args = vec!["import", "--from"];
         let from = exported.join(file);
         let out = models.join(name);
@@ -208,10 +202,8 @@ async fn every_attack_at_every_precision_on_every_architecture_through_grpc_and_
     }
 
     // AutoAttack standard at its full iterations, once per precision.
-    let full = every_attack_kind(None)
-        .into_iter()
-        .filter(|a| a.kind == rfb_proto::v1::AttackKind::AutoattackStandard as i32)
-        .collect::<Vec<_>>();
+    let full =
+        every_attack_kind(None).into_iter().filter(|a| a.kind == rfb_proto::v1::AttackKind::AutoattackStandard as i32).collect::<Vec<_>>();
     for precision in &precisions {
         let counts = run_cell(&server, &models, "digits-cnn", precision, &full, &scratch).await;
         assert_eq!(counts[0].0, "AutoAttack", "full iterations are plain AutoAttack");
@@ -239,18 +231,12 @@ async fn every_attack_at_every_precision_on_every_architecture_through_grpc_and_
                 "fp32-fast" => {
                     let per_class = found.iter().zip(expected).map(|(a, b)| (a - b).abs()).max().unwrap_or(0);
                     let overall = (total(found) - total(expected)).abs();
-                    assert!(
-                        per_class <= 1 && overall <= 1,
-                        "{model}, {name}: fp32-fast {found:?} against fp32 {expected:?}"
-                    );
+                    assert!(per_class <= 1 && overall <= 1, "{model}, {name}: fp32-fast {found:?} against fp32 {expected:?}");
                 }
                 "bf16" => {
                     let overall = (total(found) - total(expected)).abs();
                     bf16_differences.push(overall);
-                    assert!(
-                        overall <= 3.max(points / 10),
-                        "{model}, {name}: bf16 {found:?} against fp32 {expected:?}"
-                    );
+                    assert!(overall <= 3.max(points / 10), "{model}, {name}: bf16 {found:?} against fp32 {expected:?}");
                 }
                 _ => {}
             }
@@ -311,16 +297,31 @@ async fn a_failure_inside_an_evaluation_is_a_clear_status_and_the_server_goes_on
         }
         assert!(!message.contains("panicked") && !message.contains('\n'), "{message:?}");
         // The next request is answered.
-        let next = events(&mut client, EvaluateRequest { model: "good".into(), examples_per_class: 2, attacks: vec![pgd.clone()], ..Default::default() })
-            .await
-            .expect("the server goes on");
+        let next = events(
+            &mut client,
+            EvaluateRequest { model: "good".into(), examples_per_class: 2, attacks: vec![pgd.clone()], ..Default::default() },
+        )
+        .await
+        .expect("the server goes on");
         assert_eq!(results(&next).len(), 1);
     }
     assert!(server.alive());
     assert!(!server.log().contains("panicked"), "no panic reached the server's log:\n{}", server.log());
 
     // The command line: a one-line error, exit status 1, no panic.
-    let output = evaluator(&["eval", "--models-dir", models.to_str().unwrap(), "--model", "narrow", "--attacks", "fgsm", "--per-class", "2", "--no-cache", "--quiet"]);
+    let output = evaluator(&[
+        "eval",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--model",
+        "narrow",
+        "--attacks",
+        "fgsm",
+        "--per-class",
+        "2",
+        "--no-cache",
+        "--quiet",
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("FGSM on model \"narrow\" at precision fp32: libtorch failed") && stderr.contains("out of bounds"), "{stderr}");

@@ -103,10 +103,7 @@ async fn absurd_requests_are_refused_before_anything_is_allocated() {
         (request(1, vec![spec(AttackKind::Clean); 65]), "at most 64"),
         (EvaluateRequest { model: "m".repeat(5000), ..request(1, vec![spec(AttackKind::Clean)]) }, "model name"),
         (EvaluateRequest { dataset: "d".repeat(100), ..request(1, vec![spec(AttackKind::Clean)]) }, "data set name"),
-        (
-            request(1, vec![AttackSpec { components: vec!["x".repeat(100)], ..spec(AttackKind::AutoattackCustom) }]),
-            "component name",
-        ),
+        (request(1, vec![AttackSpec { components: vec!["x".repeat(100)], ..spec(AttackKind::AutoattackCustom) }]), "component name"),
         (request(i64::MAX, vec![spec(AttackKind::Clean)]), "examples_per_class"),
     ];
     for (mut bad, word) in cases {
@@ -194,10 +191,8 @@ async fn the_queue_is_bounded_and_clients_take_turns() {
     let models = models_dir();
     let tokens = models.path().join(".tokens");
     std::fs::write(&tokens, "alice-token\nbob-token\n").unwrap();
-    let server = Server::start(
-        models.path(),
-        &["--token-file", tokens.to_str().unwrap(), "--max-queue", "3", "--max-queue-per-client", "2"],
-    );
+    let server =
+        Server::start(models.path(), &["--token-file", tokens.to_str().unwrap(), "--max-queue", "3", "--max-queue-per-client", "2"]);
     let mut client = server.client().await;
     let alice = |r: EvaluateRequest| with_token("alice-token", r);
     let bob = |r: EvaluateRequest| with_token("bob-token", r);
@@ -226,11 +221,7 @@ async fn the_queue_is_bounded_and_clients_take_turns() {
 }
 
 /// Copies `from` to `to` until `frozen`; then holds both ends open forever, forwarding nothing.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, frozen: Arc<AtomicBool>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -455,8 +446,7 @@ async fn load_test_32_clients_for_a_minute() {
         };
         *counts.entry(name).or_default() += 1;
     }
-    let mut cached_latency: Vec<f64> =
-        outcomes.iter().filter(|(o, _)| *o == Outcome::Cached).map(|(_, s)| s * 1000.0).collect();
+    let mut cached_latency: Vec<f64> = outcomes.iter().filter(|(o, _)| *o == Outcome::Cached).map(|(_, s)| s * 1000.0).collect();
     cached_latency.sort_by(f64::total_cmp);
     let report = format!(
         "load test: 32 clients, {seconds} s: {} calls answered {counts:?}; cached answers p50 {:.1} ms, p99 {:.1} ms ({} of them); \

@@ -169,7 +169,10 @@ async fn server_info_names_the_protection_of_model_code() {
     assert!(!info.uploads_enabled);
     if sandboxed(&mut client).await {
         let protection = &info.model_code_protection;
-        assert!(protection.contains("Landlock ABI") && protection.contains("seccomp") && protection.contains("rlimits (memory"), "{protection}");
+        assert!(
+            protection.contains("Landlock ABI") && protection.contains("seccomp") && protection.contains("rlimits (memory"),
+            "{protection}"
+        );
     }
     assert!(server.log().contains("model code runs in: worker processes"), "{}", server.log());
     still_serves(&mut server, &mut client).await;
@@ -209,8 +212,23 @@ async fn a_module_that_reads_files_reads_nothing() {
     // The control: unconfined (in-process, trusted) the same module does read the files.
     let models = work.models();
     let output = evaluator(
-        &["eval", "--models-dir", models.to_str().unwrap(), "--model", "reads", "--attacks", "clean", "--per-class", "1",
-          "--device", "cpu", "--no-cache", "--quiet", "--in-process", "--trust-torchscript"],
+        &[
+            "eval",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--model",
+            "reads",
+            "--attacks",
+            "clean",
+            "--per-class",
+            "1",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+            "--in-process",
+            "--trust-torchscript",
+        ],
         &[],
     );
     assert!(output.status.success(), "unconfined, the module reads the files: {}", stderr(&output));
@@ -249,8 +267,23 @@ async fn a_module_that_writes_files_writes_nothing() {
     // The control: unconfined the same module does write them.
     let models = work.models();
     let output = evaluator(
-        &["eval", "--models-dir", models.to_str().unwrap(), "--model", "writes", "--attacks", "clean", "--per-class", "1",
-          "--device", "cpu", "--no-cache", "--quiet", "--in-process", "--trust-torchscript"],
+        &[
+            "eval",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--model",
+            "writes",
+            "--attacks",
+            "clean",
+            "--per-class",
+            "1",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+            "--in-process",
+            "--trust-torchscript",
+        ],
         &[],
     );
     assert!(output.status.success(), "{}", stderr(&output));
@@ -321,8 +354,24 @@ async fn a_module_that_loops_forever_is_stopped() {
     let models = work.models();
     let started = Instant::now();
     let output = evaluator(
-        &["eval", "--models-dir", models.to_str().unwrap(), "--model", "loops", "--attacks", "clean", "--per-class", "2",
-          "--device", "cpu", "--no-cache", "--quiet", "--trust-torchscript", "--worker-cpu-seconds", "2"],
+        &[
+            "eval",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--model",
+            "loops",
+            "--attacks",
+            "clean",
+            "--per-class",
+            "2",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+            "--trust-torchscript",
+            "--worker-cpu-seconds",
+            "2",
+        ],
         &[],
     );
     assert!(!output.status.success());
@@ -397,11 +446,30 @@ async fn without_a_sandbox_torchscript_is_refused_unless_trusted() {
         let args = ["import", "--from", from.to_str().unwrap(), "--dataset", "digits", "--out", out.to_str().unwrap()];
         let refused = evaluator(&args, &env);
         assert!(!refused.status.success());
-        assert!(stderr(&refused).contains("TorchScript models are refused") && stderr(&refused).contains(mechanism), "{}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("TorchScript models are refused") && stderr(&refused).contains(mechanism),
+            "{}",
+            stderr(&refused)
+        );
         assert!(!out.exists());
         let models = work.models();
-        let eval = ["eval", "--models-dir", models.to_str().unwrap(), "--model", "benign-at-small-batches", "--attacks", "clean",
-            "--per-class", "1", "--batch-size", "2", "--device", "cpu", "--no-cache", "--quiet"];
+        let eval = [
+            "eval",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--model",
+            "benign-at-small-batches",
+            "--attacks",
+            "clean",
+            "--per-class",
+            "1",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+        ];
         let refused = evaluator(&eval, &env);
         assert!(!refused.status.success() && stderr(&refused).contains("--trust-torchscript"), "{}", stderr(&refused));
     }
@@ -414,8 +482,23 @@ async fn workers_compute_what_in_process_computes() {
     let models = work.models();
     let run = |extra: &[&str]| {
         let json = models.join(format!("{}.json", extra.len()));
-        let mut args = vec!["eval", "--models-dir", models.to_str().unwrap(), "--model", common::MODEL, "--attacks", "clean,fgsm,pgd,aa@2",
-            "--per-class", "3", "--device", "cpu", "--no-cache", "--quiet", "--json", json.to_str().unwrap()];
+        let mut args = vec![
+            "eval",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--model",
+            common::MODEL,
+            "--attacks",
+            "clean,fgsm,pgd,aa@2",
+            "--per-class",
+            "3",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let output = evaluator(&args, &[]);
         assert!(output.status.success(), "{}", stderr(&output));
@@ -500,13 +583,7 @@ async fn a_worker_inherits_no_descriptor_and_no_secret_variable() {
         &mut |command| {
             // SAFETY: dup2 only; the new descriptor 7 has no CLOEXEC, as a shell's would not.
             unsafe {
-                command.pre_exec(move || {
-                    if libc::dup2(raw, 7) == 7 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
+                command.pre_exec(move || if libc::dup2(raw, 7) == 7 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
             }
         },
     );

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{copy_checkpoint, correct, events, models_dir, request, results, spec, total_correct, trained_run, Server, MODEL};
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
-use rfb_proto::v1::{
-    evaluate_event::Event, AttackKind, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision,
-};
+use rfb_proto::v1::{evaluate_event::Event, AttackKind, AttackSpec, DescribeModelRequest, EvaluateRequest, ListModelsRequest, Precision};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -72,9 +70,7 @@ async fn every_attack_kind_on_a_small_subset_with_progress() {
         },
     ];
     let started = Instant::now();
-    let all = events(&mut client, EvaluateRequest { batch_size: 16, ..request(per_class, attacks.clone()) })
-        .await
-        .unwrap();
+    let all = events(&mut client, EvaluateRequest { batch_size: 16, ..request(per_class, attacks.clone()) }).await.unwrap();
     eprintln!("five attacks on 30 examples: {:.1} s", started.elapsed().as_secs_f64());
     assert!(matches!(all.last(), Some(Event::Done(_))), "the stream ends with Done");
     let found = results(&all);
@@ -272,10 +268,7 @@ async fn bf16_precision_runs_and_stays_close_to_fp32() {
 
 /// A PGD job of 100 batches that takes far longer than any test should wait.
 fn long_job(seed: u64) -> EvaluateRequest {
-    EvaluateRequest {
-        batch_size: 1,
-        ..request(10, vec![AttackSpec { eps: Some(0.1), steps: Some(300), seed, ..spec(AttackKind::Pgd) }])
-    }
+    EvaluateRequest { batch_size: 1, ..request(10, vec![AttackSpec { eps: Some(0.1), steps: Some(300), seed, ..spec(AttackKind::Pgd) }]) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,8 +343,7 @@ async fn eight_concurrent_clients_are_queued_in_order_and_all_served() {
     let mut positions_seen = Vec::new();
     for task in tasks {
         let events = task.await.unwrap().unwrap();
-        let positions: Vec<i64> =
-            events.iter().filter_map(|e| if let Event::Queued(q) = e { Some(q.ahead) } else { None }).collect();
+        let positions: Vec<i64> = events.iter().filter_map(|e| if let Event::Queued(q) = e { Some(q.ahead) } else { None }).collect();
         assert!(positions.windows(2).all(|w| w[0] > w[1]), "positions only go down: {positions:?}");
         assert_eq!(positions.last(), Some(&0), "told when it starts: {positions:?}");
         let found = results(&events);
@@ -413,7 +405,9 @@ async fn bad_input_gets_its_status_and_the_server_stays_up() {
         ("more examples than a class has", with(|r| r.examples_per_class = 1000), Code::InvalidArgument, "examples_per_class"),
         (
             "unknown AutoAttack component",
-            with(|r| r.attacks = vec![AttackSpec { components: vec!["apgd-ce".into(), "bogus".into()], ..spec(AttackKind::AutoattackCustom) }]),
+            with(|r| {
+                r.attacks = vec![AttackSpec { components: vec!["apgd-ce".into(), "bogus".into()], ..spec(AttackKind::AutoattackCustom) }]
+            }),
             Code::InvalidArgument,
             "bogus",
         ),
@@ -459,11 +453,7 @@ async fn a_configured_token_is_required_and_health_stays_open() {
     assert_eq!(wrong.code(), Code::Unauthenticated);
     let listing = client.list_models(with_token("s3cret-token", ListModelsRequest {})).await.unwrap().into_inner();
     assert_eq!(listing.models.len(), 2);
-    let mut stream = client
-        .evaluate(with_token("s3cret-token", request(1, vec![spec(AttackKind::Clean)])))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.evaluate(with_token("s3cret-token", request(1, vec![spec(AttackKind::Clean)]))).await.unwrap().into_inner();
     let mut done = false;
     while let Some(event) = stream.message().await.unwrap() {
         done |= matches!(event.event, Some(Event::Done(_)));
@@ -473,11 +463,7 @@ async fn a_configured_token_is_required_and_health_stays_open() {
     let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     for service in ["", "rfb.v1.Evaluator"] {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let status = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     }
 }
@@ -522,20 +508,11 @@ async fn tls_with_a_self_signed_certificate() {
     let key_file = models.path().join(".key.pem");
     std::fs::write(&cert_file, &certificate).unwrap();
     std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
-    let server = Server::start(
-        models.path(),
-        &["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap()],
-    );
+    let server = Server::start(models.path(), &["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap()]);
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&certificate))
         .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", server.address))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = Channel::from_shared(format!("https://{}", server.address)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut client = EvaluatorClient::new(channel);
     let listing = client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
     assert_eq!(listing.models.len(), 2);
@@ -561,7 +538,8 @@ fn eval_writes_plain_progress_lines_when_stderr_is_a_log() {
     // Each attack's result, and the task's last line: what, how many, the last step, how long.
     assert!(stderr.lines().any(|l| l.starts_with("Clean: ") && l.ends_with("% average")), "{stderr}");
     assert!(stderr.lines().any(|l| l.starts_with("PGD-20: ") && l.ends_with("% average")), "{stderr}");
-    let done = stderr.lines().find(|l| l.starts_with(&format!("eval {MODEL}: done, 40 examples, PGD-20"))).unwrap_or_else(|| panic!("{stderr}"));
+    let done =
+        stderr.lines().find(|l| l.starts_with(&format!("eval {MODEL}: done, 40 examples, PGD-20"))).unwrap_or_else(|| panic!("{stderr}"));
     assert!(done.contains("attack 2 of 2, in "), "{done}");
     assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "no bar redrawing in a log: {stderr:?}");
 

@@ -47,7 +47,10 @@ fn settings() -> Settings {
         confidence: 0.95,
         uncertainty: Default::default(),
         // A short robustness curve of PGD-5: radius 0 (clean) and 0.1 (PGD-5's own radius).
-        sweep: Some(SweepSetting { attack: AttackSetting { eps: None, ..setting("PGD-5", "PGD", Some(5), &[]) }, radii: vec![0.0, 0.05, 0.1] }),
+        sweep: Some(SweepSetting {
+            attack: AttackSetting { eps: None, ..setting("PGD-5", "PGD", Some(5), &[]) },
+            radii: vec![0.0, 0.05, 0.1],
+        }),
     }
 }
 

@@ -18,8 +18,22 @@ use serde_json::Value;
 fn eval_json(models: &std::path::Path, cache: Option<&std::path::Path>, extra: &[&str]) -> Value {
     let json = models.join(format!(".eval-{}.json", std::process::id()));
     let mut args = vec![
-        "eval", "--models-dir", models.to_str().unwrap(), "--model", "natural-s0/best", "--per-class", "6", "--seed", "3",
-        "--batch-size", "16", "--device", "cpu", "--quiet", "--json", json.to_str().unwrap(),
+        "eval",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--model",
+        "natural-s0/best",
+        "--per-class",
+        "6",
+        "--seed",
+        "3",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
     ];
     let cache_arg;
     match cache {
@@ -80,7 +94,11 @@ fn an_eval_sweep_equals_single_radius_evaluations_and_each_radius_is_cached() {
         assert_eq!(counts(&a["result"]), counts(&b["result"]));
     }
     // One more radius: only it is computed.
-    let longer = eval_json(models.path(), Some(cache.path()), &["--attacks", "clean", "--eps-sweep-list", "0.05,0.1,0.12", "--sweep-attack", "pgd-5"]);
+    let longer = eval_json(
+        models.path(),
+        Some(cache.path()),
+        &["--attacks", "clean", "--eps-sweep-list", "0.05,0.1,0.12", "--sweep-attack", "pgd-5"],
+    );
     let cached: Vec<bool> = longer["sweep"].as_array().unwrap().iter().map(|p| p["result"]["cached"].as_bool().unwrap()).collect();
     assert_eq!(cached, [true, true, false]);
 }
@@ -139,12 +157,26 @@ async fn a_compare_sweep_records_the_curve_and_is_cached_the_second_time() {
         attack.check_confusion().unwrap();
     }
     assert_eq!((&run.sweep[0].run.correct, &run.sweep[0].run.confusion), (&clean.correct, &clean.confusion), "radius 0 is clean");
-    assert_eq!((&run.sweep[2].run.correct, &run.sweep[2].run.confusion), (&pgd.correct, &pgd.confusion), "the curve at 0.1 is PGD-5 at 0.1");
+    assert_eq!(
+        (&run.sweep[2].run.correct, &run.sweep[2].run.confusion),
+        (&pgd.correct, &pgd.confusion),
+        "the curve at 0.1 is PGD-5 at 0.1"
+    );
     assert!(run.sweep.iter().all(|p| p.run.attack == "PGD-5"));
     // Same request again: every attack and every radius from the cache, the same counts.
     let second = compare(&config).await.unwrap().0;
     let again = &second.models[0].runs[0];
     assert!(again.attacks.iter().chain(again.sweep.iter().map(|p| &p.run)).all(|a| a.cached), "second comparison: all cached");
-    assert_eq!(again.sweep, run.sweep.iter().map(|p| { let mut p = p.clone(); p.run.cached = true; p }).collect::<Vec<_>>());
+    assert_eq!(
+        again.sweep,
+        run.sweep
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.run.cached = true;
+                p
+            })
+            .collect::<Vec<_>>()
+    );
     drop(server);
 }

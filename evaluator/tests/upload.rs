@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use common::{correct, events, Server};
 use rfb_proto::v1::evaluator_client::EvaluatorClient;
 use rfb_proto::v1::{
-    upload_model_request::Part, AttackKind, AttackSpec, DeleteModelRequest, DescribeModelRequest, EvaluateRequest,
-    ListModelsRequest, ModelFormat, ModelInfo, ServerInfoRequest, UploadHeader, UploadModelRequest,
+    upload_model_request::Part, AttackKind, AttackSpec, DeleteModelRequest, DescribeModelRequest, EvaluateRequest, ListModelsRequest,
+    ModelFormat, ModelInfo, ServerInfoRequest, UploadHeader, UploadModelRequest,
 };
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -222,7 +222,8 @@ async fn an_uploaded_state_dict_counts_as_its_cli_import() {
     let manifest: serde_json::Value = serde_json::from_str(&uploaded.manifest_json).unwrap();
     assert_eq!(manifest["source"]["sha256"], sha256_hex(&state_dict));
     assert_eq!(manifest["source"]["file"], "model.pt");
-    let names: Vec<String> = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().map(|m| m.name).collect();
+    let names: Vec<String> =
+        client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().map(|m| m.name).collect();
     assert!(names.contains(&uploaded.name), "{names:?}");
     assert!(!names.iter().any(|n| n.contains("staging")), "{names:?}");
 
@@ -464,9 +465,8 @@ async fn bad_uploads_get_their_status_and_leave_nothing() {
     // A client that goes away mid-way: header and one chunk sent, the call dropped.
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let mut dropping = client.clone();
-    let call = tokio::spawn(async move {
-        dropping.upload_model(with_token(bob, tokio_stream::wrappers::ReceiverStream::new(receiver))).await
-    });
+    let call =
+        tokio::spawn(async move { dropping.upload_model(with_token(bob, tokio_stream::wrappers::ReceiverStream::new(receiver))).await });
     for message in messages(state_dict_header("dropped", &state_dict), &state_dict, 30_000).into_iter().take(2) {
         sender.send(message).await.unwrap();
     }
@@ -572,10 +572,8 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
     let hostile = hostile_modules();
     let models = common::models_dir();
     // Trusted, so that the module's checks start on any machine (in a worker process either way).
-    let server = Server::start(
-        models.path(),
-        &["--allow-uploads", "--trust-torchscript", "--max-concurrent-imports", "1", "--check-timeout", "8s"],
-    );
+    let server =
+        Server::start(models.path(), &["--allow-uploads", "--trust-torchscript", "--max-concurrent-imports", "1", "--check-timeout", "8s"]);
     let mut client = server.client().await;
     let state_dict = std::fs::read(files.join("state_dict.pt")).unwrap();
     let looping = std::fs::read(hostile.path().join("loops_always.pt")).unwrap();
@@ -583,11 +581,8 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
 
     // A module whose checks never end (the check timeout is 10 minutes), sent with a deadline.
     let mut slow = client.clone();
-    let mut request = Request::new(tokio_stream::iter(messages(
-        header("loops", &looping, ModelFormat::Torchscript, ""),
-        &looping,
-        looping.len(),
-    )));
+    let mut request =
+        Request::new(tokio_stream::iter(messages(header("loops", &looping, ModelFormat::Torchscript, ""), &looping, looping.len())));
     request.set_timeout(Duration::from_secs(5));
     let call = tokio::spawn(async move { slow.upload_model(request).await });
     let started = Instant::now();
@@ -632,10 +627,9 @@ async fn a_cancelled_upload_is_not_published_and_its_check_worker_stops() {
     // Without a deadline, the module's checks stop at serve's --check-timeout.
     let before = listing(models.path());
     let sent = Instant::now();
-    let timed_out =
-        upload(&mut client, None, messages(header("loops", &looping, ModelFormat::Torchscript, ""), &looping, looping.len()))
-            .await
-            .unwrap_err();
+    let timed_out = upload(&mut client, None, messages(header("loops", &looping, ModelFormat::Torchscript, ""), &looping, looping.len()))
+        .await
+        .unwrap_err();
     assert_eq!(timed_out.code(), Code::FailedPrecondition, "{timed_out:?}");
     assert!(timed_out.message().contains("within 8s"), "{timed_out:?}");
     assert!(sent.elapsed() >= Duration::from_secs(8), "{:?}", sent.elapsed());

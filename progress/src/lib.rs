@@ -198,10 +198,7 @@ impl Progress {
             Mode::Bars => (Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())), None),
             Mode::Lines { every } => {
                 let for_thread = shared.clone();
-                let thread = std::thread::Builder::new()
-                    .name("rfb-progress".into())
-                    .spawn(move || tick_loop(for_thread, every))
-                    .ok();
+                let thread = std::thread::Builder::new().name("rfb-progress".into()).spawn(move || tick_loop(for_thread, every)).ok();
                 (None, Some(Arc::new(Ticker { shared: shared.clone(), thread })))
             }
         };
@@ -220,7 +217,9 @@ impl Progress {
             Some(multi) => {
                 let bar = multi.add(ProgressBar::new(total));
                 let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{msg}}  {{elapsed}}, ETA {{eta}}");
-                bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+                bar.set_style(
+                    ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+                );
                 bar.set_prefix(name.clone());
                 bar
             }
@@ -442,10 +441,7 @@ mod tests {
     #[test]
     fn lines_say_what_how_far_and_how_long_is_left() {
         let (s, now) = state(60, 180, 30, "epoch 7/20 loss 0.5210");
-        assert_eq!(
-            progress_line(&s, now),
-            "absld seed 0: 60/180 batches (33%), epoch 7/20 loss 0.5210; 30s elapsed, about 1m 00s left"
-        );
+        assert_eq!(progress_line(&s, now), "absld seed 0: 60/180 batches (33%), epoch 7/20 loss 0.5210; 30s elapsed, about 1m 00s left");
         let (s, now) = state(0, 180, 5, "");
         assert_eq!(progress_line(&s, now), "absld seed 0: 0/180 batches (0%); 5s elapsed, time left not known yet");
         let (s, now) = state(7, 0, 4000, "");

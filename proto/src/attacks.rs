@@ -103,16 +103,12 @@ pub fn parse_attack(name: &str, defaults: &AttackDefaults) -> Result<NamedAttack
         "aa-rand" | "autoattack-rand" => Some((AttackKind::AutoattackRand, "AA-rand".to_string(), Vec::new())),
         _ => match base.strip_prefix("aa:") {
             Some(rest) => {
-                let components: Vec<String> =
-                    rest.split('+').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+                let components: Vec<String> = rest.split('+').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
                 if components.is_empty() {
                     return Err(invalid("list AutoAttack components after 'aa:', e.g. aa:apgd-ce+apgd-t".into()));
                 }
                 if let Some(bad) = components.iter().find(|c| !AUTOATTACK_COMPONENTS.contains(&c.as_str())) {
-                    return Err(invalid(format!(
-                        "unknown AutoAttack component {bad:?} (known: {})",
-                        AUTOATTACK_COMPONENTS.join(", ")
-                    )));
+                    return Err(invalid(format!("unknown AutoAttack component {bad:?} (known: {})", AUTOATTACK_COMPONENTS.join(", "))));
                 }
                 Some((AttackKind::AutoattackCustom, format!("AA({})", components.join("+")), components))
             }
@@ -206,11 +202,9 @@ pub fn every_attack_kind(steps: Option<i64>) -> Vec<AttackSpec> {
         match kind {
             AttackKind::Unspecified => {}
             AttackKind::Clean | AttackKind::Fgsm => specs.push(base),
-            AttackKind::AutoattackCustom => specs.extend(
-                AUTOATTACK_COMPONENTS
-                    .iter()
-                    .map(|c| AttackSpec { steps, components: vec![c.to_string()], ..base.clone() }),
-            ),
+            AttackKind::AutoattackCustom => {
+                specs.extend(AUTOATTACK_COMPONENTS.iter().map(|c| AttackSpec { steps, components: vec![c.to_string()], ..base.clone() }))
+            }
             _ => specs.push(AttackSpec { steps, ..base }),
         }
     }

@@ -28,11 +28,7 @@ pub fn worst_fraction(class_accuracy: &[f64], fraction: f64) -> f64 {
 /// Population standard deviation of the class-wise accuracies (divides by C).
 pub fn population_sd(class_accuracy: &[f64]) -> f64 {
     let mean = average(class_accuracy);
-    let variance = class_accuracy
-        .iter()
-        .map(|a| (a - mean).powi(2))
-        .sum::<f64>()
-        / class_accuracy.len() as f64;
+    let variance = class_accuracy.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / class_accuracy.len() as f64;
     variance.sqrt()
 }
 
@@ -49,17 +45,7 @@ pub fn nsd(class_accuracy: &[f64]) -> f64 {
 
 /// Class-wise accuracy in percent from correct and total counts (NaN for an empty class).
 pub fn class_accuracy(correct: &[i64], total: &[i64]) -> Vec<f64> {
-    correct
-        .iter()
-        .zip(total)
-        .map(|(&c, &t)| {
-            if t == 0 {
-                f64::NAN
-            } else {
-                100.0 * c as f64 / t as f64
-            }
-        })
-        .collect()
+    correct.iter().zip(total).map(|(&c, &t)| if t == 0 { f64::NAN } else { 100.0 * c as f64 / t as f64 }).collect()
 }
 
 /// All four summary metrics at once.

@@ -22,10 +22,7 @@ pub fn warnings(flags: &SanityFlags) -> Vec<String> {
         out.push("the model computes gradients in its forward pass: a dynamic defence, AutoAttack may be insufficient".to_string());
     }
     if flags.dlr_zero_gradient_points > 0 {
-        out.push(format!(
-            "{} point(s) had a zero DLR gradient at APGD's start: possible gradient masking",
-            flags.dlr_zero_gradient_points
-        ));
+        out.push(format!("{} point(s) had a zero DLR gradient at APGD's start: possible gradient masking", flags.dlr_zero_gradient_points));
     }
     if flags.square_lowered_robust_accuracy {
         out.push(format!(

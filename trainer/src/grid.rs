@@ -226,7 +226,11 @@ impl Plan {
             init: None,
         };
         let teacher_name = |dataset: DatasetKind| {
-            if datasets.len() == 1 { "teacher".to_string() } else { format!("{}/teacher", dataset.name()) }
+            if datasets.len() == 1 {
+                "teacher".to_string()
+            } else {
+                format!("{}/teacher", dataset.name())
+            }
         };
         if needs_teacher && file.teacher.is_none() {
             return invalid("the grid has distillation methods but no [teacher] table".into());
@@ -234,16 +238,14 @@ impl Plan {
         for &dataset in &datasets {
             if let (true, Some(teacher)) = (needs_teacher, &file.teacher) {
                 if teacher.path.is_none() {
-                    let overrides = file.overrides.then(&Overrides { arch: teacher.arch.clone(), ..Default::default() }).then(&teacher.overrides);
+                    let overrides =
+                        file.overrides.then(&Overrides { arch: teacher.arch.clone(), ..Default::default() }).then(&teacher.overrides);
                     add(&mut runs, 0, new_run(teacher_name(dataset), teacher.method, dataset, teacher.seed, overrides));
                 }
             }
             for architecture in &architectures {
-                let prefix = if single {
-                    String::new()
-                } else {
-                    format!("{}-{}/", dataset.name(), architecture.as_deref().unwrap_or("recipe"))
-                };
+                let prefix =
+                    if single { String::new() } else { format!("{}-{}/", dataset.name(), architecture.as_deref().unwrap_or("recipe")) };
                 let base = file.overrides.then(&Overrides { arch: architecture.clone(), ..Default::default() });
                 for &method in &file.methods {
                     let settings = method_file(method);
@@ -297,7 +299,11 @@ impl Plan {
     /// status.
     pub fn render(&self) -> String {
         let mut text = format!("{} runs under {}\n", self.runs.len(), self.out.display());
-        let _ = writeln!(text, "{:>5}  {:<28} {:<9} {:<8} {:<16} {:>4}  {:<28} status", "index", "run", "method", "data", "architecture", "seed", "needs");
+        let _ = writeln!(
+            text,
+            "{:>5}  {:<28} {:<9} {:<8} {:<16} {:>4}  {:<28} status",
+            "index", "run", "method", "data", "architecture", "seed", "needs"
+        );
         for run in &self.runs {
             let mut needs = Vec::new();
             if let Some(t) = run.teacher {
@@ -328,10 +334,11 @@ impl Plan {
     /// The training configuration of run `index`.
     pub fn config(&self, index: usize, device: Device, progress: bool) -> Result<RunConfig, GridError> {
         let run = self.run(index)?;
-        let preset = run
-            .overrides
-            .preset(run.method, run.dataset)
-            .map_err(|source| GridError::Settings { index, name: run.name.clone(), source })?;
+        let preset = run.overrides.preset(run.method, run.dataset).map_err(|source| GridError::Settings {
+            index,
+            name: run.name.clone(),
+            source,
+        })?;
         let best = |i: usize| self.dir(&self.runs[i]).join("best");
         let teacher = match (run.teacher, &run.external_teacher) {
             (Some(t), _) => Some(best(t)),
@@ -359,7 +366,9 @@ impl Plan {
     }
 
     pub fn run(&self, index: usize) -> Result<&PlannedRun, GridError> {
-        self.runs.get(index).ok_or_else(|| GridError::Invalid(format!("the grid has {} runs (0..{}); no index {index}", self.runs.len(), self.runs.len())))
+        self.runs
+            .get(index)
+            .ok_or_else(|| GridError::Invalid(format!("the grid has {} runs (0..{}); no index {index}", self.runs.len(), self.runs.len())))
     }
 }
 
@@ -494,8 +503,16 @@ exit "$status"
         out = shell_quote(&out.display().to_string()),
     ));
     let mut submit = String::from("#!/bin/bash\n");
-    let _ = writeln!(submit, "# Written by `trainer grid emit --slurm`: submits the grid's {} runs, one array per dependency level.", plan.runs.len());
-    let _ = writeln!(submit, "set -euo pipefail\ncd \"$(dirname \"${{BASH_SOURCE[0]}}\")\"\nmkdir -p {}", shell_quote(&std::path::absolute(&logs).unwrap_or(logs.clone()).display().to_string()));
+    let _ = writeln!(
+        submit,
+        "# Written by `trainer grid emit --slurm`: submits the grid's {} runs, one array per dependency level.",
+        plan.runs.len()
+    );
+    let _ = writeln!(
+        submit,
+        "set -euo pipefail\ncd \"$(dirname \"${{BASH_SOURCE[0]}}\")\"\nmkdir -p {}",
+        shell_quote(&std::path::absolute(&logs).unwrap_or(logs.clone()).display().to_string())
+    );
     let _ = writeln!(submit, "dependency=()");
     for (level, indices) in plan.levels().iter().enumerate() {
         let names: Vec<&str> = indices.iter().map(|&i| plan.runs[i].name.as_str()).collect();
@@ -516,7 +533,11 @@ pub fn kubernetes_manifest(plan: &Plan, grid: &Path, image: &str) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "# Written by `trainer grid emit --kubernetes` for {}.", grid.display());
     let _ = writeln!(text, "# Apply level by level: kubectl apply -f this.yaml -l rfb-grid-level=0; kubectl wait --for=condition=complete job -l rfb-grid-level=0 --timeout=-1s; then level 1, ...");
-    let _ = writeln!(text, "# The grid file is mounted from the rfb-grid ConfigMap (kubectl create configmap rfb-grid --from-file=grid.toml={}).", grid.display());
+    let _ = writeln!(
+        text,
+        "# The grid file is mounted from the rfb-grid ConfigMap (kubectl create configmap rfb-grid --from-file=grid.toml={}).",
+        grid.display()
+    );
     for (level, indices) in plan.levels().iter().enumerate() {
         let list: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
         let _ = write!(

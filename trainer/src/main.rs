@@ -14,11 +14,7 @@ use rfb_trainer::run::{self, RunConfig, RunSummary, TeacherSource};
 use rfb_trainer::selection::WorstClasses;
 
 #[derive(Parser)]
-#[command(
-    name = "trainer",
-    version,
-    about = "Train robust students (ABSLD and baselines) and teachers"
-)]
+#[command(name = "trainer", version, about = "Train robust students (ABSLD and baselines) and teachers")]
 struct Cli {
     /// Let cuBLAS and cuDNN compute fp32 work in TF32 on GPUs that have it (faster; changes
     /// results, so off by default: docs/gpu.md). Also RFB_ALLOW_TF32=1.
@@ -487,23 +483,14 @@ fn print_summary(summary: &RunSummary, worst_classes: WorstClasses, out: &Path) 
         println!("stopped after {} epochs; continue with --resume", summary.epochs_done);
         return;
     };
-    println!(
-        "selected epoch {} of {}; test split, class-wise accuracy (%):",
-        summary.best_epoch.map_or(0, |e| e + 1),
-        summary.epochs_done
-    );
+    println!("selected epoch {} of {}; test split, class-wise accuracy (%):", summary.best_epoch.map_or(0, |e| e + 1), summary.epochs_done);
     println!("{:<12} {:>8} {:>8}", "class", "clean", "PGD-20");
     for (k, name) in summary.class_names.iter().enumerate() {
         println!("{:<12} {:>8.2} {:>8.2}", name, clean.class_accuracy()[k], pgd.class_accuracy()[k]);
     }
     let worst = |v: Vec<f64>| worst_classes.accuracy(&v);
     println!("{:<12} {:>8.2} {:>8.2}", "average", clean.overall_accuracy(), pgd.overall_accuracy());
-    println!(
-        "{:<12} {:>8.2} {:>8.2}",
-        worst_classes.describe(),
-        worst(clean.class_accuracy()),
-        worst(pgd.class_accuracy())
-    );
+    println!("{:<12} {:>8.2} {:>8.2}", worst_classes.describe(), worst(clean.class_accuracy()), worst(pgd.class_accuracy()));
     println!("checkpoint: {}", out.join("best").display());
 }
 

@@ -46,7 +46,22 @@ impl Overrides {
         macro_rules! pick {
             ($($field:ident),*) => { Overrides { $($field: other.$field.clone().or_else(|| self.$field.clone()),)* } };
         }
-        pick!(arch, teacher_arch, fair_ard_variant, epochs, batch_size, lr, weight_decay, eps, attack_steps, kl_scale, temperature_beta, temperature_min, temperature_max, eval_every)
+        pick!(
+            arch,
+            teacher_arch,
+            fair_ard_variant,
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            eps,
+            attack_steps,
+            kl_scale,
+            temperature_beta,
+            temperature_min,
+            temperature_max,
+            eval_every
+        )
     }
 
     /// The method's recipe on `dataset` with these overrides applied and checked.
@@ -73,8 +88,7 @@ impl Overrides {
             }
             // Keep the learning-rate drops at the same fractions of the run.
             let old = preset.epochs as f64;
-            preset.lr_milestones =
-                preset.lr_milestones.iter().map(|m| ((*m as f64) * epochs as f64 / old).round() as i64).collect();
+            preset.lr_milestones = preset.lr_milestones.iter().map(|m| ((*m as f64) * epochs as f64 / old).round() as i64).collect();
             preset.epochs = epochs;
         }
         if let Some(batch_size) = self.batch_size {
@@ -125,8 +139,7 @@ impl Overrides {
             match preset.methods.kl_scale_mut(method) {
                 Some(kl_scale) => *kl_scale = scale,
                 None => {
-                    let distillation: Vec<&str> =
-                        Method::ALL.into_iter().filter(|m| m.is_distillation()).map(Method::as_str).collect();
+                    let distillation: Vec<&str> = Method::ALL.into_iter().filter(|m| m.is_distillation()).map(Method::as_str).collect();
                     return invalid(format!(
                         "the KL scale applies to the distillation methods ({}), not {method}",
                         distillation.join(", ")

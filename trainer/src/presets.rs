@@ -338,7 +338,9 @@ impl Draft {
             DatasetKind::Cifar10 => format!("{ABSLD_A3}: Fair-ARD on CIFAR-10"),
             DatasetKind::Cifar100 => format!("{ABSLD_A3}: Fair-RSLAD on CIFAR-100"),
             DatasetKind::TinyImageNet => format!("{ABSLD_A5}: the CIFAR-100 choice, Fair-RSLAD"),
-            DatasetKind::Digits => "digits: the Fair-RSLAD form, beside the RSLAD and ABSLD students it is compared with (our choice)".into(),
+            DatasetKind::Digits => {
+                "digits: the Fair-RSLAD form, beside the RSLAD and ABSLD students it is compared with (our choice)".into()
+            }
         };
         draft.fair_ard_variant(kind, variant, &why);
         if kind == DatasetKind::Digits {
@@ -367,11 +369,20 @@ impl Draft {
     fn cite_base(&mut self, kind: DatasetKind, architecture: Option<&str>) {
         let classes = kind.num_classes();
         if kind == DatasetKind::Digits {
-            self.cite(&format!("{DIGITS}: digits-cnn student (16-32-64 channels) and its double-width teacher, sized for a 2-core CPU"), &["architecture", "teacher_architecture"]);
-            self.cite(&format!("{DIGITS}: 20 epochs, batch 128 (fast on a CPU), SGD lr 0.1 momentum 0.9, drops at 15 and 18, weight decay 5e-4"), &["epochs", "batch_size", "learning_rate", "lr_milestones", "momentum", "nesterov", "weight_decay"]);
+            self.cite(
+                &format!("{DIGITS}: digits-cnn student (16-32-64 channels) and its double-width teacher, sized for a 2-core CPU"),
+                &["architecture", "teacher_architecture"],
+            );
+            self.cite(
+                &format!("{DIGITS}: 20 epochs, batch 128 (fast on a CPU), SGD lr 0.1 momentum 0.9, drops at 15 and 18, weight decay 5e-4"),
+                &["epochs", "batch_size", "learning_rate", "lr_milestones", "momentum", "nesterov", "weight_decay"],
+            );
             self.cite(&format!("{DIGITS}: no crop or flip (a flipped digit is another digit)"), &["crop_padding"]);
             self.cite(&format!("{DIGITS}: eps 0.1 (1.6 of 16 grey levels), step eps/4 (the paper's 2/255 : 8/255), 10 steps"), &["attack"]);
-            self.cite(&format!("{DIGITS}: every 5 epochs and, as the ABSLD script, every epoch from the first drop"), &["eval_every", "eval_every_epoch_from_first_drop"]);
+            self.cite(
+                &format!("{DIGITS}: every 5 epochs and, as the ABSLD script, every epoch from the first drop"),
+                &["eval_every", "eval_every_epoch_from_first_drop"],
+            );
             self.cite(&format!("{ABSLD_A3}: average + worst class (10 classes, as CIFAR-10)"), &["selection_worst"]);
             self.cite(&format!("{ABSLD_A3}: PGD-20"), &["selection_pgd_steps"]);
             self.cite(&format!("{DIGITS}: no periodic checkpoints (short runs)"), &["checkpoint_every"]);
@@ -382,7 +393,10 @@ impl Draft {
                 _ => format!("{ABSLD_51_NETWORKS}: ResNet-18 student, WideResNet-34-10 teacher trained by TRADES"),
             };
             self.cite(&networks, &["architecture", "teacher_architecture"]);
-            self.cite(&format!("{ABSLD_51}: SGD, lr 0.1, momentum 0.9, weight decay 2e-4, batch 128 (following RSLAD)"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+            self.cite(
+                &format!("{ABSLD_51}: SGD, lr 0.1, momentum 0.9, weight decay 2e-4, batch 128 (following RSLAD)"),
+                &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+            );
             if kind == DatasetKind::TinyImageNet {
                 self.cite(ABSLD_A5, &["epochs"]);
                 self.cite(&format!("our choice: {ABSLD_A5} gives no drops for 100 epochs; the CIFAR drops (215, 260, 285 of 300) at the same fractions"), &["lr_milestones"]);
@@ -432,18 +446,34 @@ impl Draft {
         self.cite(&format!("{ARD_SCRIPT}: nn.KLDivLoss() averages over batch and classes, 1/C = 1/{classes}"), &["methods.ard.kl_scale"]);
         self.cite(&format!("{ADAAD_SCRIPT}: --AdaAD_alpha 1.0"), &["methods.adaad.alpha"]);
         let adaad_scale = match kind {
-            DatasetKind::Cifar10 | DatasetKind::Digits => format!("{ADAAD_SCRIPT}: its CIFAR-10 branch uses nn.KLDivLoss() (mean over batch and 10 classes), 1/10"),
+            DatasetKind::Cifar10 | DatasetKind::Digits => {
+                format!("{ADAAD_SCRIPT}: its CIFAR-10 branch uses nn.KLDivLoss() (mean over batch and 10 classes), 1/10")
+            }
             DatasetKind::Cifar100 => format!("{ADAAD_SCRIPT}: its CIFAR-100 branch sums over classes and divides by the batch, 1"),
-            DatasetKind::TinyImageNet => format!("{ADAAD_SCRIPT}: no Tiny-ImageNet loss branch; its CIFAR-100 one (sum over classes / batch), 1"),
+            DatasetKind::TinyImageNet => {
+                format!("{ADAAD_SCRIPT}: no Tiny-ImageNet loss branch; its CIFAR-100 one (sum over classes / batch), 1")
+            }
         };
         self.cite(&adaad_scale, &["methods.adaad.kl_scale"]);
         self.cite("NISP-official/Fair-ARD README: --beta 2.0 for every script", &["methods.fair_ard.beta"]);
-        self.cite(&format!("{FAIR_ARD_SCRIPT} and {FAIR_RSLAD_SCRIPT}: weight_assign clamps to [5/6, 5/2]"), &["methods.fair_ard.weight_min", "methods.fair_ard.weight_max"]);
+        self.cite(
+            &format!("{FAIR_ARD_SCRIPT} and {FAIR_RSLAD_SCRIPT}: weight_assign clamps to [5/6, 5/2]"),
+            &["methods.fair_ard.weight_min", "methods.fair_ard.weight_max"],
+        );
         self.cite(&format!("{ABSLD_A3}: Reweight+Remargin with threshold 0.05"), &["methods.frl.tau"]);
-        self.cite(&format!("{FRL_SCRIPT}: --rate1 0.05 (halved every 40 epochs), --rate2 0.2, --lim 0.5, --beta 1.5"), &["methods.frl.rate", "methods.frl.margin_rate", "methods.frl.limit", "methods.frl.beta", "methods.frl.rate_halving_every"]);
-        self.cite("hannxu123/fair_robust utils_frl2.py cost_sensitive: clamp(exp(2 lambda), 0.98, 3)", &["methods.frl.margin_min", "methods.frl.margin_max"]);
+        self.cite(
+            &format!("{FRL_SCRIPT}: --rate1 0.05 (halved every 40 epochs), --rate2 0.2, --lim 0.5, --beta 1.5"),
+            &["methods.frl.rate", "methods.frl.margin_rate", "methods.frl.limit", "methods.frl.beta", "methods.frl.rate_halving_every"],
+        );
+        self.cite(
+            "hannxu123/fair_robust utils_frl2.py cost_sensitive: clamp(exp(2 lambda), 0.98, 3)",
+            &["methods.frl.margin_min", "methods.frl.margin_max"],
+        );
         self.cite(&format!("{BAT_SCRIPT}: --beta 6.0"), &["methods.bat.beta"]);
-        self.cite(&format!("{CFA_PAPER}: lambda1 0.3, lambda2 0.5, beta 6, decay 0.85"), &["methods.cfa.margin_lambda", "methods.cfa.regularisation_lambda", "methods.cfa.beta", "methods.cfa.average_decay"]);
+        self.cite(
+            &format!("{CFA_PAPER}: lambda1 0.3, lambda2 0.5, beta 6, decay 0.85"),
+            &["methods.cfa.margin_lambda", "methods.cfa.regularisation_lambda", "methods.cfa.beta", "methods.cfa.average_decay"],
+        );
         self.cite(&format!("{CFA_PAPER}: weight averaging from epoch 50 of 200"), &["methods.cfa.average_from_fraction"]);
         self.cite(&format!("{CFA_SCRIPT}: CCM and CCR from epoch --begin 10 of --epochs 200"), &["methods.cfa.calibration_from_fraction"]);
         let threshold = match kind {
@@ -465,14 +495,23 @@ impl Draft {
                 settings.alpha = 1.0;
                 settings.temperature = 30.0;
                 settings.kl_scale = 1.0 / classes;
-                self.cite(&format!("{FAIR_ARD_SCRIPT}: --alpha 1.0, --temp 30"), &["methods.fair_ard.alpha", "methods.fair_ard.temperature"]);
-                self.cite(&format!("{FAIR_ARD_SCRIPT}: nn.KLDivLoss() on each example's {} classes (their mean), 1/C", kind.num_classes()), &["methods.fair_ard.kl_scale"]);
+                self.cite(
+                    &format!("{FAIR_ARD_SCRIPT}: --alpha 1.0, --temp 30"),
+                    &["methods.fair_ard.alpha", "methods.fair_ard.temperature"],
+                );
+                self.cite(
+                    &format!("{FAIR_ARD_SCRIPT}: nn.KLDivLoss() on each example's {} classes (their mean), 1/C", kind.num_classes()),
+                    &["methods.fair_ard.kl_scale"],
+                );
             }
             FairArdVariant::Rslad => {
                 settings.alpha = 5.0 / 6.0;
                 settings.temperature = 1.0;
                 settings.kl_scale = 0.1;
-                self.cite(&format!("{FAIR_RSLAD_SCRIPT}: 5/6 adversarial + 1/6 clean, no temperature"), &["methods.fair_ard.alpha", "methods.fair_ard.temperature"]);
+                self.cite(
+                    &format!("{FAIR_RSLAD_SCRIPT}: 5/6 adversarial + 1/6 clean, no temperature"),
+                    &["methods.fair_ard.alpha", "methods.fair_ard.temperature"],
+                );
                 let scale = match kind {
                     DatasetKind::Cifar10 | DatasetKind::Digits => format!("{FAIR_RSLAD_SCRIPT}: torch.mean over the weighted batch x 10-class tensor, the class-summed batch mean / 10"),
                     _ => format!("{FAIR_RSLAD_SCRIPT} is CIFAR-10 only; RSLAD's CIFAR-100 convention ({RSLAD_C100}), the class-summed batch mean / 10"),
@@ -512,33 +551,54 @@ impl Draft {
             Method::Sat => {
                 schedule(&mut self.preset, 205, &[102, 154], 2e-4);
                 self.cite(&format!("{MADRY_CONFIG}: 80000 steps of batch 128 (204.8 epochs of 50000), lr 0.1 to 0.01 at step 40000 (epoch 102.4) and 0.001 at 60000 (153.6); rounded to epochs"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{MADRY_CONFIG}: momentum 0.9, weight decay 2e-4, batch 128, lr 0.1"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{MADRY_CONFIG}: momentum 0.9, weight decay 2e-4, batch 128, lr 0.1"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
                 self.cite(&format!("{MADRY_CONFIG}: 10 steps of 2/255 within 8/255 from a uniform random start"), &["attack"]);
             }
             Method::Trades => {
                 schedule(&mut self.preset, 76, &[74], 2e-4);
                 self.cite(&format!("{TRADES_SCRIPT}: --epochs 76, lr 0.1 divided by 10 from epoch 75 (1-based; the drops at 90 and 100 are never reached)"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{TRADES_SCRIPT}: batch 128, lr 0.1, momentum 0.9, weight decay 2e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
-                self.cite(&format!("{TRADES_SCRIPT}: 10 steps from x + 0.001 N(0, 1); its eps 0.031 and step 0.007 are 8/255 and about 2/255"), &["attack"]);
+                self.cite(
+                    &format!("{TRADES_SCRIPT}: batch 128, lr 0.1, momentum 0.9, weight decay 2e-4"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
+                self.cite(
+                    &format!("{TRADES_SCRIPT}: 10 steps from x + 0.001 N(0, 1); its eps 0.031 and step 0.007 are 8/255 and about 2/255"),
+                    &["attack"],
+                );
             }
             Method::Rslad => {
                 let script = if kind == DatasetKind::Cifar10 { RSLAD_C10 } else { RSLAD_C100 };
                 self.cite(&format!("{script}: 300 epochs, lr divided by 10 at 215, 260 and 285"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{script}: SGD lr 0.1, momentum 0.9, weight decay 2e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{script}: SGD lr 0.1, momentum 0.9, weight decay 2e-4, batch 128"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
             }
             Method::Absld => {}
             Method::Ard => {
                 schedule(&mut self.preset, 200, &[100, 150], 2e-4);
                 self.cite(&format!("{ARD_SCRIPT}: --epochs 200, --lr_schedule 100 150 (as written, the script sets 0.01 at both; we divide twice, as the option says)"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{ARD_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 2e-4; batch 128 on CIFAR-10, 256 on CIFAR-100"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{ARD_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 2e-4; batch 128 on CIFAR-10, 256 on CIFAR-100"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
                 if kind != DatasetKind::Cifar10 {
                     self.preset.batch_size = 256;
                 }
             }
             Method::Adaad => {
                 schedule(&mut self.preset, 200, &[100, 150], 5e-4);
-                self.cite(&format!("{ADAAD_SCRIPT}: --epochs 200, piecewise lr 0.1 / 0.01 / 0.001 at 100 and 150"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{ADAAD_SCRIPT}: --bs 128, --lr_max 0.1, --momentum 0.9, --weight_decay 5e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{ADAAD_SCRIPT}: --epochs 200, piecewise lr 0.1 / 0.01 / 0.001 at 100 and 150"),
+                    &["epochs", "lr_milestones"],
+                );
+                self.cite(
+                    &format!("{ADAAD_SCRIPT}: --bs 128, --lr_max 0.1, --momentum 0.9, --weight_decay 5e-4"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
             }
             Method::FairArd => {
                 let (script, epochs, milestones): (&str, i64, &[i64]) = match self.preset.methods.fair_ard.variant {
@@ -548,7 +608,10 @@ impl Draft {
                 schedule(&mut self.preset, epochs, milestones, 2e-4);
                 self.preset.nesterov = true;
                 self.cite(&format!("{script}: {epochs} epochs, lr divided by 10 at {milestones:?}"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{script}: SGD lr 0.1, momentum 0.9, Nesterov, weight decay 2e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{script}: SGD lr 0.1, momentum 0.9, Nesterov, weight decay 2e-4, batch 128"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
             }
             Method::Frl => {
                 let p = &mut self.preset;
@@ -557,18 +620,33 @@ impl Draft {
                 p.init_required = true;
                 p.eval_every = 1;
                 self.cite(&format!("{FRL_SCRIPT}: fine-tunes a robust model (hot_start.pt) for --epoch 40 at lr 0.001 (its MultiStepLR drops at 40 and 80 come after the last epoch)"), &["epochs", "lr_milestones", "learning_rate", "init_required"]);
-                self.cite(&format!("{FRL_SCRIPT}: SGD momentum 0.9, weight decay 5e-4, --batch_size 128"), &["batch_size", "momentum", "nesterov", "weight_decay"]);
-                self.cite("our choice: the whole fine-tuning runs at a final-stage learning rate, where the ABSLD script evaluates every epoch", &["eval_every"]);
+                self.cite(
+                    &format!("{FRL_SCRIPT}: SGD momentum 0.9, weight decay 5e-4, --batch_size 128"),
+                    &["batch_size", "momentum", "nesterov", "weight_decay"],
+                );
+                self.cite(
+                    "our choice: the whole fine-tuning runs at a final-stage learning rate, where the ABSLD script evaluates every epoch",
+                    &["eval_every"],
+                );
             }
             Method::Bat => {
                 schedule(&mut self.preset, 200, &[74, 89, 99], 2e-4);
                 self.cite(&format!("{BAT_SCRIPT}: --epochs 200, lr 0.1 divided by 10 from epochs 75, 90 and 100 (1-based; TRADES' adjust_learning_rate)"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{BAT_SCRIPT}: batch 128, lr 0.1, momentum 0.9, --weight-decay 2e-4"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{BAT_SCRIPT}: batch 128, lr 0.1, momentum 0.9, --weight-decay 2e-4"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
             }
             Method::Cfa => {
                 schedule(&mut self.preset, 200, &[100, 150], 5e-4);
-                self.cite(&format!("{CFA_SCRIPT}: --epochs 200, lr 0.1 divided by 10 at 50% and by 100 at 75% of the run"), &["epochs", "lr_milestones"]);
-                self.cite(&format!("{CFA_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128"), &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"]);
+                self.cite(
+                    &format!("{CFA_SCRIPT}: --epochs 200, lr 0.1 divided by 10 at 50% and by 100 at 75% of the run"),
+                    &["epochs", "lr_milestones"],
+                );
+                self.cite(
+                    &format!("{CFA_SCRIPT}: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128"),
+                    &["batch_size", "learning_rate", "momentum", "nesterov", "weight_decay"],
+                );
             }
         }
         if kind == DatasetKind::TinyImageNet {
@@ -587,11 +665,19 @@ impl Draft {
                 let old = p.epochs as f64;
                 p.lr_milestones = p.lr_milestones.iter().map(|m| ((*m as f64) * 100.0 / old).round() as i64).collect();
                 p.epochs = 100;
-                self.cite(&format!("{ABSLD_A5} (RSLAD, CFA and ABSLD are compared there); the method's drops at the same fractions (our choice)"), &["epochs", "lr_milestones"]);
+                self.cite(
+                    &format!("{ABSLD_A5} (RSLAD, CFA and ABSLD are compared there); the method's drops at the same fractions (our choice)"),
+                    &["epochs", "lr_milestones"],
+                );
             }
             _ => {
                 let source = self.sources.get("epochs").cloned().unwrap_or_default();
-                self.cite(&format!("{source}; not run on Tiny-ImageNet in the paper (A.5 compares RSLAD, CFA and ABSLD), so the method's own schedule"), &["epochs", "lr_milestones"]);
+                self.cite(
+                    &format!(
+                        "{source}; not run on Tiny-ImageNet in the paper (A.5 compares RSLAD, CFA and ABSLD), so the method's own schedule"
+                    ),
+                    &["epochs", "lr_milestones"],
+                );
             }
         }
     }
@@ -604,7 +690,9 @@ fn absld_bounds(kind: DatasetKind, architecture: &str) -> (TemperatureSchedule, 
         DatasetKind::Cifar100 if architecture == "resnet18" => {
             (schedule(0.8, 3.0), "ABSLD paper A.3: 0.8 and 3 for ResNet-18 on CIFAR-100")
         }
-        DatasetKind::Cifar100 => (schedule(0.5, 5.0), "ABSLD paper A.3: 0.5 and 5 unless stated (only ResNet-18 on CIFAR-100 uses 0.8 and 3)"),
+        DatasetKind::Cifar100 => {
+            (schedule(0.5, 5.0), "ABSLD paper A.3: 0.5 and 5 unless stated (only ResNet-18 on CIFAR-100 uses 0.8 and 3)")
+        }
         DatasetKind::TinyImageNet => (schedule(0.9, 1.1), "ABSLD paper A.5: 0.9 and 1.1 on Tiny-ImageNet"),
         DatasetKind::Cifar10 => (schedule(0.5, 5.0), "ABSLD paper A.3: 0.5 and 5"),
         DatasetKind::Digits => (schedule(0.5, 5.0), "ABSLD paper A.3: 0.5 and 5, as CIFAR-10 (10 classes)"),
@@ -619,8 +707,7 @@ mod tests {
         Recipe::new(method.parse().unwrap(), kind, &RecipeOptions::default())
     }
 
-    const KINDS: [DatasetKind; 4] =
-        [DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::TinyImageNet, DatasetKind::Digits];
+    const KINDS: [DatasetKind; 4] = [DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::TinyImageNet, DatasetKind::Digits];
 
     #[test]
     fn every_printed_value_of_every_recipe_has_a_source() {

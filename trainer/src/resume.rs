@@ -125,13 +125,9 @@ pub(crate) fn truncate_log(path: &Path, epochs_done: i64) -> Result<(), checkpoi
     let kept: String = text
         .lines()
         .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["epoch"].as_i64())
-                .is_some_and(|epoch| epoch < epochs_done)
+            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["epoch"].as_i64()).is_some_and(|epoch| epoch < epochs_done)
         })
         .map(|line| format!("{line}\n"))
         .collect();
     checkpoint::write_atomic(path, kept.as_bytes())
 }
-

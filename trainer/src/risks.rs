@@ -34,14 +34,11 @@ impl RiskAccumulator {
     }
 
     pub(crate) fn add(&mut self, labels: &Tensor, clean_logits: &Tensor, adversarial_logits: Option<&Tensor>) {
-        let per_sample =
-            |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
+        let per_sample = |logits: &Tensor| attacks::losses::cross_entropy(logits, labels).to_kind(Kind::Double);
         let correct = |logits: &Tensor| logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double);
         let _ = self.clean.index_add_(0, labels, &per_sample(clean_logits));
         let _ = self.clean_correct.index_add_(0, labels, &correct(clean_logits));
-        let _ =
-            self.counts
-                .index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
+        let _ = self.counts.index_add_(0, labels, &Tensor::ones_like(&labels.to_kind(Kind::Double)));
         if let Some(logits) = adversarial_logits {
             self.has_adversarial = true;
             let _ = self.adversarial.index_add_(0, labels, &per_sample(logits));
@@ -92,16 +89,10 @@ impl RiskAccumulator {
 
     /// Class-wise accuracy of the clean and (where there were any) adversarial logits.
     pub(crate) fn accuracies(&self) -> (Vec<f64>, Option<Vec<f64>>) {
-        (
-            self.class_means(&self.clean_correct),
-            self.has_adversarial.then(|| self.class_means(&self.adversarial_correct)),
-        )
+        (self.class_means(&self.clean_correct), self.has_adversarial.then(|| self.class_means(&self.adversarial_correct)))
     }
 
     pub(crate) fn risks(&self) -> EpochRisks {
-        EpochRisks {
-            clean: self.class_means(&self.clean),
-            adversarial: self.has_adversarial.then(|| self.class_means(&self.adversarial)),
-        }
+        EpochRisks { clean: self.class_means(&self.clean), adversarial: self.has_adversarial.then(|| self.class_means(&self.adversarial)) }
     }
 }

@@ -54,17 +54,9 @@ pub enum TrainError {
     #[error(transparent)]
     Attack(#[from] attacks::AttackError),
     #[error("the loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint is kept in {out}")]
-    NonFiniteLoss {
-        epoch: i64,
-        batch: usize,
-        value: f64,
-        out: PathBuf,
-    },
+    NonFiniteLoss { epoch: i64, batch: usize, value: f64, out: PathBuf },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error(transparent)]
@@ -89,10 +81,7 @@ fn stop_requested() -> bool {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
 /// Where the teacher comes from: one of our checkpoint directories, or a PyTorch state dict
@@ -150,22 +139,12 @@ fn derived_seed(seed: u64, epoch: i64, batch: usize, stream: u64) -> u64 {
         ^ stream.wrapping_mul(0x27D4_EB2F_1656_67C5)
 }
 
-fn load_teacher(
-    source: &TeacherSource,
-    spec: &ModelSpec,
-    device: Device,
-) -> Result<Network, TrainError> {
+fn load_teacher(source: &TeacherSource, spec: &ModelSpec, device: Device) -> Result<Network, TrainError> {
     let mut teacher = if source.path.is_dir() {
-        let expect = Expectation {
-            architecture: None,
-            num_classes: Some(spec.num_classes),
-        };
+        let expect = Expectation { architecture: None, num_classes: Some(spec.num_classes) };
         checkpoint::load(&source.path, device, &expect)?.0
     } else {
-        let teacher_spec = ModelSpec {
-            architecture: source.architecture.clone(),
-            ..spec.clone()
-        };
+        let teacher_spec = ModelSpec { architecture: source.architecture.clone(), ..spec.clone() };
         checkpoint::import_pytorch(&source.path, &teacher_spec, device)?
     };
     teacher.set_trainable(false);
@@ -175,17 +154,9 @@ fn load_teacher(
 /// Clean and PGD class-wise accuracy of `network` on `dataset`, and the selection score of
 /// A.3: average + worst classes' PGD accuracy (the worst class, or the worst 10% of classes on
 /// CIFAR-100 and Tiny-ImageNet, as the preset says).
-fn evaluate(
-    network: &Network,
-    dataset: &Dataset,
-    preset: &Preset,
-    seed: u64,
-) -> Result<Evaluation, TrainError> {
+fn evaluate(network: &Network, dataset: &Dataset, preset: &Preset, seed: u64) -> Result<Evaluation, TrainError> {
     let clean = attacks::clean_accuracy(network, dataset, 256)?;
-    let pgd = Pgd {
-        steps: preset.selection_pgd_steps,
-        ..Pgd::pgd20(preset.attack.eps, seed)
-    };
+    let pgd = Pgd { steps: preset.selection_pgd_steps, ..Pgd::pgd20(preset.attack.eps, seed) };
     let robust = attacks::robust_accuracy(&pgd, network, dataset, 256, |_, _| true)?;
     let score = selection_score(&robust.class_accuracy(), preset.selection_worst);
     Ok((clean, robust, score))
@@ -195,14 +166,8 @@ fn evaluate(
 type Evaluation = (ClassCounts, ClassCounts, f64);
 
 fn append_log(path: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_error(path))?;
-    writeln!(file, "{line}")
-        .and_then(|_| file.sync_data())
-        .map_err(io_error(path))
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
+    writeln!(file, "{line}").and_then(|_| file.sync_data()).map_err(io_error(path))
 }
 
 /// Trains as `config` says and returns the summary; see the module docs for what it writes.
@@ -224,9 +189,7 @@ pub fn check_config(config: &RunConfig) -> Result<(), TrainError> {
         )));
     }
     if config.select_on == Split::Train {
-        return Err(TrainError::Config(
-            "checkpoints are selected on the validation or the test split, not on the training split".into(),
-        ));
+        return Err(TrainError::Config("checkpoints are selected on the validation or the test split, not on the training split".into()));
     }
     Ok(())
 }
@@ -381,8 +344,7 @@ impl Trainer {
     /// records name it by [`TrainingMethod::name`] and keep no method's recipe settings.
     pub fn with_method(config: RunConfig, method: Box<dyn TrainingMethod>) -> Result<Trainer, TrainError> {
         let data = Trainer::load_data(&config)?;
-        let record =
-            MethodRecord { name: method.name().to_string(), preset: config.preset.record_without_method_settings() };
+        let record = MethodRecord { name: method.name().to_string(), preset: config.preset.record_without_method_settings() };
         Trainer::prepare(config, data, method, record)
     }
 
@@ -392,12 +354,7 @@ impl Trainer {
         prepare_data(config)
     }
 
-    fn prepare(
-        config: RunConfig,
-        mut data: RunData,
-        method: Box<dyn TrainingMethod>,
-        record: MethodRecord,
-    ) -> Result<Trainer, TrainError> {
+    fn prepare(config: RunConfig, mut data: RunData, method: Box<dyn TrainingMethod>, record: MethodRecord) -> Result<Trainer, TrainError> {
         if config.preset.init_required && config.init.is_none() && !resuming(&config) {
             return Err(TrainError::Config(format!(
                 "{} fine-tunes a robust model ({} epochs at lr {}): pass --init with one of our checkpoint \
@@ -407,16 +364,8 @@ impl Trainer {
         }
         data.choose_splits(&config, method.as_ref())?;
         let models = prepare_models(&config, &data, method.as_ref())?;
-        let mut trainer = Trainer {
-            config,
-            data,
-            models,
-            method,
-            record,
-            state: ResumeState::default(),
-            resumed_from: None,
-            batches_this_run: 0,
-        };
+        let mut trainer =
+            Trainer { config, data, models, method, record, state: ResumeState::default(), resumed_from: None, batches_this_run: 0 };
         trainer.restore_or_start()?;
         trainer.write_run_record()?;
         Ok(trainer)
@@ -436,8 +385,7 @@ impl Trainer {
             return Ok(());
         }
         let point = ResumePoint::read(&self.config.out)?;
-        let expect =
-            Expectation { architecture: Some(self.models.spec.architecture.clone()), num_classes: Some(self.data.classes) };
+        let expect = Expectation { architecture: Some(self.models.spec.architecture.clone()), num_classes: Some(self.data.classes) };
         let (saved, _) = checkpoint::load(&point.dir.join("model"), self.config.device, &expect)?;
         copy_weights(&self.models.student, &saved.var_store.variables().into_iter().collect::<Vec<_>>())?;
         let momentum = checkpoint::load_tensors(&point.dir.join("momentum.safetensors"))?;
@@ -472,10 +420,7 @@ impl Trainer {
             "code_version": checkpoint::code_version(),
             "libtorch_version": checkpoint::libtorch_version(),
         });
-        checkpoint::write_atomic(
-            &config.out.join("run.json"),
-            serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes(),
-        )?;
+        checkpoint::write_atomic(&config.out.join("run.json"), serde_json::to_string_pretty(&run_record).unwrap_or_default().as_bytes())?;
         Ok(())
     }
 
@@ -505,8 +450,8 @@ impl Trainer {
 
     fn display(&self) -> Display {
         let preset = &self.config.preset;
-        let remaining = (preset.epochs - self.state.epochs_done).max(0) as usize * self.data.batches_per_epoch(preset)
-            - self.state.partial.batches;
+        let remaining =
+            (preset.epochs - self.state.epochs_done).max(0) as usize * self.data.batches_per_epoch(preset) - self.state.partial.batches;
         let progress = rfb_progress::Progress::new(rfb_progress::Mode::detect(!self.config.progress));
         let bar = progress.task(format!("{} seed {}", self.method.name(), self.config.seed), remaining as u64, "batches");
         Display { progress, bar }
@@ -621,15 +566,12 @@ impl Trainer {
     fn stop_within_epoch(&mut self, epoch: i64, batches: usize, trained: &TrainedEpoch) -> TrainError {
         self.state.partial = PartialEpoch { batches, loss_sum: trained.loss_sum };
         let name = self.state.dir_name();
-        let saved = self
-            .write_resume_dir(&name, epoch, Some(&trained.risks))
-            .and_then(|()| Ok(resume::move_pointer(&self.config.out, &name)?));
+        let saved =
+            self.write_resume_dir(&name, epoch, Some(&trained.risks)).and_then(|()| Ok(resume::move_pointer(&self.config.out, &name)?));
         match saved {
-            Ok(()) => TrainError::StopRequested {
-                epochs_done: self.state.epochs_done,
-                batches_done: batches,
-                out: self.config.out.clone(),
-            },
+            Ok(()) => {
+                TrainError::StopRequested { epochs_done: self.state.epochs_done, batches_done: batches, out: self.config.out.clone() }
+            }
             Err(error) => error,
         }
     }
@@ -848,23 +790,18 @@ impl Trainer {
             test_pgd: Some(robust),
             class_names: self.data.class_names,
         };
-        checkpoint::write_atomic(
-            &config.out.join("summary.json"),
-            serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
-        )?;
+        checkpoint::write_atomic(&config.out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
         Ok(summary)
     }
 }
 
 /// Copies named weights into `network`'s variables (every variable must be present).
 fn copy_weights(network: &Network, weights: &[(String, Tensor)]) -> Result<(), TrainError> {
-    let by_name: std::collections::HashMap<&str, &Tensor> =
-        weights.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
+    let by_name: std::collections::HashMap<&str, &Tensor> = weights.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
     tch::no_grad(|| -> Result<(), TrainError> {
         for (name, mut variable) in network.var_store.variables() {
-            let source = by_name.get(name.as_str()).ok_or_else(|| {
-                TrainError::Config(format!("the weights to copy lack the variable {name}"))
-            })?;
+            let source =
+                by_name.get(name.as_str()).ok_or_else(|| TrainError::Config(format!("the weights to copy lack the variable {name}")))?;
             variable.f_copy_(source)?;
         }
         Ok(())
@@ -872,11 +809,7 @@ fn copy_weights(network: &Network, weights: &[(String, Tensor)]) -> Result<(), T
 }
 
 /// A fresh network of `spec` holding `weights` (for evaluating and saving a weight average).
-fn network_with_weights(
-    spec: &ModelSpec,
-    device: Device,
-    weights: &[(String, Tensor)],
-) -> Result<Network, TrainError> {
+fn network_with_weights(spec: &ModelSpec, device: Device, weights: &[(String, Tensor)]) -> Result<Network, TrainError> {
     let mut network = models::build(spec, device)?;
     copy_weights(&network, weights)?;
     network.set_trainable(false);

@@ -20,20 +20,9 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(network: &Network, momentum: f64, weight_decay: f64) -> Self {
-        let mut variables: Vec<(String, Tensor)> = network
-            .var_store
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut variables: Vec<(String, Tensor)> = network.var_store.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
-        Sgd {
-            momentum,
-            weight_decay,
-            nesterov: false,
-            variables,
-            buffers: HashMap::new(),
-        }
+        Sgd { momentum, weight_decay, nesterov: false, variables, buffers: HashMap::new() }
     }
 
     /// Switches Nesterov momentum on or off.
@@ -68,10 +57,7 @@ impl Sgd {
 
     /// Momentum buffers, for saving.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.buffers
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        self.buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
     }
 
     /// Restores momentum buffers saved by [`Sgd::state`].

@@ -17,11 +17,7 @@ pub struct TemperatureSchedule {
 /// A class whose error risk is above the mean (a hard class) gets a lower temperature, i.e.
 /// sharper soft labels; an easy class gets smoother ones. When every gap is zero (all classes
 /// equally hard) the normalisation is undefined and the temperatures stay as they are.
-pub fn update_temperatures(
-    temperatures: &mut [f64],
-    risks: &[f64],
-    schedule: &TemperatureSchedule,
-) {
+pub fn update_temperatures(temperatures: &mut [f64], risks: &[f64], schedule: &TemperatureSchedule) {
     assert_eq!(temperatures.len(), risks.len(), "one risk per class");
     if risks.is_empty() {
         return;
@@ -41,11 +37,7 @@ pub fn update_temperatures(
 mod tests {
     use super::*;
 
-    const SCHEDULE: TemperatureSchedule = TemperatureSchedule {
-        beta: 0.1,
-        min: 0.5,
-        max: 5.0,
-    };
+    const SCHEDULE: TemperatureSchedule = TemperatureSchedule { beta: 0.1, min: 0.5, max: 5.0 };
 
     fn close(a: &[f64], b: &[f64]) -> bool {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
@@ -57,19 +49,12 @@ mod tests {
         // tau = 1 - 0.1 * gap / 3 = (1.0666.., 1.0333.., 1, 0.9)
         let mut tau = vec![1.0; 4];
         update_temperatures(&mut tau, &[1.0, 2.0, 3.0, 6.0], &SCHEDULE);
-        assert!(
-            close(&tau, &[1.0 + 0.2 / 3.0, 1.0 + 0.1 / 3.0, 1.0, 0.9]),
-            "{tau:?}"
-        );
+        assert!(close(&tau, &[1.0 + 0.2 / 3.0, 1.0 + 0.1 / 3.0, 1.0, 0.9]), "{tau:?}");
     }
 
     #[test]
     fn clamps_at_both_bounds() {
-        let schedule = TemperatureSchedule {
-            beta: 0.1,
-            min: 0.95,
-            max: 1.02,
-        };
+        let schedule = TemperatureSchedule { beta: 0.1, min: 0.95, max: 1.02 };
         let mut tau = vec![1.0, 1.0, 1.0];
         // gaps (-1, 0, 1): the easy class would go to 1.1, the hard one to 0.9.
         update_temperatures(&mut tau, &[0.0, 1.0, 2.0], &schedule);
@@ -79,10 +64,7 @@ mod tests {
     #[test]
     fn beta_divided_by_ten_moves_ten_times_less() {
         let mut tau = vec![2.0, 2.0];
-        let schedule = TemperatureSchedule {
-            beta: 0.01,
-            ..SCHEDULE
-        };
+        let schedule = TemperatureSchedule { beta: 0.01, ..SCHEDULE };
         update_temperatures(&mut tau, &[1.0, 3.0], &schedule);
         assert!(close(&tau, &[2.01, 1.99]), "{tau:?}");
     }

@@ -122,11 +122,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 fn log_lines(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
 #[test]

@@ -4,8 +4,7 @@
 //! with rfb_core's public evaluation functions.
 
 use rfb_core::attacks::{
-    self, clean_accuracy, input_gradient, project_linf, robust_accuracy, Attack, AttackError, Batch, Classifier,
-    Interrupt,
+    self, clean_accuracy, input_gradient, project_linf, robust_accuracy, Attack, AttackError, Batch, Classifier, Interrupt,
 };
 use rfb_core::checkpoint::{self, Expectation};
 use rfb_core::data::{self, DatasetKind, Split};
@@ -30,10 +29,8 @@ impl TrainingMethod for HalfCleanPgdAt {
         let attack = context.attack;
         let mut adversarial = images.detach();
         for _ in 0..attack.steps {
-            let (gradient, _) = input_gradient(context.student, &adversarial, |logits| {
-                attacks::losses::cross_entropy(logits, labels)
-            })
-            .expect("the student's input gradient");
+            let (gradient, _) = input_gradient(context.student, &adversarial, |logits| attacks::losses::cross_entropy(logits, labels))
+                .expect("the student's input gradient");
             adversarial = project_linf(&(&adversarial + gradient.sign() * attack.step_size), images, attack.eps).detach();
         }
         let clean_logits = context.student.forward_t(images, true);

@@ -108,7 +108,9 @@ overrides = { kl-scale = 0.5 }
     let options = grid::SlurmOptions { time: "02:00:00".into(), partition: Some("gpu".into()), gpus: 1, signal_before_s: 120 };
     let files = grid::slurm_files(&plan, &grid, Path::new("/opt/rfb/trainer"), &options).unwrap();
     let sbatch = &files.iter().find(|f| f.0 == "grid.sbatch").unwrap().1;
-    for line in ["#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "#SBATCH --time=02:00:00", "#SBATCH --partition=gpu", "#SBATCH --gres=gpu:1"] {
+    for line in
+        ["#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "#SBATCH --time=02:00:00", "#SBATCH --partition=gpu", "#SBATCH --gres=gpu:1"]
+    {
         assert!(sbatch.lines().any(|l| l == line), "{line} missing:\n{sbatch}");
     }
     assert!(sbatch.contains("grid run") && sbatch.contains("$SLURM_ARRAY_TASK_ID") && sbatch.contains("scontrol requeue"), "{sbatch}");

@@ -45,9 +45,7 @@ fn references(inputs: &[Value]) -> Vec<Value> {
 /// Deterministic logits of `batch` x `classes` that differ from row to row and between calls
 /// with different `phase`.
 fn logits(batch: usize, classes: usize, phase: f64, spread: f64) -> Vec<Vec<f64>> {
-    (0..batch)
-        .map(|i| (0..classes).map(|j| spread * (1.3 * i as f64 + 0.7 * j as f64 + phase).sin()).collect())
-        .collect()
+    (0..batch).map(|i| (0..classes).map(|j| spread * (1.3 * i as f64 + 0.7 * j as f64 + phase).sin()).collect()).collect()
 }
 
 fn tensor(rows: &[Vec<f64>]) -> Tensor {
@@ -116,10 +114,7 @@ impl Case {
             let reference = tensor(&reference);
             let scale = f64::try_from(reference.abs().max()).unwrap();
             let difference = f64::try_from((gradient - &reference).abs().max()).unwrap();
-            assert!(
-                difference <= 1e-4 * scale + 1e-9,
-                "{what}: {key} differs by {difference} (largest reference entry {scale})"
-            );
+            assert!(difference <= 1e-4 * scale + 1e-9, "{what}: {key} differs by {difference} (largest reference entry {scale})");
         }
         assert_eq!(self.batch, self.student_adv.len());
         assert_eq!(self.classes, self.student_adv[0].len());
@@ -154,10 +149,7 @@ fn preset(method: &str, kind: DatasetKind) -> Preset {
 #[test]
 fn rslad_and_absld_losses_match_the_authors_scripts_on_10_and_100_classes() {
     let mut checks = Vec::new();
-    for (kind, classes, formula) in [
-        (DatasetKind::Cifar10, 10, "absld_script"),
-        (DatasetKind::Cifar100, 100, "rslad_cifar100_script"),
-    ] {
+    for (kind, classes, formula) in [(DatasetKind::Cifar10, 10, "absld_script"), (DatasetKind::Cifar100, 100, "rslad_cifar100_script")] {
         // ABSLD with its class temperatures.
         let case = Case::new(6, classes);
         let labels = Tensor::from_slice(&case.labels);
@@ -170,9 +162,7 @@ fn rslad_and_absld_losses_match_the_authors_scripts_on_10_and_100_classes() {
             what: format!("absld {kind:?}"),
             input: case.input(formula, 1.0, absld.alpha),
             case,
-            loss: Box::new(move |adv, clean| {
-                distillation_loss(adv, clean, &adversarial_targets, &clean_targets, settings, None)
-            }),
+            loss: Box::new(move |adv, clean| distillation_loss(adv, clean, &adversarial_targets, &clean_targets, settings, None)),
         });
         // RSLAD: every temperature 1.
         let rslad = preset("rslad", kind).methods.rslad;
@@ -251,9 +241,7 @@ fn fair_ard_losses_match_the_authors_scripts_in_both_forms() {
             what: format!("fair-rslad {kind:?}"),
             input: case.input("fair_rslad_script", 1.0, fair.alpha),
             case,
-            loss: Box::new(move |adv, clean| {
-                distillation_loss(adv, clean, &targets, &targets, settings, Some(&example_weights))
-            }),
+            loss: Box::new(move |adv, clean| distillation_loss(adv, clean, &targets, &targets, settings, Some(&example_weights))),
         });
     }
     run_checks(checks);

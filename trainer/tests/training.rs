@@ -22,21 +22,12 @@ fn quick_preset(epochs: i64) -> Preset {
     preset
 }
 
-fn config(
-    method: &str,
-    out: &Path,
-    preset: Preset,
-    teacher: Option<&Path>,
-    seed: u64,
-) -> RunConfig {
+fn config(method: &str, out: &Path, preset: Preset, teacher: Option<&Path>, seed: u64) -> RunConfig {
     RunConfig {
         method: method.parse().unwrap(),
         dataset: DatasetKind::Digits,
         data_dir: None,
-        teacher: teacher.map(|path| TeacherSource {
-            path: path.to_path_buf(),
-            architecture: "digits-cnn-wide".into(),
-        }),
+        teacher: teacher.map(|path| TeacherSource { path: path.to_path_buf(), architecture: "digits-cnn-wide".into() }),
         init: None,
         seed,
         out: out.to_path_buf(),
@@ -66,11 +57,7 @@ fn teacher() -> &'static Path {
 }
 
 fn log_lines(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("log.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(out.join("log.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -81,12 +68,8 @@ fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
         let summary = run::run(&config(method, dir.path(), quick_preset(3), teacher, 1)).unwrap();
         assert_eq!(summary.epochs_done, 3, "{method}");
         for checkpoint_dir in ["best", "last"] {
-            let (_, manifest) = checkpoint::load(
-                &dir.path().join(checkpoint_dir),
-                Device::Cpu,
-                &Expectation::default(),
-            )
-            .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let (_, manifest) = checkpoint::load(&dir.path().join(checkpoint_dir), Device::Cpu, &Expectation::default())
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
             assert_eq!(manifest.method, method);
             assert_eq!(manifest.dataset, "digits");
             assert_eq!(manifest.seed, Some(1));
@@ -95,25 +78,12 @@ fn every_method_trains_and_writes_loadable_checkpoints_and_logs() {
         assert_eq!(lines.len(), 3, "{method}");
         let last = &lines[2];
         assert_eq!(last["risk_clean"].as_array().unwrap().len(), 10);
-        assert_eq!(
-            last["evaluation"]["pgd_class_accuracy"]
-                .as_array()
-                .unwrap()
-                .len(),
-            10
-        );
+        assert_eq!(last["evaluation"]["pgd_class_accuracy"].as_array().unwrap().len(), 10);
         let adversarial = !last["risk_adversarial"].is_null();
         assert_eq!(adversarial, method != "natural", "{method}");
-        assert_eq!(
-            !last["temperatures"].is_null(),
-            method == "absld",
-            "{method}"
-        );
+        assert_eq!(!last["temperatures"].is_null(), method == "absld", "{method}");
         let clean = summary.test_clean.unwrap().overall_accuracy();
-        assert!(
-            clean > 30.0,
-            "{method} learned nothing in 3 epochs: {clean}"
-        );
+        assert!(clean > 30.0, "{method} learned nothing in 3 epochs: {clean}");
     }
 }
 
@@ -191,9 +161,7 @@ fn absld_temperatures_move_as_eq_10_says() {
     run::run(&config("absld", dir.path(), preset, Some(teacher()), 3)).unwrap();
     let lines = log_lines(dir.path());
     let vector = |line: &serde_json::Value, key: &str| -> Vec<f64> { serde_json::from_value(line[key].clone()).unwrap() };
-    let tau = |line: &serde_json::Value, kind: &str| -> Vec<f64> {
-        serde_json::from_value(line["temperatures"][kind].clone()).unwrap()
-    };
+    let tau = |line: &serde_json::Value, kind: &str| -> Vec<f64> { serde_json::from_value(line["temperatures"][kind].clone()).unwrap() };
     let argmax = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     let argmin = |v: &[f64]| (0..v.len()).min_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     // After one update from 1 (Eq. 10): the class furthest from the mean risk moves by
@@ -267,18 +235,14 @@ fn resume_after_a_kill_gives_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight").display().to_string();
     let args = common(&straight);
-    let status = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .status()
-        .unwrap();
+    let status = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).status().unwrap();
     assert!(status.success());
 
     // Kill a second run for real once it has finished at least one epoch, then resume it.
     let killed = dir.path().join("killed");
     let killed_arg = killed.display().to_string();
     let args = common(&killed_arg);
-    let mut child = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .spawn()
-        .unwrap();
+    let mut child = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while log_lines(&killed).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -289,24 +253,15 @@ fn resume_after_a_kill_gives_identical_weights() {
     assert!(done_before_kill >= 1);
     let mut args = common(&killed_arg);
     args.push("--resume".into());
-    let output = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = trainer(&args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(log_lines(&killed).len(), 3);
 
     let a = weights(&Path::new(&straight).join("last"));
     let b = weights(&killed.join("last"));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(
-            x.equal(y),
-            "{name} differs after resume (killed after {done_before_kill} epochs)"
-        );
+        assert!(x.equal(y), "{name} differs after resume (killed after {done_before_kill} epochs)");
     }
     // Same temperatures in the logs, epoch by epoch.
     let straight_log = log_lines(Path::new(&straight));
@@ -322,8 +277,23 @@ fn a_log_gets_epoch_lines_and_plain_progress_lines() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run").display().to_string();
     let args = [
-        "train", "--method", "natural", "--dataset", "digits", "--seed", "3", "--epochs", "2", "--eval-every", "1",
-        "--attack-steps", "1", "--device", "cpu", "--out", &out,
+        "train",
+        "--method",
+        "natural",
+        "--dataset",
+        "digits",
+        "--seed",
+        "3",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--attack-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        &out,
     ];
     // stderr is a pipe here, as in a log: no bar, plain lines.
     let output = trainer(&args).env_remove("RFB_PROGRESS").env("RFB_PROGRESS_SECONDS", "0.05").output().unwrap();
@@ -370,14 +340,8 @@ fn same_seed_same_weights_on_cpu() {
     let b = tempfile::tempdir().unwrap();
     run::run(&config("sat", a.path(), quick_preset(1), None, 9)).unwrap();
     run::run(&config("sat", b.path(), quick_preset(1), None, 9)).unwrap();
-    for ((name, x), (_, y)) in weights(&a.path().join("last"))
-        .iter()
-        .zip(&weights(&b.path().join("last")))
-    {
-        assert!(
-            x.equal(y),
-            "{name} differs between two runs with the same seed"
-        );
+    for ((name, x), (_, y)) in weights(&a.path().join("last")).iter().zip(&weights(&b.path().join("last"))) {
+        assert!(x.equal(y), "{name} differs between two runs with the same seed");
     }
 }
 

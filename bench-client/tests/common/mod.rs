@@ -48,7 +48,8 @@ pub fn cifar_like(models: &[&str], seeds: &[u64], per_class: i64) -> Results {
                 .map(|(ai, a)| {
                     let correct: Vec<i64> = (0..10)
                         .map(|k| {
-                            let acc = base[ai] + 12.0 - 14.0 * difficulty[k] * fairness + 6.0 * (noise(mi as u64, seed, ai as u64, k as u64) - 0.5);
+                            let acc = base[ai] + 12.0 - 14.0 * difficulty[k] * fairness
+                                + 6.0 * (noise(mi as u64, seed, ai as u64, k as u64) - 0.5);
                             ((acc.clamp(0.0, 100.0) / 100.0) * per_class as f64).round() as i64
                         })
                         .collect();
@@ -168,7 +169,8 @@ pub fn add_sweep(results: &mut Results) {
     use rfb_bench_client::results::{SweepPoint, SweepSetting};
     let pgd = results.settings.attacks.iter().find(|a| a.kind == "PGD").expect("a PGD attack").clone();
     let clean = results.settings.attacks.iter().find(|a| a.kind == "CLEAN").expect("a clean evaluation").label.clone();
-    results.settings.sweep = Some(SweepSetting { attack: rfb_bench_client::results::AttackSetting { eps: None, ..pgd.clone() }, radii: SWEEP_RADII.to_vec() });
+    results.settings.sweep =
+        Some(SweepSetting { attack: rfb_bench_client::results::AttackSetting { eps: None, ..pgd.clone() }, radii: SWEEP_RADII.to_vec() });
     for model in &mut results.models {
         for run in &mut model.runs {
             let c0 = run.attack(&clean).unwrap().correct.clone();

@@ -39,8 +39,8 @@ use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::expand_mask;
 use super::{
-    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, Attack, AttackError, AttackNotes, Batch,
-    Classifier, Interrupt,
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, Attack, AttackError, AttackNotes, Batch, Classifier,
+    Interrupt,
 };
 
 /// Salt of APGD's draw labels.
@@ -135,11 +135,7 @@ struct Windows {
 impl Windows {
     fn new(steps: i64) -> Self {
         let n = steps as f64;
-        Windows {
-            first: ((0.22 * n) as i64).max(1),
-            decrease: ((0.03 * n) as i64).max(1),
-            minimum: ((0.06 * n) as i64).max(1),
-        }
+        Windows { first: ((0.22 * n) as i64).max(1), decrease: ((0.03 * n) as i64).max(1), minimum: ((0.06 * n) as i64).max(1) }
     }
 
     fn next(&self, window: i64) -> i64 {
@@ -479,10 +475,7 @@ impl Apgd {
             ApgdLoss::DlrTargeted { .. } => 4,
         };
         if classes < needed {
-            return Err(AttackError::InvalidParameter(format!(
-                "{} needs at least {needed} classes, the model has {classes}",
-                self.name()
-            )));
+            return Err(AttackError::InvalidParameter(format!("{} needs at least {needed} classes, the model has {classes}", self.name())));
         }
         let mut robust = judged_correct(model, images, labels, Some(&clean_logits))?;
         let mut adversarial = images.copy();

@@ -24,9 +24,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::evaluation::run_points;
-use super::{
-    check_eps, input_gradient, losses, Apgd, Attack, AttackError, Batch, Classifier, Fab, Interrupt, Square,
-};
+use super::{check_eps, input_gradient, losses, Apgd, Attack, AttackError, Batch, Classifier, Fab, Interrupt, Square};
 
 /// An ordered ensemble of attacks, each run on the points the previous ones left robust.
 pub struct AutoAttack {
@@ -233,12 +231,7 @@ pub const SANITY_POINTS: i64 = 250;
 /// checked at once (outputs must be probabilities in every chunk; randomness, zero gradients and
 /// the rest in any), so that the flags a result stores do not depend on the batch size it was
 /// computed with.
-pub fn sanity_flags_in_chunks(
-    model: &dyn Classifier,
-    images: &Tensor,
-    labels: &Tensor,
-    chunk: i64,
-) -> Result<SanityFlags, AttackError> {
+pub fn sanity_flags_in_chunks(model: &dyn Classifier, images: &Tensor, labels: &Tensor, chunk: i64) -> Result<SanityFlags, AttackError> {
     let total = images.size().first().copied().unwrap_or(0).min(SANITY_POINTS);
     let chunk = chunk.max(1);
     // (flags so far, points with a zero gradient so far)
@@ -285,16 +278,9 @@ fn checks(model: &dyn Classifier, images: &Tensor, labels: &Tensor) -> Result<Sa
     // Once per evaluation, before any attack runs: a handful of reads, each kept simple.
     let scalar = |t: Tensor| crate::host_read::scalar_f64(&t, "AutoAttack sanity checks (once per evaluation)");
 
-    let outputs: Vec<Tensor> =
-        tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect::<Result<Vec<_>, _>>())?;
-    let correct: Vec<f64> = outputs
-        .iter()
-        .map(|o| scalar(o.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float)))
-        .collect();
-    let normalised: Vec<Tensor> = outputs
-        .iter()
-        .map(|o| o / (o.square().sum_dim_intlist(-1, true, Kind::Float).sqrt() + 1e-10))
-        .collect();
+    let outputs: Vec<Tensor> = tch::no_grad(|| (0..RANDOMNESS_PASSES).map(|_| model.logits(&images)).collect::<Result<Vec<_>, _>>())?;
+    let correct: Vec<f64> = outputs.iter().map(|o| scalar(o.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float))).collect();
+    let normalised: Vec<Tensor> = outputs.iter().map(|o| o / (o.square().sum_dim_intlist(-1, true, Kind::Float).sqrt() + 1e-10)).collect();
     let mut max_difference: f64 = 0.0;
     for (i, a) in normalised.iter().enumerate() {
         for b in &normalised[i + 1..] {

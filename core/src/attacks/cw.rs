@@ -26,7 +26,15 @@ impl CarliniWagnerLinf {
     /// The preset of the paper's evaluation: 30 steps of eps/4 (2/255 at 8/255), kappa 50.
     pub fn cw30(eps: f64, seed: u64) -> Self {
         CarliniWagnerLinf {
-            pgd: Pgd { eps, step_size: super::pgd::default_step_size(eps), steps: 30, restarts: 1, random_start: true, loss: PgdLoss::CarliniWagner { kappa: 50.0 }, seed },
+            pgd: Pgd {
+                eps,
+                step_size: super::pgd::default_step_size(eps),
+                steps: 30,
+                restarts: 1,
+                random_start: true,
+                loss: PgdLoss::CarliniWagner { kappa: 50.0 },
+                seed,
+            },
         }
     }
 }

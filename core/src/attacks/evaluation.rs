@@ -15,10 +15,11 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{
-    counted_correct, guarded_in, judged_classes, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError, AttackNotes, Batch, ClassCounts, Classifier, Confusion, Interrupt, BOUND_TOLERANCE,
+    counted_correct, guarded_in, judged_classes, perturb_guarded, perturb_guarded_noting, verify_adversarial, Attack, AttackError,
+    AttackNotes, Batch, ClassCounts, Classifier, Confusion, Interrupt, BOUND_TOLERANCE,
 };
-use crate::host_read;
 use crate::data::Dataset;
+use crate::host_read;
 
 /// What one component of an ensemble did (a single attack is its own only component).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -234,7 +235,11 @@ pub fn run_points(
     for (component_index, component) in components.iter().enumerate() {
         let started = Instant::now();
         let name = component.name();
-        let targets = if ensemble { host_read::nonzero(&robust, "evaluation: points still robust before a component") } else { Tensor::arange(n, (Kind::Int64, home)) };
+        let targets = if ensemble {
+            host_read::nonzero(&robust, "evaluation: points still robust before a component")
+        } else {
+            Tensor::arange(n, (Kind::Int64, home))
+        };
         let total = targets.size()[0];
         if ensemble && total == 0 {
             break;
@@ -248,8 +253,7 @@ pub fn run_points(
             let length = batch_size.min(total - done);
             let index = targets.narrow(0, done, length);
             let batch = points.select(&index).to_device(device);
-            let mut candidate =
-                perturb_guarded_noting(*component, model, &batch, interrupt, &mut notes)?.detach().to_device(device);
+            let mut candidate = perturb_guarded_noting(*component, model, &batch, interrupt, &mut notes)?.detach().to_device(device);
             verify_adversarial(&name, &batch.images, &candidate, component.eps())?;
             let judging = || format!("{name} (judging its output)");
             let mut classes = guarded_in(judging, || judged_classes(model, &candidate))?;
@@ -257,10 +261,10 @@ pub fn run_points(
             if let Some(exact) = model.exact() {
                 // The attack network is a copy of the judge: where it took a point for broken and
                 // the judge does not, attack that point again with the judge itself.
-                let copy_broken = guarded_in(judging, || {
-                    tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels))
-                })?;
-                let disputed = host_read::nonzero(&copy_broken.logical_and(&correct), "evaluation: points the bf16 copy broke and the judge did not");
+                let copy_broken =
+                    guarded_in(judging, || tch::no_grad(|| model.logits(&candidate)?.f_argmax(-1, false)?.f_ne_tensor(&batch.labels)))?;
+                let disputed =
+                    host_read::nonzero(&copy_broken.logical_and(&correct), "evaluation: points the bf16 copy broke and the judge did not");
                 if disputed.numel() > 0 {
                     let again = batch.select(&disputed);
                     let retried = perturb_guarded(*component, exact, &again, interrupt)?.detach().to_device(device);
@@ -276,7 +280,8 @@ pub fn run_points(
                 // A single attack returns its output for every point; an ensemble keeps, per
                 // point, the first component's example that fooled the judge.
                 let kept = if ensemble { candidate.where_self(&expand_mask(&broken, &candidate), &batch.images) } else { candidate };
-                *adversarial = adversarial.index_copy(0, &index, &host_read::to_home(&kept, home, "evaluation: adversarial points of a batch"));
+                *adversarial =
+                    adversarial.index_copy(0, &index, &host_read::to_home(&kept, home, "evaluation: adversarial points of a batch"));
             }
             // One read per batch: the predictions; robustness follows from them on the points' device.
             let classes = host_read::to_home(&classes, home, "evaluation: predictions of a batch");

@@ -25,9 +25,7 @@
 use crate::host_read;
 use tch::{Kind, Tensor};
 
-use super::{
-    check_eps, check_steps, draw_label, input_gradient, judged_correct, Attack, AttackError, Batch, Classifier, Interrupt,
-};
+use super::{check_eps, check_steps, draw_label, input_gradient, judged_correct, Attack, AttackError, Batch, Classifier, Interrupt};
 
 /// Salt of FAB's draw labels.
 const FAB_DRAWS: u64 = 0x4641_4254;
@@ -123,9 +121,7 @@ impl Fab {
         let w_desc = w.gather(1, &order, false);
         let capped_weight = w_desc.abs().cumsum(1, kind);
         let capped_rest = (-(&w_desc * full.gather(1, &order, false))).cumsum(1, kind) + all_moved.unsqueeze(1);
-        let change_at = |k: &Tensor| {
-            capped_rest.gather(1, k, false) - capped_weight.gather(1, k, false) * room_desc.gather(1, k, false)
-        };
+        let change_at = |k: &Tensor| capped_rest.gather(1, k, false) - capped_weight.gather(1, k, false) * room_desc.gather(1, k, false);
 
         // lambda below the smallest room: every active coordinate moves by lambda.
         let last = Tensor::full([points.size()[0], 1], dim - 1, (Kind::Int64, points.device()));
@@ -150,15 +146,12 @@ impl Fab {
             let weight_safe = weight.where_scalarother(&weight.gt(0.0), 1.0);
             ((&needed - rest) / -weight_safe).clamp_min(0.0).where_scalarother(&weight.gt(0.0), 0.0).unsqueeze(1)
         };
-        let lambda_interior =
-            solve(&capped_rest.gather(1, &k, false).squeeze_dim(1), &capped_weight.gather(1, &k, false).squeeze_dim(1));
+        let lambda_interior = solve(&capped_rest.gather(1, &k, false).squeeze_dim(1), &capped_weight.gather(1, &k, false).squeeze_dim(1));
         let lambda_small = solve(&capped_rest.select(1, dim - 1), &capped_weight.select(1, dim - 1));
 
-        let step_interior: Tensor =
-            full.minimum(&lambda_interior) * &moves_up + full.maximum(&-&lambda_interior) * (1.0 - &moves_up);
+        let step_interior: Tensor = full.minimum(&lambda_interior) * &moves_up + full.maximum(&-&lambda_interior) * (1.0 - &moves_up);
         let step_small = (&moves_up * 2.0 - 1.0) * lambda_small;
-        let step =
-            step_small.where_self(&below_all.unsqueeze(1), &step_interior.where_self(&interior.unsqueeze(1), &full));
+        let step = step_small.where_self(&below_all.unsqueeze(1), &step_interior.where_self(&interior.unsqueeze(1), &full));
         step * active
     }
 
@@ -204,25 +197,20 @@ impl Fab {
             row_shape[0] = rows;
             let (target_index, label_index) = (targets.unsqueeze(1), labels.unsqueeze(1));
             // f_t - f_y: positive once the point is on the target's side of the boundary.
-            let difference = |logits: &Tensor| {
-                (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1)
-            };
+            let difference =
+                |logits: &Tensor| (logits.gather(1, &target_index, false) - logits.gather(1, &label_index, false)).squeeze_dim(1);
             let (gradient, logits) = input_gradient(model, &current.reshape(row_shape.as_slice()), difference)?;
             let value = difference(&logits);
             let w = gradient.reshape([rows, -1]);
             let b = (&w * &current).sum_dim_intlist(1, false, w.kind()) - value;
             // Both projections in one batched call, as they share the hyperplane.
-            let steps = Fab::project_to_hyperplane(
-                &Tensor::cat(&[&current, &origin], 0),
-                &Tensor::cat(&[&w, &w], 0),
-                &Tensor::cat(&[&b, &b], 0),
-            );
+            let steps =
+                Fab::project_to_hyperplane(&Tensor::cat(&[&current, &origin], 0), &Tensor::cat(&[&w, &w], 0), &Tensor::cat(&[&b, &b], 0));
             let norms = steps.abs().amax(&[1i64][..], true).clamp_min(1e-8);
             let (from_current, from_origin) = (steps.narrow(0, 0, rows), steps.narrow(0, rows, rows));
             let (norm_current, norm_origin) = (norms.narrow(0, 0, rows), norms.narrow(0, rows, rows));
             let alpha = (&norm_current / (&norm_current + &norm_origin)).clamp(0.0, self.alpha_max);
-            let stepped: Tensor =
-                (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
+            let stepped: Tensor = (&current + from_current * self.eta) * (1.0 - &alpha) + (&origin + from_origin * self.eta) * &alpha;
             current = stepped.clamp(0.0, 1.0);
 
             let fooled = judged_correct(model, &current.reshape(row_shape.as_slice()), &labels, None)?.logical_not();

@@ -22,8 +22,8 @@ mod cw;
 mod evaluation;
 mod fab;
 mod fgsm;
-mod notes;
 pub mod losses;
+mod notes;
 mod pgd;
 pub mod random;
 mod square;
@@ -168,11 +168,7 @@ impl Batch {
     }
 
     pub fn to_device(&self, device: Device) -> Batch {
-        Batch {
-            images: self.images.to_device(device),
-            labels: self.labels.to_device(device),
-            streams: self.streams.to_device(device),
-        }
+        Batch { images: self.images.to_device(device), labels: self.labels.to_device(device), streams: self.streams.to_device(device) }
     }
 }
 
@@ -248,11 +244,7 @@ pub fn project_linf(candidate: &Tensor, images: &Tensor, eps: f64) -> Tensor {
 
 /// Gradient of `loss(logits)` summed over the batch, with respect to the input only.
 /// Also returns the (detached) logits, which most attacks need anyway.
-pub fn input_gradient(
-    model: &dyn Classifier,
-    images: &Tensor,
-    loss: impl Fn(&Tensor) -> Tensor,
-) -> Result<(Tensor, Tensor), TchError> {
+pub fn input_gradient(model: &dyn Classifier, images: &Tensor, loss: impl Fn(&Tensor) -> Tensor) -> Result<(Tensor, Tensor), TchError> {
     let input = images.detach().set_requires_grad(true);
     let logits = model.logits(&input)?;
     let total = crate::guard::guarded(|| loss(&logits).sum(Kind::Float))?;
@@ -267,11 +259,7 @@ pub fn input_gradient(
 /// smallest and largest value) are read back together: one host read per batch.
 pub fn verify_adversarial(attack: &str, images: &Tensor, adversarial: &Tensor, eps: f64) -> Result<(), AttackError> {
     if adversarial.size() != images.size() {
-        return Err(AttackError::WrongShape {
-            attack: attack.to_string(),
-            expected: images.size(),
-            found: adversarial.size(),
-        });
+        return Err(AttackError::WrongShape { attack: attack.to_string(), expected: images.size(), found: adversarial.size() });
     }
     if adversarial.numel() == 0 {
         return Ok(());
@@ -325,11 +313,7 @@ impl ClassCounts {
 
     /// Class-wise accuracy in percent (NaN for a class with no examples).
     pub fn class_accuracy(&self) -> Vec<f64> {
-        self.correct
-            .iter()
-            .zip(&self.total)
-            .map(|(&c, &t)| if t == 0 { f64::NAN } else { 100.0 * c as f64 / t as f64 })
-            .collect()
+        self.correct.iter().zip(&self.total).map(|(&c, &t)| if t == 0 { f64::NAN } else { 100.0 * c as f64 / t as f64 }).collect()
     }
 
     /// Overall accuracy in percent.
@@ -364,22 +348,14 @@ impl AttackError {
 /// Libtorch work that belongs to `component` but runs outside its `perturb` (the clean pass,
 /// judging its output, AutoAttack's checks): a failure, in tch's fallible or panicking forms,
 /// comes back as [`AttackError::Libtorch`] naming `component` (computed only then).
-pub(crate) fn guarded_in<T>(
-    component: impl FnOnce() -> String,
-    work: impl FnOnce() -> Result<T, TchError>,
-) -> Result<T, AttackError> {
+pub(crate) fn guarded_in<T>(component: impl FnOnce() -> String, work: impl FnOnce() -> Result<T, TchError>) -> Result<T, AttackError> {
     crate::guard::guarded_result(work).map_err(|error| AttackError::libtorch(component(), &error))
 }
 
 /// `attack.perturb`, with every libtorch failure inside it — the model's forward pass or the
 /// attack's own arithmetic, in tch's panicking forms included ([`crate::guard::guarded`]) —
 /// returned as [`AttackError::Libtorch`] naming the attack.
-pub fn perturb_guarded(
-    attack: &dyn Attack,
-    model: &dyn Classifier,
-    batch: &Batch,
-    interrupt: Interrupt,
-) -> Result<Tensor, AttackError> {
+pub fn perturb_guarded(attack: &dyn Attack, model: &dyn Classifier, batch: &Batch, interrupt: Interrupt) -> Result<Tensor, AttackError> {
     perturb_guarded_noting(attack, model, batch, interrupt, &mut AttackNotes::default())
 }
 

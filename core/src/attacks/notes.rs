@@ -30,9 +30,6 @@ impl AttackNotes {
     /// Points noted with a zero gradient (one count per run that noted them: APGD-T counts a
     /// point once per target it was attacked towards, as the reference warns once per run).
     pub fn zero_gradient_points(&self) -> i64 {
-        self.zero_gradient
-            .as_ref()
-            .and_then(|t| crate::host_read::scalar_i64(t, "zero-gradient points of an attack"))
-            .unwrap_or(0)
+        self.zero_gradient.as_ref().and_then(|t| crate::host_read::scalar_i64(t, "zero-gradient points of an attack")).unwrap_or(0)
     }
 }

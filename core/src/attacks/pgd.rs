@@ -8,8 +8,8 @@
 use tch::Tensor;
 
 use super::{
-    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, project_linf, Attack, AttackError, Batch,
-    Classifier, Interrupt,
+    check_eps, check_steps, draw_label, input_gradient, judged_correct, losses, project_linf, Attack, AttackError, Batch, Classifier,
+    Interrupt,
 };
 
 /// Salt of PGD's draw labels.
@@ -32,7 +32,9 @@ pub enum PgdLoss {
     CrossEntropy,
     /// Carlini-Wagner loss with confidence kappa ([`losses::cw_loss`], see
     /// [`super::CarliniWagnerLinf`]).
-    CarliniWagner { kappa: f64 },
+    CarliniWagner {
+        kappa: f64,
+    },
 }
 
 /// The step of PGD and CW-inf when none is given: eps/4. At the paper's eps 8/255 this is its

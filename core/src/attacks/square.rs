@@ -76,11 +76,7 @@ impl Square {
     /// `rescale_schedule`, the iteration is first mapped to a 10 000-query budget and truncated,
     /// as the reference's `int(it / n_queries * 10000)`.
     pub fn p_schedule(&self, iteration: i64) -> f64 {
-        let position = if self.rescale_schedule {
-            (iteration as f64 / self.queries as f64 * SCHEDULE_BUDGET) as i64
-        } else {
-            iteration
-        };
+        let position = if self.rescale_schedule { (iteration as f64 / self.queries as f64 * SCHEDULE_BUDGET) as i64 } else { iteration };
         let halvings = SCHEDULE_BREAKS.iter().filter(|&&b| position > b).count();
         self.p_init / f64::powi(2.0, halvings as i32)
     }
@@ -97,7 +93,13 @@ impl Square {
 
     /// One run (`restart`) from the stripes start. Returns the best points and their margins
     /// (<= 0 where the point is misclassified).
-    fn single_run(&self, model: &dyn Classifier, batch: &Batch, restart: i64, interrupt: Interrupt) -> Result<(Tensor, Tensor), AttackError> {
+    fn single_run(
+        &self,
+        model: &dyn Classifier,
+        batch: &Batch,
+        restart: i64,
+        interrupt: Interrupt,
+    ) -> Result<(Tensor, Tensor), AttackError> {
         let (images, labels) = (&batch.images, &batch.labels);
         let size = images.size();
         let (c, h, w) = (size[1], size[2], size[3]);
@@ -177,10 +179,7 @@ impl Attack for Square {
         self.validate()?;
         let all_images = &batch.images;
         if all_images.dim() != 4 {
-            return Err(AttackError::InvalidParameter(format!(
-                "Square needs images of shape [N, C, H, W], got {:?}",
-                all_images.size()
-            )));
+            return Err(AttackError::InvalidParameter(format!("Square needs images of shape [N, C, H, W], got {:?}", all_images.size())));
         }
         if batch.is_empty() {
             return Ok(all_images.copy());

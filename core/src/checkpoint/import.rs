@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 use super::{
-    code_version, libtorch_version, now_rfc3339, save_with_source, sha256_hex, write_atomic, write_manifest,
-    CheckpointError, CheckpointInfo, Manifest, Source, MANIFEST_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
+    code_version, libtorch_version, now_rfc3339, save_with_source, sha256_hex, write_atomic, write_manifest, CheckpointError,
+    CheckpointInfo, Manifest, Source, MANIFEST_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
 };
 use crate::data::{self, DatasetKind, Split};
 use crate::models::{ModelError, ModelSpec, Normalisation, TorchScriptModel, TORCHSCRIPT_ARCHITECTURE};
@@ -237,10 +237,7 @@ impl ImportPlan {
                 write_manifest(&out, &manifest)?;
                 Ok(Imported { kind, manifest, bf16: Some(checked.bf16) })
             }
-            _ => Err(CheckpointError::InvalidImport(format!(
-                "internal error: {} was not checked before writing",
-                from.display()
-            ))),
+            _ => Err(CheckpointError::InvalidImport(format!("internal error: {} was not checked before writing", from.display()))),
         }
     }
 }
@@ -329,12 +326,7 @@ pub fn plan_import(options: &ImportOptions) -> Result<ImportPlan, CheckpointErro
             let architecture = architecture.unwrap_or_default();
             // Parses the name first, so that an unknown one is reported as such.
             let canonical = architecture.parse::<crate::models::Architecture>()?.to_string();
-            Some(super::network_from_pytorch_tensors(
-                tensors.unwrap_or_default(),
-                &spec(&canonical),
-                Device::Cpu,
-                &options.from,
-            )?)
+            Some(super::network_from_pytorch_tensors(tensors.unwrap_or_default(), &spec(&canonical), Device::Cpu, &options.from)?)
         }
         ModelFileKind::TorchScript => None,
     };

@@ -95,11 +95,7 @@ fn unsafe_pickle_hint(global: &str) -> &'static str {
     }
 }
 
-fn describe_mismatch(
-    missing: &[String],
-    unexpected: &[String],
-    wrong_shape: &[(String, Vec<i64>, Vec<i64>)],
-) -> String {
+fn describe_mismatch(missing: &[String], unexpected: &[String], wrong_shape: &[(String, Vec<i64>, Vec<i64>)]) -> String {
     const SHOWN: usize = 8;
     let list = |names: &[String]| {
         let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
@@ -110,10 +106,7 @@ fn describe_mismatch(
     };
     let mut parts = Vec::new();
     if !wrong_shape.is_empty() {
-        let shapes: Vec<String> = wrong_shape
-            .iter()
-            .map(|(n, e, f)| format!("{n} (expected {e:?}, found {f:?})"))
-            .collect();
+        let shapes: Vec<String> = wrong_shape.iter().map(|(n, e, f)| format!("{n} (expected {e:?}, found {f:?})")).collect();
         parts.push(format!("wrong shape: {}", list(&shapes)));
     }
     if !missing.is_empty() {
@@ -276,10 +269,7 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
 /// Serialises named tensors as safetensors bytes, sorted by name so that the bytes (and their
 /// sha256) depend only on the values.
 #[allow(clippy::disallowed_methods)] // checkpoint I/O: copies the weights out once per save, outside any iteration
-pub fn tensors_to_safetensors(
-    tensors: &[(String, Tensor)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<Vec<u8>, CheckpointError> {
+pub fn tensors_to_safetensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>, CheckpointError> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut views = Vec::with_capacity(sorted.len());
@@ -302,8 +292,7 @@ pub fn tensors_to_safetensors(
                 .map_err(|e| CheckpointError::BadWeights { path: PathBuf::from(name), message: e.to_string() })
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize(tensors, &metadata)
-        .map_err(|e| CheckpointError::BadWeights { path: PathBuf::new(), message: e.to_string() })
+    safetensors::serialize(tensors, &metadata).map_err(|e| CheckpointError::BadWeights { path: PathBuf::new(), message: e.to_string() })
 }
 
 /// Parses safetensors bytes (read from `path`, named in errors) into CPU tensors.
@@ -401,23 +390,15 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
         return Err(CheckpointError::MissingFile { path, what: "manifest.json describing the model" });
     }
     let text = std::fs::read(&path).map_err(io_error(&path))?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| CheckpointError::BadManifest { path: path.clone(), message: e.to_string() })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| CheckpointError::BadManifest { path: path.clone(), message: e.to_string() })?;
     if manifest.format_version > FORMAT_VERSION {
-        return Err(CheckpointError::UnsupportedVersion {
-            path,
-            found: manifest.format_version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(CheckpointError::UnsupportedVersion { path, found: manifest.format_version, supported: FORMAT_VERSION });
     }
     if manifest.class_names.len() as i64 != manifest.model.num_classes {
         return Err(CheckpointError::BadManifest {
             path,
-            message: format!(
-                "{} class names for {} classes",
-                manifest.class_names.len(),
-                manifest.model.num_classes
-            ),
+            message: format!("{} class names for {} classes", manifest.class_names.len(), manifest.model.num_classes),
         });
     }
     Ok(manifest)
@@ -451,11 +432,7 @@ pub fn load(dir: &Path, device: Device, expect: &Expectation) -> Result<(Network
     }
     if let Some(expected) = expect.num_classes {
         if expected != manifest.model.num_classes {
-            return Err(CheckpointError::ClassCountMismatch {
-                path: manifest_path,
-                expected,
-                found: manifest.model.num_classes,
-            });
+            return Err(CheckpointError::ClassCountMismatch { path: manifest_path, expected, found: manifest.model.num_classes });
         }
     }
     let weights_path = dir.join(WEIGHTS_FILE);
@@ -465,11 +442,7 @@ pub fn load(dir: &Path, device: Device, expect: &Expectation) -> Result<(Network
     let bytes = std::fs::read(&weights_path).map_err(io_error(&weights_path))?;
     let found = sha256_hex(&bytes);
     if found != manifest.weights_sha256 {
-        return Err(CheckpointError::ChecksumMismatch {
-            path: weights_path,
-            expected: manifest.weights_sha256.clone(),
-            found,
-        });
+        return Err(CheckpointError::ChecksumMismatch { path: weights_path, expected: manifest.weights_sha256.clone(), found });
     }
     let named = tensors_from_safetensors(&bytes, &weights_path)?;
     let mut network = models::build(&manifest.model, device)?;
@@ -492,17 +465,12 @@ fn assign_weights(
     for (name, variable) in &variables {
         match named.get(name) {
             None => missing.push(name.clone()),
-            Some(tensor) if tensor.size() != variable.size() => {
-                wrong_shape.push((name.clone(), variable.size(), tensor.size()))
-            }
+            Some(tensor) if tensor.size() != variable.size() => wrong_shape.push((name.clone(), variable.size(), tensor.size())),
             Some(_) => {}
         }
     }
-    named.retain(|name, _| {
-        variables.contains_key(name) || !ignored_suffixes.iter().any(|s| name.ends_with(s))
-    });
-    let mut unexpected: Vec<String> =
-        named.keys().filter(|n| !variables.contains_key(*n)).cloned().collect();
+    named.retain(|name, _| variables.contains_key(name) || !ignored_suffixes.iter().any(|s| name.ends_with(s)));
+    let mut unexpected: Vec<String> = named.keys().filter(|n| !variables.contains_key(*n)).cloned().collect();
     missing.sort();
     unexpected.sort();
     wrong_shape.sort();

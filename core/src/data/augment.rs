@@ -27,11 +27,7 @@ pub fn augment_crop_flip(images: &Tensor, padding: i64, seed: u64) -> Tensor {
 /// Panics if `images` is not 4-D or `padding` is negative.
 pub fn random_crop_flip(images: &Tensor, padding: i64, flip: bool, seed: u64) -> Tensor {
     let size = images.size();
-    assert_eq!(
-        size.len(),
-        4,
-        "expected images [N, C, H, W], got shape {size:?}"
-    );
+    assert_eq!(size.len(), 4, "expected images [N, C, H, W], got shape {size:?}");
     assert!(padding >= 0, "padding must not be negative, got {padding}");
     let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
     if n == 0 || (padding == 0 && !flip) {
@@ -54,18 +50,8 @@ pub fn random_crop_flip(images: &Tensor, padding: i64, flip: bool, seed: u64) ->
     }
     let device = images.device();
     let wp = w + 2 * padding;
-    let padded = if padding > 0 {
-        images.constant_pad_nd([padding, padding, padding, padding])
-    } else {
-        images.shallow_clone()
-    };
-    let rows = Tensor::from_slice(&rows)
-        .to_device(device)
-        .view([n, 1, h, 1])
-        .expand([n, c, h, wp], false);
-    let cols = Tensor::from_slice(&cols)
-        .to_device(device)
-        .view([n, 1, 1, w])
-        .expand([n, c, h, w], false);
+    let padded = if padding > 0 { images.constant_pad_nd([padding, padding, padding, padding]) } else { images.shallow_clone() };
+    let rows = Tensor::from_slice(&rows).to_device(device).view([n, 1, h, 1]).expand([n, c, h, wp], false);
+    let cols = Tensor::from_slice(&cols).to_device(device).view([n, 1, 1, w]).expand([n, c, h, w], false);
     padded.gather(2, &rows, false).gather(3, &cols, false)
 }

@@ -61,12 +61,7 @@ pub(crate) fn load_digits(split: Split) -> Result<CompactDataset, DataError> {
     for (i, &t) in ds.target.iter().enumerate() {
         let l = t.round() as i64;
         if !(0..10).contains(&l) || (t - l as f32).abs() > 1e-6 {
-            return Err(DataError::BadLabel {
-                path: origin.to_path_buf(),
-                record: i as u64,
-                label: l,
-                num_classes: 10,
-            });
+            return Err(DataError::BadLabel { path: origin.to_path_buf(), record: i as u64, label: l, num_classes: 10 });
         }
         labels.push(l);
     }
@@ -78,10 +73,7 @@ pub(crate) fn load_digits(split: Split) -> Result<CompactDataset, DataError> {
             for (j, &v) in ds.data[i * f..(i + 1) * f].iter().enumerate() {
                 // The values are the counts 0..16 of the original 4x4 blocks.
                 if !(0.0..=16.0).contains(&v) || v.fract() != 0.0 {
-                    return Err(DataError::format(
-                        origin,
-                        format!("sample {i}, feature {j}: value {v} is not an integer in 0..=16"),
-                    ));
+                    return Err(DataError::format(origin, format!("sample {i}, feature {j}: value {v} is not an integer in 0..=16")));
                 }
                 pixels.push(v as u8);
             }

@@ -114,12 +114,7 @@ pub enum DatasetKind {
 
 impl DatasetKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [DatasetKind; 4] = [
-        DatasetKind::Digits,
-        DatasetKind::Cifar10,
-        DatasetKind::Cifar100,
-        DatasetKind::TinyImageNet,
-    ];
+    pub const ALL: [DatasetKind; 4] = [DatasetKind::Digits, DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::TinyImageNet];
 
     /// Number of classes of the full data set. (A Tiny-ImageNet directory with fewer ids in
     /// `wnids.txt` loads with fewer; use [`Dataset::num_classes`] for a loaded set.)
@@ -160,12 +155,7 @@ impl fmt::Display for DatasetKind {
 impl FromStr for DatasetKind {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm: String = s
-            .trim()
-            .to_ascii_lowercase()
-            .chars()
-            .filter(|c| *c != '-' && *c != '_')
-            .collect();
+        let norm: String = s.trim().to_ascii_lowercase().chars().filter(|c| *c != '-' && *c != '_').collect();
         match norm.as_str() {
             "digits" => Ok(DatasetKind::Digits),
             "cifar10" => Ok(DatasetKind::Cifar10),
@@ -182,30 +172,15 @@ pub enum DataError {
     #[error("missing file {path}: expected {expected}")]
     MissingFile { path: PathBuf, expected: String },
     #[error("{path} is truncated or malformed: expected {expected_bytes} bytes (a whole number of records), found {found_bytes}")]
-    Truncated {
-        path: PathBuf,
-        expected_bytes: u64,
-        found_bytes: u64,
-    },
-    #[error(
-        "{path}: record {record} has label {label}, but the data set has {num_classes} classes"
-    )]
-    BadLabel {
-        path: PathBuf,
-        record: u64,
-        label: i64,
-        num_classes: i64,
-    },
+    Truncated { path: PathBuf, expected_bytes: u64, found_bytes: u64 },
+    #[error("{path}: record {record} has label {label}, but the data set has {num_classes} classes")]
+    BadLabel { path: PathBuf, record: u64, label: i64, num_classes: i64 },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error("data set {dataset} needs a data directory (none was given)")]
     NoDataDir { dataset: String },
     #[error("class {class} has {available} examples, {wanted} were asked for")]
-    TooFewExamples {
-        class: i64,
-        wanted: i64,
-        available: i64,
-    },
+    TooFewExamples { class: i64, wanted: i64, available: i64 },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -231,23 +206,14 @@ pub enum DataError {
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: path.to_path_buf(),
-                expected: "the file to exist".to_string(),
-            }
+            DataError::MissingFile { path: path.to_path_buf(), expected: "the file to exist".to_string() }
         } else {
-            DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+            DataError::Io { path: path.to_path_buf(), source }
         }
     }
 
     pub(crate) fn format(path: &Path, message: impl Into<String>) -> Self {
-        DataError::Format {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        DataError::Format { path: path.to_path_buf(), message: message.into() }
     }
 }
 
@@ -282,22 +248,14 @@ impl fmt::Debug for Dataset {
 
 /// Load one split of a data set. `data_dir` is required for everything except
 /// [`DatasetKind::Digits`]; see the module docs for the expected layouts and splits.
-pub fn load(
-    kind: DatasetKind,
-    split: Split,
-    data_dir: Option<&Path>,
-) -> Result<Dataset, DataError> {
+pub fn load(kind: DatasetKind, split: Split, data_dir: Option<&Path>) -> Result<Dataset, DataError> {
     Ok(load_compact(kind, split, data_dir)?.into_dataset())
 }
 
 /// Load one split as the bytes it is stored in ([`CompactDataset`]: a quarter of the memory of
 /// [`load`]'s `f32` images); [`CompactDataset::to_dataset`] and its subsets give the same
 /// tensors as [`load`].
-pub fn load_compact(
-    kind: DatasetKind,
-    split: Split,
-    data_dir: Option<&Path>,
-) -> Result<CompactDataset, DataError> {
+pub fn load_compact(kind: DatasetKind, split: Split, data_dir: Option<&Path>) -> Result<CompactDataset, DataError> {
     if kind == DatasetKind::Digits {
         return digits::load_digits(split);
     }
@@ -315,11 +273,7 @@ pub fn load_compact(
 /// a request against the data before loading it. Reads the CIFAR files' label bytes, or lists
 /// the Tiny-ImageNet folders and annotations; the files are checked as the loaders check them
 /// (sizes, labels), except that Tiny-ImageNet images are not decoded.
-pub fn class_counts(
-    kind: DatasetKind,
-    split: Split,
-    data_dir: Option<&Path>,
-) -> Result<Vec<i64>, DataError> {
+pub fn class_counts(kind: DatasetKind, split: Split, data_dir: Option<&Path>) -> Result<Vec<i64>, DataError> {
     if kind == DatasetKind::Digits {
         return Ok(digits::load_digits(split)?.class_counts());
     }
@@ -333,14 +287,9 @@ pub fn class_counts(
 }
 
 fn data_dir_of(kind: DatasetKind, data_dir: Option<&Path>) -> Result<&Path, DataError> {
-    let dir = data_dir.ok_or_else(|| DataError::NoDataDir {
-        dataset: kind.name().to_string(),
-    })?;
+    let dir = data_dir.ok_or_else(|| DataError::NoDataDir { dataset: kind.name().to_string() })?;
     if !dir.is_dir() {
-        return Err(DataError::MissingFile {
-            path: dir.to_path_buf(),
-            expected: format!("a directory holding the {} files", kind.name()),
-        });
+        return Err(DataError::MissingFile { path: dir.to_path_buf(), expected: format!("a directory holding the {} files", kind.name()) });
     }
     Ok(dir)
 }
@@ -380,15 +329,9 @@ pub(crate) fn resolve_subdir(dir: &Path, sub: &str) -> PathBuf {
 pub(crate) fn read_file(path: &Path, expected: &str) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: path.to_path_buf(),
-                expected: expected.to_string(),
-            }
+            DataError::MissingFile { path: path.to_path_buf(), expected: expected.to_string() }
         } else {
-            DataError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
+            DataError::Io { path: path.to_path_buf(), source: e }
         }
     })
 }
@@ -396,9 +339,7 @@ pub(crate) fn read_file(path: &Path, expected: &str) -> Result<Vec<u8>, DataErro
 /// Read an optional text file: `Ok(None)` when it does not exist.
 pub(crate) fn read_optional_text(path: &Path) -> Result<Option<String>, DataError> {
     match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| DataError::format(path, "not valid UTF-8 text")),
+        Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| DataError::format(path, "not valid UTF-8 text")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(DataError::io(path, e)),
     }
@@ -501,14 +442,7 @@ impl CompactDataset {
     }
 
     fn with_images(&self, images: Tensor, labels: Tensor, ids: Tensor) -> Dataset {
-        Dataset {
-            images,
-            labels,
-            ids,
-            class_names: self.class_names.clone(),
-            name: self.name.clone(),
-            split: self.split,
-        }
+        Dataset { images, labels, ids, class_names: self.class_names.clone(), name: self.name.clone(), split: self.split }
     }
 
     fn to_f32(&self, pixels: &Tensor) -> Tensor {
@@ -531,11 +465,7 @@ impl CompactDataset {
     /// Panics if an index is out of range (the indices come from the caller, not a file).
     pub fn select(&self, indices: &[i64]) -> Dataset {
         let idx = Tensor::from_slice(indices);
-        self.with_images(
-            self.to_f32(&self.pixels.index_select(0, &idx)),
-            self.labels.index_select(0, &idx),
-            self.ids.index_select(0, &idx),
-        )
+        self.with_images(self.to_f32(&self.pixels.index_select(0, &idx)), self.labels.index_select(0, &idx), self.ids.index_select(0, &idx))
     }
 
     /// The first `per_class` examples of every class (in file order), as
@@ -572,10 +502,7 @@ impl Dataset {
     #[allow(clippy::disallowed_methods)] // data on the host, read when a job sets up (no iteration)
     pub fn labels_vec(&self) -> Vec<i64> {
         let mut v = vec![0i64; self.len() as usize];
-        self.labels
-            .to_kind(Kind::Int64)
-            .contiguous()
-            .copy_data(&mut v, self.len() as usize);
+        self.labels.to_kind(Kind::Int64).contiguous().copy_data(&mut v, self.len() as usize);
         v
     }
 
@@ -594,14 +521,7 @@ impl Dataset {
     /// Other examples under this set's metadata (class names, name, split): the one place a
     /// derived set copies them.
     pub fn with_examples(&self, images: Tensor, labels: Tensor, ids: Tensor) -> Dataset {
-        Dataset {
-            images,
-            labels,
-            ids,
-            class_names: self.class_names.clone(),
-            name: self.name.clone(),
-            split: self.split,
-        }
+        Dataset { images, labels, ids, class_names: self.class_names.clone(), name: self.name.clone(), split: self.split }
     }
 
     /// A view of the same tensors under the same metadata (no pixel copy).
@@ -626,17 +546,11 @@ impl Dataset {
     /// Consecutive batches `(images, labels)` in data-set order; the last one may be smaller.
     /// The batches are views into the data set's tensors. Panics if `batch_size < 1`.
     pub fn batches(&self, batch_size: i64) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
-        assert!(
-            batch_size >= 1,
-            "batch_size must be at least 1, got {batch_size}"
-        );
+        assert!(batch_size >= 1, "batch_size must be at least 1, got {batch_size}");
         let n = self.len();
         (0..n).step_by(batch_size as usize).map(move |start| {
             let len = batch_size.min(n - start);
-            (
-                self.images.narrow(0, start, len),
-                self.labels.narrow(0, start, len),
-            )
+            (self.images.narrow(0, start, len), self.labels.narrow(0, start, len))
         })
     }
 
@@ -650,24 +564,14 @@ impl Dataset {
 
     /// Batches in the order of [`Dataset::permutation`]`(seed)`: the same seed gives the same
     /// batches. Each batch is a fresh copy. Panics if `batch_size < 1`.
-    pub fn shuffled_batches(
-        &self,
-        batch_size: i64,
-        seed: u64,
-    ) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
-        assert!(
-            batch_size >= 1,
-            "batch_size must be at least 1, got {batch_size}"
-        );
+    pub fn shuffled_batches(&self, batch_size: i64, seed: u64) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        assert!(batch_size >= 1, "batch_size must be at least 1, got {batch_size}");
         let order = self.permutation(seed);
         let n = order.len();
         (0..n).step_by(batch_size as usize).map(move |start| {
             let end = (start + batch_size as usize).min(n);
             let idx = Tensor::from_slice(&order[start..end]);
-            (
-                self.images.index_select(0, &idx),
-                self.labels.index_select(0, &idx),
-            )
+            (self.images.index_select(0, &idx), self.labels.index_select(0, &idx))
         })
     }
 }

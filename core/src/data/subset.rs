@@ -19,16 +19,7 @@ pub fn holdout_indices(labels: &[i64], num_classes: i64) -> (Vec<i64>, Vec<i64>)
         }
     }
     // Number of examples of each class that go to train (the first ones seen).
-    let keep: Vec<usize> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0
-            } else {
-                c - (c * VALIDATION_PERCENT / 100).max(1)
-            }
-        })
-        .collect();
+    let keep: Vec<usize> = counts.iter().map(|&c| if c == 0 { 0 } else { c - (c * VALIDATION_PERCENT / 100).max(1) }).collect();
     let mut seen = vec![0usize; k];
     let mut train = Vec::with_capacity(labels.len());
     let mut val = Vec::new();
@@ -51,30 +42,16 @@ pub fn holdout_indices(labels: &[i64], num_classes: i64) -> (Vec<i64>, Vec<i64>)
 /// Per-class sizes of the `(train, validation)` halves that [`holdout_indices`] makes from a
 /// training set with `counts[k]` examples of class `k`: the same arithmetic, without the labels.
 pub fn holdout_counts(counts: &[i64]) -> (Vec<i64>, Vec<i64>) {
-    let validation: Vec<i64> = counts
-        .iter()
-        .map(|&c| {
-            if c <= 0 {
-                0
-            } else {
-                ((c as usize * VALIDATION_PERCENT / 100).max(1)) as i64
-            }
-        })
-        .collect();
+    let validation: Vec<i64> =
+        counts.iter().map(|&c| if c <= 0 { 0 } else { ((c as usize * VALIDATION_PERCENT / 100).max(1)) as i64 }).collect();
     let train = counts.iter().zip(&validation).map(|(&c, &v)| c.max(0) - v).collect();
     (train, validation)
 }
 
 /// Indices of the first `per_class` examples of every class, in increasing order.
-pub(crate) fn first_per_class(
-    labels: &[i64],
-    num_classes: i64,
-    per_class: i64,
-) -> Result<Vec<i64>, DataError> {
+pub(crate) fn first_per_class(labels: &[i64], num_classes: i64, per_class: i64) -> Result<Vec<i64>, DataError> {
     if per_class < 0 {
-        return Err(DataError::InvalidArgument(format!(
-            "per_class must not be negative, got {per_class}"
-        )));
+        return Err(DataError::InvalidArgument(format!("per_class must not be negative, got {per_class}")));
     }
     let k = num_classes.max(0) as usize;
     let mut taken = vec![0i64; k];
@@ -88,11 +65,7 @@ pub(crate) fn first_per_class(
         }
     }
     if let Some((class, &available)) = taken.iter().enumerate().find(|(_, &t)| t < per_class) {
-        return Err(DataError::TooFewExamples {
-            class: class as i64,
-            wanted: per_class,
-            available,
-        });
+        return Err(DataError::TooFewExamples { class: class as i64, wanted: per_class, available });
     }
     Ok(out)
 }

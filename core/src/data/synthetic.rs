@@ -30,10 +30,10 @@ fn template(rng: &mut ChaCha8Rng) -> Vec<f64> {
         let waves: Vec<(f64, f64, f64, f64)> = (0..WAVES)
             .map(|_| {
                 (
-                    rng.gen_range(-3.0..3.0),                     // cycles per image, rows
-                    rng.gen_range(-3.0..3.0),                     // cycles per image, columns
+                    rng.gen_range(-3.0..3.0),                  // cycles per image, rows
+                    rng.gen_range(-3.0..3.0),                  // cycles per image, columns
                     rng.gen_range(0.0..std::f64::consts::TAU), // phase
-                    rng.gen_range(15.0..45.0),                    // amplitude
+                    rng.gen_range(15.0..45.0),                 // amplitude
                 )
             })
             .collect();

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    count_labels, dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir,
-    split_counts, CompactDataset, DataError, DatasetKind, Split,
+    count_labels, dataset_from_u8, holdout_indices, read_file, read_optional_text, resolve_subdir, split_counts, CompactDataset, DataError,
+    DatasetKind, Split,
 };
 
 const SIDE: u32 = 64;
@@ -30,22 +30,14 @@ fn read_text(path: &Path, expected: &str) -> Result<String, DataError> {
 fn read_wnids(dir: &Path) -> Result<Vec<String>, DataError> {
     let path = dir.join("wnids.txt");
     let text = read_text(&path, "the list of class ids (one WordNet id a line)")?;
-    let wnids: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let wnids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     if wnids.is_empty() {
         return Err(DataError::format(&path, "no class ids"));
     }
     let mut seen = HashMap::new();
     for (i, w) in wnids.iter().enumerate() {
         if let Some(prev) = seen.insert(w.as_str(), i) {
-            return Err(DataError::format(
-                &path,
-                format!("class id {w} appears on lines {} and {}", prev + 1, i + 1),
-            ));
+            return Err(DataError::format(&path, format!("class id {w} appears on lines {} and {}", prev + 1, i + 1)));
         }
     }
     Ok(wnids)
@@ -65,14 +57,7 @@ fn class_names(dir: &Path, wnids: &[String]) -> Result<Vec<String>, DataError> {
             }
         }
     }
-    Ok(wnids
-        .iter()
-        .map(|w| {
-            words
-                .get(w.as_str())
-                .map_or_else(|| w.clone(), |s| s.to_string())
-        })
-        .collect())
+    Ok(wnids.iter().map(|w| words.get(w.as_str()).map_or_else(|| w.clone(), |s| s.to_string())).collect())
 }
 
 fn is_image_file(path: &Path) -> bool {
@@ -90,23 +75,14 @@ fn list_class_images(dir: &Path, wnid: &str) -> Result<Vec<PathBuf>, DataError> 
     let images_dir = dir.join("train").join(wnid).join("images");
     let entries = std::fs::read_dir(&images_dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: images_dir.clone(),
-                expected: format!("a directory with the training images of class {wnid}"),
-            }
+            DataError::MissingFile { path: images_dir.clone(), expected: format!("a directory with the training images of class {wnid}") }
         } else {
-            DataError::Io {
-                path: images_dir.clone(),
-                source: e,
-            }
+            DataError::Io { path: images_dir.clone(), source: e }
         }
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| DataError::Io {
-            path: images_dir.clone(),
-            source: e,
-        })?;
+        let entry = entry.map_err(|e| DataError::Io { path: images_dir.clone(), source: e })?;
         let p = entry.path();
         if p.is_file() && is_image_file(&p) {
             files.push(p);
@@ -119,20 +95,10 @@ fn list_class_images(dir: &Path, wnid: &str) -> Result<Vec<PathBuf>, DataError> 
 /// Decode one image into `out` (`[3, 64, 64]` bytes).
 fn decode_into(path: &Path, out: &mut [u8]) -> Result<(), DataError> {
     let bytes = read_file(path, "a 64x64 image")?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Image {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Image { path: path.to_path_buf(), source: e })?;
     let rgb = img.to_rgb8();
     if rgb.width() != SIDE || rgb.height() != SIDE {
-        return Err(DataError::format(
-            path,
-            format!(
-                "image is {}x{}, expected {SIDE}x{SIDE}",
-                rgb.width(),
-                rgb.height()
-            ),
-        ));
+        return Err(DataError::format(path, format!("image is {}x{}, expected {SIDE}x{SIDE}", rgb.width(), rgb.height())));
     }
     let plane = (SIDE * SIDE) as usize;
     for (i, px) in rgb.pixels().enumerate() {
@@ -149,10 +115,7 @@ fn decode_all(paths: &[PathBuf]) -> Result<Vec<u8>, DataError> {
     if paths.is_empty() {
         return Ok(pixels);
     }
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(paths.len());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(paths.len());
     let per_thread = paths.len().div_ceil(threads);
     let results: Vec<Result<(), DataError>> = std::thread::scope(|s| {
         let handles: Vec<_> = pixels
@@ -184,15 +147,8 @@ fn decode_all(paths: &[PathBuf]) -> Result<Vec<u8>, DataError> {
 /// The validation folder: `(paths, labels)` in annotation-file order.
 fn val_files(dir: &Path, wnids: &[String]) -> Result<(Vec<PathBuf>, Vec<i64>), DataError> {
     let ann_path = dir.join("val").join("val_annotations.txt");
-    let text = read_text(
-        &ann_path,
-        "the labels of the val images (file name, wnid and 4 box coordinates, tab separated)",
-    )?;
-    let index: HashMap<&str, i64> = wnids
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.as_str(), i as i64))
-        .collect();
+    let text = read_text(&ann_path, "the labels of the val images (file name, wnid and 4 box coordinates, tab separated)")?;
+    let index: HashMap<&str, i64> = wnids.iter().enumerate().map(|(i, w)| (w.as_str(), i as i64)).collect();
     let images_dir = dir.join("val").join("images");
     let mut paths = Vec::new();
     let mut labels = Vec::new();
@@ -202,28 +158,13 @@ fn val_files(dir: &Path, wnids: &[String]) -> Result<(Vec<PathBuf>, Vec<i64>), D
             continue;
         };
         let Some(wnid) = fields.next() else {
-            return Err(DataError::format(
-                &ann_path,
-                format!(
-                    "line {}: expected `file \\t wnid ...`, found {line:?}",
-                    lineno + 1
-                ),
-            ));
+            return Err(DataError::format(&ann_path, format!("line {}: expected `file \\t wnid ...`, found {line:?}", lineno + 1)));
         };
         let Some(&label) = index.get(wnid) else {
-            return Err(DataError::format(
-                &ann_path,
-                format!("line {}: class id {wnid} is not in wnids.txt", lineno + 1),
-            ));
+            return Err(DataError::format(&ann_path, format!("line {}: class id {wnid} is not in wnids.txt", lineno + 1)));
         };
         if file.contains('/') || file.contains('\\') {
-            return Err(DataError::format(
-                &ann_path,
-                format!(
-                    "line {}: file name {file:?} must not contain a path",
-                    lineno + 1
-                ),
-            ));
+            return Err(DataError::format(&ann_path, format!("line {}: file name {file:?} must not contain a path", lineno + 1)));
         }
         paths.push(images_dir.join(file));
         labels.push(label);
@@ -274,12 +215,5 @@ pub(crate) fn load_tiny_imagenet(dir: &Path, split: Split) -> Result<CompactData
         }
     };
     let pixels = decode_all(&paths)?;
-    Ok(dataset_from_u8(
-        pixels,
-        [3, SIDE as i64, SIDE as i64],
-        &labels,
-        names,
-        DatasetKind::TinyImageNet.name(),
-        split,
-    ))
+    Ok(dataset_from_u8(pixels, [3, SIDE as i64, SIDE as i64], &labels, names, DatasetKind::TinyImageNet.name(), split))
 }

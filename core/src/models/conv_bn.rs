@@ -32,16 +32,7 @@ pub(crate) struct ConvBn {
 impl ConvBn {
     /// A bias-free convolution at `conv_path` followed by batch norm at `bn_path`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        conv_path: nn::Path,
-        bn_path: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-        groups: i64,
-    ) -> Self {
+    pub fn new(conv_path: nn::Path, bn_path: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, groups: i64) -> Self {
         ConvBn {
             conv: conv(conv_path, c_in, c_out, kernel, stride, padding, groups),
             bn: batch_norm(bn_path, c_out),
@@ -89,9 +80,7 @@ impl ConvBn {
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         match (&self.folded, train) {
-            (Some((weight, bias)), false) => {
-                x.conv2d(weight, Some(bias), [self.stride; 2], [self.padding; 2], [1, 1], self.groups)
-            }
+            (Some((weight, bias)), false) => x.conv2d(weight, Some(bias), [self.stride; 2], [self.padding; 2], [1, 1], self.groups),
             _ => x.apply(&self.conv).apply_t(&self.bn, train),
         }
     }

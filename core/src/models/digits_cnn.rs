@@ -35,12 +35,7 @@ impl ModuleT for DigitsCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let out = self.conv1.forward_t(x, train).relu();
         let out = max_pool_2x2(&self.conv2.forward_t(&out, train).relu());
-        self.conv3
-            .forward_t(&out, train)
-            .relu()
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .apply(&self.linear)
+        self.conv3.forward_t(&out, train).relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.linear)
     }
 }
 

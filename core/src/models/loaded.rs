@@ -51,9 +51,7 @@ impl LoadedModel {
             (Precision::Fp32Fast, LoadedModel::Native(network)) => {
                 PreparedModel::Native(PreparedNetwork::new(network, Precision::Fp32Fast)?)
             }
-            (Precision::Bf16, LoadedModel::Native(network)) => {
-                PreparedModel::Native(PreparedNetwork::new(network, Precision::Bf16)?)
-            }
+            (Precision::Bf16, LoadedModel::Native(network)) => PreparedModel::Native(PreparedNetwork::new(network, Precision::Bf16)?),
             (Precision::Bf16, LoadedModel::TorchScript(module)) => PreparedModel::TorchScriptBf16(module.bf16()?),
         })
     }

@@ -9,15 +9,8 @@ use super::conv_bn::ConvBn;
 use super::Body;
 
 /// (expansion, output channels, blocks, stride of the first block) per stage.
-const STAGES: [(i64, i64, i64, i64); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 1),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-];
+const STAGES: [(i64, i64, i64, i64); 7] =
+    [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 
 #[derive(Debug)]
 struct InvertedResidual {
@@ -32,8 +25,8 @@ struct InvertedResidual {
 impl InvertedResidual {
     fn new(path: nn::Path, c_in: i64, c_out: i64, expansion: i64, stride: i64) -> Self {
         let hidden = expansion * c_in;
-        let shortcut = (stride == 1 && c_in != c_out)
-            .then(|| ConvBn::new(&path / "shortcut" / 0, &path / "shortcut" / 1, c_in, c_out, 1, 1, 0, 1));
+        let shortcut =
+            (stride == 1 && c_in != c_out).then(|| ConvBn::new(&path / "shortcut" / 0, &path / "shortcut" / 1, c_in, c_out, 1, 1, 0, 1));
         InvertedResidual {
             conv1: ConvBn::new(&path / "conv1", &path / "bn1", c_in, hidden, 1, 1, 0, 1),
             conv2: ConvBn::new(&path / "conv2", &path / "bn2", hidden, hidden, 3, stride, 1, hidden),
@@ -94,12 +87,7 @@ impl ModuleT for MobileNetV2 {
         for layer in &self.layers {
             out = layer.forward_t(&out, train);
         }
-        self.conv2
-            .forward_t(&out, train)
-            .relu()
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .apply(&self.linear)
+        self.conv2.forward_t(&out, train).relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.linear)
     }
 }
 

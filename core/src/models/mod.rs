@@ -66,7 +66,10 @@ pub enum Architecture {
     PreActResNet34,
     MobileNetV2,
     /// The TRADES WideResNet definition; `depth` = 6n + 4.
-    WideResNet { depth: i64, width: i64 },
+    WideResNet {
+        depth: i64,
+        width: i64,
+    },
     /// Small CNN student for the 8x8 digits.
     DigitsCnn,
     /// The same CNN at twice the width: the digits teacher.
@@ -90,26 +93,16 @@ impl FromStr for Architecture {
     type Err = ModelError;
     fn from_str(name: &str) -> Result<Self, ModelError> {
         let lower = name.trim().to_ascii_lowercase();
-        let unknown = || ModelError::UnknownArchitecture {
-            name: name.to_string(),
-            known: ARCHITECTURE_NAMES.join(", "),
-        };
+        let unknown = || ModelError::UnknownArchitecture { name: name.to_string(), known: ARCHITECTURE_NAMES.join(", ") };
         Ok(match lower.as_str() {
             "resnet18" | "resnet-18" => Architecture::ResNet18,
-            "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => {
-                Architecture::PreActResNet18
-            }
-            "preact-resnet34" | "preactresnet34" | "preact-resnet-34" => {
-                Architecture::PreActResNet34
-            }
+            "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => Architecture::PreActResNet18,
+            "preact-resnet34" | "preactresnet34" | "preact-resnet-34" => Architecture::PreActResNet34,
             "mobilenet-v2" | "mobilenetv2" => Architecture::MobileNetV2,
             "digits-cnn" => Architecture::DigitsCnn,
             "digits-cnn-wide" => Architecture::DigitsCnnWide,
             other => {
-                let rest = other
-                    .strip_prefix("wrn-")
-                    .or_else(|| other.strip_prefix("wide-resnet-"))
-                    .ok_or_else(unknown)?;
+                let rest = other.strip_prefix("wrn-").or_else(|| other.strip_prefix("wide-resnet-")).ok_or_else(unknown)?;
                 let (depth, width) = rest.split_once('-').ok_or_else(unknown)?;
                 let depth: i64 = depth.parse().map_err(|_| unknown())?;
                 let width: i64 = width.parse().map_err(|_| unknown())?;
@@ -196,12 +189,7 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     pub fn new(architecture: &str, num_classes: i64, input_shape: [i64; 3]) -> Self {
-        ModelSpec {
-            architecture: architecture.to_string(),
-            num_classes,
-            input_shape,
-            normalization: None,
-        }
+        ModelSpec { architecture: architecture.to_string(), num_classes, input_shape, normalization: None }
     }
 }
 
@@ -217,10 +205,7 @@ pub struct Network {
 
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Network")
-            .field("spec", &self.spec)
-            .field("device", &self.var_store.device())
-            .finish()
+        f.debug_struct("Network").field("spec", &self.spec).field("device", &self.var_store.device()).finish()
     }
 }
 
@@ -290,17 +275,11 @@ pub(crate) trait Body: ModuleT + Send {
 pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
     let architecture: Architecture = spec.architecture.parse()?;
     if spec.num_classes < 2 {
-        return Err(ModelError::InvalidConfig(format!(
-            "num_classes must be at least 2, got {}",
-            spec.num_classes
-        )));
+        return Err(ModelError::InvalidConfig(format!("num_classes must be at least 2, got {}", spec.num_classes)));
     }
     let [channels, height, width] = spec.input_shape;
     if channels < 1 || height < 1 || width < 1 {
-        return Err(ModelError::InvalidConfig(format!(
-            "input shape must be positive, got {:?}",
-            spec.input_shape
-        )));
+        return Err(ModelError::InvalidConfig(format!("input shape must be positive, got {:?}", spec.input_shape)));
     }
     let var_store = nn::VarStore::new(device);
     let root = var_store.root();
@@ -310,9 +289,7 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Network, ModelError> {
         Architecture::PreActResNet18 => Box::new(PreActResNet::new(&root, channels, classes, PREACT_RESNET18_BLOCKS)),
         Architecture::PreActResNet34 => Box::new(PreActResNet::new(&root, channels, classes, PREACT_RESNET34_BLOCKS)),
         Architecture::MobileNetV2 => Box::new(MobileNetV2::new(&root, channels, classes)),
-        Architecture::WideResNet { depth, width } => {
-            Box::new(WideResNet::new(&root, channels, classes, depth, width))
-        }
+        Architecture::WideResNet { depth, width } => Box::new(WideResNet::new(&root, channels, classes, depth, width)),
         Architecture::DigitsCnn => Box::new(DigitsCnn::new(&root, channels, classes, 1)),
         Architecture::DigitsCnnWide => Box::new(DigitsCnn::new(&root, channels, classes, 2)),
     };
@@ -338,11 +315,7 @@ pub(crate) fn normalisation_tensors(spec: &ModelSpec, device: Device) -> Result<
         return Err(ModelError::InvalidConfig("normalisation mean must be finite and std positive and finite".into()));
     }
     let mean = Tensor::from_slice(&norm.mean).to_kind(Kind::Float).reshape([1, channels, 1, 1]).to_device(device);
-    let inv_std = Tensor::from_slice(&norm.std)
-        .to_kind(Kind::Float)
-        .reciprocal()
-        .reshape([1, channels, 1, 1])
-        .to_device(device);
+    let inv_std = Tensor::from_slice(&norm.std).to_kind(Kind::Float).reciprocal().reshape([1, channels, 1, 1]).to_device(device);
     Ok(Some((mean, inv_std)))
 }
 
@@ -352,15 +325,7 @@ pub(crate) fn conv3x3(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn:
 }
 
 /// Bias-free convolution with PyTorch's default initialisation.
-pub(crate) fn conv(
-    path: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-    groups: i64,
-) -> nn::Conv2D {
+pub(crate) fn conv(path: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, groups: i64) -> nn::Conv2D {
     let config = nn::ConvConfig { stride, padding, groups, bias: false, ..Default::default() };
     nn::conv2d(path, c_in, c_out, kernel, config)
 }

@@ -10,8 +10,8 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::resnet18::STAGES;
 use super::conv_bn::ConvBn;
+use super::resnet18::STAGES;
 use super::{batch_norm, conv, conv3x3, Body};
 
 /// Blocks per stage of pre-activation ResNet-18.
@@ -31,8 +31,7 @@ struct PreActBlock {
 
 impl PreActBlock {
     fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        let shortcut = (stride != 1 || c_in != c_out)
-            .then(|| conv(&path / "shortcut" / 0, c_in, c_out, 1, stride, 0, 1));
+        let shortcut = (stride != 1 || c_in != c_out).then(|| conv(&path / "shortcut" / 0, c_in, c_out, 1, stride, 0, 1));
         PreActBlock {
             bn1: batch_norm(&path / "bn1", c_in),
             conv1: ConvBn::conv3x3(&path / "conv1", &path / "bn2", c_in, c_out, stride),
@@ -92,11 +91,7 @@ impl ModuleT for PreActResNet {
         for block in &self.blocks {
             out = block.forward_t(&out, train);
         }
-        out.apply_t(&self.bn, train)
-            .relu()
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .apply(&self.linear)
+        out.apply_t(&self.bn, train).relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.linear)
     }
 }
 

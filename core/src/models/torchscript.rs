@@ -119,8 +119,8 @@ fn probe_images(n: i64, [c, h, w]: [i64; 3], device: Device) -> Tensor {
 }
 
 fn load_module(bytes: &[u8], device: Device) -> Result<CModule, TorchScriptError> {
-    let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
-        .map_err(|e| TorchScriptError::Load(torch_message(&e)))?;
+    let mut module =
+        CModule::load_data_on_device(&mut Cursor::new(bytes), device).map_err(|e| TorchScriptError::Load(torch_message(&e)))?;
     module.f_set_eval().map_err(|e| TorchScriptError::Load(torch_message(&e)))?;
     freeze(&module)?;
     Ok(module)
@@ -168,15 +168,10 @@ impl TorchScriptModel {
         }
         let normalisation = normalisation_tensors(spec, device)?;
         let module = load_module(&bytes, device)?;
-        let parameter_count = module
-            .named_parameters()
-            .map_err(|e| TorchScriptError::Load(torch_message(&e)))?
-            .iter()
-            .map(|(_, p)| p.numel() as i64)
-            .sum();
+        let parameter_count =
+            module.named_parameters().map_err(|e| TorchScriptError::Load(torch_message(&e)))?.iter().map(|(_, p)| p.numel() as i64).sum();
         let takes_gradients = takes_gradients_in_code(&bytes);
-        let model =
-            TorchScriptModel { module, spec: spec.clone(), device, normalisation, bytes, parameter_count, takes_gradients };
+        let model = TorchScriptModel { module, spec: spec.clone(), device, normalisation, bytes, parameter_count, takes_gradients };
         model.check(&model.module, Kind::Float)?;
         Ok(model)
     }
@@ -286,7 +281,8 @@ impl TorchScriptModel {
         }
         if !(f64::try_from(gradient.abs().max()).unwrap_or(0.0) > 0.0) {
             return Err(TorchScriptError::NoInputGradient(
-                "the input gradient is zero everywhere on the probe images (a detached, rounded or otherwise non-differentiable input)".into(),
+                "the input gradient is zero everywhere on the probe images (a detached, rounded or otherwise non-differentiable input)"
+                    .into(),
             ));
         }
         Ok(())

@@ -22,8 +22,7 @@ struct WideBlock {
 
 impl WideBlock {
     fn new(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        let conv_shortcut =
-            (c_in != c_out).then(|| conv(&path / "convShortcut", c_in, c_out, 1, stride, 0, 1));
+        let conv_shortcut = (c_in != c_out).then(|| conv(&path / "convShortcut", c_in, c_out, 1, stride, 0, 1));
         WideBlock {
             bn1: batch_norm(&path / "bn1", c_in),
             conv1: ConvBn::conv3x3(&path / "conv1", &path / "bn2", c_in, c_out, stride),
@@ -90,11 +89,7 @@ impl ModuleT for WideResNet {
         for block in &self.blocks {
             out = block.forward_t(&out, train);
         }
-        out.apply_t(&self.bn1, train)
-            .relu()
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .apply(&self.fc)
+        out.apply_t(&self.bn1, train).relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
     }
 }
 

@@ -10,11 +10,7 @@ pub fn python() -> PathBuf {
         return PathBuf::from(path);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python environment at {}: run scripts/setup-env.sh (the README's test command does)",
-        venv.display()
-    );
+    assert!(venv.exists(), "no Python environment at {}: run scripts/setup-env.sh (the README's test command does)", venv.display());
     venv
 }
 
@@ -22,11 +18,7 @@ pub fn python() -> PathBuf {
 pub fn run_python_script(script: &str, args: &[String]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python").join(script);
     let output = Command::new(python()).arg(&path).args(args).output().expect("cannot start python");
-    assert!(
-        output.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

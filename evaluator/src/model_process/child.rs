@@ -101,7 +101,8 @@ pub fn main() -> ! {
         }
     };
     let mut channel = Channel { out };
-    let outcome = catch_unwind(AssertUnwindSafe(|| run(&mut channel))).unwrap_or_else(|payload| Err(EngineError::from_panic(payload.as_ref())));
+    let outcome =
+        catch_unwind(AssertUnwindSafe(|| run(&mut channel))).unwrap_or_else(|payload| Err(EngineError::from_panic(payload.as_ref())));
     let status = match outcome {
         Ok(()) => match channel.send(&Message::Done) {
             Ok(()) => 0,
@@ -136,10 +137,7 @@ fn run(channel: &mut Channel) -> Result<(), EngineError> {
         Task::Evaluate { setup, request, expected, confinement } => evaluate(channel, &setup, &request, &expected, &confinement),
         Task::CheckTorchScript { spec, bytes, confinement } => {
             let mut module = Vec::new();
-            (&mut stdin)
-                .take(bytes)
-                .read_to_end(&mut module)
-                .map_err(|e| EngineError::Internal(format!("reading the module: {e}")))?;
+            (&mut stdin).take(bytes).read_to_end(&mut module).map_err(|e| EngineError::Internal(format!("reading the module: {e}")))?;
             if module.len() as u64 != bytes {
                 return Err(EngineError::Internal(format!("the module has {} bytes, not {bytes}", module.len())));
             }
@@ -153,8 +151,8 @@ fn run(channel: &mut Channel) -> Result<(), EngineError> {
 /// kernel lacks part of it.
 fn confine(channel: &mut Channel, confinement: &Confinement) -> Result<(), EngineError> {
     let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
-    let enforced = sandbox::confine(confinement)
-        .map_err(|e| EngineError::Internal(format!("the worker process could not confine itself: {e}")))?;
+    let enforced =
+        sandbox::confine(confinement).map_err(|e| EngineError::Internal(format!("the worker process could not confine itself: {e}")))?;
     tracing::debug!(?enforced, threads, "worker confined");
     if confinement.require_full && !enforced.full() {
         return Err(EngineError::FailedPrecondition(format!(
@@ -190,7 +188,13 @@ impl OneThread {
     }
 }
 
-fn evaluate(channel: &mut Channel, setup: &WorkerSetup, request: &str, expected: &Expected, confinement: &Confinement) -> Result<(), EngineError> {
+fn evaluate(
+    channel: &mut Channel,
+    setup: &WorkerSetup,
+    request: &str,
+    expected: &Expected,
+    confinement: &Confinement,
+) -> Result<(), EngineError> {
     let request = decode_request(request).map_err(|e| EngineError::Internal(format!("the worker's request: {e}")))?;
     let device = parse_device(&setup.device).map_err(EngineError::FailedPrecondition)?;
     let threads = OneThread::hold();
@@ -265,7 +269,12 @@ fn evaluate(channel: &mut Channel, setup: &WorkerSetup, request: &str, expected:
     })
 }
 
-fn check_torchscript(channel: &mut Channel, bytes: Vec<u8>, spec: &rfb_core::models::ModelSpec, confinement: &Confinement) -> Result<(), EngineError> {
+fn check_torchscript(
+    channel: &mut Channel,
+    bytes: Vec<u8>,
+    spec: &rfb_core::models::ModelSpec,
+    confinement: &Confinement,
+) -> Result<(), EngineError> {
     let threads = OneThread::hold();
     confine(channel, confinement)?;
     threads.release();

@@ -310,7 +310,8 @@ pub fn probe(config: &SandboxConfig, device: tch::Device) -> Result<Protection, 
     let mut worker = WorkerProcess::start(&program, &task, None)?;
     let mut enforced: Option<Enforced> = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let stop = || (std::time::Instant::now() > deadline).then(|| EngineError::Unavailable("the probe worker did not answer within 60 s".into()));
+    let stop =
+        || (std::time::Instant::now() > deadline).then(|| EngineError::Unavailable("the probe worker did not answer within 60 s".into()));
     loop {
         match worker.next(&stop)? {
             Some(Message::Confined { enforced: found }) => enforced = Some(found),
@@ -362,11 +363,7 @@ pub fn check_torchscript(
     };
     let mut worker = WorkerProcess::start(&program, &task, Some(bytes))?;
     let deadline = std::time::Instant::now() + timeout;
-    let stop = || {
-        stop().or_else(|| (std::time::Instant::now() >= deadline).then(|| {
-            EngineError::DeadlineExceeded
-        }))
-    };
+    let stop = || stop().or_else(|| (std::time::Instant::now() >= deadline).then(|| EngineError::DeadlineExceeded));
     loop {
         match worker.next(&stop).map_err(|e| match e {
             EngineError::DeadlineExceeded => EngineError::FailedPrecondition(format!(
@@ -429,8 +426,17 @@ mod tests {
         let names: Vec<String> = kept.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
         assert_eq!(
             names,
-            ["PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "RUST_LOG",
-             "RFB_SANDBOX_PRETEND_NO_LANDLOCK", "NO_COLOR", PARENT_PID_VARIABLE]
+            [
+                "PATH",
+                "LD_LIBRARY_PATH",
+                "OMP_NUM_THREADS",
+                "CUDA_VISIBLE_DEVICES",
+                "PYTORCH_CUDA_ALLOC_CONF",
+                "RUST_LOG",
+                "RFB_SANDBOX_PRETEND_NO_LANDLOCK",
+                "NO_COLOR",
+                PARENT_PID_VARIABLE
+            ]
         );
         assert_eq!(kept.last().unwrap().1, "99");
     }

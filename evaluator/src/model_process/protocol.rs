@@ -52,11 +52,17 @@ pub struct Expected {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Message {
     /// Confined: what is in force.
-    Confined { enforced: Enforced },
+    Confined {
+        enforced: Enforced,
+    },
     /// The probe's checks: whether listing a directory and binding a TCP socket were refused,
     /// and whether what only seccomp refuses was (a UDP socket, on CPU an AF_UNIX one,
     /// `pidfd_open`, an x32 system call).
-    Probed { file_refused: bool, network_refused: bool, seccomp_refused: bool },
+    Probed {
+        file_refused: bool,
+        network_refused: bool,
+        seccomp_refused: bool,
+    },
     Progress {
         attack_index: i64,
         attack: String,
@@ -69,13 +75,23 @@ pub enum Message {
     /// A sign of life between attack iterations (the server's health sees a stuck job by it).
     Alive,
     /// Attack `index` of the request, computed.
-    Result { index: usize, stored: StoredResult },
+    Result {
+        index: usize,
+        stored: StoredResult,
+    },
     /// The import checks passed.
-    Checked { checked: TorchScriptChecked },
+    Checked {
+        checked: TorchScriptChecked,
+    },
     /// The import checks failed (the module's fault).
-    Refused { problem: TorchScriptError },
+    Refused {
+        problem: TorchScriptError,
+    },
     /// Anything else that went wrong.
-    Error { error: ErrorKind, message: String },
+    Error {
+        error: ErrorKind,
+        message: String,
+    },
     /// The task is finished.
     Done,
 }

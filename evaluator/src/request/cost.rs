@@ -52,10 +52,9 @@ pub fn passes_per_example(spec: &AttackSpec, num_classes: i64) -> u64 {
         Ok(AttackKind::Clean | AttackKind::Fgsm) => 1,
         Ok(AttackKind::Pgd) => steps(super::DEFAULT_PGD_STEPS) * restarts + 1,
         Ok(AttackKind::CwInf) => steps(super::DEFAULT_CW_STEPS) + 1,
-        Ok(AttackKind::AutoattackStandard) => rfb_proto::attacks::AUTOATTACK_STANDARD_COMPONENTS
-            .iter()
-            .map(|c| passes_of_component(c, spec.steps, 1, targets))
-            .sum(),
+        Ok(AttackKind::AutoattackStandard) => {
+            rfb_proto::attacks::AUTOATTACK_STANDARD_COMPONENTS.iter().map(|c| passes_of_component(c, spec.steps, 1, targets)).sum()
+        }
         Ok(AttackKind::AutoattackRand) => 2 * steps(AUTOATTACK_STEPS) * AUTOATTACK_RAND_EOT as u64,
         Ok(AttackKind::AutoattackCustom) => spec
             .components
@@ -82,8 +81,7 @@ impl CostEstimate {
     pub fn of<'a>(job: &PreparedEvaluation, attacks: impl IntoIterator<Item = &'a PreparedAttack>) -> Self {
         let examples = job.examples().max(0) as u64;
         let classes = job.manifest.model.num_classes;
-        let attacks: Vec<(String, u64)> =
-            attacks.into_iter().map(|a| (a.name.clone(), passes_per_example(&a.spec, classes))).collect();
+        let attacks: Vec<(String, u64)> = attacks.into_iter().map(|a| (a.name.clone(), passes_per_example(&a.spec, classes))).collect();
         let per_example = attacks.iter().map(|(_, p)| *p).fold(0u64, u64::saturating_add);
         CostEstimate { examples, total: per_example.saturating_mul(examples), attacks }
     }

@@ -55,9 +55,7 @@ impl EngineError {
     pub fn from_torch_message(context: &str, message: &str) -> Self {
         let first_line = message.lines().next().unwrap_or(message).trim();
         if is_out_of_memory(message) {
-            EngineError::ResourceExhausted(format!(
-                "{context}: out of memory ({first_line}); try a smaller batch_size"
-            ))
+            EngineError::ResourceExhausted(format!("{context}: out of memory ({first_line}); try a smaller batch_size"))
         } else {
             EngineError::Internal(format!("{context}: {first_line}"))
         }
@@ -92,9 +90,7 @@ impl EngineError {
 
     pub fn from_attack(attack: &str, error: AttackError) -> Self {
         match error {
-            AttackError::InvalidParameter(message) => {
-                EngineError::InvalidArgument(format!("{attack}: invalid parameter: {message}"))
-            }
+            AttackError::InvalidParameter(message) => EngineError::InvalidArgument(format!("{attack}: invalid parameter: {message}")),
             AttackError::Cancelled => EngineError::Cancelled,
             AttackError::Torch(e) => Self::from_torch_message(attack, &e.to_string()),
             other => EngineError::Internal(format!("{attack}: {other}")),
@@ -234,7 +230,10 @@ mod tests {
                 "checkpoint \"m/best\" cannot be used: /srv/models/m/best/manifest.json: invalid manifest: EOF",
                 "checkpoint \"m/best\" cannot be used: m/best/manifest.json: invalid manifest: EOF",
             ),
-            ("missing file /data/cifar/test_batch.bin: expected the test batch", "missing file <data-dir>/test_batch.bin: expected the test batch"),
+            (
+                "missing file /data/cifar/test_batch.bin: expected the test batch",
+                "missing file <data-dir>/test_batch.bin: expected the test batch",
+            ),
             ("cannot write /srv/models/.rfb-cache/ab.json", "cannot write <cache-dir>/ab.json"),
             ("the models directory /srv/models is empty", "the models directory <models-dir> is empty"),
             ("loading (/opt/venv/lib/torch/libtorch.so) failed", "loading (libtorch.so) failed"),

@@ -24,9 +24,9 @@ pub use cost::{passes_per_example, CostEstimate, DEFAULT_MAX_JOB_COST};
 pub use error::{is_out_of_memory, EngineError, PathRedactor};
 pub use names::{requested_attacks, MAX_ATTACK_NAMES_BYTES};
 pub use spec::{
-    attack_display_name, autoattack_targets, build_attack, canonical_spec, is_autoattack, AUTOATTACK_COMPONENTS, AUTOATTACK_RAND_EOT,
-    AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
-    default_step_size, SQUARE_QUERIES,
+    attack_display_name, autoattack_targets, build_attack, canonical_spec, default_step_size, is_autoattack, AUTOATTACK_COMPONENTS,
+    AUTOATTACK_RAND_EOT, AUTOATTACK_STEPS, AUTOATTACK_TARGETS, DEFAULT_CW_KAPPA, DEFAULT_CW_STEPS, DEFAULT_EPS, DEFAULT_PGD_STEPS,
+    SQUARE_QUERIES,
 };
 
 /// Largest number of steps (iterations, or Square queries) a request may ask for.
@@ -63,11 +63,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_job_cost: DEFAULT_MAX_JOB_COST,
-            max_queue: DEFAULT_MAX_QUEUE,
-            max_queue_per_client: DEFAULT_MAX_QUEUE_PER_CLIENT,
-        }
+        Limits { max_job_cost: DEFAULT_MAX_JOB_COST, max_queue: DEFAULT_MAX_QUEUE, max_queue_per_client: DEFAULT_MAX_QUEUE_PER_CLIENT }
     }
 }
 
@@ -95,9 +91,7 @@ pub fn precision_from_proto(precision: i32) -> Result<Precision, EngineError> {
         Ok(Precision::Unspecified | Precision::Fp32) => Ok(Precision::Fp32),
         Ok(Precision::Bf16) => Ok(Precision::Bf16),
         Ok(Precision::Fp32Fast) => Ok(Precision::Fp32Fast),
-        Err(_) => Err(EngineError::InvalidArgument(format!(
-            "precision: unknown value {precision} (FP32, FP32_FAST or BF16)"
-        ))),
+        Err(_) => Err(EngineError::InvalidArgument(format!("precision: unknown value {precision} (FP32, FP32_FAST or BF16)"))),
     }
 }
 
@@ -106,9 +100,7 @@ pub fn batch_size(requested: i64, default: i64) -> Result<i64, EngineError> {
     match requested {
         0 => Ok(default),
         b if (1..=MAX_BATCH_SIZE).contains(&b) => Ok(b),
-        b => Err(EngineError::InvalidArgument(format!(
-            "batch_size must be in 1..={MAX_BATCH_SIZE} (0: the server's default), got {b}"
-        ))),
+        b => Err(EngineError::InvalidArgument(format!("batch_size must be in 1..={MAX_BATCH_SIZE} (0: the server's default), got {b}"))),
     }
 }
 
@@ -117,10 +109,7 @@ pub fn batch_size(requested: i64, default: i64) -> Result<i64, EngineError> {
 /// checkpoint inside the models directory is the catalog's question.
 pub fn check_model_name(name: &str) -> Result<(), EngineError> {
     if name.len() > MAX_MODEL_NAME_BYTES {
-        return Err(EngineError::InvalidArgument(format!(
-            "model: the model name is {} bytes; at most {MAX_MODEL_NAME_BYTES}",
-            name.len()
-        )));
+        return Err(EngineError::InvalidArgument(format!("model: the model name is {} bytes; at most {MAX_MODEL_NAME_BYTES}", name.len())));
     }
     if name.chars().any(char::is_control) {
         return Err(EngineError::InvalidArgument("model: the model name contains a control character".into()));
@@ -250,10 +239,7 @@ pub fn shard_from_proto(shard: Option<&rfb_proto::v1::Shard>) -> Result<Option<S
         return Err(EngineError::InvalidArgument(format!("shard.count must be in 1..={MAX_SHARDS}, got {}", shard.count)));
     }
     if !(0..shard.count).contains(&shard.index) {
-        return Err(EngineError::InvalidArgument(format!(
-            "shard.index must be in 0..{} (the count), got {}",
-            shard.count, shard.index
-        )));
+        return Err(EngineError::InvalidArgument(format!("shard.index must be in 0..{} (the count), got {}", shard.count, shard.index)));
     }
     Ok((shard.count > 1).then_some(ShardSpec { index: shard.index, count: shard.count }))
 }
@@ -272,20 +258,11 @@ pub fn check_shard(shard: Option<ShardSpec>, examples: i64) -> Result<(), Engine
 
 /// INVALID_ARGUMENT unless every class of the split (`counts`, from its labels) has
 /// `examples_per_class` examples (0: the whole split).
-pub fn check_examples_per_class(
-    examples_per_class: i64,
-    counts: &[i64],
-    dataset: DatasetKind,
-    split: Split,
-) -> Result<(), EngineError> {
+pub fn check_examples_per_class(examples_per_class: i64, counts: &[i64], dataset: DatasetKind, split: Split) -> Result<(), EngineError> {
     if examples_per_class < 0 {
-        return Err(EngineError::InvalidArgument(format!(
-            "examples_per_class must not be negative, got {examples_per_class}"
-        )));
+        return Err(EngineError::InvalidArgument(format!("examples_per_class must not be negative, got {examples_per_class}")));
     }
-    if let Some((class, &available)) =
-        counts.iter().enumerate().filter(|(_, &c)| c < examples_per_class).min_by_key(|(_, &c)| c)
-    {
+    if let Some((class, &available)) = counts.iter().enumerate().filter(|(_, &c)| c < examples_per_class).min_by_key(|(_, &c)| c) {
         return Err(EngineError::InvalidArgument(format!(
             "examples_per_class is {examples_per_class} but class {class} of {dataset} ({split}) has only {available} examples"
         )));
@@ -526,7 +503,10 @@ mod tests {
         let rand = canonical_spec(&AttackSpec { steps: Some(3), ..spec(AttackKind::AutoattackRand) }).unwrap();
         assert_eq!(attack_display_name(&rand, 10).unwrap(), "AutoAttack-rand@3");
         assert_eq!(cost::passes_per_example(&rand, 10), 2 * 3 * 20);
-        assert_eq!(canonical_spec(&AttackSpec { steps: Some(0), ..spec(AttackKind::AutoattackRand) }).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            canonical_spec(&AttackSpec { steps: Some(0), ..spec(AttackKind::AutoattackRand) }).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -654,7 +634,10 @@ mod tests {
             (EvaluateRequest { shard: Some(rfb_proto::v1::Shard { index: 2, count: 2 }), ..good.clone() }, "shard.index"),
             (EvaluateRequest { attacks: Vec::new(), ..good.clone() }, "attacks"),
             (
-                EvaluateRequest { attacks: vec![spec(AttackKind::Clean), AttackSpec { eps: Some(2.0), ..spec(AttackKind::Pgd) }], ..good.clone() },
+                EvaluateRequest {
+                    attacks: vec![spec(AttackKind::Clean), AttackSpec { eps: Some(2.0), ..spec(AttackKind::Pgd) }],
+                    ..good.clone()
+                },
                 "attacks[1]: PGD: eps",
             ),
             (
@@ -662,7 +645,10 @@ mod tests {
                 "attacks[0]: CW_INF: kappa",
             ),
             (
-                EvaluateRequest { attacks: vec![AttackSpec { components: vec!["x".into(); 17], ..spec(AttackKind::AutoattackCustom) }], ..good.clone() },
+                EvaluateRequest {
+                    attacks: vec![AttackSpec { components: vec!["x".into(); 17], ..spec(AttackKind::AutoattackCustom) }],
+                    ..good.clone()
+                },
                 "attacks[0].components",
             ),
         ];

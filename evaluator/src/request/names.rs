@@ -60,16 +60,15 @@ mod tests {
     fn attack_names_become_the_clients_specs() {
         let request = EvaluateRequest { eps: Some(4.0 / 255.0), seed: 7, ..named(" clean, fgsm ,pgd-3,aa@5") };
         let specs = requested_attacks(&request).unwrap();
-        let expected = parse_attacks(
-            &["clean,fgsm,pgd-3,aa@5"],
-            &AttackDefaults { eps: Some(4.0 / 255.0), step_size: None, steps: None, seed: 7 },
-        )
-        .unwrap();
+        let expected =
+            parse_attacks(&["clean,fgsm,pgd-3,aa@5"], &AttackDefaults { eps: Some(4.0 / 255.0), step_size: None, steps: None, seed: 7 })
+                .unwrap();
         assert_eq!(specs.to_vec(), expected.into_iter().map(|a| a.spec).collect::<Vec<_>>());
         assert_eq!(specs[2].kind, AttackKind::Pgd as i32);
         assert_eq!((specs[2].steps, specs[2].eps, specs[2].seed), (Some(3), Some(4.0 / 255.0), 7));
 
-        let given = EvaluateRequest { attacks: vec![AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() }], ..Default::default() };
+        let given =
+            EvaluateRequest { attacks: vec![AttackSpec { kind: AttackKind::Clean as i32, ..Default::default() }], ..Default::default() };
         assert!(matches!(requested_attacks(&given).unwrap(), Cow::Borrowed(_)));
     }
 

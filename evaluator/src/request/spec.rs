@@ -2,9 +2,7 @@
 //! field checked) that results report and cache keys hash, and the attack a canonical spec
 //! builds. Nothing here touches a tensor.
 
-use rfb_core::attacks::{
-    Apgd, Attack, AttackError, AutoAttack, CarliniWagnerLinf, Fab, Fgsm, Pgd, PgdLoss, Square,
-};
+use rfb_core::attacks::{Apgd, Attack, AttackError, AutoAttack, CarliniWagnerLinf, Fab, Fgsm, Pgd, PgdLoss, Square};
 use rfb_proto::v1::{AttackKind, AttackSpec};
 
 use super::{EngineError, MAX_COMPONENTS, MAX_FIELD_BYTES, MAX_KAPPA, MAX_RESTARTS, MAX_STEPS};
@@ -35,8 +33,7 @@ pub const AUTOATTACK_TARGETS: i64 = 9;
 /// except `eps` and `seed`, which CLEAN ignores, and `seed`, which FGSM ignores (both are
 /// deterministic; they are zeroed in the canonical form).
 pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
-    let kind = AttackKind::try_from(spec.kind)
-        .map_err(|_| EngineError::InvalidArgument(format!("unknown attack kind {}", spec.kind)))?;
+    let kind = AttackKind::try_from(spec.kind).map_err(|_| EngineError::InvalidArgument(format!("unknown attack kind {}", spec.kind)))?;
     let name = kind.as_str_name();
     let invalid = |message: String| EngineError::InvalidArgument(format!("{name}: {message}"));
     let refuse = |field: &str, present: bool| -> Result<(), EngineError> {
@@ -81,11 +78,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
         )));
     }
     if let Some(long) = spec.components.iter().find(|c| c.len() > MAX_FIELD_BYTES) {
-        return Err(invalid(format!(
-            "an AutoAttack component name of {} bytes; known: {}",
-            long.len(),
-            AUTOATTACK_COMPONENTS.join(", ")
-        )));
+        return Err(invalid(format!("an AutoAttack component name of {} bytes; known: {}", long.len(), AUTOATTACK_COMPONENTS.join(", "))));
     }
     let radius = spec.eps.unwrap_or(DEFAULT_EPS);
     let eps = Some(radius);
@@ -134,10 +127,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
             refuse("step_size", spec.step_size.is_some())?;
             refuse("kappa", spec.kappa.is_some())?;
             if spec.components.is_empty() {
-                return Err(invalid(format!(
-                    "components is empty; list any of {}",
-                    AUTOATTACK_COMPONENTS.join(", ")
-                )));
+                return Err(invalid(format!("components is empty; list any of {}", AUTOATTACK_COMPONENTS.join(", "))));
             }
             let mut components = Vec::with_capacity(spec.components.len());
             for component in &spec.components {
@@ -165,8 +155,7 @@ pub fn canonical_spec(spec: &AttackSpec) -> Result<AttackSpec, EngineError> {
 /// attack is named `AutoAttack@N`); for AUTOATTACK_CUSTOM, `restarts` sets the restarts of each
 /// component.
 pub fn build_attack(spec: &AttackSpec, num_classes: i64) -> Result<Option<Box<dyn Attack>>, EngineError> {
-    let kind = AttackKind::try_from(spec.kind)
-        .map_err(|_| EngineError::InvalidArgument(format!("unknown attack kind {}", spec.kind)))?;
+    let kind = AttackKind::try_from(spec.kind).map_err(|_| EngineError::InvalidArgument(format!("unknown attack kind {}", spec.kind)))?;
     let eps = spec.eps.unwrap_or(DEFAULT_EPS);
     let seed = spec.seed;
     let name = kind.as_str_name();
@@ -306,10 +295,7 @@ pub fn autoattack_targets(spec: &AttackSpec, num_classes: i64) -> (i64, i64) {
 
 /// Whether the kind is one of the AutoAttack versions (which report sanity flags).
 pub fn is_autoattack(kind: i32) -> bool {
-    matches!(
-        AttackKind::try_from(kind),
-        Ok(AttackKind::AutoattackStandard | AttackKind::AutoattackRand | AttackKind::AutoattackCustom)
-    )
+    matches!(AttackKind::try_from(kind), Ok(AttackKind::AutoattackStandard | AttackKind::AutoattackRand | AttackKind::AutoattackCustom))
 }
 
 #[cfg(test)]

@@ -47,9 +47,7 @@ pub fn trained_once_by(method: &str, label: &str, architecture: &str, epochs: i6
     let version: String = rfb_core::checkpoint::code_version().chars().filter(char::is_ascii_alphanumeric).collect();
     let done = root.join(format!("{label}-{version}"));
     let usable = |dir: &Path| {
-        ["best", "last"]
-            .iter()
-            .all(|which| rfb_core::checkpoint::load(&dir.join(which), tch::Device::Cpu, &Default::default()).is_ok())
+        ["best", "last"].iter().all(|which| rfb_core::checkpoint::load(&dir.join(which), tch::Device::Cpu, &Default::default()).is_ok())
     };
     std::fs::create_dir_all(&root).unwrap();
     let lock = root.join(format!("{label}.lock"));
@@ -234,7 +232,6 @@ pub fn total_correct(result: &AttackResult) -> i64 {
     correct(result).iter().sum()
 }
 
-
 impl Server {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
@@ -245,12 +242,7 @@ impl Server {
     pub fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
     }

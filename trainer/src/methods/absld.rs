@@ -65,8 +65,7 @@ impl TrainingMethod for Absld {
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let device = images.device();
         let (clean, adversarial) = self.tensors.get_or_insert_with(|| {
-            let as_tensor =
-                |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
+            let as_tensor = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device);
             (as_tensor(&self.clean), as_tensor(&self.adversarial))
         });
         distillation_step(context, images, labels, clean, adversarial, self.loss)
@@ -85,10 +84,7 @@ impl TrainingMethod for Absld {
     }
 
     fn temperatures(&self) -> Option<Temperatures> {
-        Some(Temperatures {
-            clean: self.clean.clone(),
-            adversarial: self.adversarial.clone(),
-        })
+        Some(Temperatures { clean: self.clean.clone(), adversarial: self.adversarial.clone() })
     }
 
     fn temperature_schedule(&self) -> Option<TemperatureSchedule> {
@@ -101,8 +97,7 @@ impl TrainingMethod for Absld {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
         let vector = |key: &str| -> Result<Vec<f64>, String> {
-            serde_json::from_value(state[key].clone())
-                .map_err(|e| format!("ABSLD state '{key}': {e}"))
+            serde_json::from_value(state[key].clone()).map_err(|e| format!("ABSLD state '{key}': {e}"))
         };
         let clean = vector("clean")?;
         let adversarial = vector("adversarial")?;

@@ -68,9 +68,7 @@ struct StudentAndTeacher<'a> {
 
 impl Classifier for StudentAndTeacher<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, TchError> {
-        rfb_core::guard::guarded(|| {
-            Tensor::cat(&[self.student.forward_t(images, false), self.teacher.forward_t(images, false)], 1)
-        })
+        rfb_core::guard::guarded(|| Tensor::cat(&[self.student.forward_t(images, false), self.teacher.forward_t(images, false)], 1))
     }
     fn device(&self) -> Device {
         self.student.device()
@@ -92,15 +90,9 @@ impl TrainingMethod for AdaAd {
         let classes = context.student.spec.num_classes;
         let pair = StudentAndTeacher { student: context.student, teacher };
         let attack = context.attack;
-        let adversarial = attacks::maximize(
-            &pair,
-            images,
-            attack.eps,
-            attack.step_size,
-            attack.steps,
-            Start::Gaussian(0.001),
-            |both| disagreement(&both.narrow(1, 0, classes), &both.narrow(1, classes, classes)),
-        )
+        let adversarial = attacks::maximize(&pair, images, attack.eps, attack.step_size, attack.steps, Start::Gaussian(0.001), |both| {
+            disagreement(&both.narrow(1, 0, classes), &both.narrow(1, classes, classes))
+        })
         .unwrap_or_else(crate::method::inner_maximisation_failed);
         let (teacher_adversarial, teacher_clean) =
             tch::no_grad(|| (teacher.forward_t(&adversarial, false), teacher.forward_t(images, false)));

@@ -52,8 +52,7 @@ pub fn ard_loss(
 ) -> Tensor {
     let ArdSettings { temperature, alpha, kl_scale } = settings;
     let teacher_soft = (teacher_clean_logits / temperature).softmax(-1, Kind::Float);
-    let distillation =
-        losses::kl_to_soft_labels(&(student_adversarial_logits / temperature), &teacher_soft).mean(Kind::Float);
+    let distillation = losses::kl_to_soft_labels(&(student_adversarial_logits / temperature), &teacher_soft).mean(Kind::Float);
     let clean = losses::cross_entropy(student_clean_logits, labels).mean(Kind::Float);
     distillation * (alpha * temperature * temperature * kl_scale) + clean * (1.0 - alpha)
 }
@@ -100,24 +99,17 @@ mod tests {
         let teacher = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
         let labels = Tensor::from_slice(&[0i64]);
         let settings = |temperature: f64, alpha: f64, kl_scale: f64| ArdSettings { temperature, alpha, kl_scale };
-        let loss =
-            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 0.9, 1.0)))
-                .unwrap();
+        let loss = f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 0.9, 1.0))).unwrap();
         assert!((loss - 0.131964).abs() < 1e-5, "{loss}");
         // With alpha = 1 (the default) only the distillation term is left: t^2 KL, and at the
         // code's scale (1/C, here C = 2) half of it.
-        let loss =
-            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 1.0)))
-                .unwrap();
+        let loss = f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 1.0))).unwrap();
         assert!((loss - 0.111820).abs() < 1e-5, "{loss}");
-        let loss =
-            f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 0.5)))
-                .unwrap();
+        let loss = f64::try_from(ard_loss(&student_adversarial, &student_clean, &teacher, &labels, settings(2.0, 1.0, 0.5))).unwrap();
         assert!((loss - 0.055910).abs() < 1e-5, "{loss}");
         // A student that matches the teacher has no distillation loss (up to float rounding,
         // which t^2 = 900 magnifies).
-        let loss =
-            f64::try_from(ard_loss(&teacher, &student_clean, &teacher, &labels, settings(30.0, 1.0, 1.0))).unwrap();
+        let loss = f64::try_from(ard_loss(&teacher, &student_clean, &teacher, &labels, settings(30.0, 1.0, 1.0))).unwrap();
         assert!(loss.abs() < 1e-3, "{loss}");
     }
 }

@@ -53,7 +53,13 @@ pub fn kl_to_uniform(logits: &Tensor) -> Tensor {
 }
 
 /// BAT's loss from the logits at x_lc, x_fa and x (module docs).
-pub fn bat_loss(last_clean_logits: &Tensor, first_adversarial_logits: &Tensor, clean_logits: &Tensor, labels: &Tensor, beta: f64) -> Tensor {
+pub fn bat_loss(
+    last_clean_logits: &Tensor,
+    first_adversarial_logits: &Tensor,
+    clean_logits: &Tensor,
+    labels: &Tensor,
+    beta: f64,
+) -> Tensor {
     let cross_entropy = losses::cross_entropy(last_clean_logits, labels).mean(Kind::Float);
     let robust = losses::kl_to_soft_labels(first_adversarial_logits, &clean_logits.softmax(-1, Kind::Float)).mean(Kind::Float);
     let balance = (kl_to_uniform(last_clean_logits) + kl_to_uniform(first_adversarial_logits)).mean(Kind::Float);

@@ -194,10 +194,8 @@ impl TrainingMethod for Cfa {
     }
 
     fn restore_tensors(&mut self, tensors: std::collections::HashMap<String, Tensor>) -> Result<(), String> {
-        let mut averaged: Vec<(String, Tensor)> = tensors
-            .into_iter()
-            .filter_map(|(name, tensor)| name.strip_prefix("average.").map(|n| (n.to_string(), tensor)))
-            .collect();
+        let mut averaged: Vec<(String, Tensor)> =
+            tensors.into_iter().filter_map(|(name, tensor)| name.strip_prefix("average.").map(|n| (n.to_string(), tensor))).collect();
         averaged.sort_by(|a, b| a.0.cmp(&b.0));
         self.averaged = (!averaged.is_empty()).then_some(averaged);
         Ok(())
@@ -278,11 +276,8 @@ mod tests {
     #[test]
     fn the_averaging_threshold_reads_the_worst_tenth_where_the_recipe_says_and_calibration_waits() {
         let classes = 20;
-        let student = rfb_core::models::build(
-            &rfb_core::models::ModelSpec::new("digits-cnn", classes, [1, 8, 8]),
-            tch::Device::Cpu,
-        )
-        .unwrap();
+        let student =
+            rfb_core::models::build(&rfb_core::models::ModelSpec::new("digits-cnn", classes, [1, 8, 8]), tch::Device::Cpu).unwrap();
         let risks = crate::method::EpochRisks { clean: vec![1.0; classes as usize], adversarial: None };
         // Validation PGD: class 0 at 0/10, class 1 at 1/10, the rest at 10/10. Worst class 0,
         // worst 10% (2 classes) 0.05.

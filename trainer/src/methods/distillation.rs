@@ -95,9 +95,7 @@ pub fn weighted_distillation_step(
     example_weights: Option<&Tensor>,
     observe: impl FnMut(i64, &Tensor, &Tensor),
 ) -> StepOutput {
-    let teacher = context
-        .teacher
-        .expect("distillation needs a teacher; the loop checks this");
+    let teacher = context.teacher.expect("distillation needs a teacher; the loop checks this");
     let teacher_logits = tch::no_grad(|| teacher.forward_t(images, false));
     let adversarial_targets = soft_labels_at(&teacher_logits, labels, temperatures.adversarial);
     let clean_targets = soft_labels_at(&teacher_logits, labels, temperatures.clean);
@@ -118,19 +116,8 @@ pub fn weighted_distillation_step(
     .unwrap_or_else(crate::method::inner_maximisation_failed);
     let adversarial_logits = context.student.forward_t(&adversarial, true);
     let clean_logits = context.student.forward_t(images, true);
-    let loss = distillation_loss(
-        &adversarial_logits,
-        &clean_logits,
-        &adversarial_targets,
-        &clean_targets,
-        settings,
-        example_weights,
-    );
-    StepOutput {
-        loss,
-        clean_logits: clean_logits.detach(),
-        adversarial_logits: Some(adversarial_logits.detach()),
-    }
+    let loss = distillation_loss(&adversarial_logits, &clean_logits, &adversarial_targets, &clean_targets, settings, example_weights);
+    StepOutput { loss, clean_logits: clean_logits.detach(), adversarial_logits: Some(adversarial_logits.detach()) }
 }
 
 #[cfg(test)]
@@ -158,8 +145,7 @@ mod tests {
         // Example weights (2, 0) keep the first example only: 2 * 0.143841 / 2.
         let weights = Tensor::from_slice(&[2.0f32, 0.0]);
         let settings = DistillationSettings { alpha: 0.5, kl_scale: 1.0 };
-        let weighted =
-            f64::try_from(distillation_loss(&logits, &logits, &targets, &targets, settings, Some(&weights))).unwrap();
+        let weighted = f64::try_from(distillation_loss(&logits, &logits, &targets, &targets, settings, Some(&weights))).unwrap();
         assert!((weighted - 0.143841).abs() < 1e-5, "{weighted}");
     }
 }

@@ -99,8 +99,7 @@ pub fn fair_ard_loss(
 ) -> Tensor {
     let t = settings.temperature;
     let teacher_soft = (teacher_clean / t).softmax(-1, Kind::Float);
-    let distillation =
-        (losses::kl_to_soft_labels(&(student_adversarial / t), &teacher_soft) * example_weights).mean(Kind::Float);
+    let distillation = (losses::kl_to_soft_labels(&(student_adversarial / t), &teacher_soft) * example_weights).mean(Kind::Float);
     let clean = (losses::cross_entropy(student_clean, labels) * example_weights).mean(Kind::Float);
     distillation * (settings.alpha * t * t * settings.kl_scale) + clean * (1.0 - settings.alpha)
 }
@@ -132,8 +131,7 @@ impl FairArd {
         .unwrap_or_else(crate::method::inner_maximisation_failed);
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let clean_logits = context.student.forward_t(images, true);
-        let loss =
-            fair_ard_loss(&adversarial_logits, &clean_logits, &teacher_logits, labels, example_weights, self.settings);
+        let loss = fair_ard_loss(&adversarial_logits, &clean_logits, &teacher_logits, labels, example_weights, self.settings);
         StepOutput { loss, clean_logits: clean_logits.detach(), adversarial_logits: Some(adversarial_logits.detach()) }
     }
 }
@@ -183,7 +181,8 @@ impl TrainingMethod for FairArd {
 
     fn end_epoch(&mut self, _end: &EpochEnd) {
         if let Some((kappa, counts)) = self.kappa_sums.take() {
-            let means = rfb_core::host_read::vec_f64(&(kappa / counts.clamp_min(1.0)), "Fair-ARD: class-wise vulnerability (once per epoch)");
+            let means =
+                rfb_core::host_read::vec_f64(&(kappa / counts.clamp_min(1.0)), "Fair-ARD: class-wise vulnerability (once per epoch)");
             if means.len() == self.weights.len() {
                 let bounds = (self.settings.weight_min, self.settings.weight_max);
                 self.weights = weights_from_vulnerability(&means, self.settings.beta, bounds);
@@ -196,8 +195,7 @@ impl TrainingMethod for FairArd {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let weights: Vec<f64> =
-            serde_json::from_value(state["weights"].clone()).map_err(|e| format!("Fair-ARD state: {e}"))?;
+        let weights: Vec<f64> = serde_json::from_value(state["weights"].clone()).map_err(|e| format!("Fair-ARD state: {e}"))?;
         if weights.len() != self.weights.len() {
             return Err("Fair-ARD state has the wrong number of classes".into());
         }
@@ -263,9 +261,7 @@ mod tests {
             temperature: 2.0,
             kl_scale: 0.5,
         };
-        let loss = |alpha: f64| {
-            f64::try_from(fair_ard_loss(&adversarial, &clean, &teacher, &labels, &weights, settings(alpha))).unwrap()
-        };
+        let loss = |alpha: f64| f64::try_from(fair_ard_loss(&adversarial, &clean, &teacher, &labels, &weights, settings(alpha))).unwrap();
         assert!((loss(1.0) - 0.055910).abs() < 1e-5, "{}", loss(1.0));
         assert!((loss(0.5) - 0.848744).abs() < 1e-5, "{}", loss(0.5));
     }

@@ -271,11 +271,7 @@ mod tests {
     fn the_rate_halves_before_the_codes_fortieth_update() {
         // The code halves r1 at its (1-based) epoch 40, before that epoch's update; that update
         // is ours after epoch 38 (0-based), so the rate is halved from then on.
-        let student = rfb_core::models::build(
-            &rfb_core::models::ModelSpec::new("digits-cnn", 3, [1, 8, 8]),
-            tch::Device::Cpu,
-        )
-        .unwrap();
+        let student = rfb_core::models::build(&rfb_core::models::ModelSpec::new("digits-cnn", 3, [1, 8, 8]), tch::Device::Cpu).unwrap();
         let risks = crate::method::EpochRisks { clean: vec![1.0; 3], adversarial: None };
         let mut frl = Frl::new(3, defaults());
         let mut rates = Vec::new();

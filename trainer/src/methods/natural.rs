@@ -15,11 +15,7 @@ impl TrainingMethod for Natural {
     fn step(&mut self, context: &StepContext, images: &Tensor, labels: &Tensor) -> StepOutput {
         let logits = context.student.forward_t(images, true);
         let loss = logits.cross_entropy_for_logits(labels);
-        StepOutput {
-            loss,
-            clean_logits: logits.detach(),
-            adversarial_logits: None,
-        }
+        StepOutput { loss, clean_logits: logits.detach(), adversarial_logits: None }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {

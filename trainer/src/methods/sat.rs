@@ -13,15 +13,9 @@ use crate::method::{StepContext, StepOutput, TrainingMethod};
 /// (ARD attacks its student the same way).
 pub fn madry_adversarial(context: &StepContext, images: &Tensor, labels: &Tensor) -> Tensor {
     let attack = context.attack;
-    attacks::maximize(
-        context.student,
-        images,
-        attack.eps,
-        attack.step_size,
-        attack.steps,
-        Start::Uniform,
-        |logits| losses::cross_entropy(logits, labels),
-    )
+    attacks::maximize(context.student, images, attack.eps, attack.step_size, attack.steps, Start::Uniform, |logits| {
+        losses::cross_entropy(logits, labels)
+    })
     .unwrap_or_else(crate::method::inner_maximisation_failed)
 }
 
@@ -37,11 +31,7 @@ impl TrainingMethod for Sat {
         let adversarial_logits = context.student.forward_t(&adversarial, true);
         let loss = adversarial_logits.cross_entropy_for_logits(labels);
         let clean_logits = tch::no_grad(|| context.student.forward_t(images, false));
-        StepOutput {
-            loss,
-            clean_logits,
-            adversarial_logits: Some(adversarial_logits.detach()),
-        }
+        StepOutput { loss, clean_logits, adversarial_logits: Some(adversarial_logits.detach()) }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {

@@ -71,15 +71,9 @@ impl TrainingMethod for Trades {
         let natural_loss = clean_logits.cross_entropy_for_logits(labels);
         // KL(f(x) || f(x_adv)) with gradients through both sides, summed over classes and
         // averaged over the batch (PyTorch's 'batchmean').
-        let robust_loss =
-            losses::kl_to_soft_labels(&adversarial_logits, &clean_logits.softmax(-1, Kind::Float))
-                .mean(Kind::Float);
+        let robust_loss = losses::kl_to_soft_labels(&adversarial_logits, &clean_logits.softmax(-1, Kind::Float)).mean(Kind::Float);
         let loss = natural_loss + robust_loss * self.beta;
-        StepOutput {
-            loss,
-            clean_logits: clean_logits.detach(),
-            adversarial_logits: Some(adversarial_logits.detach()),
-        }
+        StepOutput { loss, clean_logits: clean_logits.detach(), adversarial_logits: Some(adversarial_logits.detach()) }
     }
 
     fn hyperparameters(&self) -> serde_json::Value {

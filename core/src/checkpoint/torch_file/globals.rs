@@ -14,10 +14,7 @@ use super::value::{Arena, Global, Value};
 pub(crate) fn allowed_global(module: &str, name: &str) -> bool {
     match module {
         "collections" => name == "OrderedDict",
-        "torch._utils" => matches!(
-            name,
-            "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
-        ),
+        "torch._utils" => matches!(name, "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"),
         "torch" => storage_kind(name).is_some() || name == "Size",
         "_codecs" => name == "encode",
         "builtins" | "__builtin__" => {

@@ -96,10 +96,8 @@ pub(super) fn read(path: &Path, file_len: u64, limits: &TorchFileLimits) -> Resu
             return Err(malformed!("a storage key is a {}", key.type_name()));
         };
         check_key(key)?;
-        let (kind, numel) = object
-            .storages
-            .declared(key)
-            .ok_or_else(|| malformed!("the storage key list names {key}, which no tensor uses"))?;
+        let (kind, numel) =
+            object.storages.declared(key).ok_or_else(|| malformed!("the storage key list names {key}, which no tensor uses"))?;
         if !seen.insert(key.clone()) {
             return Err(malformed!("the storage key list names {key} twice"));
         }
@@ -123,9 +121,10 @@ pub(super) fn read(path: &Path, file_len: u64, limits: &TorchFileLimits) -> Resu
         // Checked against the limits when the persistent id was read.
         let bytes = numel.saturating_mul(element_size(*kind));
         let start = at + 8;
-        at = start.checked_add(bytes).filter(|&end| end <= file_len).ok_or_else(|| {
-            malformed!("storage {key} of {bytes} bytes runs past the end of the file")
-        })?;
+        at = start
+            .checked_add(bytes)
+            .filter(|&end| end <= file_len)
+            .ok_or_else(|| malformed!("storage {key} of {bytes} bytes runs past the end of the file"))?;
         if let Some(&key) = wanted.get(&**key) {
             budget.storage(bytes)?;
             let data = read_at(&mut file, start, bytes)?;

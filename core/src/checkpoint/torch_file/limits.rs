@@ -121,9 +121,7 @@ impl fmt::Display for LimitExceeded {
             Limit::NameBytes => format!("a tensor's name is longer than {maximum} bytes"),
             Limit::TotalNameBytes => format!("the tensors' names add up to more than {maximum} bytes"),
             Limit::ZipEntries => format!("the zip archive has more than {maximum} entries"),
-            Limit::TensorBytes => format!(
-                "its tensors need more than the {maximum} bytes allowed for a file of its size"
-            ),
+            Limit::TensorBytes => format!("its tensors need more than the {maximum} bytes allowed for a file of its size"),
         };
         f.write_str(&what)?;
         if let Some(requested) = self.requested {

@@ -39,8 +39,8 @@ use std::rc::Rc;
 use tch::Tensor;
 
 pub(crate) use error::ReadError;
-pub use limits::{Limit, LimitExceeded, TorchFileLimits};
 use limits::Budget;
+pub use limits::{Limit, LimitExceeded, TorchFileLimits};
 use storage::{make_tensor, TensorRef};
 
 /// Which kind of `torch.save` file a file is, from its first bytes.
@@ -58,16 +58,15 @@ pub(crate) enum Format {
 pub(crate) const NOT_A_TORCH_FILE: &str =
     "it is not a zip archive (torch.save since PyTorch 1.6, torch.jit.save) nor a legacy torch.save file";
 /// What a file in the tar format is told.
-pub(crate) const TAR_FORMAT: &str = "it is a torch.save file in the tar format of the first PyTorch releases, which is not read: load it with PyTorch and save it again";
+pub(crate) const TAR_FORMAT: &str =
+    "it is a torch.save file in the tar format of the first PyTorch releases, which is not read: load it with PyTorch and save it again";
 
 /// Tells the formats apart by their first bytes: a zip's local header, the pickle of
 /// PyTorch's magic number, or a tar header (`ustar` at byte 257). `Err` says what the file is
 /// not.
 pub(crate) fn sniff(path: &Path) -> Result<Format, ReadError> {
     let mut head = Vec::with_capacity(512);
-    std::fs::File::open(path)
-        .and_then(|file| file.take(512).read_to_end(&mut head))
-        .map_err(malformed_io)?;
+    std::fs::File::open(path).and_then(|file| file.take(512).read_to_end(&mut head)).map_err(malformed_io)?;
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Ok(Format::Zip)
     } else if legacy_format::starts_with_magic(&head) {
@@ -144,14 +143,13 @@ mod tests {
         // pickle.dumps(os.system-calling object, protocol=2): GLOBAL, then the call.
         let protocol2 = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.";
         // The same with protocol 4's STACK_GLOBAL.
-        let protocol4 = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.";
+        let protocol4 =
+            b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.";
         // A whole model: torch.nn classes.
         let module = b"\x80\x02ctorch.nn.modules.linear\nLinear\nq\x00)\x81q\x01.";
-        for (pickle, global) in [
-            (&protocol2[..], "posix.system"),
-            (&protocol4[..], "posix.system"),
-            (&module[..], "torch.nn.modules.linear.Linear"),
-        ] {
+        for (pickle, global) in
+            [(&protocol2[..], "posix.system"), (&protocol4[..], "posix.system"), (&module[..], "torch.nn.modules.linear.Linear")]
+        {
             let file = archive(pickle);
             assert_eq!(read(&file).map(|_| ()), Err(ReadError::Refused(global.to_string())));
         }

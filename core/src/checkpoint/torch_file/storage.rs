@@ -125,8 +125,8 @@ impl Storages {
             [Value::Str(tag), Value::Global(class), Value::Str(key), _location, Value::Int(numel), ..]
                 if &**tag == "storage" && items.len() == arity =>
             {
-                let kind = storage_kind(&class.name)
-                    .ok_or_else(|| malformed!("unsupported storage type {}.{}", class.module, class.name))?;
+                let kind =
+                    storage_kind(&class.name).ok_or_else(|| malformed!("unsupported storage type {}.{}", class.module, class.name))?;
                 (kind, key.clone(), *numel)
             }
             _ => return Err(format!("unrecognised persistent id (not a {arity}-tuple naming a tensor storage)").into()),
@@ -139,9 +139,7 @@ impl Storages {
         }
         match self.roots.get(&key) {
             Some(&(known_kind, known_numel)) if (known_kind, known_numel) != (kind, numel) => {
-                return Err(malformed!(
-                    "storage {key} is declared as {numel} elements of {kind:?} and as {known_numel} of {known_kind:?}"
-                ))
+                return Err(malformed!("storage {key} is declared as {numel} elements of {kind:?} and as {known_numel} of {known_kind:?}"))
             }
             Some(_) => {}
             None => {
@@ -201,9 +199,8 @@ pub(super) fn tensor_ref(
         last = n.saturating_sub(1).checked_mul(s).and_then(|step| last.checked_add(step)).unwrap_or(u64::MAX);
     }
     let bytes = numel.checked_mul(element_size(storage.kind)).filter(|&b| b <= limits.max_tensor_bytes);
-    let bytes = bytes.ok_or_else(|| {
-        LimitExceeded::new(Limit::TensorBytes, limits.max_tensor_bytes, numel.checked_mul(element_size(storage.kind)))
-    })?;
+    let bytes = bytes
+        .ok_or_else(|| LimitExceeded::new(Limit::TensorBytes, limits.max_tensor_bytes, numel.checked_mul(element_size(storage.kind))))?;
     // The first element past the tensor's last one; an empty tensor only needs its offset.
     let end = if numel == 0 { Some(offset) } else { offset.checked_add(last).and_then(|e| e.checked_add(1)) };
     if end.is_none_or(|end| end > storage.len) {

@@ -94,9 +94,7 @@ impl DictKey {
             Value::List(_) | Value::Dict(_) | Value::Set(_) => {
                 return Err(format!("a pickled dict has an unhashable key ({})", value.type_name()))
             }
-            Value::Tuple(_) | Value::Global(_) | Value::Storage(_) | Value::Tensor(_) | Value::Opaque => {
-                return Ok(None)
-            }
+            Value::Tuple(_) | Value::Global(_) | Value::Storage(_) | Value::Tensor(_) | Value::Opaque => return Ok(None),
         }))
     }
 }

@@ -147,14 +147,10 @@ fn read_entry(
 pub(super) fn read(path: &Path, file_len: u64, limits: &TorchFileLimits) -> Result<Vec<(String, Tensor)>, ReadError> {
     let mut file = File::open(path).map_err(|e| malformed!("cannot open: {e}"))?;
     let raw_names = entry_names(&mut file, file_len, limits)?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| malformed!("not a PyTorch zip checkpoint (torch.save of PyTorch >= 1.6 expected): {e}"))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| malformed!("not a PyTorch zip checkpoint (torch.save of PyTorch >= 1.6 expected): {e}"))?;
     if archive.len() != raw_names.len() {
-        return Err(malformed!(
-            "the zip archive's directory lists {} entries but {} distinct names",
-            raw_names.len(),
-            archive.len()
-        ));
+        return Err(malformed!("the zip archive's directory lists {} entries but {} distinct names", raw_names.len(), archive.len()));
     }
     let names: Vec<String> = archive.file_names().map(str::to_string).collect();
     if names.iter().any(|name| name.ends_with("constants.pkl") || name.contains("/code/")) {
