@@ -52,7 +52,7 @@ struct Softmax<'a>(&'a Network);
 
 impl Classifier for Softmax<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.0.forward_t(images, false).softmax(-1, Kind::Float) })
+        Ok(self.0.forward_t(images, false).softmax(-1, Kind::Float))
     }
     fn device(&self) -> Device {
         self.0.device()
@@ -67,7 +67,7 @@ struct Noisy<'a> {
 
 impl Classifier for Noisy<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.network.forward_t(&(images + images.randn_like() * self.sigma), false) })
+        Ok(self.network.forward_t(&(images + images.randn_like() * self.sigma), false))
     }
     fn device(&self) -> Device {
         self.network.device()
@@ -80,7 +80,7 @@ struct Quantised<'a>(&'a Network);
 
 impl Classifier for Quantised<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.0.forward_t(&((images * 16.0).round() / 16.0), false) })
+        Ok(self.0.forward_t(&((images * 16.0).round() / 16.0), false))
     }
     fn device(&self) -> Device {
         self.0.device()

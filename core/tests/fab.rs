@@ -114,7 +114,7 @@ struct Linear {
 
 impl Classifier for Linear {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias })
+        Ok(images.flatten(1, -1).matmul(&self.weight.tr()) + &self.bias)
     }
     fn device(&self) -> Device {
         Device::Cpu

@@ -128,13 +128,13 @@ impl SplitJudge {
 
 impl Classifier for SplitJudge {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.judge(images) + &self.bias })
+        Ok(self.judge(images) + &self.bias)
     }
     fn device(&self) -> Device {
         Device::Cpu
     }
     fn judge_logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.judge(images) })
+        Ok(self.judge(images))
     }
     fn has_separate_judge(&self) -> bool {
         true
@@ -146,7 +146,7 @@ struct JudgeOnly<'a>(&'a SplitJudge);
 
 impl Classifier for JudgeOnly<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, tch::TchError> {
-        Ok({ self.0.judge(images) })
+        Ok(self.0.judge(images))
     }
     fn device(&self) -> Device {
         Device::Cpu

@@ -85,7 +85,7 @@ impl std::str::FromStr for MemoryLimit {
             other => return Err(format!("unknown size unit {other:?} (KiB, MiB, GiB, TiB)")),
         };
         let bytes = number * scale as f64;
-        if !(bytes >= (64u64 << 20) as f64) || !bytes.is_finite() {
+        if !bytes.is_finite() || bytes < (64u64 << 20) as f64 {
             return Err(format!("{text:?} is too small for a worker (at least 64MiB, or off)"));
         }
         Ok(MemoryLimit::Bytes(bytes as u64))

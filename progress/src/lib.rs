@@ -372,8 +372,7 @@ fn time_left(state: &TaskState, now: Instant) -> Option<Duration> {
 
 fn progress_line(state: &TaskState, now: Instant) -> String {
     let mut line = format!("{}: ", state.name);
-    if state.total > 0 {
-        let percent = (100 * state.position.min(state.total)) / state.total;
+    if let Some(percent) = (100 * state.position.min(state.total)).checked_div(state.total) {
         line.push_str(&format!("{}/{} {} ({percent}%)", state.position, state.total, state.unit));
     } else {
         line.push_str(&format!("{} {}", state.position, state.unit));

@@ -56,7 +56,7 @@ pub fn parse_eps_range(text: &str) -> Result<Vec<f64>, AttackNameError> {
     if !(2..=MAX_RADII).contains(&count) {
         return Err(problem(text, &format!("COUNT must be in 2..={MAX_RADII}")));
     }
-    if !(end > start) {
+    if end.partial_cmp(&start) != Some(std::cmp::Ordering::Greater) {
         return Err(problem(text, "END must be larger than START"));
     }
     let steps = (count - 1) as i128;
@@ -87,7 +87,7 @@ pub fn parse_eps_list(text: &str) -> Result<Vec<f64>, AttackNameError> {
 }
 
 fn increasing(text: &str, radii: Vec<f64>) -> Result<Vec<f64>, AttackNameError> {
-    if radii.windows(2).any(|w| !(w[1] > w[0])) {
+    if radii.windows(2).any(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater)) {
         return Err(problem(text, "radii must increase (and be distinct)"));
     }
     Ok(radii)

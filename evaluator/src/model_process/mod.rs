@@ -363,7 +363,7 @@ pub fn check_torchscript(
     };
     let mut worker = WorkerProcess::start(&program, &task, Some(bytes))?;
     let deadline = std::time::Instant::now() + timeout;
-    let stop = || stop().or_else(|| (std::time::Instant::now() >= deadline).then(|| EngineError::DeadlineExceeded));
+    let stop = || stop().or_else(|| (std::time::Instant::now() >= deadline).then_some(EngineError::DeadlineExceeded));
     loop {
         match worker.next(&stop).map_err(|e| match e {
             EngineError::DeadlineExceeded => EngineError::FailedPrecondition(format!(

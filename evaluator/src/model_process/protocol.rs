@@ -150,7 +150,7 @@ pub fn encode_request(request: &rfb_proto::v1::EvaluateRequest) -> String {
 
 pub fn decode_request(hex: &str) -> Result<rfb_proto::v1::EvaluateRequest, String> {
     use prost::Message as _;
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     let bytes: Result<Vec<u8>, _> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16)).collect();
