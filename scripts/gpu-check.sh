@@ -45,4 +45,7 @@ if ls "$root"/gpu-bin/wheels/*.whl >/dev/null 2>&1 && ! "$python" -c 'import tor
 fi
 [ -x "$bin/evaluator" ] && [ -x "$bin/trainer" ] || { echo "gpu-check: no evaluator and trainer in $bin" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
+# TF32 off from the start, for our binaries and the PyTorch reference alike (the binaries also set
+# it themselves, but a variable in the environment at launch is what NVIDIA documents).
+if [ "${RFB_ALLOW_TF32:-}" != 1 ]; then export NVIDIA_TF32_OVERRIDE=0; fi
 exec "$python" "$root/tests/python/gpu_check.py" --bin "$bin" --work "$work" --out "$out" $small

@@ -47,6 +47,10 @@ pub fn halving_radius(radii: &[f64], accuracy: &[f64]) -> Halving {
     let half = a0 / 2.0;
     for i in start + 1..radii.len().min(accuracy.len()) {
         let (a, b) = (accuracy[i - 1], accuracy[i]);
+        if !a.is_finite() || !b.is_finite() {
+            // A radius no seed has: where the curve crosses half is unknown.
+            return Halving::Undefined;
+        }
         if b <= half {
             // a > half here (else the previous step had stopped); interpolate a -> b.
             let t = if a == b { 0.0 } else { (a - half) / (a - b) };
@@ -154,6 +158,8 @@ mod tests {
         assert_eq!(halving_radius(&radii, &[80.0, 70.0, 60.0, 41.0]), Halving::NotReached);
         assert_eq!(halving_radius(&radii, &[0.0, 0.0, 0.0, 0.0]), Halving::Undefined);
         assert_eq!(halving_radius(&[1.0, 2.0], &[80.0, 10.0]), Halving::Undefined);
+        // A radius no seed has (NaN mean) before the crossing: unknown, never At(NaN).
+        assert_eq!(halving_radius(&radii, &[80.0, f64::NAN, 30.0, 10.0]), Halving::Undefined);
         // A flat stretch before the drop: 50 -> 50 -> 20, half 25 reached between 2 and 4.
         match halving_radius(&[0.0, 2.0, 4.0], &[50.0, 50.0, 20.0]) {
             Halving::At(r) => assert!((r - (2.0 + 2.0 * 25.0 / 30.0)).abs() < 1e-12),

@@ -463,9 +463,12 @@ fn merge_attack_run(model: &str, into: &mut AttackRun, from: &AttackRun) -> anyh
     if into.attack != from.attack || into.class_names != from.class_names {
         bail!("shards of {} disagree on attack {} or its classes", model, into.attack);
     }
+    // Each shard was checked on receipt; their sums are checked too (a hostile server's huge
+    // counts must not wrap around).
+    let overflow = || anyhow::anyhow!("shards of {model} sent counts too large to add up for attack {}", into.attack);
     for k in 0..into.correct.len() {
-        into.correct[k] += from.correct[k];
-        into.total[k] += from.total[k];
+        into.correct[k] = into.correct[k].checked_add(from.correct[k]).ok_or_else(overflow)?;
+        into.total[k] = into.total[k].checked_add(from.total[k]).ok_or_else(overflow)?;
     }
     if into.confusion.is_empty() || from.confusion.is_empty() {
         into.confusion.clear();
@@ -475,7 +478,7 @@ fn merge_attack_run(model: &str, into: &mut AttackRun, from: &AttackRun) -> anyh
         }
         for (a, b) in into.confusion.iter_mut().zip(&from.confusion) {
             for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
+                *x = x.checked_add(*y).ok_or_else(overflow)?;
             }
         }
     }
@@ -594,5 +597,37 @@ impl Results {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(correct: i64, cell: i64) -> SeedRun {
+        serde_json::from_value(serde_json::json!({
+            "seed": 0,
+            "model": "m/best",
+            "attacks": [{
+                "attack": "PGD-20",
+                "class_names": ["a", "b"],
+                "correct": [correct, 1],
+                "total": [correct, 2],
+                "confusion": [[cell, 0], [1, 1]],
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn shards_add_up_exactly_and_refuse_counts_that_would_wrap() {
+        let merged = merge_shards(&[shard(3, 3), shard(4, 4)], Vec::new()).unwrap();
+        assert_eq!(merged.attacks[0].correct, vec![7, 2]);
+        assert_eq!(merged.attacks[0].total, vec![7, 4]);
+        assert_eq!(merged.attacks[0].confusion, vec![vec![7, 0], vec![2, 2]]);
+        let error = merge_shards(&[shard(i64::MAX, 1), shard(1, 1)], Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("too large to add up"), "{error}");
+        let error = merge_shards(&[shard(1, i64::MAX), shard(1, 1)], Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("too large to add up"), "{error}");
     }
 }

@@ -18,8 +18,9 @@ fn problem(text: &str, problem: &str) -> AttackNameError {
     AttackNameError::Eps { text: text.to_string(), problem: problem.to_string() }
 }
 
-/// `text` as an exact fraction `numerator / denominator` (a decimal, an integer or `a/b` of
-/// those), when it is one small enough to compute with exactly.
+/// `text` as an exact fraction `numerator / denominator` (a decimal, an integer, or `a/b` of
+/// integers), when it is one small enough to compute with exactly and gives the same `f64` as
+/// [`parse_eps`].
 fn exact_fraction(text: &str) -> Option<(i128, i128)> {
     let decimal = |text: &str| -> Option<(i128, i128)> {
         let text = text.trim();
@@ -35,11 +36,12 @@ fn exact_fraction(text: &str) -> Option<(i128, i128)> {
         Some((digits, 10i128.pow(fraction.len() as u32)))
     };
     match text.split_once('/') {
-        Some((numerator, denominator)) => {
-            let (a, b) = decimal(numerator)?;
-            let (c, d) = decimal(denominator)?;
-            (c != 0).then_some((a * d, b * c))
-        }
+        // Only whole numbers on both sides: `parse_eps` rounds `a/b` of decimals twice (each side,
+        // then the quotient), which one exact division would not reproduce (`0.3/3`).
+        Some((numerator, denominator)) => match (decimal(numerator)?, decimal(denominator)?) {
+            ((a, 1), (c, 1)) if c != 0 => Some((a, c)),
+            _ => None,
+        },
         None => decimal(text),
     }
 }
@@ -68,6 +70,9 @@ pub fn parse_eps_range(text: &str) -> Result<Vec<f64>, AttackNameError> {
     let radii: Vec<f64> = (0..count as i128)
         .map(|i| match exact {
             Some(((a, b), (c, d))) => ((a * d * (steps - i) + c * b * i) as f64) / ((b * d * steps) as f64),
+            // The ends as written (as `--eps` reads them); evenly spaced in floating point between.
+            None if i == 0 => start,
+            None if i == steps => end,
             None => start + (end - start) * i as f64 / steps as f64,
         })
         .collect();
@@ -110,6 +115,12 @@ mod tests {
         let radii = parse_eps_range("0:1e-1:3").unwrap();
         assert_eq!(radii[0], 0.0);
         assert_eq!(radii[2], 0.1);
+        // Ends written as fractions of decimals are the numbers `--eps` reads (rounded twice).
+        for (range, end) in [("0:0.3/3:2", "0.3/3"), ("0.7/7:0.9/3:3", "0.9/3"), ("0.1/3:1.1/3:4", "1.1/3")] {
+            let radii = parse_eps_range(range).unwrap();
+            assert_eq!(*radii.last().unwrap(), parse_eps(end).unwrap(), "{range}");
+            assert_eq!(radii[0], parse_eps(range.split(':').next().unwrap()).unwrap(), "{range}");
+        }
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub const PARENT_PID_VARIABLE: &str = "RFB_WORKER_PARENT_PID";
 /// Variables a worker keeps from the server's environment (all others are cleared: the
 /// server's may hold secrets): the dynamic linker's and libtorch's, OpenMP's, MKL's, CUDA's,
 /// the log filter, and the sandbox's test switches.
-const KEPT_VARIABLES: [&str; 6] = ["PATH", "HOME", "LD_LIBRARY_PATH", "RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"];
+/// `RFB_ALLOW_TF32` carries `serve --allow-tf32` to the workers, which compute every evaluation
+/// (without it a worker would turn TF32 off again: `rfb_core::device_settings`).
+const KEPT_VARIABLES: [&str; 7] =
+    ["PATH", "HOME", "LD_LIBRARY_PATH", "RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", rfb_core::device_settings::ALLOW_TF32_VARIABLE];
 const KEPT_PREFIXES: [&str; 11] =
     ["LIBTORCH", "TORCH_", "PYTORCH_", "OMP_", "GOMP_", "KMP_", "MKL_", "CUDA_", "NVIDIA_", "CUBLAS_", "RFB_SANDBOX_PRETEND_"];
 
@@ -415,6 +418,8 @@ mod tests {
             ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
             ("RUST_LOG", "debug"),
             ("RFB_SANDBOX_PRETEND_NO_LANDLOCK", "1"),
+            ("RFB_ALLOW_TF32", "1"),
+            ("NVIDIA_TF32_OVERRIDE", "0"),
             ("AWS_SECRET_ACCESS_KEY", "hunter2"),
             ("RFB_TOKEN", "secret"),
             ("SSH_AUTH_SOCK", "/tmp/agent"),
@@ -434,6 +439,8 @@ mod tests {
                 "PYTORCH_CUDA_ALLOC_CONF",
                 "RUST_LOG",
                 "RFB_SANDBOX_PRETEND_NO_LANDLOCK",
+                "RFB_ALLOW_TF32",
+                "NVIDIA_TF32_OVERRIDE",
                 "NO_COLOR",
                 PARENT_PID_VARIABLE
             ]
