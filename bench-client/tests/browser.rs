@@ -7,13 +7,15 @@
 //!
 //! The sections on where the robustness goes (uncertainty of one evaluation, adversarial
 //! confusions, robustness curves) are there for the digits results, and on synthetic results
-//! with confusions and a sweep they show their tables and decoded plots; a screenshot of the page
-//! with only those sections shown (index-insights.png) must show them.
+//! with confusions and a sweep they show their tables and decoded plots; a screenshot of each page
+//! with only those sections shown (of the digits results, their full test split and the synthetic
+//! ones) must show them.
 //!
 //! Without Chromium the test says so and passes, unless RFB_REQUIRE_BROWSER=1 (scripts/test.sh
 //! sets it once Chromium is installed), when it fails. RFB_CHROMIUM names another binary.
 //! RFB_SCREENSHOT_DIR=DIR keeps the screenshots there (index.png at 1280 px, index-phone.png,
-//! index-insights.png of the synthetic page).
+//! index-insights.png, full-test-split-insights.png, synthetic-insights.png);
+//! docs/report-insights.png is full-test-split-insights.png.
 
 mod common;
 
@@ -133,7 +135,15 @@ fn the_digits_report_page_renders_in_chromium_on_a_laptop_and_a_phone() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    check_page(&chrome, tmp.path(), &repository().join("results/digits/results.json"), true);
+    if check_page(&chrome, tmp.path(), &repository().join("results/digits/results.json"), true).is_some() {
+        insights_screenshot(&chrome, tmp.path(), "index-insights.png", 7000);
+    }
+    // The full test split's page (two models): short enough for one screenshot of all three
+    // sections, the one docs/report-insights.png shows.
+    let full = tempfile::tempdir().unwrap();
+    if check_page(&chrome, full.path(), &repository().join("results/digits/full-test-split/results.json"), false).is_some() {
+        insights_screenshot(&chrome, full.path(), "full-test-split-insights.png", 6000);
+    }
 }
 
 /// Synthetic results with confusions and a sweep: the new sections show their content.
@@ -164,16 +174,21 @@ fn the_sections_on_where_the_robustness_goes_render_in_chromium() {
         assert_eq!(curves["halving"].as_u64().unwrap(), 2 * classes, "{what}");
         assert_eq!(curves["decoded"].as_u64().unwrap(), 2, "a curve plot per model, {what}");
     }
-    // The screenshot of the new sections: the page with the others hidden.
-    let html = std::fs::read_to_string(tmp.path().join("page/index.html")).unwrap();
+    insights_screenshot(&chrome, tmp.path(), "synthetic-insights.png", 2400);
+}
+
+/// Screenshots the page that [`check_page`] made under `tmp` with every section but the three on
+/// where the robustness goes hidden, checks that they show (text, and the heatmaps' blues), and keeps it in RFB_SCREENSHOT_DIR as `name`.
+fn insights_screenshot(chrome: &Path, tmp: &Path, name: &str, height: u32) {
+    let html = std::fs::read_to_string(tmp.join("page/index.html")).unwrap();
     let only = html.replacen("<head>", "<head><style>#table,#heatmaps,#differences,#plots,#provenance{display:none}</style>", 1);
-    let only_path = tmp.path().join("page/insights.html");
+    let only_path = tmp.join("page/insights.html");
     std::fs::write(&only_path, only).unwrap();
-    let shot = tmp.path().join("index-insights.png");
-    let size = (1280u32, 2400u32);
+    let shot = tmp.join(name);
+    let size = (1280u32, height);
     let run = headless(
-        &chrome,
-        &tmp.path().join("profile"),
+        chrome,
+        &tmp.join("profile"),
         &[
             format!("--window-size={},{}", size.0, size.1),
             format!("--screenshot={}", shot.display()),
@@ -183,15 +198,13 @@ fn the_sections_on_where_the_robustness_goes_render_in_chromium() {
     assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&run.stderr));
     let image = image::open(&shot).unwrap().to_rgb8();
     assert_eq!((image.width(), image.height()), size);
-    // Text, and the heatmaps' blues (blue well above red) in the lower part, where they sit.
     let dark = image.pixels().filter(|p| p.0.iter().all(|&c| c < 80)).count();
-    let lower = image.enumerate_pixels().filter(|(_, y, _)| *y > size.1 / 2);
-    let blue = lower.filter(|(_, _, p)| u16::from(p.0[2]) > u16::from(p.0[0]) + 40 && p.0[2] > 90).count();
-    assert!(dark > 5000, "index-insights.png: little text ({dark} dark pixels)");
-    assert!(blue > 5000, "index-insights.png: no heatmap in the lower half ({blue} blue pixels)");
+    let blue = image.pixels().filter(|p| u16::from(p.0[2]) > u16::from(p.0[0]) + 40 && p.0[2] > 90).count();
+    assert!(dark > 5000, "{name}: little text ({dark} dark pixels)");
+    assert!(blue > 5000, "{name}: no heatmap ({blue} blue pixels)");
     if let Some(dir) = std::env::var_os("RFB_SCREENSHOT_DIR").map(PathBuf::from) {
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(&shot, dir.join("index-insights.png")).unwrap();
+        std::fs::copy(&shot, dir.join(name)).unwrap();
     }
 }
 
