@@ -194,19 +194,12 @@ pub fn confusions_section(out: &mut String, results: &Results, figures: &[Figure
         "<details><summary>Where each class's broken points go</summary><div class=\"scroll\"><table class=\"targets\"><thead><tr><th>Model</th><th>Attack</th>\
          <th>Class</th><th>Broken (mean points)</th><th>Main target</th><th>% of broken</th></tr></thead><tbody>",
     );
-    for c in &all {
-        for t in confusion::main_targets(c) {
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&c.model),
-                escape(&c.attack),
-                escape(&c.class_names[t.class]),
-                number(t.broken, 2),
-                t.target.map(|k| escape(&c.class_names[k])).unwrap_or_else(|| "–".into()),
-                number(t.share_of_broken, 1)
-            );
+    for row in tables::main_target_rows(&all) {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(&cell));
         }
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table></div></details><h3>Heatmaps</h3><div class=\"confusions\">");
     for c in &all {

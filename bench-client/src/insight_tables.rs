@@ -195,24 +195,32 @@ pub fn confusions_markdown(results: &Results) -> String {
         }
     }
     out.push_str("\n### Where each class's broken points go\n\n| Model | Attack | Class | Broken (mean points) | Main target | % of broken |\n| --- | --- | --- | ---: | --- | ---: |\n");
-    for c in &all {
-        for t in confusion::main_targets(c) {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                markdown_cell(&c.model),
-                markdown_cell(&c.attack),
-                markdown_cell(&c.class_names[t.class]),
-                number(t.broken, 2),
-                t.target.map(|k| markdown_cell(&c.class_names[k])).unwrap_or_else(|| "–".into()),
-                number(t.share_of_broken, 1)
-            );
-        }
+    for row in main_target_rows(&all) {
+        let _ = writeln!(out, "| {} |", row.map(|cell| markdown_cell(&cell)).join(" | "));
     }
     out.push_str("\nHeatmaps (rows: true class, in % of its points; outlined: the diagonal): ");
     let files: Vec<String> = all.iter().map(|c| format!("`{}`", insight_plots::confusion_file(&c.model, &c.attack))).collect();
     let _ = writeln!(out, "{}.", files.join(", "));
     out
+}
+
+/// The rows of "where each class's broken points go" as plain text (model, attack, class, broken
+/// points, main target, % of broken), for report.md and the page alike.
+pub fn main_target_rows(all: &[MeanConfusion]) -> Vec<[String; 6]> {
+    all.iter()
+        .flat_map(|c| {
+            confusion::main_targets(c).into_iter().map(move |t| {
+                [
+                    c.model.clone(),
+                    c.attack.clone(),
+                    c.class_names[t.class].clone(),
+                    number(t.broken, 2),
+                    t.target.map_or_else(|| "–".to_string(), |k| c.class_names[k].clone()),
+                    number(t.share_of_broken, 1),
+                ]
+            })
+        })
+        .collect()
 }
 
 /// A halving radius in words.

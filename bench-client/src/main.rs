@@ -339,11 +339,10 @@ impl EvaluationArgs {
 
 /// The robustness curve asked for by `--eps-sweep` / `--eps-sweep-list`, if any.
 fn sweep_setting(range: Option<&str>, list: Option<&str>, attack: &str, common: &Common) -> anyhow::Result<Option<SweepSetting>> {
-    let radii = match (range, list) {
-        (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,
-        (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
-        (None, None) => return Ok(None),
-    };
+    let radii = rfb_proto::eps_sweep::sweep_radii(range, list)?;
+    if radii.is_empty() {
+        return Ok(None);
+    }
     // The step follows the radius (the server's eps/4), whatever --step-size says for the columns.
     let setting = attacks::parse_attack(attack, &Common { step_size: None, ..*common }).context("--sweep-attack")?;
     if setting.kind == "CLEAN" {

@@ -431,11 +431,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let attacks: Vec<_> =
         rfb_proto::attacks::parse_attacks(&args.attacks, &defaults).context("--attacks")?.into_iter().map(|attack| attack.spec).collect();
     // The robustness curve: one more attack per radius (clean accuracy at radius 0).
-    let radii = match (&args.eps_sweep, &args.eps_sweep_list) {
-        (Some(range), _) => rfb_proto::eps_sweep::parse_eps_range(range).context("--eps-sweep")?,
-        (None, Some(list)) => rfb_proto::eps_sweep::parse_eps_list(list).context("--eps-sweep-list")?,
-        (None, None) => Vec::new(),
-    };
+    let radii = rfb_proto::eps_sweep::sweep_radii(args.eps_sweep.as_deref(), args.eps_sweep_list.as_deref())?;
     let compared = attacks.len();
     let mut attacks = attacks;
     if !radii.is_empty() {

@@ -91,6 +91,25 @@ pub fn parse_eps_list(text: &str) -> Result<Vec<f64>, AttackNameError> {
     increasing(text, radii)
 }
 
+/// A radius flag that did not parse, named as both binaries name it.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}")]
+pub struct SweepFlagError {
+    pub flag: &'static str,
+    #[source]
+    pub source: AttackNameError,
+}
+
+/// The radii of `--eps-sweep` (a range, taken first) or `--eps-sweep-list`, as `evaluator eval`
+/// and `bench-client compare` take them; empty when neither is given.
+pub fn sweep_radii(range: Option<&str>, list: Option<&str>) -> Result<Vec<f64>, SweepFlagError> {
+    match (range, list) {
+        (Some(range), _) => parse_eps_range(range).map_err(|source| SweepFlagError { flag: "--eps-sweep", source }),
+        (None, Some(list)) => parse_eps_list(list).map_err(|source| SweepFlagError { flag: "--eps-sweep-list", source }),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 fn increasing(text: &str, radii: Vec<f64>) -> Result<Vec<f64>, AttackNameError> {
     if radii.windows(2).any(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater)) {
         return Err(problem(text, "radii must increase (and be distinct)"));
@@ -132,5 +151,14 @@ mod tests {
         for bad in ["0:1", "0:1:1", "0.2:0.1:3", "0:1:x", "0:2:3", &format!("0:1:{}", MAX_RADII + 1)] {
             assert!(parse_eps_range(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_flags_give_the_range_else_the_list_and_errors_name_the_flag() {
+        assert_eq!(sweep_radii(Some("0:0.2:5"), Some("0.3")).unwrap(), parse_eps_range("0:0.2:5").unwrap());
+        assert_eq!(sweep_radii(None, Some("1/255,2/255")).unwrap(), [1.0 / 255.0, 2.0 / 255.0]);
+        assert!(sweep_radii(None, None).unwrap().is_empty());
+        assert_eq!(sweep_radii(Some("0:1"), None).unwrap_err().flag, "--eps-sweep");
+        assert_eq!(sweep_radii(None, Some("0.2,0.1")).unwrap_err().flag, "--eps-sweep-list");
     }
 }
